@@ -1,0 +1,210 @@
+//! The ComputeInstanceAction controller: pure planning, a thin reconciler, and the kube-rs wiring.
+pub mod conditions;
+pub mod locks;
+pub mod plan;
+pub mod reconcile;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::{FutureExt, StreamExt};
+use kube::api::{Api, ListParams};
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
+use kube::{Client, ResourceExt};
+
+use crate::api::AdminClient;
+use crate::api::backoff::Backoff;
+use crate::metrics::Metrics;
+use crate::resource::ComputeInstanceAction;
+use locks::InstanceLocks;
+use plan::{Peer, PlanSettings};
+use reconcile::{AcceptanceMemory, ErrorBackoff};
+
+/// How the controller runs.
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// Namespaces to watch; empty means all.
+    pub namespaces: Vec<String>,
+    /// Reconciles running at once.
+    pub concurrency: u16,
+    pub plan: PlanSettings,
+    pub error_backoff: Backoff,
+    /// Name reported on Events.
+    pub reporter: String,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            namespaces: Vec::new(),
+            concurrency: 16,
+            plan: PlanSettings::default(),
+            error_backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(300)),
+            reporter: "compute-operator".into(),
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub kube: Client,
+    pub api: AdminClient,
+    pub stores: Vec<Store<ComputeInstanceAction>>,
+    pub recorder: Recorder,
+    pub config: ControllerConfig,
+    pub locks: InstanceLocks,
+    pub error_backoff: ErrorBackoff,
+    pub metrics: Arc<Metrics>,
+    /// False on a replica that does not (or no longer) hold the lease: checked right before every POST.
+    pub may_act: Arc<AtomicBool>,
+    acceptances: AcceptanceMemory,
+}
+
+impl Context {
+    pub(crate) fn peers(&self, obj: &ComputeInstanceAction) -> Vec<Peer> {
+        reconcile::peers_of(&self.stores, obj)
+    }
+
+    fn acceptance_key(obj: &ComputeInstanceAction, intent_at: DateTime<Utc>) -> (String, DateTime<Utc>) {
+        (obj.uid().unwrap_or_default(), intent_at)
+    }
+
+    pub(crate) fn remember_acceptance(&self, obj: &ComputeInstanceAction, intent_at: DateTime<Utc>, at: DateTime<Utc>) {
+        let mut m = self.acceptances.lock().unwrap_or_else(|p| p.into_inner());
+        m.insert(Self::acceptance_key(obj, intent_at), at);
+    }
+
+    pub(crate) fn recalled_acceptance(&self, obj: &ComputeInstanceAction, intent_at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let m = self.acceptances.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(&Self::acceptance_key(obj, intent_at)).copied()
+    }
+
+    pub(crate) fn forget_acceptance(&self, obj: &ComputeInstanceAction) {
+        let uid = obj.uid().unwrap_or_default();
+        self.acceptances.lock().unwrap_or_else(|p| p.into_inner()).retain(|(u, _), _| *u != uid);
+    }
+}
+
+/// Why the controller could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "the ComputeInstanceAction CRD is not installed (or not readable): {0}. Install it with `compute-operator crd | kubectl apply -f -` or `kubectl apply -f crds/`"
+    )]
+    CrdMissing(#[source] kube::Error),
+}
+
+/// Checks that the CRD is served, by listing one object (needs only the RBAC the controller has anyway).
+pub async fn check_crd(client: &Client, namespaces: &[String]) -> Result<(), StartError> {
+    let api: Api<ComputeInstanceAction> = match namespaces.first() {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let lp = ListParams::default().limit(1);
+    let probe = tokio::time::timeout(Duration::from_secs(15), api.list_metadata(&lp)).await;
+    match probe {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(StartError::CrdMissing(e)),
+        Err(_) => Err(StartError::CrdMissing(kube::Error::Service("listing timed out after 15s".into()))),
+    }
+}
+
+/// Runs the controller until `shutdown` resolves; in-flight reconciles finish their status writes first.
+pub async fn run(
+    client: Client,
+    api: AdminClient,
+    config: ControllerConfig,
+    metrics: Arc<Metrics>,
+    may_act: Arc<AtomicBool>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), StartError> {
+    check_crd(&client, &config.namespaces).await?;
+    let scopes: Vec<Api<ComputeInstanceAction>> = if config.namespaces.is_empty() {
+        vec![Api::all(client.clone())]
+    } else {
+        config.namespaces.iter().map(|ns| Api::namespaced(client.clone(), ns)).collect()
+    };
+    let mut controllers = Vec::new();
+    let mut stores = Vec::new();
+    for scope in scopes {
+        let (reader, writer) = reflector::store();
+        // The cache keeps only what the controller reads: managedFields and annotations are dropped.
+        let stream = watcher(scope, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .modify(|o: &mut ComputeInstanceAction| {
+                o.managed_fields_mut().clear();
+                o.annotations_mut().clear();
+            })
+            .reflect(writer)
+            .touched_objects()
+            .predicate_filter(predicates::generation, Default::default());
+        stores.push(reader.clone());
+        controllers.push(Controller::for_stream(stream, reader));
+    }
+    let reporter = Reporter { controller: config.reporter.clone(), instance: std::env::var("POD_NAME").ok() };
+    let ctx = Arc::new(Context {
+        kube: client.clone(),
+        api,
+        stores: stores.clone(),
+        recorder: Recorder::new(client, reporter),
+        config: config.clone(),
+        locks: InstanceLocks::default(),
+        error_backoff: ErrorBackoff::default(),
+        metrics: metrics.clone(),
+        may_act,
+        acceptances: Default::default(),
+    });
+    // Readiness: every cache has listed once; then the phase gauge is refreshed periodically.
+    let gauges = {
+        let stores = stores.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            for s in &stores {
+                let _ = s.wait_until_ready().await;
+            }
+            metrics.watching.store(true, Ordering::SeqCst);
+            tracing::info!("caches synced");
+            let mut tick = tokio::time::interval(Duration::from_secs(15));
+            loop {
+                tick.tick().await;
+                count_phases(&stores, &metrics);
+            }
+        })
+    };
+    let shutdown = shutdown.shared();
+    let runs = controllers.into_iter().map(|c| {
+        c.with_config(controller::Config::default().concurrency(config.concurrency))
+            .graceful_shutdown_on(shutdown.clone())
+            .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+            .for_each(|r| {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "controller event");
+                }
+                futures::future::ready(())
+            })
+    });
+    tracing::info!(namespaces = ?config.namespaces, concurrency = config.concurrency, "controller started");
+    futures::future::join_all(runs).await;
+    gauges.abort();
+    tracing::info!("controller stopped");
+    Ok(())
+}
+
+/// Refreshes the objects-by-phase gauge from the caches.
+pub fn count_phases(stores: &[Store<ComputeInstanceAction>], metrics: &Metrics) {
+    let mut counts = std::collections::BTreeMap::<String, i64>::new();
+    for s in stores {
+        for o in s.state() {
+            let phase = o.status.as_ref().and_then(|st| st.phase).map_or("None".to_owned(), |p| format!("{p:?}"));
+            *counts.entry(phase).or_default() += 1;
+        }
+    }
+    for (phase, n) in counts {
+        metrics.objects_by_phase.get_or_create(&crate::metrics::PhaseLabel { phase }).set(n);
+    }
+}

@@ -1,0 +1,923 @@
+//! The pure decision: (spec, status, observed instance, peers, now) -> the next step. No I/O here.
+//!
+//! Completion rule for `restart`/`reset` (the admin API may report `running` throughout):
+//! after the 202, completion is claimed when the instance reports `running` AND either a transitional
+//! status (`restarting`, `resetting`, `stopping`, `starting`, `provisioning`, unknown) was observed since
+//! acceptance, or at least `settle` has passed since acceptance with every poll reporting `running`.
+//! So the first poll after the 202 never claims completion unless it saw a transition.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::conditions::{Verdict, apply_verdict};
+use crate::api::{ApiError, Instance, InstanceStatus, PowerAction};
+use crate::resource::{
+    ActionRecord, ActionState, ComputeInstanceActionSpec, ComputeInstanceActionStatus,
+    DesiredState, Enforcement, HISTORY_LIMIT, ObservedInstance, Phase,
+};
+
+/// What the GET of the instance gave, if one was made.
+#[derive(Clone, Debug)]
+pub enum Observation {
+    Instance(Instance),
+    Failed(ApiError),
+}
+
+/// Another object that names the same instance, as far as this decision cares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// `namespace/name`, for messages.
+    pub key: String,
+    pub desired: DesiredState,
+    pub enforcement: Enforcement,
+    pub suspended: bool,
+    /// Its status holds an action that is not finished (Requested or Accepted).
+    pub acting: bool,
+}
+
+/// Tunables of the decision.
+#[derive(Clone, Debug)]
+pub struct PlanSettings {
+    /// Re-check of a settled object, to notice drift.
+    pub resync: Duration,
+    /// How long `running` must be reported after a restart/reset was accepted, when no transition was seen.
+    pub settle: Duration,
+    /// First poll delay after an action; doubles each poll up to `poll_max`.
+    pub poll_min: Duration,
+    pub poll_max: Duration,
+    /// Retry delay for refused actions and unreachable credentials.
+    pub slow_retry: Duration,
+    /// Global dry run (the `--dry-run` flag).
+    pub dry_run: bool,
+}
+
+impl Default for PlanSettings {
+    fn default() -> Self {
+        Self {
+            resync: Duration::from_secs(300),
+            settle: Duration::from_secs(15),
+            poll_min: Duration::from_millis(250),
+            poll_max: Duration::from_secs(5),
+            slow_retry: Duration::from_secs(60),
+            dry_run: false,
+        }
+    }
+}
+
+/// Everything the decision looks at.
+#[derive(Clone, Debug)]
+pub struct PlanInput<'a> {
+    pub spec: &'a ComputeInstanceActionSpec,
+    pub generation: i64,
+    pub status: &'a ComputeInstanceActionStatus,
+    pub observation: &'a Observation,
+    pub peers: &'a [Peer],
+    pub now: DateTime<Utc>,
+    pub settings: &'a PlanSettings,
+}
+
+/// When to look again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requeue {
+    After(Duration),
+    /// Per-object exponential backoff, at least the server's `Retry-After`.
+    Backoff {
+        retry_after: Option<Duration>,
+    },
+}
+
+/// A Kubernetes Event to publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventNote {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+/// The decision: the status to hold, an action to POST (after the status with its intent is persisted), when
+/// to come back, and what to tell.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub status: ComputeInstanceActionStatus,
+    pub post: Option<PowerAction>,
+    pub requeue: Requeue,
+    pub events: Vec<EventNote>,
+}
+
+/// The status for a suspended object: nothing is called, the record stays as it is.
+pub fn plan_suspended(
+    input_status: &ComputeInstanceActionStatus,
+    generation: i64,
+    now: DateTime<Utc>,
+) -> ComputeInstanceActionStatus {
+    let mut status = input_status.clone();
+    let verdict = Verdict::reconciling(
+        "Suspended",
+        "spec.suspend is true: no admin API calls until it is false",
+    );
+    let phase = status.phase.unwrap_or(Phase::Pending);
+    finish(&mut status, &verdict, phase, generation, now);
+    status
+}
+
+/// Decides the next step.
+pub fn plan(input: &PlanInput<'_>) -> Plan {
+    let mut b = Builder::new(input);
+    let instance = match input.observation {
+        Observation::Failed(err) => return b.observation_failed(err),
+        Observation::Instance(i) => i,
+    };
+    b.observe(instance);
+    if let Some(conflict) = contradicting_peer(input) {
+        return b.stalled(
+            "Conflict",
+            format!(
+                "{} also enforces `{}` on instance {}: neither acts until one is changed or deleted",
+                conflict.key,
+                conflict.desired.as_str(),
+                input.spec.instance_id
+            ),
+            Requeue::After(input.settings.resync),
+        );
+    }
+    match input
+        .status
+        .action
+        .as_ref()
+        .filter(|a| !a.state.is_terminal())
+    {
+        Some(open) => b.continue_action(open.clone(), instance),
+        None => b.start_if_needed(instance),
+    }
+}
+
+/// Another continuous level enforcer on the same instance that wants the opposite.
+fn contradicting_peer<'a>(input: &'a PlanInput<'_>) -> Option<&'a Peer> {
+    let mine = input.spec.desired_state;
+    if !mine.is_level() || input.spec.enforcement != Enforcement::Continuous {
+        return None;
+    }
+    input.peers.iter().find(|p| {
+        !p.suspended
+            && p.desired.is_level()
+            && p.desired != mine
+            && p.enforcement == Enforcement::Continuous
+    })
+}
+
+/// The settled status a level asks for.
+fn level_target(desired: DesiredState) -> Option<InstanceStatus> {
+    match desired {
+        DesiredState::Running => Some(InstanceStatus::Running),
+        DesiredState::Stopped => Some(InstanceStatus::Stopped),
+        _ => None,
+    }
+}
+
+/// Does the admin API accept `action` from this status? (A guess to avoid pointless 409s; the API decides.)
+fn action_allowed_from(action: PowerAction, status: &InstanceStatus) -> bool {
+    use InstanceStatus as S;
+    match action {
+        PowerAction::Stop => matches!(status, S::Running | S::Error),
+        PowerAction::Start => matches!(status, S::Stopped | S::Error),
+        PowerAction::Restart => matches!(status, S::Running),
+        PowerAction::Reset => matches!(status, S::Running | S::Error),
+    }
+}
+
+/// Poll delay: fast first, then doubling, capped.
+pub fn poll_delay(settings: &PlanSettings, since_accept: Duration) -> Duration {
+    let mut delay = settings.poll_min;
+    let mut elapsed = Duration::ZERO;
+    while elapsed + delay <= since_accept && delay < settings.poll_max {
+        elapsed += delay;
+        delay = (delay * 2).min(settings.poll_max);
+    }
+    delay
+}
+
+fn since(now: DateTime<Utc>, then: DateTime<Utc>) -> Duration {
+    (now - then).to_std().unwrap_or(Duration::ZERO)
+}
+
+struct Builder<'i, 'a> {
+    input: &'i PlanInput<'a>,
+    status: ComputeInstanceActionStatus,
+    events: Vec<EventNote>,
+}
+
+impl<'i, 'a> Builder<'i, 'a> {
+    fn new(input: &'i PlanInput<'a>) -> Self {
+        Self {
+            input,
+            status: input.status.clone(),
+            events: Vec::new(),
+        }
+    }
+
+    fn spec(&self) -> &'a ComputeInstanceActionSpec {
+        self.input.spec
+    }
+
+    fn event(&mut self, warning: bool, reason: &'static str, note: String) {
+        self.events.push(EventNote {
+            warning,
+            reason,
+            note,
+        });
+    }
+
+    /// Records the observed instance; `lastSeen` moves only when something else in it changed.
+    fn observe(&mut self, i: &Instance) {
+        let fresh = ObservedInstance {
+            status: i.status.as_str().to_owned(),
+            name: i.name.clone(),
+            zone: i.zone.clone(),
+            last_seen: None,
+        };
+        let changed = self.status.instance.as_ref().is_none_or(|old| {
+            old.status != fresh.status || old.name != fresh.name || old.zone != fresh.zone
+        });
+        if changed {
+            self.status.instance = Some(ObservedInstance {
+                last_seen: Some(self.input.now),
+                ..fresh
+            });
+        }
+    }
+
+    fn done(
+        mut self,
+        verdict: Verdict,
+        phase: Phase,
+        post: Option<PowerAction>,
+        requeue: Requeue,
+    ) -> Plan {
+        finish(
+            &mut self.status,
+            &verdict,
+            phase,
+            self.input.generation,
+            self.input.now,
+        );
+        Plan {
+            status: self.status,
+            post,
+            requeue,
+            events: self.events,
+        }
+    }
+
+    fn stalled(self, reason: &str, message: String, requeue: Requeue) -> Plan {
+        let phase = Phase::Failed;
+        self.done(Verdict::stalled(reason, message), phase, None, requeue)
+    }
+
+    fn observation_failed(mut self, err: &ApiError) -> Plan {
+        let s = self.input.settings;
+        let id = &self.spec().instance_id;
+        let message = format!("reading instance {id}: {err}");
+        match err {
+            ApiError::NotFound => {
+                self.close_open_action(ActionState::Failed, "InstanceNotFound");
+                self.stalled(
+                    "InstanceNotFound",
+                    format!("instance {id} does not exist in the admin API"),
+                    Requeue::After(s.resync),
+                )
+            }
+            ApiError::Unauthorized | ApiError::Forbidden | ApiError::Credentials(_) => {
+                self.stalled(err.reason(), message, Requeue::After(s.slow_retry))
+            }
+            ApiError::BadRequest(_) | ApiError::InvalidInstanceId(_) => {
+                self.stalled(err.reason(), message, Requeue::After(s.resync))
+            }
+            _ => {
+                // Transient, or a garbled answer: say so, keep the record, back off.
+                let phase = self.status.phase.unwrap_or(Phase::Pending);
+                let verdict =
+                    Verdict::reconciling("AdminApiUnavailable", format!("{message}; retrying"));
+                if let Some(timeout) = self.timed_out_action() {
+                    return self.stalled("Timeout", timeout, Requeue::After(s.resync));
+                }
+                self.done(
+                    verdict,
+                    phase,
+                    None,
+                    Requeue::Backoff {
+                        retry_after: err.retry_after(),
+                    },
+                )
+            }
+        }
+    }
+
+    /// If an open action has run past the timeout, closes it as failed and says why.
+    fn timed_out_action(&mut self) -> Option<String> {
+        let timeout = Duration::from_secs(u64::from(self.spec().timeout_seconds));
+        let now = self.input.now;
+        let open = self
+            .status
+            .action
+            .as_ref()
+            .filter(|a| !a.state.is_terminal())?;
+        if since(now, open.intent_at) <= timeout {
+            return None;
+        }
+        let message = format!(
+            "{} of instance {} did not complete within {}s",
+            open.action,
+            self.spec().instance_id,
+            timeout.as_secs()
+        );
+        self.close_open_action(ActionState::Failed, "Timeout");
+        self.event(true, "ActionFailed", message.clone());
+        Some(message)
+    }
+
+    fn close_open_action(&mut self, state: ActionState, reason: &str) {
+        if let Some(a) = self
+            .status
+            .action
+            .as_mut()
+            .filter(|a| !a.state.is_terminal())
+        {
+            a.state = state;
+            a.completed_at = Some(self.input.now);
+            a.reason = Some(reason.to_owned());
+        }
+    }
+
+    /// An action is open (Requested, Rejected or Accepted): follow it.
+    fn continue_action(mut self, open: ActionRecord, instance: &Instance) -> Plan {
+        let s = self.input.settings;
+        let now = self.input.now;
+        let spec = self.spec().clone();
+        // The spec changed under an open action (another state, another requestId).
+        let still_wanted = open.action == spec.desired_state.action()
+            && (!open.action.is_one_shot() || open.request_id == spec.request_id);
+        match open.state {
+            ActionState::Requested if open.action.is_one_shot() => {
+                // Intent persisted, outcome never recorded: the POST may or may not have been carried out.
+                self.close_open_action(ActionState::OutcomeUnknown, "OutcomeUnknown");
+                let message = format!(
+                    "{} of instance {} was requested but its outcome was never recorded (the operator stopped or lost the answer); it is not resent: set a new spec.requestId to run it again",
+                    open.action, spec.instance_id
+                );
+                self.event(true, "OutcomeUnknown", message.clone());
+                self.stalled("OutcomeUnknown", message, Requeue::After(s.resync))
+            }
+            ActionState::Requested | ActionState::Rejected if !still_wanted => {
+                // Never happened (or a level we may redo): drop it and decide afresh.
+                self.close_open_action(ActionState::Failed, "Superseded");
+                self.start_if_needed(instance)
+            }
+            ActionState::Requested | ActionState::Rejected => {
+                let reached =
+                    level_target(spec.desired_state).is_some_and(|t| t == instance.status);
+                if !reached && let Some(message) = self.timed_out_action() {
+                    return self.stalled("Timeout", message, Requeue::After(s.resync));
+                }
+                self.start_if_needed(instance)
+            }
+            ActionState::Accepted => {
+                if instance.status.is_transitional()
+                    && let Some(a) = self.status.action.as_mut()
+                {
+                    a.saw_transition = true;
+                }
+                let record = self.status.action.clone().unwrap_or(open);
+                let accepted_at = record.accepted_at.unwrap_or(record.intent_at);
+                let elapsed = since(now, accepted_at);
+                match completion(&record, &instance.status, elapsed, s.settle) {
+                    Completion::Done => {
+                        self.close_open_action(ActionState::Succeeded, "Completed");
+                        let took = since(now, record.intent_at);
+                        self.event(
+                            false,
+                            "ActionCompleted",
+                            format!(
+                                "{} of instance {} completed in {:.1}s",
+                                record.action,
+                                spec.instance_id,
+                                took.as_secs_f64()
+                            ),
+                        );
+                        if !still_wanted {
+                            return self.start_if_needed(instance);
+                        }
+                        let verdict =
+                            Verdict::ready("Succeeded", success_message(&spec, &instance.status));
+                        self.done(verdict, Phase::Succeeded, None, Requeue::After(s.resync))
+                    }
+                    Completion::Failed(why) => {
+                        self.close_open_action(ActionState::Failed, "InstanceError");
+                        let message =
+                            format!("{} of instance {}: {why}", record.action, spec.instance_id);
+                        self.event(true, "ActionFailed", message.clone());
+                        self.stalled("InstanceError", message, Requeue::After(s.resync))
+                    }
+                    Completion::Pending => {
+                        if let Some(message) = self.timed_out_action() {
+                            return self.stalled("Timeout", message, Requeue::After(s.resync));
+                        }
+                        let verdict = Verdict::reconciling(
+                            "ActionAccepted",
+                            format!(
+                                "{} of instance {} accepted; instance is {}",
+                                record.action, spec.instance_id, instance.status
+                            ),
+                        );
+                        self.done(
+                            verdict,
+                            Phase::InProgress,
+                            None,
+                            Requeue::After(poll_delay(s, elapsed)),
+                        )
+                    }
+                }
+            }
+            // Terminal states are filtered out by the caller.
+            ActionState::Succeeded | ActionState::Failed | ActionState::OutcomeUnknown => {
+                self.start_if_needed(instance)
+            }
+        }
+    }
+
+    /// No action open: decide whether one is needed.
+    fn start_if_needed(self, instance: &Instance) -> Plan {
+        if self.spec().desired_state.is_level() {
+            self.level(instance)
+        } else {
+            self.one_shot(instance)
+        }
+    }
+
+    fn level(mut self, instance: &Instance) -> Plan {
+        let s = self.input.settings;
+        let spec = self.spec().clone();
+        let target = level_target(spec.desired_state).unwrap_or(InstanceStatus::Running);
+        let action = spec.desired_state.action();
+        let last = self.status.action.as_ref();
+        // Converged before for this generation: a wrong state now is drift.
+        let converged_before = last.is_some_and(|a| {
+            a.state == ActionState::Succeeded
+                && a.generation == self.input.generation
+                && a.action == action
+        }) || (self.status.observed_generation
+            == Some(self.input.generation)
+            && self.status.phase == Some(Phase::Succeeded));
+        if instance.status == target {
+            // A re-read intent (crash, lost answer) whose level is reached is done.
+            self.close_open_action(ActionState::Succeeded, "Completed");
+            let verdict = Verdict::ready("Succeeded", success_message(&spec, &instance.status));
+            return self.done(verdict, Phase::Succeeded, None, Requeue::After(s.resync));
+        }
+        if instance.status.is_transitional() {
+            let verdict = Verdict::reconciling(
+                "WaitingForInstance",
+                format!(
+                    "instance {} is {}; waiting for it to settle",
+                    spec.instance_id, instance.status
+                ),
+            );
+            let phase = if converged_before {
+                Phase::Succeeded
+            } else {
+                Phase::InProgress
+            };
+            return self.done(verdict, phase, None, Requeue::After(s.poll_max));
+        }
+        if converged_before && spec.enforcement == Enforcement::Once {
+            let mut b = self;
+            b.close_open_action(ActionState::Failed, "Superseded");
+            let message = format!(
+                "instance {} drifted to {} after converging to {}; enforcement is once, so it is left alone",
+                spec.instance_id, instance.status, target
+            );
+            if b.status.phase == Some(Phase::Succeeded)
+                && b.status
+                    .instance
+                    .as_ref()
+                    .is_some_and(|i| i.last_seen == Some(b.input.now))
+            {
+                b.event(false, "DriftIgnored", message.clone());
+            }
+            return b.done(
+                Verdict::ready("ConvergedOnce", message),
+                Phase::Succeeded,
+                None,
+                Requeue::After(s.resync),
+            );
+        }
+        if instance.status == InstanceStatus::Deleting {
+            return self.stalled(
+                "InstanceDeleting",
+                format!("instance {} is being deleted", spec.instance_id),
+                Requeue::After(s.resync),
+            );
+        }
+        self.request(action, instance, converged_before)
+    }
+
+    fn one_shot(self, instance: &Instance) -> Plan {
+        let s = self.input.settings;
+        let spec = self.spec().clone();
+        let action = spec.desired_state.action();
+        // At most once per (object, requestId): look for any record that already answered this requestId.
+        let answered = self
+            .status
+            .action
+            .iter()
+            .chain(self.status.history.iter())
+            .rev()
+            .find(|a| {
+                a.action.is_one_shot() && a.request_id == spec.request_id && a.state.is_terminal()
+            })
+            .cloned();
+        if let Some(record) = answered {
+            let rid = spec.request_id.as_deref().unwrap_or("<none>");
+            return match record.state {
+                ActionState::Succeeded => {
+                    let verdict = Verdict::ready(
+                        "Succeeded",
+                        format!("{} of instance {} for requestId {rid} completed", record.action, spec.instance_id),
+                    );
+                    self.done(verdict, Phase::Succeeded, None, Requeue::After(s.resync))
+                }
+                ActionState::OutcomeUnknown => self.stalled(
+                    "OutcomeUnknown",
+                    format!("the outcome of {} for requestId {rid} is unknown and it is not resent; set a new spec.requestId to run it again", record.action),
+                    Requeue::After(s.resync),
+                ),
+                _ => {
+                    let reason = record.reason.clone().unwrap_or_else(|| "Failed".into());
+                    self.stalled(
+                        &reason,
+                        format!("{} for requestId {rid} failed ({reason}); set a new spec.requestId to try again", record.action),
+                        Requeue::After(s.resync),
+                    )
+                }
+            };
+        }
+        if instance.status.is_transitional() {
+            let verdict = Verdict::reconciling(
+                "WaitingForInstance",
+                format!(
+                    "instance {} is {}; {action} waits for it to settle",
+                    spec.instance_id, instance.status
+                ),
+            );
+            return self.done(verdict, Phase::Pending, None, Requeue::After(s.poll_max));
+        }
+        if !action_allowed_from(action, &instance.status) {
+            return self.stalled(
+                "InvalidInstanceState",
+                format!(
+                    "instance {} is {}; {action} needs a running instance",
+                    spec.instance_id, instance.status
+                ),
+                Requeue::After(s.slow_retry),
+            );
+        }
+        self.request(action, instance, false)
+    }
+
+    /// Plans a POST: a new (or renewed) intent record, unless someone else is acting or this is a dry run.
+    fn request(mut self, action: PowerAction, instance: &Instance, drift: bool) -> Plan {
+        let s = self.input.settings;
+        let spec = self.spec().clone();
+        let now = self.input.now;
+        if let Some(peer) = self.input.peers.iter().find(|p| p.acting) {
+            let verdict = Verdict::reconciling(
+                "WaitingForOtherAction",
+                format!(
+                    "{} is acting on instance {}; {action} waits for it",
+                    peer.key, spec.instance_id
+                ),
+            );
+            return self.done(verdict, Phase::Pending, None, Requeue::After(s.poll_max));
+        }
+        if spec.dry_run || s.dry_run {
+            let message = format!(
+                "dry run: would {action} instance {} (now {})",
+                spec.instance_id, instance.status
+            );
+            if self.status.message.as_deref() != Some(message.as_str()) {
+                self.event(false, "DryRun", message.clone());
+            }
+            return self.done(
+                Verdict::reconciling("DryRun", message),
+                Phase::Pending,
+                None,
+                Requeue::After(s.resync),
+            );
+        }
+        // Renew a refused/re-read intent of the same kind; otherwise start a new record.
+        let renew = self.status.action.as_ref().is_some_and(|a| {
+            !a.state.is_terminal() && a.action == action && a.request_id == spec.request_id
+        });
+        if renew {
+            if let Some(a) = self.status.action.as_mut() {
+                a.state = ActionState::Requested;
+                a.attempts += 1;
+                a.reason = None;
+            }
+        } else {
+            if let Some(prev) = self.status.action.take() {
+                push_history(&mut self.status.history, prev);
+            }
+            self.status.action = Some(ActionRecord {
+                action,
+                request_id: if action.is_one_shot() {
+                    spec.request_id.clone()
+                } else {
+                    None
+                },
+                generation: self.input.generation,
+                state: ActionState::Requested,
+                intent_at: now,
+                accepted_at: None,
+                completed_at: None,
+                attempts: 1,
+                saw_transition: false,
+                reason: None,
+                drift,
+            });
+        }
+        let note = if drift {
+            format!(
+                "instance {} drifted to {}; requesting {action}",
+                spec.instance_id, instance.status
+            )
+        } else {
+            format!(
+                "requesting {action} of instance {} (now {})",
+                spec.instance_id, instance.status
+            )
+        };
+        self.event(
+            false,
+            if drift {
+                "DriftDetected"
+            } else {
+                "ActionRequested"
+            },
+            note.clone(),
+        );
+        self.done(
+            Verdict::reconciling("ActionRequested", note),
+            Phase::InProgress,
+            Some(action),
+            Requeue::After(s.poll_min),
+        )
+    }
+}
+
+fn push_history(history: &mut Vec<ActionRecord>, record: ActionRecord) {
+    history.push(record);
+    if history.len() > HISTORY_LIMIT {
+        let excess = history.len() - HISTORY_LIMIT;
+        history.drain(..excess);
+    }
+}
+
+fn success_message(spec: &ComputeInstanceActionSpec, status: &InstanceStatus) -> String {
+    match spec.desired_state {
+        DesiredState::Running | DesiredState::Stopped => {
+            format!("instance {} is {status}", spec.instance_id)
+        }
+        d => format!(
+            "instance {} was {} and is {status}",
+            spec.instance_id,
+            d.as_str()
+        ),
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Completion {
+    Done,
+    Pending,
+    Failed(String),
+}
+
+/// Has an accepted action completed, given what the instance reports now?
+fn completion(
+    record: &ActionRecord,
+    now: &InstanceStatus,
+    since_accept: Duration,
+    settle: Duration,
+) -> Completion {
+    use InstanceStatus as S;
+    match (record.action, now) {
+        (_, S::Deleting) => Completion::Failed("instance is being deleted".into()),
+        (_, s) if s.is_transitional() => Completion::Pending,
+        (PowerAction::Stop, S::Stopped) | (PowerAction::Start, S::Running) => Completion::Done,
+        (PowerAction::Restart | PowerAction::Reset, S::Running) => {
+            if record.saw_transition || since_accept >= settle {
+                Completion::Done
+            } else {
+                Completion::Pending
+            }
+        }
+        (PowerAction::Start | PowerAction::Restart | PowerAction::Reset, S::Error) => {
+            Completion::Failed("instance reports error".into())
+        }
+        // Accepted but not moved yet (e.g. a stop seen as still running): keep polling until the timeout.
+        _ => Completion::Pending,
+    }
+}
+
+/// Fills in phase, message, conditions and observed generation.
+fn finish(
+    status: &mut ComputeInstanceActionStatus,
+    verdict: &Verdict,
+    phase: Phase,
+    generation: i64,
+    now: DateTime<Utc>,
+) {
+    status.phase = Some(phase);
+    status.message = Some(verdict.message().to_owned());
+    status.observed_generation = Some(generation);
+    apply_verdict(&mut status.conditions, verdict, Some(generation), now);
+}
+
+/// What follows the answer to a POST whose intent was persisted.
+pub fn after_post(
+    status: &ComputeInstanceActionStatus,
+    spec: &ComputeInstanceActionSpec,
+    generation: i64,
+    result: &Result<(), ApiError>,
+    now: DateTime<Utc>,
+    settings: &PlanSettings,
+) -> Plan {
+    let mut status = status.clone();
+    let mut events = Vec::new();
+    let Some(action) = status.action.clone() else {
+        let verdict = Verdict::reconciling("ActionRequested", "no action record");
+        finish(&mut status, &verdict, Phase::Pending, generation, now);
+        return Plan {
+            status,
+            post: None,
+            requeue: Requeue::After(settings.poll_min),
+            events,
+        };
+    };
+    let id = &spec.instance_id;
+    let set =
+        |status: &mut ComputeInstanceActionStatus, state: ActionState, reason: Option<&str>| {
+            if let Some(a) = status.action.as_mut() {
+                a.state = state;
+                a.reason = reason.map(str::to_owned);
+                match state {
+                    ActionState::Accepted => a.accepted_at = Some(now),
+                    s if s.is_terminal() => a.completed_at = Some(now),
+                    _ => {}
+                }
+            }
+        };
+    let (verdict, phase, requeue) = match result {
+        Ok(()) => {
+            set(&mut status, ActionState::Accepted, None);
+            let note = format!(
+                "{} of instance {id} accepted by the admin API",
+                action.action
+            );
+            events.push(EventNote {
+                warning: false,
+                reason: "ActionAccepted",
+                note: note.clone(),
+            });
+            (
+                Verdict::reconciling("ActionAccepted", note),
+                Phase::InProgress,
+                Requeue::After(settings.poll_min),
+            )
+        }
+        Err(ApiError::NotFound) => {
+            set(&mut status, ActionState::Failed, Some("InstanceNotFound"));
+            let note = format!("instance {id} does not exist in the admin API");
+            events.push(EventNote {
+                warning: true,
+                reason: "ActionFailed",
+                note: note.clone(),
+            });
+            (
+                Verdict::stalled("InstanceNotFound", note),
+                Phase::Failed,
+                Requeue::After(settings.resync),
+            )
+        }
+        Err(ApiError::BadRequest(_) | ApiError::InvalidInstanceId(_)) => {
+            let err = result
+                .as_ref()
+                .err()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            set(&mut status, ActionState::Failed, Some("BadRequest"));
+            events.push(EventNote {
+                warning: true,
+                reason: "ActionFailed",
+                note: err.clone(),
+            });
+            (
+                Verdict::stalled("BadRequest", err),
+                Phase::Failed,
+                Requeue::After(settings.resync),
+            )
+        }
+        Err(e @ (ApiError::Unauthorized | ApiError::Forbidden | ApiError::Credentials(_))) => {
+            set(&mut status, ActionState::Rejected, Some(e.reason()));
+            let note = format!(
+                "{} of instance {id} refused: {e}; retrying every {}s",
+                action.action,
+                settings.slow_retry.as_secs()
+            );
+            events.push(EventNote {
+                warning: true,
+                reason: "ActionFailed",
+                note: note.clone(),
+            });
+            (
+                Verdict::stalled(e.reason(), note),
+                Phase::Failed,
+                Requeue::After(settings.slow_retry),
+            )
+        }
+        Err(ApiError::Conflict) => {
+            // 409: look again. Not carried out, so it may be tried again after a fresh read.
+            set(&mut status, ActionState::Rejected, Some("Conflict"));
+            let note = format!(
+                "admin API answered 409 to {} of instance {id}; re-reading the instance",
+                action.action
+            );
+            (
+                Verdict::reconciling("InstanceBusy", note),
+                Phase::InProgress,
+                Requeue::Backoff { retry_after: None },
+            )
+        }
+        Err(e) if !e.may_have_reached_server() => {
+            set(&mut status, ActionState::Rejected, Some(e.reason()));
+            let note = format!(
+                "{} of instance {id} not carried out: {e}; retrying",
+                action.action
+            );
+            (
+                Verdict::reconciling("AdminApiUnavailable", note),
+                Phase::InProgress,
+                Requeue::Backoff {
+                    retry_after: e.retry_after(),
+                },
+            )
+        }
+        Err(e) if action.action.is_one_shot() => {
+            set(
+                &mut status,
+                ActionState::OutcomeUnknown,
+                Some("OutcomeUnknown"),
+            );
+            let note = format!(
+                "{} of instance {id} may or may not have been carried out ({e}); it is not resent: set a new spec.requestId to run it again",
+                action.action
+            );
+            events.push(EventNote {
+                warning: true,
+                reason: "OutcomeUnknown",
+                note: note.clone(),
+            });
+            (
+                Verdict::stalled("OutcomeUnknown", note),
+                Phase::Failed,
+                Requeue::After(settings.resync),
+            )
+        }
+        Err(e) => {
+            // A level: the instance will tell. Keep the intent open and re-read it.
+            let note = format!(
+                "{} of instance {id}: {e}; re-reading the instance",
+                action.action
+            );
+            (
+                Verdict::reconciling("AdminApiUnavailable", note),
+                Phase::InProgress,
+                Requeue::Backoff {
+                    retry_after: e.retry_after(),
+                },
+            )
+        }
+    };
+    finish(&mut status, &verdict, phase, generation, now);
+    Plan {
+        status,
+        post: None,
+        requeue,
+        events,
+    }
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

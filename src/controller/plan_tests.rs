@@ -1,0 +1,788 @@
+//! Table tests of the planner: every desired state x observed status x recorded action state.
+
+use chrono::TimeZone;
+
+use super::*;
+
+const GEN: i64 = 3;
+
+fn t(s: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_800_000_000, 0).unwrap() + chrono::Duration::milliseconds(s)
+}
+
+fn spec(desired: DesiredState) -> ComputeInstanceActionSpec {
+    ComputeInstanceActionSpec {
+        instance_id: "inst-1".into(),
+        desired_state: desired,
+        request_id: (!desired.is_level()).then(|| "r1".into()),
+        timeout_seconds: 60,
+        enforcement: Enforcement::Continuous,
+        dry_run: false,
+        suspend: false,
+    }
+}
+
+fn instance(status: &str) -> Observation {
+    Observation::Instance(Instance {
+        id: "inst-1".into(),
+        user_id: String::new(),
+        customer_id: String::new(),
+        name: "n".into(),
+        zone: "z".into(),
+        machine_type: String::new(),
+        external_ip: String::new(),
+        internal_ip: String::new(),
+        status: InstanceStatus::parse(status),
+        template_id: String::new(),
+        created_at: String::new(),
+    })
+}
+
+fn record(action: PowerAction, state: ActionState, request_id: Option<&str>) -> ActionRecord {
+    ActionRecord {
+        action,
+        request_id: request_id.map(Into::into),
+        generation: GEN,
+        state,
+        intent_at: t(0),
+        accepted_at: (state != ActionState::Requested && state != ActionState::Rejected)
+            .then(|| t(100)),
+        completed_at: state.is_terminal().then(|| t(2000)),
+        attempts: 1,
+        saw_transition: false,
+        reason: None,
+        drift: false,
+    }
+}
+
+fn status_with(action: Option<ActionRecord>) -> ComputeInstanceActionStatus {
+    ComputeInstanceActionStatus {
+        action,
+        ..Default::default()
+    }
+}
+
+fn run(
+    spec: &ComputeInstanceActionSpec,
+    status: &ComputeInstanceActionStatus,
+    obs: &Observation,
+    now_ms: i64,
+) -> Plan {
+    run_with(spec, status, obs, &[], now_ms)
+}
+
+fn run_with(
+    spec: &ComputeInstanceActionSpec,
+    status: &ComputeInstanceActionStatus,
+    obs: &Observation,
+    peers: &[Peer],
+    now_ms: i64,
+) -> Plan {
+    let settings = PlanSettings {
+        settle: Duration::from_secs(5),
+        ..Default::default()
+    };
+    plan(&PlanInput {
+        spec,
+        generation: GEN,
+        status,
+        observation: obs,
+        peers,
+        now: t(now_ms),
+        settings: &settings,
+    })
+}
+
+fn ready(p: &Plan) -> (&str, &str) {
+    let c = p
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready condition");
+    (c.status.as_str(), c.reason.as_str())
+}
+
+fn stalled_reason(p: &Plan) -> Option<&str> {
+    p.status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Stalled" && c.status == "True")
+        .map(|c| c.reason.as_str())
+}
+
+const DESIRED: [DesiredState; 4] = [
+    DesiredState::Running,
+    DesiredState::Stopped,
+    DesiredState::Restarted,
+    DesiredState::Reset,
+];
+const STATUSES: [&str; 11] = [
+    "running",
+    "stopped",
+    "provisioning",
+    "error",
+    "deleting",
+    "stopping",
+    "starting",
+    "restarting",
+    "resetting",
+    "hibernating",
+    "",
+];
+const STATES: [Option<ActionState>; 7] = [
+    None,
+    Some(ActionState::Requested),
+    Some(ActionState::Rejected),
+    Some(ActionState::Accepted),
+    Some(ActionState::Succeeded),
+    Some(ActionState::Failed),
+    Some(ActionState::OutcomeUnknown),
+];
+
+/// Invariants over the whole product of inputs.
+#[test]
+fn invariants_hold_for_every_combination() {
+    for desired in DESIRED {
+        for observed in STATUSES {
+            for state in STATES {
+                for now in [500, 10_000, 120_000] {
+                    let sp = spec(desired);
+                    let rec = state.map(|s| record(desired.action(), s, sp.request_id.as_deref()));
+                    let st = status_with(rec.clone());
+                    let p = run(&sp, &st, &instance(observed), now);
+                    let case =
+                        format!("{desired:?} observed={observed:?} state={state:?} now={now}");
+                    // Conditions always present and consistent.
+                    assert_eq!(p.status.conditions.len(), 3, "{case}");
+                    assert_eq!(p.status.observed_generation, Some(GEN), "{case}");
+                    let trues = p
+                        .status
+                        .conditions
+                        .iter()
+                        .filter(|c| c.status == "True")
+                        .count();
+                    assert_eq!(trues, 1, "exactly one of Ready/Reconciling/Stalled: {case}");
+                    if let Some(action) = p.post {
+                        assert_eq!(action, desired.action(), "{case}");
+                        // A POST always comes with a persisted-first intent.
+                        let a = p.status.action.as_ref().expect("intent record");
+                        assert_eq!(a.state, ActionState::Requested, "{case}");
+                        assert_eq!(a.action, action, "{case}");
+                        // Never into a transitional instance, never to a level already reached.
+                        assert!(!InstanceStatus::parse(observed).is_transitional(), "{case}");
+                        assert!(
+                            action_allowed_from(action, &InstanceStatus::parse(observed)),
+                            "{case}"
+                        );
+                        // At most once: a one-shot whose requestId already has a terminal or in-flight record is never re-posted.
+                        if action.is_one_shot() {
+                            assert!(
+                                matches!(state, None | Some(ActionState::Rejected)),
+                                "one-shot re-posted from {state:?}: {case}"
+                            );
+                        }
+                    }
+                    if desired.is_level() && observed == level_target(desired).unwrap().as_str() {
+                        assert!(
+                            p.post.is_none(),
+                            "level already reached must not POST: {case}"
+                        );
+                        assert_eq!(ready(&p).0, "True", "{case}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Specific expectations, one row each.
+#[test]
+fn decision_table() {
+    use ActionState as A;
+    use DesiredState as D;
+    struct Row {
+        desired: D,
+        observed: &'static str,
+        state: Option<A>,
+        saw_transition: bool,
+        now: i64,
+        post: bool,
+        ready: &'static str,
+        reason: &'static str,
+        record_after: Option<A>,
+    }
+    let rows = [
+        // Levels: already there -> Ready, no POST.
+        Row {
+            desired: D::Running,
+            observed: "running",
+            state: None,
+            saw_transition: false,
+            now: 1,
+            post: false,
+            ready: "True",
+            reason: "Succeeded",
+            record_after: None,
+        },
+        Row {
+            desired: D::Stopped,
+            observed: "stopped",
+            state: None,
+            saw_transition: false,
+            now: 1,
+            post: false,
+            ready: "True",
+            reason: "Succeeded",
+            record_after: None,
+        },
+        // Levels: wrong and settled -> POST.
+        Row {
+            desired: D::Stopped,
+            observed: "running",
+            state: None,
+            saw_transition: false,
+            now: 1,
+            post: true,
+            ready: "False",
+            reason: "ActionRequested",
+            record_after: Some(A::Requested),
+        },
+        Row {
+            desired: D::Running,
+            observed: "stopped",
+            state: None,
+            saw_transition: false,
+            now: 1,
+            post: true,
+            ready: "False",
+            reason: "ActionRequested",
+            record_after: Some(A::Requested),
+        },
+        Row {
+            desired: D::Running,
+            observed: "error",
+            state: None,
+            saw_transition: false,
+            now: 1,
+            post: true,
+            ready: "False",
+            reason: "ActionRequested",
+            record_after: Some(A::Requested),
+        },
+        // Levels: transitional -> wait.
+        Row {
+            desired: D::Running,
+            observed: "starting",
+            state: None,
+            saw_transition: false,
+            now: 1,
+            post: false,
+            ready: "False",
+            reason: "WaitingForInstance",
+            record_after: None,
+        },
+        Row {
+            desired: D::Stopped,
+            observed: "hibernating",
+            state: None,
+            saw_transition: false,
+            now: 1,
+            post: false,
+            ready: "False",
+            reason: "WaitingForInstance",
+            record_after: None,
+        },
+        // Levels: crash after intent -> re-read and continue (here: already reached, so done).
+        Row {
+            desired: D::Stopped,
+            observed: "stopped",
+            state: Some(A::Requested),
+            saw_transition: false,
+            now: 500,
+            post: false,
+            ready: "True",
+            reason: "Succeeded",
+            record_after: Some(A::Succeeded),
+        },
+        Row {
+            desired: D::Stopped,
+            observed: "running",
+            state: Some(A::Requested),
+            saw_transition: false,
+            now: 500,
+            post: true,
+            ready: "False",
+            reason: "ActionRequested",
+            record_after: Some(A::Requested),
+        },
+        // Levels: accepted and reached -> done.
+        Row {
+            desired: D::Stopped,
+            observed: "stopped",
+            state: Some(A::Accepted),
+            saw_transition: false,
+            now: 600,
+            post: false,
+            ready: "True",
+            reason: "Succeeded",
+            record_after: Some(A::Succeeded),
+        },
+        Row {
+            desired: D::Stopped,
+            observed: "stopping",
+            state: Some(A::Accepted),
+            saw_transition: false,
+            now: 600,
+            post: false,
+            ready: "False",
+            reason: "ActionAccepted",
+            record_after: Some(A::Accepted),
+        },
+        // Levels: accepted, past timeout -> Stalled Timeout.
+        Row {
+            desired: D::Stopped,
+            observed: "stopping",
+            state: Some(A::Accepted),
+            saw_transition: false,
+            now: 61_000,
+            post: false,
+            ready: "False",
+            reason: "Timeout",
+            record_after: Some(A::Failed),
+        },
+        // One-shots: first time from running -> POST.
+        Row {
+            desired: D::Restarted,
+            observed: "running",
+            state: None,
+            saw_transition: false,
+            now: 1,
+            post: true,
+            ready: "False",
+            reason: "ActionRequested",
+            record_after: Some(A::Requested),
+        },
+        Row {
+            desired: D::Reset,
+            observed: "error",
+            state: None,
+            saw_transition: false,
+            now: 1,
+            post: true,
+            ready: "False",
+            reason: "ActionRequested",
+            record_after: Some(A::Requested),
+        },
+        // One-shots: restart of a stopped instance is refused by us, not sent.
+        Row {
+            desired: D::Restarted,
+            observed: "stopped",
+            state: None,
+            saw_transition: false,
+            now: 1,
+            post: false,
+            ready: "False",
+            reason: "InvalidInstanceState",
+            record_after: None,
+        },
+        // One-shots: crash between intent and answer -> OutcomeUnknown, never resent.
+        Row {
+            desired: D::Restarted,
+            observed: "running",
+            state: Some(A::Requested),
+            saw_transition: false,
+            now: 500,
+            post: false,
+            ready: "False",
+            reason: "OutcomeUnknown",
+            record_after: Some(A::OutcomeUnknown),
+        },
+        // One-shots: accepted, running on first poll, no transition seen -> not done yet.
+        Row {
+            desired: D::Restarted,
+            observed: "running",
+            state: Some(A::Accepted),
+            saw_transition: false,
+            now: 400,
+            post: false,
+            ready: "False",
+            reason: "ActionAccepted",
+            record_after: Some(A::Accepted),
+        },
+        // ... but done once the settle time passed.
+        Row {
+            desired: D::Restarted,
+            observed: "running",
+            state: Some(A::Accepted),
+            saw_transition: false,
+            now: 5_200,
+            post: false,
+            ready: "True",
+            reason: "Succeeded",
+            record_after: Some(A::Succeeded),
+        },
+        // ... or at once after a visible transition.
+        Row {
+            desired: D::Reset,
+            observed: "running",
+            state: Some(A::Accepted),
+            saw_transition: true,
+            now: 400,
+            post: false,
+            ready: "True",
+            reason: "Succeeded",
+            record_after: Some(A::Succeeded),
+        },
+        Row {
+            desired: D::Reset,
+            observed: "resetting",
+            state: Some(A::Accepted),
+            saw_transition: false,
+            now: 400,
+            post: false,
+            ready: "False",
+            reason: "ActionAccepted",
+            record_after: Some(A::Accepted),
+        },
+        Row {
+            desired: D::Restarted,
+            observed: "error",
+            state: Some(A::Accepted),
+            saw_transition: true,
+            now: 400,
+            post: false,
+            ready: "False",
+            reason: "InstanceError",
+            record_after: Some(A::Failed),
+        },
+        // One-shots: already answered for this requestId -> nothing new.
+        Row {
+            desired: D::Restarted,
+            observed: "running",
+            state: Some(A::Succeeded),
+            saw_transition: false,
+            now: 9_000,
+            post: false,
+            ready: "True",
+            reason: "Succeeded",
+            record_after: Some(A::Succeeded),
+        },
+        Row {
+            desired: D::Reset,
+            observed: "running",
+            state: Some(A::OutcomeUnknown),
+            saw_transition: false,
+            now: 9_000,
+            post: false,
+            ready: "False",
+            reason: "OutcomeUnknown",
+            record_after: Some(A::OutcomeUnknown),
+        },
+        Row {
+            desired: D::Reset,
+            observed: "running",
+            state: Some(A::Failed),
+            saw_transition: false,
+            now: 9_000,
+            post: false,
+            ready: "False",
+            reason: "Failed",
+            record_after: Some(A::Failed),
+        },
+        // One-shots: refused earlier (409) and instance settled now -> retried (it never ran).
+        Row {
+            desired: D::Restarted,
+            observed: "running",
+            state: Some(A::Rejected),
+            saw_transition: false,
+            now: 2_000,
+            post: true,
+            ready: "False",
+            reason: "ActionRequested",
+            record_after: Some(A::Requested),
+        },
+        Row {
+            desired: D::Restarted,
+            observed: "restarting",
+            state: Some(A::Rejected),
+            saw_transition: false,
+            now: 2_000,
+            post: false,
+            ready: "False",
+            reason: "WaitingForInstance",
+            record_after: Some(A::Rejected),
+        },
+        Row {
+            desired: D::Restarted,
+            observed: "restarting",
+            state: Some(A::Rejected),
+            saw_transition: false,
+            now: 70_000,
+            post: false,
+            ready: "False",
+            reason: "Timeout",
+            record_after: Some(A::Failed),
+        },
+    ];
+    for (i, r) in rows.iter().enumerate() {
+        let sp = spec(r.desired);
+        let rec = r.state.map(|s| ActionRecord {
+            saw_transition: r.saw_transition,
+            ..record(r.desired.action(), s, sp.request_id.as_deref())
+        });
+        let p = run(&sp, &status_with(rec), &instance(r.observed), r.now);
+        let case = format!("row {i}: {:?} {} {:?}", r.desired, r.observed, r.state);
+        assert_eq!(p.post.is_some(), r.post, "{case}");
+        assert_eq!(
+            ready(&p),
+            (r.ready, r.reason),
+            "{case}: {:?}",
+            p.status.message
+        );
+        assert_eq!(
+            p.status.action.as_ref().map(|a| a.state),
+            r.record_after,
+            "{case}"
+        );
+    }
+}
+
+#[test]
+fn new_request_id_runs_once_more_and_old_ones_are_remembered() {
+    let mut sp = spec(DesiredState::Restarted);
+    let done = record(PowerAction::Restart, ActionState::Succeeded, Some("r1"));
+    let st = status_with(Some(done));
+    assert!(run(&sp, &st, &instance("running"), 9_000).post.is_none());
+    sp.request_id = Some("r2".into());
+    let p = run(&sp, &st, &instance("running"), 9_000);
+    assert_eq!(p.post, Some(PowerAction::Restart));
+    assert_eq!(p.status.history.len(), 1, "the r1 record moves to history");
+    // Going back to r1 later does not run it again.
+    sp.request_id = Some("r1".into());
+    let mut st2 = p.status.clone();
+    if let Some(a) = st2.action.as_mut() {
+        a.state = ActionState::Succeeded;
+    }
+    assert!(run(&sp, &st2, &instance("running"), 20_000).post.is_none());
+}
+
+#[test]
+fn contradicting_enforcers_both_stall_and_same_level_does_not() {
+    let peer = |desired| Peer {
+        key: "ns/other".into(),
+        desired,
+        enforcement: Enforcement::Continuous,
+        suspended: false,
+        acting: false,
+    };
+    let sp = spec(DesiredState::Stopped);
+    let p = run_with(
+        &sp,
+        &status_with(None),
+        &instance("running"),
+        &[peer(DesiredState::Running)],
+        1,
+    );
+    assert_eq!(stalled_reason(&p), Some("Conflict"));
+    assert!(p.post.is_none());
+    let p = run_with(
+        &sp,
+        &status_with(None),
+        &instance("running"),
+        &[peer(DesiredState::Stopped)],
+        1,
+    );
+    assert_eq!(p.post, Some(PowerAction::Stop));
+    // A peer in flight serializes us.
+    let busy = Peer {
+        acting: true,
+        ..peer(DesiredState::Restarted)
+    };
+    let p = run_with(&sp, &status_with(None), &instance("running"), &[busy], 1);
+    assert!(p.post.is_none());
+    assert_eq!(ready(&p).1, "WaitingForOtherAction");
+}
+
+#[test]
+fn drift_is_corrected_or_reported_by_enforcement() {
+    let mut sp = spec(DesiredState::Stopped);
+    let converged = record(PowerAction::Stop, ActionState::Succeeded, None);
+    let p = run(
+        &sp,
+        &status_with(Some(converged.clone())),
+        &instance("running"),
+        100_000,
+    );
+    assert_eq!(p.post, Some(PowerAction::Stop));
+    assert!(p.events.iter().any(|e| e.reason == "DriftDetected"));
+    assert!(p.status.action.as_ref().unwrap().drift);
+    sp.enforcement = Enforcement::Once;
+    let p = run(
+        &sp,
+        &status_with(Some(converged)),
+        &instance("running"),
+        100_000,
+    );
+    assert!(p.post.is_none());
+    assert_eq!(ready(&p), ("True", "ConvergedOnce"));
+}
+
+#[test]
+fn dry_run_never_posts() {
+    let mut sp = spec(DesiredState::Reset);
+    sp.dry_run = true;
+    let p = run(&sp, &status_with(None), &instance("running"), 1);
+    assert!(p.post.is_none());
+    assert_eq!(ready(&p).1, "DryRun");
+    assert!(p.events.iter().any(|e| e.reason == "DryRun"));
+}
+
+#[test]
+fn api_errors_become_conditions() {
+    let sp = spec(DesiredState::Running);
+    let table: [(ApiError, &str, bool); 6] = [
+        (ApiError::NotFound, "InstanceNotFound", true),
+        (ApiError::Unauthorized, "Unauthorized", true),
+        (ApiError::Forbidden, "Forbidden", true),
+        (ApiError::BadRequest("x".into()), "BadRequest", true),
+        (
+            ApiError::Server {
+                status: 503,
+                retry_after: None,
+            },
+            "AdminApiUnavailable",
+            false,
+        ),
+        (
+            ApiError::Malformed("garbage".into()),
+            "AdminApiUnavailable",
+            false,
+        ),
+    ];
+    for (err, reason, stalled) in table {
+        let p = run(
+            &sp,
+            &status_with(None),
+            &Observation::Failed(err.clone()),
+            1,
+        );
+        assert_eq!(ready(&p).1, reason, "{err:?}");
+        assert_eq!(stalled_reason(&p).is_some(), stalled, "{err:?}");
+        assert!(p.post.is_none());
+    }
+}
+
+#[test]
+fn after_post_table() {
+    let sp = spec(DesiredState::Restarted);
+    let lvl = spec(DesiredState::Stopped);
+    let settings = PlanSettings::default();
+    let intent = |a| status_with(Some(record(a, ActionState::Requested, None)));
+    let table: Vec<(
+        &ComputeInstanceActionSpec,
+        PowerAction,
+        Result<(), ApiError>,
+        ActionState,
+        &str,
+    )> = vec![
+        (
+            &sp,
+            PowerAction::Restart,
+            Ok(()),
+            ActionState::Accepted,
+            "ActionAccepted",
+        ),
+        (
+            &sp,
+            PowerAction::Restart,
+            Err(ApiError::Conflict),
+            ActionState::Rejected,
+            "InstanceBusy",
+        ),
+        (
+            &sp,
+            PowerAction::Restart,
+            Err(ApiError::NotFound),
+            ActionState::Failed,
+            "InstanceNotFound",
+        ),
+        (
+            &sp,
+            PowerAction::Restart,
+            Err(ApiError::Forbidden),
+            ActionState::Rejected,
+            "Forbidden",
+        ),
+        (
+            &sp,
+            PowerAction::Restart,
+            Err(ApiError::RateLimited { retry_after: None }),
+            ActionState::Rejected,
+            "AdminApiUnavailable",
+        ),
+        (
+            &sp,
+            PowerAction::Restart,
+            Err(ApiError::Server {
+                status: 503,
+                retry_after: None,
+            }),
+            ActionState::Rejected,
+            "AdminApiUnavailable",
+        ),
+        (
+            &sp,
+            PowerAction::Restart,
+            Err(ApiError::Server {
+                status: 502,
+                retry_after: None,
+            }),
+            ActionState::OutcomeUnknown,
+            "OutcomeUnknown",
+        ),
+        (
+            &sp,
+            PowerAction::Restart,
+            Err(ApiError::Timeout { sent: true }),
+            ActionState::OutcomeUnknown,
+            "OutcomeUnknown",
+        ),
+        (
+            &sp,
+            PowerAction::Restart,
+            Err(ApiError::Transport {
+                message: "refused".into(),
+                sent: false,
+            }),
+            ActionState::Rejected,
+            "AdminApiUnavailable",
+        ),
+        (
+            &lvl,
+            PowerAction::Stop,
+            Err(ApiError::Timeout { sent: true }),
+            ActionState::Requested,
+            "AdminApiUnavailable",
+        ),
+    ];
+    for (spec, action, result, state, reason) in table {
+        let p = after_post(&intent(action), spec, GEN, &result, t(10), &settings);
+        assert_eq!(
+            p.status.action.as_ref().map(|a| a.state),
+            Some(state),
+            "{result:?}"
+        );
+        assert_eq!(ready(&p).1, reason, "{result:?}");
+    }
+}
+
+#[test]
+fn polls_start_fast_then_slow_down() {
+    let s = PlanSettings::default();
+    let ms = |d: Duration| d.as_millis();
+    assert_eq!(ms(poll_delay(&s, Duration::ZERO)), 250);
+    assert_eq!(ms(poll_delay(&s, Duration::from_millis(300))), 500);
+    assert_eq!(ms(poll_delay(&s, Duration::from_millis(800))), 1000);
+    assert_eq!(ms(poll_delay(&s, Duration::from_secs(600))), 5000);
+}

@@ -1,0 +1,10 @@
+//! compute-operator: declare the power state of compute instances from Kubernetes.
+pub mod api;
+pub mod config;
+pub mod controller;
+pub mod devenv;
+pub mod metrics;
+pub mod operator;
+pub mod resource;
+pub mod sim;
+pub mod telemetry;

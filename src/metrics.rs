@@ -1,0 +1,173 @@
+//! Prometheus metrics (`compute_operator_*`) and the HTTP endpoint that serves them with health probes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub action: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabel {
+    pub action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub endpoint: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabel {
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    pub phase: String,
+}
+
+/// Every metric the operator exports.
+pub struct Metrics {
+    registry: Registry,
+    pub reconciles: Counter,
+    pub reconcile_errors: Family<ReasonLabel, Counter>,
+    pub reconcile_duration: Histogram,
+    pub actions: Family<ActionLabels, Counter>,
+    pub action_duration: Family<ActionLabel, Histogram>,
+    pub api_requests: Family<RequestLabels, Counter>,
+    pub api_latency: Family<EndpointLabel, Histogram>,
+    pub status_writes: Counter,
+    pub objects_by_phase: Family<PhaseLabel, Gauge>,
+    pub leader: Gauge,
+    /// Set once the watches have listed everything (readiness).
+    pub watching: AtomicBool,
+    /// Leadership known (or not needed).
+    pub leadership_known: AtomicBool,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("compute_operator");
+        let reconciles = Counter::default();
+        let reconcile_errors = Family::<ReasonLabel, Counter>::default();
+        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        let actions = Family::<ActionLabels, Counter>::default();
+        let action_duration =
+            Family::<ActionLabel, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.1, 2.0, 12)));
+        let api_requests = Family::<RequestLabels, Counter>::default();
+        let api_latency =
+            Family::<EndpointLabel, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 14)));
+        let status_writes = Counter::default();
+        let objects_by_phase = Family::<PhaseLabel, Gauge>::default();
+        let leader = Gauge::default();
+        registry.register("reconciles", "Reconciles run", reconciles.clone());
+        registry.register("reconcile_errors", "Reconciles that failed, by reason", reconcile_errors.clone());
+        registry.register("reconcile_duration_seconds", "Reconcile duration", reconcile_duration.clone());
+        registry.register("actions", "Admin API actions by action and result", actions.clone());
+        registry.register(
+            "action_duration_seconds",
+            "Time from intent to completion of an action",
+            action_duration.clone(),
+        );
+        registry.register("api_requests", "Admin API requests by endpoint and status code", api_requests.clone());
+        registry.register("api_request_duration_seconds", "Admin API request latency", api_latency.clone());
+        registry.register("status_writes", "Status writes to the Kubernetes API", status_writes.clone());
+        registry.register("objects", "ComputeInstanceActions by phase", objects_by_phase.clone());
+        registry.register("leader", "1 on the replica that holds the lease", leader.clone());
+        registry.register(
+            "build",
+            "Build information",
+            Info::new(vec![("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned())]),
+        );
+        Arc::new(Self {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            actions,
+            action_duration,
+            api_requests,
+            api_latency,
+            status_writes,
+            objects_by_phase,
+            leader,
+            watching: AtomicBool::new(false),
+            leadership_known: AtomicBool::new(false),
+        })
+    }
+
+    /// Counts one admin API exchange.
+    pub fn observe_request(&self, endpoint: &str, code: Option<u16>, latency: Duration) {
+        let code = code.map_or_else(|| "error".to_owned(), |c| c.to_string());
+        self.api_requests.get_or_create(&RequestLabels { endpoint: endpoint.into(), code }).inc();
+        self.api_latency.get_or_create(&EndpointLabel { endpoint: endpoint.into() }).observe(latency.as_secs_f64());
+    }
+
+    pub fn count_action(&self, action: &str, result: &str) {
+        self.actions.get_or_create(&ActionLabels { action: action.into(), result: result.into() }).inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.watching.load(Ordering::Relaxed) && self.leadership_known.load(Ordering::Relaxed)
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until the future is dropped. Returns the bound address.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    async fn metrics_text(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+        ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.encode())
+    }
+    async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+        if m.is_ready() { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") }
+    }
+    let app = Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(metrics);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok((bound, task))
+}

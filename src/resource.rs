@@ -1,0 +1,291 @@
+//! The `ComputeInstanceAction` custom resource: spec, status, conditions, and the CRD generated from them.
+
+use chrono::{DateTime, Utc};
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::api::PowerAction;
+
+/// Longest `instanceId` the resource accepts (the admin client refuses longer ones too).
+pub const MAX_INSTANCE_ID_LEN: usize = crate::api::client::MAX_INSTANCE_ID_LEN;
+/// Default for `spec.timeoutSeconds`.
+pub const DEFAULT_TIMEOUT_SECONDS: u32 = 600;
+/// How many finished actions `status.history` keeps.
+pub const HISTORY_LIMIT: usize = 16;
+
+/// Declares the power state of one compute instance.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "compute.threatwinds.com",
+    version = "v1alpha1",
+    kind = "ComputeInstanceAction",
+    plural = "computeinstanceactions",
+    shortname = "cia",
+    namespaced,
+    status = "ComputeInstanceActionStatus",
+    derive = "PartialEq",
+    doc = "Declares the power state of one compute instance: running, stopped, restarted or reset.",
+    printcolumn(name = "Instance", type_ = "string", json_path = ".spec.instanceId"),
+    printcolumn(name = "Desired", type_ = "string", json_path = ".spec.desiredState"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Observed",
+        type_ = "string",
+        json_path = ".status.instance.status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputeInstanceActionSpec {
+    /// The admin API instance ID, e.g. `inst-7g2xq4bm`. Immutable.
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(
+        validation = Rule::new("self.matches('^[A-Za-z0-9]([A-Za-z0-9_:-]|[.][A-Za-z0-9_:-])*$')")
+            .message("instanceId must start with a letter or digit and contain only letters, digits, '.', '_', ':' or '-', without '..', '/', '?', '#' or spaces"),
+        validation = Rule::new("self == oldSelf").message("instanceId is immutable: create a new ComputeInstanceAction for another instance")
+    )]
+    pub instance_id: String,
+
+    /// `running` and `stopped` are levels kept true; `restarted` and `reset` run once per `requestId`.
+    pub desired_state: DesiredState,
+
+    /// For `restarted`/`reset`: a new value asks for one more run (like `kubectl rollout restart`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub request_id: Option<String>,
+
+    /// How long one convergence may take before it is reported as failed.
+    #[serde(default = "default_timeout_seconds")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub timeout_seconds: u32,
+
+    /// For `running`/`stopped`: `continuous` corrects later drift; `once` converges and then only reports.
+    #[serde(default)]
+    pub enforcement: Enforcement,
+
+    /// Report what would be done without calling any action endpoint.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+
+    /// Make no admin API calls at all until set back to false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
+}
+
+fn default_timeout_seconds() -> u32 {
+    DEFAULT_TIMEOUT_SECONDS
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DesiredState {
+    Running,
+    Stopped,
+    Restarted,
+    Reset,
+}
+
+impl DesiredState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Stopped => "stopped",
+            Self::Restarted => "restarted",
+            Self::Reset => "reset",
+        }
+    }
+
+    /// The action that moves an instance towards this state.
+    pub fn action(self) -> PowerAction {
+        match self {
+            Self::Running => PowerAction::Start,
+            Self::Stopped => PowerAction::Stop,
+            Self::Restarted => PowerAction::Restart,
+            Self::Reset => PowerAction::Reset,
+        }
+    }
+
+    pub fn is_level(self) -> bool {
+        matches!(self, Self::Running | Self::Stopped)
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Enforcement {
+    #[default]
+    Continuous,
+    Once,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputeInstanceActionStatus {
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// kstatus conditions: `Ready`, `Reconciling`, `Stalled`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// The instance as last observed through the admin API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<ObservedInstance>,
+    /// The current or last action, written before the admin API is called (write-ahead intent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<ActionRecord>,
+    /// Finished actions, newest last, at most 16.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<ActionRecord>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    Pending,
+    InProgress,
+    Succeeded,
+    Failed,
+}
+
+/// A Kubernetes condition (`metav1.Condition`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    pub last_transition_time: DateTime<Utc>,
+    pub reason: String,
+    pub message: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservedInstance {
+    pub status: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub zone: String,
+    /// When this observation was written (it is refreshed only with other changes, to keep writes rare).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<DateTime<Utc>>,
+}
+
+/// Where an action stands. `Requested` is the write-ahead intent: persisted before the POST.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ActionState {
+    /// Intent persisted; whether the POST reached the admin API is not known yet.
+    Requested,
+    /// The admin API refused it (409, 429, 503, 401/403): it did not happen and may be tried again.
+    Rejected,
+    /// The admin API answered 202; completion is being polled.
+    Accepted,
+    Succeeded,
+    Failed,
+    /// The POST may or may not have been carried out; a one-shot is never resent.
+    OutcomeUnknown,
+}
+
+impl ActionState {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::OutcomeUnknown)
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionRecord {
+    pub action: PowerAction,
+    /// The `spec.requestId` this action answers (one-shots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The spec generation that asked for it.
+    pub generation: i64,
+    pub state: ActionState,
+    /// When the intent was persisted, before the first POST.
+    pub intent_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<DateTime<Utc>>,
+    /// POSTs sent for this action (a level may be sent again after a refusal).
+    pub attempts: u32,
+    /// A transitional status was observed after acceptance (proof that restart/reset ran).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub saw_transition: bool,
+    /// Short reason of the last refusal or failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Drift correction rather than a first convergence.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drift: bool,
+}
+
+/// The CRD as YAML, exactly as `compute-operator crd` prints it and `crds/` stores it.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    let crd = ComputeInstanceAction::crd();
+    Ok(format!("---\n{}", serde_yaml::to_string(&crd)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crds_folder_matches_generated_crd() {
+        let generated = crd_yaml().expect("CRD serializes");
+        let stored = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/crds/computeinstanceactions.yaml"
+        ))
+        .expect("crds/computeinstanceactions.yaml exists");
+        assert!(
+            generated == stored,
+            "crds/computeinstanceactions.yaml is stale: run `cargo run -- crd > crds/computeinstanceactions.yaml`"
+        );
+    }
+
+    #[test]
+    fn crd_has_the_validation_the_api_server_enforces() {
+        let yaml = crd_yaml().unwrap();
+        for needle in [
+            "self == oldSelf",
+            "x-kubernetes-list-type: map",
+            "maxLength: 128",
+            "- restarted",
+            "maximum: 86400",
+            "shortNames:",
+            "subresources:",
+        ] {
+            assert!(yaml.contains(needle), "CRD lacks {needle}");
+        }
+    }
+
+    #[test]
+    fn spec_defaults_apply_when_fields_are_missing() {
+        let spec: ComputeInstanceActionSpec =
+            serde_json::from_str(r#"{"instanceId":"i-1","desiredState":"restarted"}"#).unwrap();
+        assert_eq!(spec.timeout_seconds, DEFAULT_TIMEOUT_SECONDS);
+        assert_eq!(spec.enforcement, Enforcement::Continuous);
+        assert!(!spec.dry_run && !spec.suspend && spec.request_id.is_none());
+    }
+}

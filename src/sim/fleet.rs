@@ -1,0 +1,989 @@
+//! The simulated fleet: instance records, the power-action state machine with lazily resolved
+//! transitions, deterministic fleet generation, and list query parsing, filtering and pagination.
+//!
+//! Everything here is pure: the current time is passed in, nothing sleeps, nothing spawns. A transition is
+//! stored as "settle to X at instant T" and resolved by [`Fleet::settle`], which every read calls first.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use crate::api::types::{
+    DEFAULT_PAGE_SIZE, Instance, InstanceStatus, ListFilter, MAX_PAGE_SIZE, Pagination, PowerAction,
+};
+
+/// Why an action was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ActionError {
+    /// No instance with that id.
+    NotFound,
+    /// Another action is still running on the instance.
+    Busy { action: PowerAction },
+    /// The instance's status does not allow the action.
+    NotAllowed { status: InstanceStatus },
+}
+
+/// Problems with a fleet given as data.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("an instance has an empty id")]
+    EmptyId,
+    #[error("instance id {0:?} appears more than once")]
+    DuplicateId(String),
+    #[error("fleet JSON is neither an array of instances nor {{\"instances\": [...]}}: {0}")]
+    Parse(#[from] serde_json::Error),
+}
+
+/// The transition an accepted action starts: the status reported meanwhile and the status it settles to.
+/// `None` when the current status does not allow the action (the API answers 409).
+pub fn transition(
+    status: &InstanceStatus,
+    action: PowerAction,
+) -> Option<(InstanceStatus, InstanceStatus)> {
+    use InstanceStatus as S;
+    use PowerAction as A;
+    match (action, status) {
+        (A::Stop, S::Running | S::Error) => Some((S::Stopping, S::Stopped)),
+        (A::Start, S::Stopped | S::Error) => Some((S::Starting, S::Running)),
+        (A::Restart, S::Running) => Some((S::Restarting, S::Running)),
+        (A::Reset, S::Running | S::Error) => Some((S::Resetting, S::Running)),
+        _ => None,
+    }
+}
+
+/// How an accepted action plays out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransitionOpts {
+    /// How long the transition takes.
+    pub duration: Duration,
+    /// Restart/reset keep reporting the previous status while they run (the instance is still busy).
+    pub invisible: bool,
+    /// The transition never completes on its own (see [`Fleet::release_stuck`]).
+    pub never_finish: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Pending {
+    action: PowerAction,
+    settle_to: InstanceStatus,
+    /// `None`: stuck until released or cancelled.
+    due: Option<Instant>,
+}
+
+#[derive(Clone, Debug)]
+struct Slot {
+    instance: Instance,
+    /// The instance's JSON, kept in step with it so list and get only copy bytes.
+    json: Vec<u8>,
+    pending: Option<Pending>,
+}
+
+impl Slot {
+    fn new(instance: Instance) -> Self {
+        let json = instance_json(&instance);
+        Self {
+            instance,
+            json,
+            pending: None,
+        }
+    }
+
+    fn set_status(&mut self, status: InstanceStatus) {
+        if self.instance.status != status {
+            self.instance.status = status;
+            self.json = instance_json(&self.instance);
+        }
+    }
+}
+
+fn instance_json(instance: &Instance) -> Vec<u8> {
+    // Serializing a struct of strings cannot fail.
+    serde_json::to_vec(instance).unwrap_or_default()
+}
+
+/// All instances, ordered by id, with their running transitions.
+#[derive(Clone, Debug, Default)]
+pub struct Fleet {
+    slots: BTreeMap<String, Slot>,
+    /// Transitions with a deadline, ordered by it, so settling costs O(log n) per finished transition.
+    due: BTreeSet<(Instant, String)>,
+    /// Transitions without a deadline (fault `never_finish`).
+    stuck: BTreeSet<String>,
+}
+
+impl Fleet {
+    /// A fleet of these instances, none of them busy. Ids must be non-empty and unique.
+    pub fn new(instances: Vec<Instance>) -> Result<Self, FleetError> {
+        let mut slots = BTreeMap::new();
+        for instance in instances {
+            if instance.id.is_empty() {
+                return Err(FleetError::EmptyId);
+            }
+            if slots.contains_key(&instance.id) {
+                return Err(FleetError::DuplicateId(instance.id));
+            }
+            slots.insert(instance.id.clone(), Slot::new(instance));
+        }
+        Ok(Self {
+            slots,
+            ..Self::default()
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Finish every transition whose deadline is at or before `now`.
+    pub fn settle(&mut self, now: Instant) {
+        while let Some((due, _)) = self.due.first() {
+            if *due > now {
+                break;
+            }
+            let Some((_, id)) = self.due.pop_first() else {
+                break;
+            };
+            if let Some(slot) = self.slots.get_mut(&id)
+                && let Some(pending) = slot.pending.take()
+            {
+                slot.set_status(pending.settle_to);
+            }
+        }
+    }
+
+    /// The instance as it is at `now`.
+    pub fn get(&mut self, id: &str, now: Instant) -> Option<&Instance> {
+        self.settle(now);
+        self.slots.get(id).map(|s| &s.instance)
+    }
+
+    /// The action running on the instance at `now`, if any.
+    pub fn busy_with(&mut self, id: &str, now: Instant) -> Option<PowerAction> {
+        self.settle(now);
+        self.slots.get(id)?.pending.as_ref().map(|p| p.action)
+    }
+
+    /// Every instance as it is at `now`, in id order.
+    pub fn all(&mut self, now: Instant) -> impl Iterator<Item = &Instance> {
+        self.settle(now);
+        self.slots.values().map(|s| &s.instance)
+    }
+
+    /// Accept `action` on instance `id` at `now`, or say why not.
+    pub fn apply(
+        &mut self,
+        id: &str,
+        action: PowerAction,
+        now: Instant,
+        opts: TransitionOpts,
+    ) -> Result<(), ActionError> {
+        self.settle(now);
+        let slot = self.slots.get_mut(id).ok_or(ActionError::NotFound)?;
+        if let Some(p) = &slot.pending {
+            return Err(ActionError::Busy { action: p.action });
+        }
+        let (shown, settle_to) =
+            transition(&slot.instance.status, action).ok_or_else(|| ActionError::NotAllowed {
+                status: slot.instance.status.clone(),
+            })?;
+        if !(opts.invisible && action.is_one_shot()) {
+            slot.set_status(shown);
+        }
+        let due = if opts.never_finish {
+            None
+        } else {
+            now.checked_add(opts.duration)
+        };
+        match due {
+            Some(due) => self.due.insert((due, slot.instance.id.clone())),
+            None => self.stuck.insert(slot.instance.id.clone()),
+        };
+        slot.pending = Some(Pending {
+            action,
+            settle_to,
+            due,
+        });
+        Ok(())
+    }
+
+    /// Give every stuck transition a deadline of `now + duration` (the `never_finish` fault was lifted).
+    pub fn release_stuck(&mut self, now: Instant, duration: Duration) {
+        for id in std::mem::take(&mut self.stuck) {
+            let Some(pending) = self.slots.get_mut(&id).and_then(|s| s.pending.as_mut()) else {
+                continue;
+            };
+            match now.checked_add(duration) {
+                Some(due) => {
+                    pending.due = Some(due);
+                    self.due.insert((due, id));
+                }
+                None => {
+                    self.stuck.insert(id);
+                }
+            }
+        }
+    }
+
+    /// Set the status at once, cancelling any transition. False when the id is unknown.
+    pub fn set_status(&mut self, id: &str, status: InstanceStatus) -> bool {
+        self.cancel(id);
+        match self.slots.get_mut(id) {
+            Some(slot) => {
+                slot.set_status(status);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Create or replace an instance, cancelling any transition it had. True when it was created.
+    pub fn upsert(&mut self, instance: Instance) -> bool {
+        self.cancel(&instance.id);
+        self.slots
+            .insert(instance.id.clone(), Slot::new(instance))
+            .is_none()
+    }
+
+    fn cancel(&mut self, id: &str) {
+        let Some(pending) = self.slots.get_mut(id).and_then(|s| s.pending.take()) else {
+            return;
+        };
+        match pending.due {
+            Some(due) => {
+                self.due.remove(&(due, id.to_owned()));
+            }
+            None => {
+                self.stuck.remove(id);
+            }
+        }
+    }
+
+    /// One page of the instances passing `query`'s filters, in id order, as of `now`.
+    pub fn list(&mut self, query: &ListQuery, now: Instant) -> (Vec<&Instance>, Pagination) {
+        let (page, pagination) = self.page(query, now);
+        (page.into_iter().map(|s| &s.instance).collect(), pagination)
+    }
+
+    /// The JSON body of [`Fleet::list`]: `{"instances":[...],"pagination":{...}}`.
+    pub fn list_json(&mut self, query: &ListQuery, now: Instant) -> Vec<u8> {
+        let (page, pagination) = self.page(query, now);
+        let mut out =
+            Vec::with_capacity(page.iter().map(|s| s.json.len() + 1).sum::<usize>() + 160);
+        out.extend_from_slice(b"{\"instances\":[");
+        for (i, slot) in page.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&slot.json);
+        }
+        out.extend_from_slice(b"],\"pagination\":");
+        // Serializing integers and booleans into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, &pagination);
+        out.push(b'}');
+        out
+    }
+
+    /// The JSON of one instance as of `now`.
+    pub fn get_json(&mut self, id: &str, now: Instant) -> Option<&[u8]> {
+        self.settle(now);
+        self.slots.get(id).map(|s| s.json.as_slice())
+    }
+
+    fn page(&mut self, query: &ListQuery, now: Instant) -> (Vec<&Slot>, Pagination) {
+        self.settle(now);
+        let size = query.page_size.max(1) as usize;
+        let offset = (u64::from(query.page.max(1)) - 1).saturating_mul(size as u64);
+        let offset = usize::try_from(offset).unwrap_or(usize::MAX);
+        let mut page = Vec::with_capacity(size.min(self.slots.len()));
+        let f = &query.filter;
+        let total = if *f == ListFilter::default() {
+            page.extend(self.slots.values().skip(offset).take(size));
+            self.slots.len()
+        } else {
+            let status = f.status.as_deref();
+            let mut total = 0usize;
+            for slot in self.slots.values() {
+                // Cheapest and most selective test first; the rest is ListFilter's own rule.
+                if status.is_some_and(|st| st != slot.instance.status.as_str())
+                    || !f.matches(&slot.instance)
+                {
+                    continue;
+                }
+                if total >= offset && page.len() < size {
+                    page.push(slot);
+                }
+                total += 1;
+            }
+            total
+        };
+        (page, pagination(total as u64, query.page, query.page_size))
+    }
+}
+
+/// The pagination envelope for `total` matches: `totalPages = ceil(total / pageSize)` (0 when empty),
+/// `hasNext = page < totalPages`, `hasPrev = page > 1`.
+pub fn pagination(total: u64, page: u32, page_size: u32) -> Pagination {
+    let total_pages = total.div_ceil(u64::from(page_size.max(1)));
+    Pagination {
+        page,
+        page_size,
+        total_count: total,
+        total_pages,
+        has_next: u64::from(page) < total_pages,
+        has_prev: page > 1,
+    }
+}
+
+/// A validated query of the list endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListQuery {
+    pub page: u32,
+    pub page_size: u32,
+    pub filter: ListFilter,
+}
+
+impl Default for ListQuery {
+    fn default() -> Self {
+        Self {
+            page: 1,
+            page_size: DEFAULT_PAGE_SIZE,
+            filter: ListFilter::default(),
+        }
+    }
+}
+
+impl ListQuery {
+    /// Parse a raw query string (without `?`). Unknown parameters are ignored, the first of repeated ones
+    /// wins, and an empty value counts as absent. The error is a short message for a 400 body.
+    pub fn parse(raw: Option<&str>) -> Result<Self, String> {
+        let mut q = Self::default();
+        let mut seen: u8 = 0;
+        for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let key = decode(k).ok_or("query is not valid percent-encoded UTF-8")?;
+            let bit = match key.as_str() {
+                "page" => 1,
+                "pageSize" => 2,
+                "userID" => 4,
+                "customerID" => 8,
+                "status" => 16,
+                "zone" => 32,
+                "templateID" => 64,
+                _ => continue,
+            };
+            if seen & bit != 0 {
+                continue;
+            }
+            seen |= bit;
+            let value = decode(v).ok_or("query is not valid percent-encoded UTF-8")?;
+            if value.is_empty() {
+                continue;
+            }
+            match bit {
+                1 => {
+                    q.page = value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|p| *p >= 1)
+                        .ok_or("page must be an integer >= 1")?;
+                }
+                2 => {
+                    q.page_size = value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|s| (1..=MAX_PAGE_SIZE).contains(s))
+                        .ok_or("pageSize must be an integer from 1 to 100")?;
+                }
+                4 => q.filter.user_id = Some(value),
+                8 => q.filter.customer_id = Some(value),
+                16 => {
+                    if !InstanceStatus::FILTERABLE.contains(&value.as_str()) {
+                        return Err(
+                            "status must be one of provisioning, running, stopped, error, deleting"
+                                .into(),
+                        );
+                    }
+                    q.filter.status = Some(value);
+                }
+                32 => q.filter.zone = Some(value),
+                _ => q.filter.template_id = Some(value),
+            }
+        }
+        Ok(q)
+    }
+}
+
+/// Decode one `application/x-www-form-urlencoded` component.
+fn decode(s: &str) -> Option<String> {
+    let plus = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&plus)
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
+}
+
+/// A fleet file: an array of instances or `{"instances": [...]}`.
+pub fn parse_fleet_json(text: &str) -> Result<Vec<Instance>, FleetError> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum FleetFile {
+        List(Vec<Instance>),
+        Wrapped { instances: Vec<Instance> },
+    }
+    let parsed: FleetFile = serde_json::from_str(text)?;
+    Ok(match parsed {
+        FleetFile::List(v) | FleetFile::Wrapped { instances: v } => v,
+    })
+}
+
+/// SplitMix64: tiny, fast, and stable forever, so a seed gives the same fleet in every version.
+#[derive(Clone, Debug)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The value after `state`, for lock-free use with an atomic counter.
+    pub fn mix(state: u64) -> u64 {
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(GOLDEN_GAMMA);
+        Self::mix(self.0)
+    }
+
+    /// Uniform in `0..n` (n > 0; the tiny modulo bias does not matter here).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// The SplitMix64 increment.
+pub const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+const ZONES: [&str; 4] = [
+    "us-central1-a",
+    "us-central1-b",
+    "europe-west1-b",
+    "asia-east1-a",
+];
+const MACHINE_TYPES: [&str; 5] = [
+    "e2-small",
+    "e2-medium",
+    "n2-standard-2",
+    "n2-standard-4",
+    "c2-standard-8",
+];
+const TEMPLATES: [&str; 4] = [
+    "ubuntu-22-standard",
+    "debian-12-minimal",
+    "rocky-9-standard",
+    "windows-2022-dc",
+];
+const ROLES: [&str; 8] = [
+    "build-runner",
+    "web",
+    "api",
+    "db",
+    "worker",
+    "cache",
+    "batch",
+    "ci-agent",
+];
+const USERS: u64 = 12;
+const CUSTOMERS: u64 = 4;
+/// 2025-01-01T00:00:00Z.
+const EPOCH_2025: i64 = 1_735_689_600;
+
+fn uuid(rng: &mut SplitMix64) -> String {
+    let a = rng.next_u64();
+    let b = rng.next_u64();
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        0x8000 | ((b >> 48) & 0x3fff),
+        b & 0xffff_ffff_ffff
+    )
+}
+
+/// `count` instances derived from `seed` only: ids `inst-` + 8 lowercase alphanumerics (unique), owners from
+/// a small pool of users (each belonging to one customer), a few zones, machine types and templates, about
+/// 85% running and the rest stopped. Returned in id order.
+pub fn generate(count: usize, seed: u64) -> Vec<Instance> {
+    const ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = SplitMix64::new(seed);
+    let customers: Vec<String> = (0..CUSTOMERS).map(|_| uuid(&mut rng)).collect();
+    let users: Vec<String> = (0..USERS).map(|_| uuid(&mut rng)).collect();
+    let mut ids = HashSet::with_capacity(count);
+    let mut role_counts = [0u32; ROLES.len()];
+    let mut out = Vec::with_capacity(count);
+    while out.len() < count {
+        let id: String = std::iter::once("inst-")
+            .flat_map(str::chars)
+            .chain((0..8).map(|_| ALNUM[rng.below(ALNUM.len() as u64) as usize] as char))
+            .collect();
+        if !ids.insert(id.clone()) {
+            continue;
+        }
+        let user = rng.below(USERS) as usize;
+        let role = rng.below(ROLES.len() as u64) as usize;
+        role_counts[role] += 1;
+        let status = if rng.unit() < 0.85 {
+            InstanceStatus::Running
+        } else {
+            InstanceStatus::Stopped
+        };
+        let created = EPOCH_2025 + rng.below(365 * 86_400) as i64;
+        let created_at = chrono::DateTime::from_timestamp(created, 0)
+            .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .unwrap_or_default();
+        out.push(Instance {
+            id,
+            user_id: users[user].clone(),
+            customer_id: customers[user % customers.len()].clone(),
+            name: format!("{}-{:02}", ROLES[role], role_counts[role]),
+            zone: rng.pick(&ZONES).to_owned(),
+            machine_type: rng.pick(&MACHINE_TYPES).to_owned(),
+            external_ip: format!("203.0.{}.{}", 113 + rng.below(3), 1 + rng.below(254)),
+            internal_ip: format!("10.128.{}.{}", rng.below(256), 2 + rng.below(253)),
+            status,
+            template_id: rng.pick(&TEMPLATES).to_owned(),
+            created_at,
+        });
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use InstanceStatus as S;
+    use PowerAction as A;
+
+    fn inst(id: &str, status: S) -> Instance {
+        Instance {
+            id: id.into(),
+            user_id: String::new(),
+            customer_id: String::new(),
+            name: String::new(),
+            zone: String::new(),
+            machine_type: String::new(),
+            external_ip: String::new(),
+            internal_ip: String::new(),
+            status,
+            template_id: String::new(),
+            created_at: String::new(),
+        }
+    }
+
+    const OPTS: TransitionOpts = TransitionOpts {
+        duration: Duration::from_millis(100),
+        invisible: false,
+        never_finish: false,
+    };
+
+    #[test]
+    fn transition_table() {
+        let all = [
+            S::Provisioning,
+            S::Running,
+            S::Stopped,
+            S::Error,
+            S::Deleting,
+            S::Stopping,
+            S::Starting,
+            S::Restarting,
+            S::Resetting,
+            S::Other("x".into()),
+        ];
+        let allowed: &[(A, S, S, S)] = &[
+            (A::Stop, S::Running, S::Stopping, S::Stopped),
+            (A::Stop, S::Error, S::Stopping, S::Stopped),
+            (A::Start, S::Stopped, S::Starting, S::Running),
+            (A::Start, S::Error, S::Starting, S::Running),
+            (A::Restart, S::Running, S::Restarting, S::Running),
+            (A::Reset, S::Running, S::Resetting, S::Running),
+            (A::Reset, S::Error, S::Resetting, S::Running),
+        ];
+        for action in A::ALL {
+            for from in &all {
+                let want = allowed
+                    .iter()
+                    .find(|(a, f, _, _)| *a == action && f == from)
+                    .map(|(_, _, shown, to)| (shown.clone(), to.clone()));
+                assert_eq!(transition(from, action), want, "{action} from {from}");
+            }
+        }
+    }
+
+    #[test]
+    fn pagination_table() {
+        // (total, page, size) -> (totalPages, hasNext, hasPrev)
+        let cases: &[(u64, u32, u32, u64, bool, bool)] = &[
+            (0, 1, 20, 0, false, false),
+            (0, 2, 20, 0, false, true),
+            (1, 1, 20, 1, false, false),
+            (20, 1, 20, 1, false, false),
+            (21, 1, 20, 2, true, false),
+            (21, 2, 20, 2, false, true),
+            (21, 3, 20, 2, false, true),
+            (812, 1, 50, 17, true, false),
+            (812, 17, 50, 17, false, true),
+            (100, 1, 100, 1, false, false),
+            (5, 4, 1, 5, true, true),
+        ];
+        for &(total, page, size, pages, next, prev) in cases {
+            let p = pagination(total, page, size);
+            assert_eq!(
+                (
+                    p.total_count,
+                    p.page,
+                    p.page_size,
+                    p.total_pages,
+                    p.has_next,
+                    p.has_prev
+                ),
+                (total, page, size, pages, next, prev),
+                "total={total} page={page} size={size}"
+            );
+        }
+    }
+
+    #[test]
+    fn list_query_table() {
+        let ok: &[(&str, u32, u32)] = &[
+            ("", 1, 20),
+            ("page=2", 2, 20),
+            ("pageSize=100", 1, 100),
+            ("pageSize=1&page=7", 7, 1),
+            ("page=&pageSize=", 1, 20),
+            ("page=3&page=abc", 3, 20),
+            ("foo=bar&page=2", 2, 20),
+            ("page=4294967295", u32::MAX, 20),
+        ];
+        for &(raw, page, size) in ok {
+            let q = ListQuery::parse(Some(raw)).unwrap_or_else(|e| panic!("{raw}: {e}"));
+            assert_eq!((q.page, q.page_size), (page, size), "{raw}");
+        }
+        let bad = [
+            "page=0",
+            "page=-1",
+            "page=abc",
+            "page=1.5",
+            "page=4294967296",
+            "pageSize=0",
+            "pageSize=101",
+            "pageSize=-5",
+            "pageSize=ten",
+            "status=stopping",
+            "status=Running",
+            "status=bogus",
+            "page=%ff",
+        ];
+        for raw in bad {
+            assert!(
+                ListQuery::parse(Some(raw)).is_err(),
+                "{raw} should be rejected"
+            );
+        }
+        let q = ListQuery::parse(Some(
+            "userID=u%201&customerID=c+2&status=running&zone=z&templateID=t",
+        ))
+        .unwrap();
+        assert_eq!(
+            q.filter,
+            ListFilter {
+                user_id: Some("u 1".into()),
+                customer_id: Some("c 2".into()),
+                status: Some("running".into()),
+                zone: Some("z".into()),
+                template_id: Some("t".into()),
+            }
+        );
+        assert_eq!(ListQuery::parse(None).unwrap(), ListQuery::default());
+    }
+
+    #[test]
+    fn timeline_of_an_action() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut f = Fleet::new(vec![inst("a", S::Running)]).unwrap();
+        assert_eq!(f.apply("a", A::Stop, t0, OPTS), Ok(()));
+        // (at, action, expected result, expected status after)
+        type Step = (Instant, Option<A>, Result<(), ActionError>, S);
+        let steps: &[Step] = &[
+            (ms(1), None, Ok(()), S::Stopping),
+            (
+                ms(50),
+                Some(A::Start),
+                Err(ActionError::Busy { action: A::Stop }),
+                S::Stopping,
+            ),
+            (
+                ms(99),
+                Some(A::Stop),
+                Err(ActionError::Busy { action: A::Stop }),
+                S::Stopping,
+            ),
+            (ms(100), None, Ok(()), S::Stopped),
+            (
+                ms(101),
+                Some(A::Stop),
+                Err(ActionError::NotAllowed { status: S::Stopped }),
+                S::Stopped,
+            ),
+            (
+                ms(102),
+                Some(A::Restart),
+                Err(ActionError::NotAllowed { status: S::Stopped }),
+                S::Stopped,
+            ),
+            (ms(103), Some(A::Start), Ok(()), S::Starting),
+            (ms(250), None, Ok(()), S::Running),
+            (ms(251), Some(A::Restart), Ok(()), S::Restarting),
+            (ms(400), Some(A::Reset), Ok(()), S::Resetting),
+            (ms(600), None, Ok(()), S::Running),
+        ];
+        for (i, (at, action, want, status)) in steps.iter().enumerate() {
+            if let Some(a) = action {
+                assert_eq!(&f.apply("a", *a, *at, OPTS), want, "step {i}");
+            }
+            assert_eq!(&f.get("a", *at).unwrap().status, status, "step {i}");
+        }
+        assert_eq!(
+            f.apply("nope", A::Stop, ms(700), OPTS),
+            Err(ActionError::NotFound)
+        );
+    }
+
+    #[test]
+    fn invisible_transitions_report_the_old_status_but_stay_busy() {
+        let t0 = Instant::now();
+        let opts = TransitionOpts {
+            invisible: true,
+            ..OPTS
+        };
+        let mut f = Fleet::new(vec![
+            inst("a", S::Running),
+            inst("b", S::Error),
+            inst("c", S::Running),
+        ])
+        .unwrap();
+        f.apply("a", A::Restart, t0, opts).unwrap();
+        f.apply("b", A::Reset, t0, opts).unwrap();
+        f.apply("c", A::Stop, t0, opts).unwrap();
+        let t1 = t0 + Duration::from_millis(10);
+        assert_eq!(f.get("a", t1).unwrap().status, S::Running);
+        assert_eq!(f.get("b", t1).unwrap().status, S::Error);
+        assert_eq!(
+            f.get("c", t1).unwrap().status,
+            S::Stopping,
+            "stop/start stay visible"
+        );
+        assert_eq!(
+            f.apply("a", A::Restart, t1, opts),
+            Err(ActionError::Busy { action: A::Restart })
+        );
+        assert_eq!(f.busy_with("a", t1), Some(A::Restart));
+        let t2 = t0 + Duration::from_millis(100);
+        assert_eq!(f.get("b", t2).unwrap().status, S::Running);
+        assert_eq!(f.busy_with("a", t2), None);
+        assert_eq!(f.apply("a", A::Restart, t2, opts), Ok(()));
+    }
+
+    #[test]
+    fn never_finish_release_and_cancel() {
+        let t0 = Instant::now();
+        let stuck = TransitionOpts {
+            never_finish: true,
+            ..OPTS
+        };
+        let mut f = Fleet::new(vec![
+            inst("a", S::Running),
+            inst("b", S::Running),
+            inst("c", S::Stopped),
+        ])
+        .unwrap();
+        f.apply("a", A::Stop, t0, stuck).unwrap();
+        f.apply("b", A::Restart, t0, stuck).unwrap();
+        f.apply("c", A::Start, t0, OPTS).unwrap();
+        let late = t0 + Duration::from_secs(3600);
+        assert_eq!(f.get("a", late).unwrap().status, S::Stopping);
+        assert_eq!(f.get("c", late).unwrap().status, S::Running);
+        assert!(f.set_status("b", S::Error), "cancel b");
+        assert!(!f.set_status("zzz", S::Error));
+        f.release_stuck(late, Duration::from_millis(10));
+        assert_eq!(f.get("a", late).unwrap().status, S::Stopping);
+        let later = late + Duration::from_millis(10);
+        assert_eq!(f.get("a", later).unwrap().status, S::Stopped);
+        assert_eq!(
+            f.get("b", later).unwrap().status,
+            S::Error,
+            "cancelled transition does not come back"
+        );
+        assert_eq!(f.busy_with("b", later), None);
+        // A huge duration never overflows: it is simply stuck.
+        let huge = TransitionOpts {
+            duration: Duration::MAX,
+            ..OPTS
+        };
+        f.apply("a", A::Start, later, huge).unwrap();
+        assert_eq!(f.get("a", later).unwrap().status, S::Starting);
+    }
+
+    #[test]
+    fn upsert_replaces_and_cancels() {
+        let t0 = Instant::now();
+        let mut f = Fleet::new(vec![inst("a", S::Running)]).unwrap();
+        f.apply("a", A::Stop, t0, OPTS).unwrap();
+        assert!(!f.upsert(inst("a", S::Running)));
+        assert!(f.upsert(inst("b", S::Stopped)));
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(f.get("a", t1).unwrap().status, S::Running);
+        assert_eq!(f.len(), 2);
+        assert_eq!(f.apply("a", A::Stop, t1, OPTS), Ok(()));
+    }
+
+    #[test]
+    fn list_filters_and_pages() {
+        let t0 = Instant::now();
+        let mut insts = Vec::new();
+        for i in 0..30 {
+            let mut x = inst(
+                &format!("i{i:02}"),
+                if i % 3 == 0 { S::Stopped } else { S::Running },
+            );
+            x.zone = if i % 2 == 0 { "z1".into() } else { "z2".into() };
+            insts.push(x);
+        }
+        let mut f = Fleet::new(insts).unwrap();
+        let q = |raw: &str| ListQuery::parse(Some(raw)).unwrap();
+        // (query, ids on the page, total)
+        let cases: &[(&str, &[&str], u64)] = &[
+            ("pageSize=3", &["i00", "i01", "i02"], 30),
+            ("pageSize=7&page=5", &["i28", "i29"], 30),
+            ("pageSize=7&page=6", &[], 30),
+            (
+                "status=stopped&pageSize=3&page=2",
+                &["i09", "i12", "i15"],
+                10,
+            ),
+            (
+                "status=stopped&zone=z1&pageSize=100",
+                &["i00", "i06", "i12", "i18", "i24"],
+                5,
+            ),
+            ("status=stopped&zone=z3", &[], 0),
+            ("status=error", &[], 0),
+        ];
+        for &(raw, ids, total) in cases {
+            let (page, p) = f.list(&q(raw), t0);
+            let got: Vec<&str> = page.iter().map(|i| i.id.as_str()).collect();
+            assert_eq!(got, ids, "{raw}");
+            assert_eq!(p.total_count, total, "{raw}");
+        }
+        // The cached JSON is exactly what serializing the page gives, also after status changes.
+        for raw in ["pageSize=4&page=2", "status=stopped&zone=z1", "zone=z3"] {
+            let query = q(raw);
+            let json: serde_json::Value = serde_json::from_slice(&f.list_json(&query, t0)).unwrap();
+            let (page, p) = f.list(&query, t0);
+            let page = crate::api::types::InstancePage {
+                instances: page.into_iter().cloned().collect(),
+                pagination: p,
+            };
+            assert_eq!(json, serde_json::to_value(&page).unwrap(), "{raw}");
+        }
+        // Lists see settled transitions.
+        f.apply("i01", A::Stop, t0, OPTS).unwrap();
+        let (_, p) = f.list(&q("status=stopped"), t0);
+        assert_eq!(p.total_count, 10);
+        let (_, p) = f.list(&q("status=stopped"), t0 + Duration::from_secs(1));
+        assert_eq!(p.total_count, 11);
+        let json: Instance = serde_json::from_slice(f.get_json("i01", t0).unwrap()).unwrap();
+        assert_eq!(json.status, S::Stopped);
+        assert!(f.get_json("nope", t0).is_none());
+    }
+
+    #[test]
+    fn generation_is_deterministic_and_well_formed() {
+        let a = generate(500, 7);
+        assert_eq!(a, generate(500, 7));
+        assert_ne!(a, generate(500, 8));
+        let ids: HashSet<&str> = a.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids.len(), 500);
+        assert!(a.windows(2).all(|w| w[0].id < w[1].id));
+        for i in &a {
+            let suffix = i.id.strip_prefix("inst-").expect("prefix");
+            assert_eq!(suffix.len(), 8);
+            assert!(
+                suffix
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+                "{}",
+                i.id
+            );
+            for u in [&i.user_id, &i.customer_id] {
+                let parts: Vec<usize> = u.split('-').map(str::len).collect();
+                assert_eq!(parts, [8, 4, 4, 4, 12], "{u}");
+            }
+            assert!(matches!(i.status, S::Running | S::Stopped));
+            assert!(
+                chrono::DateTime::parse_from_rfc3339(&i.created_at).is_ok(),
+                "{}",
+                i.created_at
+            );
+        }
+        let stopped = a.iter().filter(|i| i.status == S::Stopped).count();
+        assert!((25..150).contains(&stopped), "{stopped}");
+        let users: HashSet<&str> = a.iter().map(|i| i.user_id.as_str()).collect();
+        assert!(users.len() <= USERS as usize && users.len() > 1);
+        assert!(Fleet::new(a).is_ok());
+        assert!(generate(0, 1).is_empty());
+    }
+
+    #[test]
+    fn fleet_json_formats() {
+        let one = r#"{"id":"a","status":"running"}"#;
+        assert_eq!(parse_fleet_json(&format!("[{one}]")).unwrap().len(), 1);
+        assert_eq!(
+            parse_fleet_json(&format!(
+                r#"{{"instances":[{one},{{"id":"b","status":"x"}}]}}"#
+            ))
+            .unwrap()
+            .len(),
+            2
+        );
+        assert!(parse_fleet_json(r#"{"nope":[]}"#).is_err());
+        assert!(
+            parse_fleet_json("[{\"status\":\"running\"}]").is_err(),
+            "id is required"
+        );
+        let dup = parse_fleet_json(&format!("[{one},{one}]")).unwrap();
+        assert!(matches!(Fleet::new(dup), Err(FleetError::DuplicateId(id)) if id == "a"));
+        let empty = parse_fleet_json(r#"[{"id":"","status":"running"}]"#).unwrap();
+        assert!(matches!(Fleet::new(empty), Err(FleetError::EmptyId)));
+    }
+}
