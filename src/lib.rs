@@ -3,6 +3,7 @@ pub mod api;
 pub mod config;
 pub mod controller;
 pub mod devenv;
+pub mod leader;
 pub mod metrics;
 pub mod operator;
 pub mod resource;

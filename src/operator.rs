@@ -1,14 +1,28 @@
 //! `compute-operator run`: wires settings, metrics, the admin client, leader election and the controller.
+//!
+//! With `--leader-election` every replica serves metrics and health and takes part in the election; only the
+//! leader runs the controller. Leadership gates every admin API action through `may_act`, which drops the
+//! moment the lease is lost; the process then exits with an error so that Kubernetes restarts it as a
+//! follower (what controller-runtime does). On SIGTERM the controller stops gracefully (in-flight reconciles
+//! finish their status writes), then the lease is released so a follower takes over at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::Context as _;
+use futures::FutureExt as _;
 
 use crate::api::{AdminClient, CredentialSource};
 use crate::config::RunArgs;
 use crate::controller;
+use crate::leader::{LeaderElector, Leadership};
 use crate::metrics::{self, Metrics};
+
+/// How long in-flight reconciles may take to finish after SIGTERM (or after losing the lease).
+const GRACE: Duration = Duration::from_secs(7);
+/// How long giving up the lease may take on shutdown. GRACE + RELEASE_TIMEOUT stays under 10 s.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs the operator until `shutdown` resolves.
 pub async fn run(
@@ -41,14 +55,157 @@ pub async fn run_with(
         .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
     tracing::info!(%addr, api_url = %api.base_url(), "serving metrics and health");
 
-    let may_act = Arc::new(AtomicBool::new(!args.leader_election));
-    if args.leader_election {
-        anyhow::bail!("--leader-election is not available in this build yet");
-    }
-    metrics.leadership_known.store(true, Ordering::SeqCst);
-    let result = controller::run(client, api, args.controller_config(), metrics, may_act, shutdown).await;
+    let result = if args.leader_election {
+        run_elected(&args, client, api, metrics, shutdown).await
+    } else {
+        metrics.leadership_known.store(true, Ordering::SeqCst);
+        let may_act = Arc::new(AtomicBool::new(true));
+        controller::run(
+            client,
+            api,
+            args.controller_config(),
+            metrics,
+            may_act,
+            shutdown,
+        )
+        .await
+        .map_err(Into::into)
+    };
     metrics_task.abort();
-    result.map_err(Into::into)
+    result
+}
+
+/// How the leader's run ended.
+enum LeaderEnd {
+    Controller(Result<(), controller::StartError>),
+    Lost(Result<(), crate::leader::LeaseError>),
+    GraceExpired,
+}
+
+/// Follow until elected, then run the controller while leading.
+async fn run_elected(
+    args: &RunArgs,
+    client: kube::Client,
+    api: AdminClient,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let namespace = args.lease_namespace().context(
+        "invalid setting --lease-namespace: required with --leader-election (or set POD_NAMESPACE)",
+    )?;
+    let config = args.controller_config();
+    let may_act = Arc::new(AtomicBool::new(false));
+    let elector = LeaderElector::new(
+        client.clone(),
+        &namespace,
+        &args.lease_name,
+        crate::leader::default_identity(),
+        args.lease_duration,
+    )
+    .with_metrics(metrics.clone())
+    .with_flag(may_act.clone());
+    tracing::info!(
+        lease = %format!("{namespace}/{}", args.lease_name),
+        identity = elector.identity(),
+        duration = ?args.lease_duration,
+        "leader election enabled"
+    );
+    // A follower has nothing to cache: it is ready once the CRD is served and leadership is known.
+    controller::check_crd(&client, &config.namespaces).await?;
+    metrics.watching.store(true, Ordering::SeqCst);
+
+    let shutdown = shutdown.shared();
+    let mut state = elector.subscribe();
+    // Boxed so it can be dropped before `release` (it may hold the elector's operation lock).
+    let mut election = Box::pin(elector.run());
+
+    // 1. Follow until this replica leads.
+    tokio::select! {
+        biased;
+        () = shutdown.clone() => {
+            drop(election);
+            release(&elector).await;
+            return Ok(());
+        }
+        end = &mut election => {
+            return Err(lost(end));
+        }
+        _ = state.wait_for(|s| *s == Leadership::Leading) => {}
+    }
+
+    // 2. Lead: run the controller until SIGTERM or until the lease is lost.
+    tracing::info!("leading: starting the controller");
+    metrics.watching.store(false, Ordering::SeqCst);
+    let (stop_tx, stop_rx) = futures::channel::oneshot::channel::<()>();
+    let stop = {
+        let shutdown = shutdown.clone();
+        async move {
+            futures::future::select(shutdown, stop_rx).await;
+        }
+    };
+    let mut controller = Box::pin(controller::run(client, api, config, metrics, may_act, stop));
+    let mut grace_until: Option<tokio::time::Instant> = None;
+    let end = loop {
+        let grace = async {
+            match grace_until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = &mut controller => break LeaderEnd::Controller(r),
+            r = &mut election => break LeaderEnd::Lost(r),
+            () = shutdown.clone(), if grace_until.is_none() => {
+                tracing::info!(grace = ?GRACE, "stopping the controller; in-flight reconciles finish first");
+                grace_until = Some(tokio::time::Instant::now() + GRACE);
+            }
+            () = grace => break LeaderEnd::GraceExpired,
+        }
+    };
+    match end {
+        LeaderEnd::Controller(result) => {
+            drop(election);
+            release(&elector).await;
+            result.map_err(Into::into)
+        }
+        LeaderEnd::GraceExpired => {
+            tracing::warn!(grace = ?GRACE, "in-flight reconciles did not finish in time; stopping anyway");
+            drop(controller);
+            drop(election);
+            release(&elector).await;
+            Ok(())
+        }
+        LeaderEnd::Lost(end) => {
+            // `may_act` is already false: nothing more is sent. Let in-flight reconciles record what they did.
+            let _ = stop_tx.send(());
+            if tokio::time::timeout(GRACE, &mut controller).await.is_err() {
+                tracing::warn!(
+                    "in-flight reconciles did not finish in time after losing the lease"
+                );
+            }
+            Err(lost(end))
+        }
+    }
+}
+
+fn lost(end: Result<(), crate::leader::LeaseError>) -> anyhow::Error {
+    match end {
+        Err(e) => anyhow::anyhow!("{e}; exiting so that this replica restarts as a follower"),
+        Ok(()) => anyhow::anyhow!("leader election stopped unexpectedly; exiting"),
+    }
+}
+
+/// Gives up the lease (if held), bounded in time; failure only delays the successor until the lease expires.
+async fn release(elector: &LeaderElector) {
+    match tokio::time::timeout(RELEASE_TIMEOUT, elector.release()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not release the lease; a successor waits for it to expire")
+        }
+        Err(_) => {
+            tracing::warn!("releasing the lease timed out; a successor waits for it to expire")
+        }
+    }
 }
 
 /// Resolves on the first SIGINT or SIGTERM.

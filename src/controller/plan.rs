@@ -138,7 +138,8 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 conflict.desired.as_str(),
                 input.spec.instance_id
             ),
-            Requeue::After(input.settings.resync),
+            // Look again soon: the other object may be changed or deleted, which does not wake this one.
+            Requeue::After(input.settings.slow_retry),
         );
     }
     match input

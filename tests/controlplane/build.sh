@@ -92,10 +92,23 @@ build_helm() {
   log "helm ready: $out"
 }
 
+build_kubectl() {
+  # Only when the machine has none: the harness prefers the kubectl on PATH.
+  local out="$K8S_DIR/kubectl"
+  if command -v kubectl >/dev/null || [[ -x "$out" ]]; then return; fi
+  log "building kubectl $K8S_VERSION (none on PATH)"
+  mkdir -p "$K8S_DIR"
+  GOBIN="$scratch/bin" go install -trimpath -ldflags "-s -w" "k8s.io/kubectl/cmd/kubectl@v0.${K8S_VERSION#v1.}" 2>/dev/null \
+    || { echo "could not build kubectl; install it from your distribution" >&2; return 1; }
+  mv "$scratch/bin/kubectl" "$out"
+  log "kubectl ready: $out"
+}
+
 case "${1:-all}" in
-  all) build_etcd; build_kube_apiserver; build_helm ;;
+  all) build_etcd; build_kube_apiserver; build_helm; build_kubectl ;;
   kube-apiserver) build_kube_apiserver ;;
   etcd) build_etcd ;;
   helm) build_helm ;;
-  *) echo "usage: $0 [all|kube-apiserver|etcd|helm|--print-dir]" >&2; exit 2 ;;
+  kubectl) build_kubectl ;;
+  *) echo "usage: $0 [all|kube-apiserver|etcd|helm|kubectl|--print-dir]" >&2; exit 2 ;;
 esac

@@ -1,0 +1,303 @@
+//! End to end: the real kube-apiserver + etcd, the simulator, and the controller.
+
+mod support;
+
+use std::time::Duration;
+
+use compute_operator::api::InstanceStatus;
+use compute_operator::resource::{ActionRecord, ActionState, ComputeInstanceAction, ComputeInstanceActionStatus, DesiredState};
+use compute_operator::sim::{Faults, SimConfig};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use support::*;
+
+const TOKEN: &str = "dev-admin-token";
+
+fn sim_config() -> SimConfig {
+    SimConfig { instances: 0, transition: Duration::from_millis(300), ..SimConfig::default() }
+}
+
+fn add_instance(sim: &compute_operator::sim::SimServer, id: &str, status: InstanceStatus) {
+    let mut i = compute_operator::devenv::dev::demo_instances().remove(0);
+    i.id = id.into();
+    i.status = status;
+    sim.upsert_instance(i);
+}
+
+async fn setup(prefix: &str) -> (kube::Client, String, Api<ComputeInstanceAction>, compute_operator::sim::SimServer) {
+    let client = client().await;
+    let ns = namespace(&client, prefix).await;
+    let api = Api::namespaced(client.clone(), &ns);
+    let sim = simulator(sim_config()).await;
+    (client, ns, api, sim)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_desired_state_reaches_ready_from_each_starting_status() {
+    let (_client, ns, api, sim) = setup("states").await;
+    let cases = [
+        ("stop-running", "i-a", InstanceStatus::Running, DesiredState::Stopped, vec!["stop"]),
+        ("stop-error", "i-b", InstanceStatus::Error, DesiredState::Stopped, vec!["stop"]),
+        ("start-stopped", "i-c", InstanceStatus::Stopped, DesiredState::Running, vec!["start"]),
+        ("start-error", "i-d", InstanceStatus::Error, DesiredState::Running, vec!["start"]),
+        ("restart-running", "i-e", InstanceStatus::Running, DesiredState::Restarted, vec!["restart"]),
+        ("reset-running", "i-f", InstanceStatus::Running, DesiredState::Reset, vec!["reset"]),
+        ("reset-error", "i-g", InstanceStatus::Error, DesiredState::Reset, vec!["reset"]),
+        ("already-running", "i-h", InstanceStatus::Running, DesiredState::Running, vec![]),
+        ("already-stopped", "i-i", InstanceStatus::Stopped, DesiredState::Stopped, vec![]),
+    ];
+    for (_, id, status, _, _) in &cases {
+        add_instance(&sim, id, status.clone());
+    }
+    let ctl = start_controller(&sim, TOKEN, test_controller_config(&ns)).await;
+    for (name, id, _, desired, _) in &cases {
+        api.create(&PostParams::default(), &cia(name, id, *desired, Some("r1"))).await.expect("create");
+    }
+    // kubectl wait works on them, unchanged.
+    let out = tokio::process::Command::new("kubectl")
+        .args(["--kubeconfig", &control_plane().kubeconfig.display().to_string(), "-n", &ns])
+        .args(["wait", "--for=condition=Ready", "cia", "--all", "--timeout=60s"])
+        .output()
+        .await
+        .expect("kubectl is on PATH");
+    if !out.status.success() {
+        let all = api.list(&Default::default()).await.unwrap();
+        for o in all {
+            eprintln!("{}: {}", support::name_of(&o), serde_json::to_string(&o.status).unwrap_or_default());
+        }
+        panic!("kubectl wait failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    for (name, id, _, desired, actions) in &cases {
+        let o = wait_ready(&api, name).await;
+        let st = o.status.as_ref().unwrap();
+        assert_eq!(audit_for(&sim, id), *actions, "{name}: POSTs");
+        assert_eq!(st.observed_generation, o.metadata.generation, "{name}");
+        let want = match desired {
+            DesiredState::Stopped => "stopped",
+            _ => "running",
+        };
+        assert_eq!(st.instance.as_ref().unwrap().status, want, "{name}");
+        if !actions.is_empty() {
+            let a = st.action.as_ref().unwrap();
+            assert_eq!(a.state, ActionState::Succeeded, "{name}");
+            assert!(a.accepted_at.is_some() && a.completed_at.is_some(), "{name}");
+        }
+    }
+    // No hot loop: once everything is Ready, status writes stop.
+    let before = ctl.metrics.status_writes.get();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(ctl.metrics.status_writes.get(), before, "status writes continued after Ready");
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shots_run_at_most_once_per_request_id() {
+    let (_client, ns, api, sim) = setup("once").await;
+    add_instance(&sim, "i-1", InstanceStatus::Running);
+    let ctl = start_controller(&sim, TOKEN, test_controller_config(&ns)).await;
+    let obj = cia("restart", "i-1", DesiredState::Restarted, Some("2026-11-27T01"));
+    let ssa = PatchParams::apply("gitops-test").force();
+    api.patch("restart", &ssa, &Patch::Apply(&obj)).await.expect("apply");
+    wait_ready(&api, "restart").await;
+    // A GitOps re-sync: the same manifest again, several times.
+    for _ in 0..3 {
+        api.patch("restart", &ssa, &Patch::Apply(&obj)).await.expect("re-apply");
+    }
+    // Controller restart.
+    ctl.stop().await;
+    let ctl = start_controller(&sim, TOKEN, test_controller_config(&ns)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(audit_for(&sim, "i-1"), vec!["restart"], "a re-apply or restart ran it again");
+    // A new requestId: exactly one more.
+    let mut obj2 = obj.clone();
+    obj2.spec.request_id = Some("2026-11-27T02".into());
+    api.patch("restart", &ssa, &Patch::Apply(&obj2)).await.expect("new requestId");
+    wait_for(&api, "restart", Duration::from_secs(30), "Ready for the new requestId", |o| {
+        condition(o, "Ready").is_some()
+            && o.status.as_ref().and_then(|s| s.action.as_ref()).and_then(|a| a.request_id.as_deref()) == Some("2026-11-27T02")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(audit_for(&sim, "i-1"), vec!["restart", "restart"]);
+    let st = api.get("restart").await.unwrap().status.unwrap();
+    assert_eq!(st.history.len(), 1, "the first run is kept in history");
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_restart_mid_action_never_resends() {
+    let (_client, ns, api, sim) = setup("midaction").await;
+    add_instance(&sim, "i-1", InstanceStatus::Running);
+    sim.set_faults(Faults { never_finish: true, ..Faults::default() });
+    let ctl = start_controller(&sim, TOKEN, test_controller_config(&ns)).await;
+    api.create(&PostParams::default(), &cia("reset", "i-1", DesiredState::Reset, Some("a"))).await.unwrap();
+    wait_for(&api, "reset", Duration::from_secs(20), "accepted", |o| {
+        o.status.as_ref().and_then(|s| s.action.as_ref()).is_some_and(|a| a.state == ActionState::Accepted)
+    })
+    .await;
+    ctl.abort();
+    let ctl = start_controller(&sim, TOKEN, test_controller_config(&ns)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sim.set_faults(Faults::default());
+    wait_ready(&api, "reset").await;
+    assert_eq!(audit_for(&sim, "i-1"), vec!["reset"]);
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intent_without_outcome_is_reported_not_resent() {
+    let (_client, ns, api, sim) = setup("unknown").await;
+    add_instance(&sim, "i-1", InstanceStatus::Running);
+    // What a crash between the intent write and the POST leaves behind.
+    let created = api.create(&PostParams::default(), &cia("restart", "i-1", DesiredState::Restarted, Some("x"))).await.unwrap();
+    let mut with_intent = created.clone();
+    with_intent.status = Some(ComputeInstanceActionStatus {
+        action: Some(ActionRecord {
+            action: compute_operator::api::PowerAction::Restart,
+            request_id: Some("x".into()),
+            generation: 1,
+            state: ActionState::Requested,
+            intent_at: chrono::Utc::now(),
+            accepted_at: None,
+            completed_at: None,
+            attempts: 1,
+            saw_transition: false,
+            reason: None,
+            drift: false,
+        }),
+        ..Default::default()
+    });
+    api.replace_status("restart", &PostParams::default(), &with_intent).await.expect("write intent");
+    let ctl = start_controller(&sim, TOKEN, test_controller_config(&ns)).await;
+    let o = wait_reason(&api, "restart", "Stalled", "OutcomeUnknown").await;
+    assert!(condition(&o, "Stalled").unwrap().message.contains("requestId"), "message tells the way on");
+    assert!(audit_for(&sim, "i-1").is_empty(), "an unknown outcome must not be resent");
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_resources_are_rejected_by_the_api_server() {
+    let client = client().await;
+    let ns = namespace(&client, "invalid").await;
+    let api: Api<ComputeInstanceAction> = Api::namespaced(client.clone(), &ns);
+    let raw: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns,
+        &kube::api::ApiResource::erase::<ComputeInstanceAction>(&()),
+    );
+    let bad = |spec: serde_json::Value| {
+        serde_json::from_value::<kube::api::DynamicObject>(serde_json::json!({
+            "apiVersion": "compute.threatwinds.com/v1alpha1", "kind": "ComputeInstanceAction",
+            "metadata": {"name": "bad"}, "spec": spec
+        }))
+        .unwrap()
+    };
+    let table = [
+        (serde_json::json!({"instanceId": "i-1", "desiredState": "paused"}), "Unsupported value: \"paused\""),
+        (serde_json::json!({"instanceId": "../etc", "desiredState": "running"}), "instanceId must start with a letter or digit"),
+        (serde_json::json!({"instanceId": "a/b", "desiredState": "running"}), "instanceId must start with a letter or digit"),
+        (serde_json::json!({"instanceId": "a..b", "desiredState": "running"}), "without '..'"),
+        (serde_json::json!({"instanceId": "a b", "desiredState": "running"}), "instanceId must"),
+        (serde_json::json!({"instanceId": "x".repeat(129), "desiredState": "running"}), "Too long"),
+        (serde_json::json!({"instanceId": "i-1", "desiredState": "running", "timeoutSeconds": 5}), "should be greater than or equal to 10"),
+        (serde_json::json!({"instanceId": "i-1", "desiredState": "running", "timeoutSeconds": 999999}), "should be less than or equal to 86400"),
+        (serde_json::json!({"desiredState": "running"}), "instanceId: Required value"),
+    ];
+    for (spec, want) in table {
+        let err = raw.create(&PostParams::default(), &bad(spec.clone())).await.expect_err("must be rejected");
+        let msg = err.to_string();
+        assert!(msg.contains(want), "{spec}: got {msg}");
+    }
+    // instanceId is immutable.
+    api.create(&PostParams::default(), &cia("ok", "i-1", DesiredState::Running, None)).await.unwrap();
+    let patch = serde_json::json!({"spec": {"instanceId": "i-2"}});
+    let err = api.patch("ok", &PatchParams::default(), &Patch::Merge(&patch)).await.expect_err("immutable");
+    assert!(err.to_string().contains("instanceId is immutable"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_failures_become_conditions() {
+    let (_client, ns, api, sim) = setup("failures").await;
+    add_instance(&sim, "i-busy", InstanceStatus::Running);
+    add_instance(&sim, "i-503", InstanceStatus::Running);
+    let mut config = test_controller_config(&ns);
+    config.plan.resync = Duration::from_secs(60);
+    let ctl = start_controller(&sim, TOKEN, config).await;
+    // 404.
+    api.create(&PostParams::default(), &cia("missing", "i-nope", DesiredState::Stopped, None)).await.unwrap();
+    let o = wait_reason(&api, "missing", "Stalled", "InstanceNotFound").await;
+    assert_eq!(o.status.unwrap().phase, Some(compute_operator::resource::Phase::Failed));
+    // 409 storm: the instance stays busy (someone else's action never finishes) until it is released.
+    sim.set_status("i-busy", InstanceStatus::Restarting);
+    api.create(&PostParams::default(), &cia("busy", "i-busy", DesiredState::Stopped, None)).await.unwrap();
+    wait_reason(&api, "busy", "Reconciling", "WaitingForInstance").await;
+    sim.set_status("i-busy", InstanceStatus::Running);
+    wait_ready(&api, "busy").await;
+    assert_eq!(audit_for(&sim, "i-busy"), vec!["stop"]);
+    // 503 bursts with Retry-After: reported while they last, then it converges.
+    sim.set_faults(Faults { error_rate: 1.0, error_status: 503, retry_after_seconds: Some(1), ..Faults::default() });
+    api.create(&PostParams::default(), &cia("flaky", "i-503", DesiredState::Stopped, None)).await.unwrap();
+    wait_reason(&api, "flaky", "Reconciling", "AdminApiUnavailable").await;
+    sim.set_faults(Faults::default());
+    wait_ready(&api, "flaky").await;
+    ctl.stop().await;
+    // Credentials without the admin role.
+    let ctl = start_controller(&sim, "dev-user-token", test_controller_config(&ns)).await;
+    api.create(&PostParams::default(), &cia("noadmin", "i-busy", DesiredState::Running, None)).await.unwrap();
+    let o = wait_reason(&api, "noadmin", "Stalled", "Forbidden").await;
+    assert!(condition(&o, "Stalled").unwrap().message.contains("compute_admin"));
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_on_one_instance_are_serialized_or_in_conflict() {
+    let (_client, ns, api, sim) = setup("peers").await;
+    add_instance(&sim, "i-1", InstanceStatus::Running);
+    add_instance(&sim, "i-2", InstanceStatus::Running);
+    let ctl = start_controller(&sim, TOKEN, test_controller_config(&ns)).await;
+    // Contradicting levels: both Stalled/Conflict, no POST.
+    api.create(&PostParams::default(), &cia("want-up", "i-1", DesiredState::Running, None)).await.unwrap();
+    api.create(&PostParams::default(), &cia("want-down", "i-1", DesiredState::Stopped, None)).await.unwrap();
+    wait_reason(&api, "want-down", "Stalled", "Conflict").await;
+    // The first one may have been Ready before the second appeared; on its next look it is in conflict too.
+    api.patch("want-up", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"timeoutSeconds": 61}})))
+        .await
+        .unwrap();
+    wait_reason(&api, "want-up", "Stalled", "Conflict").await;
+    assert!(audit_for(&sim, "i-1").is_empty(), "neither acts");
+    // Deleting one resolves it; deleting never touches the instance.
+    api.delete("want-down", &Default::default()).await.unwrap();
+    wait_ready(&api, "want-up").await;
+    assert!(audit_for(&sim, "i-1").is_empty());
+    // A restart and a reset on one instance: serialized, never overlapping (the sim answers 409 to overlap).
+    api.create(&PostParams::default(), &cia("restart", "i-2", DesiredState::Restarted, Some("1"))).await.unwrap();
+    api.create(&PostParams::default(), &cia("reset", "i-2", DesiredState::Reset, Some("1"))).await.unwrap();
+    wait_ready(&api, "restart").await;
+    wait_ready(&api, "reset").await;
+    let mut actions = audit_for(&sim, "i-2");
+    actions.sort();
+    assert_eq!(actions, vec!["reset", "restart"]);
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_is_corrected_on_resync_and_deletion_leaves_the_instance_alone() {
+    let (_client, ns, api, sim) = setup("drift").await;
+    add_instance(&sim, "i-1", InstanceStatus::Running);
+    let mut config = test_controller_config(&ns);
+    config.plan.resync = Duration::from_secs(2);
+    let ctl = start_controller(&sim, TOKEN, config).await;
+    api.create(&PostParams::default(), &cia("keep-stopped", "i-1", DesiredState::Stopped, None)).await.unwrap();
+    wait_ready(&api, "keep-stopped").await;
+    // Someone starts it elsewhere.
+    sim.set_status("i-1", InstanceStatus::Running);
+    wait_for(&api, "keep-stopped", Duration::from_secs(20), "drift corrected", |o| {
+        o.status.as_ref().and_then(|s| s.action.as_ref()).is_some_and(|a| a.drift && a.state == ActionState::Succeeded)
+    })
+    .await;
+    assert_eq!(audit_for(&sim, "i-1"), vec!["stop", "stop"]);
+    api.delete("keep-stopped", &Default::default()).await.unwrap();
+    sim.set_status("i-1", InstanceStatus::Running);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(audit_for(&sim, "i-1"), vec!["stop", "stop"], "deleted objects never act");
+    ctl.stop().await;
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The whole test suite, from a clean clone: installs what is missing, builds the pinned control plane (cached
+# outside the repo), then format, lint, and every test (unit, simulator, client, end-to-end against a real
+# kube-apiserver + etcd, packaging). This is what CI runs (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+started=$(date +%s)
+step() { printf '\n==> %s (%ss)\n' "$*" "$(( $(date +%s) - started ))"; }
+
+step "tools"
+missing=()
+command -v lua5.4 >/dev/null || missing+=(lua5.4)
+command -v go >/dev/null || { echo "Go is required to build kube-apiserver and etcd (go >= 1.25)" >&2; exit 1; }
+command -v cargo >/dev/null || { echo "Rust (cargo) is required" >&2; exit 1; }
+if ((${#missing[@]})); then
+  echo "installing ${missing[*]} from Debian's packages"
+  if [[ $(id -u) -eq 0 ]]; then apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+  else sudo apt-get update -qq && sudo apt-get install -y -qq "${missing[@]}" >/dev/null; fi
+fi
+
+step "control-plane binaries (cached in $(bash tests/controlplane/build.sh --print-dir))"
+bash tests/controlplane/build.sh all
+# kubectl: the one on PATH, else the pinned one build.sh made.
+if ! command -v kubectl >/dev/null; then
+  export PATH="$(bash tests/controlplane/build.sh --print-dir)/k8s-v1.37.2:$PATH"
+fi
+kubectl version --client >/dev/null || { echo "no working kubectl" >&2; exit 1; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+
+step "cargo test (unit, simulator, client, end-to-end, packaging)"
+cargo test --all-targets --no-fail-fast 2>&1 | tee /tmp/compute-operator-test.log | grep -E '^(test |running |     Running|test result|failures:|---- )' || true
+status=${PIPESTATUS[0]}
+if [[ $status -ne 0 ]]; then
+  echo "cargo test failed (full log: /tmp/compute-operator-test.log):" >&2
+  grep -E -A25 '^---- ' /tmp/compute-operator-test.log | head -200 >&2 || true
+  exit "$status"
+fi
+passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' /tmp/compute-operator-test.log | awk '{s+=$4} END {print s+0}')
+step "done"
+echo "$passed passed, 0 failed"
