@@ -68,6 +68,14 @@ pub struct RunArgs {
     pub log_level: String,
     #[arg(long, env = "COMPUTE_OPERATOR_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// `enforce`: objects that no ComputeAccessPolicy allows are denied; `off`: single-tenant clusters.
+    #[arg(long, env = "COMPUTE_OPERATOR_POLICY_MODE", value_enum, default_value = "enforce")]
+    pub policy_mode: crate::policy::PolicyMode,
+    /// Loop protection: restart/reset actions allowed per instance within --one-shot-window.
+    #[arg(long, env = "COMPUTE_OPERATOR_MAX_ONE_SHOTS", default_value_t = 5)]
+    pub max_one_shots: u32,
+    #[arg(long, env = "COMPUTE_OPERATOR_ONE_SHOT_WINDOW", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub one_shot_window: Duration,
     /// Report what would be done; never call an action endpoint.
     #[arg(long, env = "COMPUTE_OPERATOR_DRY_RUN", default_value_t = false)]
     pub dry_run: bool,
@@ -113,6 +121,9 @@ impl RunArgs {
         }
         if self.leader_election && self.lease_namespace().is_none() {
             return Err(invalid("--lease-namespace", "required with --leader-election (or set POD_NAMESPACE)"));
+        }
+        if self.max_one_shots == 0 {
+            return Err(invalid("--max-one-shots", "must be at least 1"));
         }
         if self.lease_duration < Duration::from_secs(2) {
             return Err(invalid("--lease-duration", "must be at least 2s"));
@@ -167,10 +178,13 @@ impl RunArgs {
                 resync: self.resync_interval,
                 settle: self.restart_settle,
                 dry_run: self.dry_run,
+                max_one_shots: self.max_one_shots,
+                one_shot_window: self.one_shot_window,
                 ..PlanSettings::default()
             },
             error_backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(300)),
             reporter: "compute-operator".into(),
+            policy_mode: self.policy_mode,
         }
     }
 }

@@ -1,11 +1,13 @@
 //! compute-operator: declare the power state of compute instances from Kubernetes.
 pub mod api;
+pub mod benchkit;
 pub mod config;
 pub mod controller;
 pub mod devenv;
 pub mod leader;
 pub mod metrics;
 pub mod operator;
+pub mod policy;
 pub mod resource;
 pub mod sim;
 pub mod telemetry;

@@ -16,12 +16,26 @@ struct Cli {
 enum Command {
     /// Run the controller (kubeconfig or in-cluster).
     Run(config::RunArgs),
-    /// Print the CustomResourceDefinition YAML.
+    /// Print the CustomResourceDefinitions as YAML.
     Crd,
+    /// Write the CRDs to crds/ and the Helm chart's crds/ (run from the repository root).
+    CrdFiles,
     /// Run the admin API simulator on loopback.
     Sim(sim::SimArgs),
     /// Run the whole stack locally: control plane, CRDs, simulator, controller.
     Dev(devenv::dev::DevArgs),
+}
+
+fn write_crd_files() -> anyhow::Result<()> {
+    for (file, crd) in resource::crds() {
+        let yaml = resource::crd_to_yaml(&crd)?;
+        for dir in ["crds", "charts/compute-operator/crds"] {
+            std::fs::create_dir_all(dir)?;
+            std::fs::write(format!("{dir}/{file}"), &yaml)?;
+            println!("wrote {dir}/{file}");
+        }
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -29,12 +43,18 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Crd => resource::crd_yaml().map(|y| print!("{y}")).map_err(Into::into),
+        Command::CrdFiles => write_crd_files(),
         Command::Sim(args) => {
             telemetry::init("info", config::LogFormat::Text);
             sim::run(args).await
         }
         Command::Run(args) => {
             telemetry::init(&args.log_level, args.log_format);
+            // Settings first: a bad flag is reported as such even without a cluster.
+            if let Err(e) = args.validate() {
+                eprintln!("compute-operator: {e}");
+                return ExitCode::FAILURE;
+            }
             match kube::Client::try_default().await {
                 Ok(client) => operator::run(args, client, operator::shutdown_signal()).await,
                 Err(e) => Err(anyhow::anyhow!("cannot reach Kubernetes (kubeconfig or in-cluster config): {e}")),

@@ -110,11 +110,14 @@ async fn run_elected(
         duration = ?args.lease_duration,
         "leader election enabled"
     );
+    let shutdown = shutdown.shared();
     // A follower has nothing to cache: it is ready once the CRD is served and leadership is known.
-    controller::check_crd(&client, &config.namespaces).await?;
+    tokio::select! {
+        checked = controller::check_crd(&client, &config.namespaces) => checked?,
+        () = shutdown.clone() => return Ok(()),
+    }
     metrics.watching.store(true, Ordering::SeqCst);
 
-    let shutdown = shutdown.shared();
     let mut state = elector.subscribe();
     // Boxed so it can be dropped before `release` (it may hold the elector's operation lock).
     let mut election = Box::pin(elector.run());

@@ -240,10 +240,24 @@ pub struct ActionRecord {
     pub drift: bool,
 }
 
-/// The CRD as YAML, exactly as `compute-operator crd` prints it and `crds/` stores it.
+/// Every CRD of the operator with the file name `crds/` stores it under.
+pub fn crds() -> Vec<(&'static str, k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition)> {
+    vec![
+        ("computeinstanceactions.yaml", ComputeInstanceAction::crd()),
+        ("computeaccesspolicies.yaml", crate::policy::ComputeAccessPolicy::crd()),
+    ]
+}
+
+/// One CRD as YAML, exactly as `crds/` stores it.
+pub fn crd_to_yaml(
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> Result<String, serde_yaml::Error> {
+    Ok(format!("---\n{}", serde_yaml::to_string(crd)?))
+}
+
+/// All CRDs as one YAML stream, as `compute-operator crd` prints them.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    let crd = ComputeInstanceAction::crd();
-    Ok(format!("---\n{}", serde_yaml::to_string(&crd)?))
+    crds().iter().map(|(_, crd)| crd_to_yaml(crd)).collect()
 }
 
 #[cfg(test)]
@@ -252,21 +266,20 @@ mod tests {
 
     #[test]
     fn crds_folder_matches_generated_crd() {
-        let generated = crd_yaml().expect("CRD serializes");
-        let stored = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/crds/computeinstanceactions.yaml"
-        ))
-        .expect("crds/computeinstanceactions.yaml exists");
-        assert!(
-            generated == stored,
-            "crds/computeinstanceactions.yaml is stale: run `cargo run -- crd > crds/computeinstanceactions.yaml`"
-        );
+        for (file, crd) in crds() {
+            let generated = crd_to_yaml(&crd).expect("CRD serializes");
+            let path = format!("{}/crds/{file}", env!("CARGO_MANIFEST_DIR"));
+            let stored = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                generated == stored,
+                "crds/{file} is stale: run `cargo run -- crd-files` (writes crds/ and the chart's copy)"
+            );
+        }
     }
 
     #[test]
     fn crd_has_the_validation_the_api_server_enforces() {
-        let yaml = crd_yaml().unwrap();
+        let yaml = crd_to_yaml(&ComputeInstanceAction::crd()).unwrap();
         for needle in [
             "self == oldSelf",
             "x-kubernetes-list-type: map",

@@ -1,8 +1,10 @@
 //! Integration tests of the admin API client against the real simulator, over HTTP on 127.0.0.1:0: every
 //! endpoint, the mapping of every status code, both auth schemes and a rotated credentials directory,
-//! pagination, retries, timeouts, dropped connections, politeness limits, path-safe IDs and secrecy.
+//! pagination, retries, timeouts, dropped connections, redirects, politeness limits, path-safe IDs and
+//! secrecy.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -620,7 +622,10 @@ async fn list_all_walks_every_page_with_filters() {
     }
 }
 
-fn counting_observer() -> (RequestObserver, Arc<Mutex<Vec<(Endpoint, Option<u16>)>>>) {
+/// What an observer was told: endpoint and status of every try.
+type Seen = Arc<Mutex<Vec<(Endpoint, Option<u16>)>>>;
+
+fn counting_observer() -> (RequestObserver, Seen) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let sink = seen.clone();
     let observer: RequestObserver = Arc::new(move |endpoint, status, _latency| {
@@ -1119,4 +1124,70 @@ async fn unknown_statuses_are_kept_as_other() {
         client.act(&odd.id, PowerAction::Stop, Repeat::Never).await,
         Err(ApiError::Conflict)
     );
+}
+
+/// A server that answers every request with `307 Temporary Redirect` to the same path on `target`, another
+/// origin (a different port). Returns its base URL and how many requests it got.
+async fn start_redirector(target: String) -> (String, Arc<AtomicU64>) {
+    let hits = Arc::new(AtomicU64::new(0));
+    let counter = hits.clone();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let location = format!(
+            "{target}{}",
+            uri.path_and_query().map_or("/", |p| p.as_str())
+        );
+        counter.fetch_add(1, Ordering::Relaxed);
+        async move {
+            (
+                axum::http::StatusCode::TEMPORARY_REDIRECT,
+                [(axum::http::header::LOCATION, location)],
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}{}", sim::BASE_PATH), hits)
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    install_crypto_provider();
+    let sim = start(SimConfig {
+        api_key: Some(API_KEY.into()),
+        api_secret: Some(API_SECRET.into()),
+        transition: Duration::from_secs(30),
+        ..SimConfig::default()
+    })
+    .await;
+    let id = first_with(&sim, InstanceStatus::Running).id;
+    let (base_url, hits) = start_redirector(format!("http://{}", sim.addr())).await;
+    for credentials in [api_key(API_KEY, API_SECRET), bearer(ADMIN)] {
+        let client = client_with(
+            ClientConfig {
+                base_url: base_url.clone(),
+                ..config(&sim)
+            },
+            credentials,
+        );
+        let err = client.get_instance(&id).await.unwrap_err();
+        assert!(
+            matches!(&err, ApiError::Malformed(m) if m.contains("307")),
+            "{err:?}"
+        );
+        let err = client
+            .act(&id, PowerAction::Restart, Repeat::Never)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ApiError::Malformed(m) if m.contains("307")),
+            "{err:?}"
+        );
+    }
+    assert_eq!(hits.load(Ordering::Relaxed), 4, "one try each, no retry");
+    // Neither the api-key/api-secret headers nor the restart were passed on to another origin.
+    assert_eq!(sim.stats().total, 0, "{:?}", sim.stats());
+    assert!(sim.audit().is_empty(), "{:?}", sim.audit());
 }

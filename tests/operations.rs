@@ -82,7 +82,7 @@ impl Replica {
     }
 
     fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let text = strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default());
         let lines: Vec<&str> = text.lines().collect();
         format!(
             "--- {} ({}) ---\n{}",
@@ -111,6 +111,24 @@ impl Replica {
     async fn leader(&self) -> Option<f64> {
         self.metric("compute_operator_leader").await
     }
+}
+
+/// Log files carry terminal colours; drop them for readable failure messages.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn http() -> &'static reqwest::Client {
@@ -314,6 +332,10 @@ async fn one_leader_acts_and_a_follower_takes_over_after_kill_9() {
         },
     )
     .await;
+    let outcome = ["Ready", "Stalled"]
+        .iter()
+        .find_map(|t| condition(&o, t).map(|c| format!("{t}/{}", c.reason)));
+    eprintln!("restart-2 after the leader change: {outcome:?}");
     // Long enough for a wrongful resend to show up.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
@@ -350,7 +372,9 @@ async fn sigterm_releases_the_lease_and_a_stolen_lease_ends_the_leader() {
     ];
     let li = wait_one_leader(&[&replicas[0], &replicas[1]], Duration::from_secs(20)).await;
     let fi = 1 - li;
-    wait_status(&replicas[fi], "/readyz", 200, Duration::from_secs(20)).await;
+    for r in &replicas {
+        wait_status(r, "/readyz", 200, Duration::from_secs(20)).await;
+    }
 
     // SIGTERM: the leader stops, releases the lease, and the follower takes over at its next retry.
     let sent = Instant::now();

@@ -150,6 +150,10 @@ impl AdminClient {
             .timeout(config.timeout)
             .connect_timeout(config.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(30))
+            // The API never redirects. Following one would send the `api-key`/`api-secret` headers (which
+            // reqwest only strips for `Authorization`) to another origin, possibly over plain http, and
+            // re-send a POST (307/308) that `Repeat::Never` must not repeat.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("compute-operator/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ApiError::Transport {

@@ -2,10 +2,11 @@
 pub mod conditions;
 pub mod locks;
 pub mod plan;
+pub mod policy_gate;
 pub mod reconcile;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -22,7 +23,7 @@ use crate::api::backoff::Backoff;
 use crate::metrics::Metrics;
 use crate::resource::ComputeInstanceAction;
 use locks::InstanceLocks;
-use plan::{Peer, PlanSettings};
+use plan::PlanSettings;
 use reconcile::{AcceptanceMemory, ErrorBackoff};
 
 /// How the controller runs.
@@ -36,6 +37,7 @@ pub struct ControllerConfig {
     pub error_backoff: Backoff,
     /// Name reported on Events.
     pub reporter: String,
+    pub policy_mode: crate::policy::PolicyMode,
 }
 
 impl Default for ControllerConfig {
@@ -46,6 +48,7 @@ impl Default for ControllerConfig {
             plan: PlanSettings::default(),
             error_backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(300)),
             reporter: "compute-operator".into(),
+            policy_mode: crate::policy::PolicyMode::Off,
         }
     }
 }
@@ -60,16 +63,13 @@ pub struct Context {
     pub locks: InstanceLocks,
     pub error_backoff: ErrorBackoff,
     pub metrics: Arc<Metrics>,
+    pub policy: crate::controller::policy_gate::PolicyGate,
     /// False on a replica that does not (or no longer) hold the lease: checked right before every POST.
     pub may_act: Arc<AtomicBool>,
     acceptances: AcceptanceMemory,
 }
 
 impl Context {
-    pub(crate) fn peers(&self, obj: &ComputeInstanceAction) -> Vec<Peer> {
-        reconcile::peers_of(&self.stores, obj)
-    }
-
     fn acceptance_key(obj: &ComputeInstanceAction, intent_at: DateTime<Utc>) -> (String, DateTime<Utc>) {
         (obj.uid().unwrap_or_default(), intent_at)
     }
@@ -97,6 +97,10 @@ pub enum StartError {
         "the ComputeInstanceAction CRD is not installed (or not readable): {0}. Install it with `compute-operator crd | kubectl apply -f -` or `kubectl apply -f crds/`"
     )]
     CrdMissing(#[source] kube::Error),
+    #[error(
+        "--policy-mode enforce needs the ComputeAccessPolicy CRD and permission to list it: {0}. Install crds/ or run with --policy-mode off on a single-tenant cluster"
+    )]
+    PolicyCrdMissing(#[source] kube::Error),
 }
 
 /// Checks that the CRD is served, by listing one object (needs only the RBAC the controller has anyway).
@@ -131,7 +135,14 @@ pub async fn run(
     };
     let mut controllers = Vec::new();
     let mut stores = Vec::new();
+    // Readiness: every cache has listed once, seen on the stream itself. `Store::wait_until_ready` keeps a
+    // single waker inside kube-runtime, so a second waiter next to the Controller's own would sleep for ever.
+    let scopes_total = scopes.len();
+    let synced = Arc::new(AtomicUsize::new(0));
     for scope in scopes {
+        let mut seen_init = false;
+        let synced = synced.clone();
+        let metrics = metrics.clone();
         let (reader, writer) = reflector::store();
         // The cache keeps only what the controller reads: managedFields and annotations are dropped.
         let stream = watcher(scope, watcher::Config::default().any_semantic())
@@ -141,11 +152,26 @@ pub async fn run(
                 o.annotations_mut().clear();
             })
             .reflect(writer)
+            .inspect(move |event| {
+                if !seen_init && matches!(event, Ok(watcher::Event::InitDone)) {
+                    seen_init = true;
+                    if synced.fetch_add(1, Ordering::SeqCst) + 1 == scopes_total {
+                        metrics.watching.store(true, Ordering::SeqCst);
+                        tracing::info!("caches synced");
+                    }
+                }
+            })
             .touched_objects()
             .predicate_filter(predicates::generation, Default::default());
         stores.push(reader.clone());
         controllers.push(Controller::for_stream(stream, reader));
     }
+    let (policy, policy_changes) = policy_gate::PolicyGate::start(&client, config.policy_mode, controllers.len()).await?;
+    let controllers: Vec<_> = controllers
+        .into_iter()
+        .zip(policy_changes)
+        .map(|(c, changes)| c.reconcile_all_on(changes))
+        .collect();
     let reporter = Reporter { controller: config.reporter.clone(), instance: std::env::var("POD_NAME").ok() };
     let ctx = Arc::new(Context {
         kube: client.clone(),
@@ -157,18 +183,14 @@ pub async fn run(
         error_backoff: ErrorBackoff::default(),
         metrics: metrics.clone(),
         may_act,
+        policy,
         acceptances: Default::default(),
     });
-    // Readiness: every cache has listed once; then the phase gauge is refreshed periodically.
+    // The phase gauge is refreshed periodically.
     let gauges = {
         let stores = stores.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            for s in &stores {
-                let _ = s.wait_until_ready().await;
-            }
-            metrics.watching.store(true, Ordering::SeqCst);
-            tracing::info!("caches synced");
             let mut tick = tokio::time::interval(Duration::from_secs(15));
             loop {
                 tick.tick().await;

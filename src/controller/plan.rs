@@ -50,6 +50,9 @@ pub struct PlanSettings {
     pub slow_retry: Duration,
     /// Global dry run (the `--dry-run` flag).
     pub dry_run: bool,
+    /// Loop protection: at most this many restart/reset actions per instance in `one_shot_window`.
+    pub max_one_shots: u32,
+    pub one_shot_window: Duration,
 }
 
 impl Default for PlanSettings {
@@ -61,6 +64,8 @@ impl Default for PlanSettings {
             poll_max: Duration::from_secs(5),
             slow_retry: Duration::from_secs(60),
             dry_run: false,
+            max_one_shots: 5,
+            one_shot_window: Duration::from_secs(3600),
         }
     }
 }
@@ -75,6 +80,10 @@ pub struct PlanInput<'a> {
     pub peers: &'a [Peer],
     pub now: DateTime<Utc>,
     pub settings: &'a PlanSettings,
+    /// Why the access policy denies this object, if it does.
+    pub policy_denial: Option<&'a str>,
+    /// Restart/reset actions sent to this instance (by any object) within the loop-protection window.
+    pub recent_one_shots: u32,
 }
 
 /// When to look again.
@@ -129,6 +138,9 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         Observation::Instance(i) => i,
     };
     b.observe(instance);
+    if let Some(denial) = input.policy_denial {
+        return b.denied(denial);
+    }
     if let Some(conflict) = contradicting_peer(input) {
         return b.stalled(
             "Conflict",
@@ -273,6 +285,16 @@ impl<'i, 'a> Builder<'i, 'a> {
     fn stalled(self, reason: &str, message: String, requeue: Requeue) -> Plan {
         let phase = Phase::Failed;
         self.done(Verdict::stalled(reason, message), phase, None, requeue)
+    }
+
+    fn denied(mut self, message: &str) -> Plan {
+        self.close_open_action(ActionState::Failed, "PolicyDenied");
+        let was_denied = self.input.status.conditions.iter().any(|c| c.type_ == "Stalled" && c.reason == "PolicyDenied");
+        if !was_denied {
+            self.event(true, "PolicyDenied", message.to_owned());
+        }
+        let retry = self.input.settings.slow_retry;
+        self.stalled("PolicyDenied", message.to_owned(), Requeue::After(retry))
     }
 
     fn observation_failed(mut self, err: &ApiError) -> Plan {
@@ -572,6 +594,16 @@ impl<'i, 'a> Builder<'i, 'a> {
             );
             return self.done(verdict, Phase::Pending, None, Requeue::After(s.poll_max));
         }
+        let recent = self.input.recent_one_shots;
+        if recent >= s.max_one_shots {
+            let message = format!(
+                "instance {} had {recent} restart/reset actions in the last {}s (limit {}); waiting so a runaway automation cannot reboot it in a loop",
+                spec.instance_id,
+                s.one_shot_window.as_secs(),
+                s.max_one_shots
+            );
+            return self.stalled("RateLimited", message, Requeue::After(s.slow_retry));
+        }
         if !action_allowed_from(action, &instance.status) {
             return self.stalled(
                 "InvalidInstanceState",
@@ -674,6 +706,26 @@ impl<'i, 'a> Builder<'i, 'a> {
             Requeue::After(s.poll_min),
         )
     }
+}
+
+/// Restart/reset actions that were (or may have been) carried out since `now - window`, from status records.
+pub fn count_recent_one_shots<'s>(
+    statuses: impl IntoIterator<Item = &'s ComputeInstanceActionStatus>,
+    now: DateTime<Utc>,
+    window: Duration,
+) -> u32 {
+    let since = now - chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
+    let mut n = 0;
+    for st in statuses {
+        for a in st.action.iter().chain(st.history.iter()) {
+            let sent = matches!(a.state, ActionState::Accepted | ActionState::Succeeded | ActionState::OutcomeUnknown)
+                || (a.state == ActionState::Failed && a.accepted_at.is_some());
+            if a.action.is_one_shot() && sent && a.intent_at >= since {
+                n += 1;
+            }
+        }
+    }
+    n
 }
 
 fn push_history(history: &mut Vec<ActionRecord>, record: ActionRecord) {

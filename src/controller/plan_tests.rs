@@ -90,6 +90,8 @@ fn run_with(
         peers,
         now: t(now_ms),
         settings: &settings,
+        policy_denial: None,
+        recent_one_shots: 0,
     })
 }
 
@@ -785,4 +787,62 @@ fn polls_start_fast_then_slow_down() {
     assert_eq!(ms(poll_delay(&s, Duration::from_millis(300))), 500);
     assert_eq!(ms(poll_delay(&s, Duration::from_millis(800))), 1000);
     assert_eq!(ms(poll_delay(&s, Duration::from_secs(600))), 5000);
+}
+
+#[test]
+fn policy_denial_stalls_without_posting_and_tells_once() {
+    let sp = spec(DesiredState::Reset);
+    let settings = PlanSettings::default();
+    let status = status_with(None);
+    let obs = instance("running");
+    let input = PlanInput {
+        spec: &sp,
+        generation: GEN,
+        status: &status,
+        observation: &obs,
+        peers: &[],
+        now: t(1),
+        settings: &settings,
+        policy_denial: Some("no ComputeAccessPolicy allows it"),
+        recent_one_shots: 0,
+    };
+    let p = plan(&input);
+    assert!(p.post.is_none());
+    assert_eq!(stalled_reason(&p), Some("PolicyDenied"));
+    assert_eq!(p.events.len(), 1);
+    // Still denied on the next look: no second event.
+    let again = PlanInput { status: &p.status, ..input };
+    assert!(plan(&again).events.is_empty());
+}
+
+#[test]
+fn loop_protection_limits_one_shots_per_window() {
+    let sp = spec(DesiredState::Restarted);
+    let settings = PlanSettings { max_one_shots: 2, ..Default::default() };
+    let status = status_with(None);
+    let obs = instance("running");
+    let mk = |recent| PlanInput {
+        spec: &sp,
+        generation: GEN,
+        status: &status,
+        observation: &obs,
+        peers: &[],
+        now: t(1),
+        settings: &settings,
+        policy_denial: None,
+        recent_one_shots: recent,
+    };
+    assert!(plan(&mk(1)).post.is_some());
+    let p = plan(&mk(2));
+    assert!(p.post.is_none());
+    assert_eq!(stalled_reason(&p), Some("RateLimited"));
+    // Counting: sent one-shots inside the window only.
+    let mut st = status_with(Some(record(PowerAction::Restart, ActionState::Succeeded, Some("a"))));
+    st.history = vec![
+        record(PowerAction::Reset, ActionState::OutcomeUnknown, Some("b")),
+        record(PowerAction::Restart, ActionState::Rejected, Some("c")),
+        record(PowerAction::Stop, ActionState::Succeeded, None),
+    ];
+    assert_eq!(count_recent_one_shots([&st], t(10_000), Duration::from_secs(3600)), 2);
+    assert_eq!(count_recent_one_shots([&st], t(7_200_000), Duration::from_secs(3600)), 0);
 }

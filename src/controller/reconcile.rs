@@ -116,7 +116,11 @@ async fn reconcile_inner(obj: &ComputeInstanceAction, ctx: &Context, key: &str) 
         Ok(i) => Observation::Instance(i),
         Err(e) => Observation::Failed(e),
     };
-    let peers = ctx.peers(obj);
+    let (peers, recent_one_shots) = peers_of(&ctx.stores, obj, &status, now, ctx.config.plan.one_shot_window);
+    let denial = match &observation {
+        Observation::Instance(i) => ctx.policy.denial(&ctx.kube, obj, i).await,
+        Observation::Failed(_) => None,
+    };
     let plan = plan::plan(&PlanInput {
         spec: &obj.spec,
         generation,
@@ -125,6 +129,8 @@ async fn reconcile_inner(obj: &ComputeInstanceAction, ctx: &Context, key: &str) 
         peers: &peers,
         now,
         settings: &ctx.config.plan,
+        policy_denial: denial.as_deref(),
+        recent_one_shots,
     });
 
     let Some(action) = plan.post else {
@@ -325,20 +331,33 @@ fn object_exists(stores: &[kube::runtime::reflector::Store<ComputeInstanceAction
     stores.iter().any(|s| s.get(&r).is_some())
 }
 
-/// Other objects naming the same instance, from the caches.
-pub(crate) fn peers_of(stores: &[kube::runtime::reflector::Store<ComputeInstanceAction>], obj: &ComputeInstanceAction) -> Vec<Peer> {
+/// Other objects naming the same instance, from the caches, and the restart/reset actions sent to the
+/// instance (by this object or its peers) within the loop-protection window.
+pub(crate) fn peers_of(
+    stores: &[kube::runtime::reflector::Store<ComputeInstanceAction>],
+    obj: &ComputeInstanceAction,
+    own_status: &ComputeInstanceActionStatus,
+    now: DateTime<Utc>,
+    window: Duration,
+) -> (Vec<Peer>, u32) {
     let uid = obj.uid();
-    stores
+    let others: Vec<_> = stores
         .iter()
         .flat_map(|s| s.state_filter(|o| o.spec.instance_id == obj.spec.instance_id && o.uid() != uid))
+        .collect();
+    let statuses = others.iter().filter_map(|o| o.status.as_ref()).chain(std::iter::once(own_status));
+    let recent = plan::count_recent_one_shots(statuses, now, window);
+    let peers = others
+        .iter()
         .map(|o| Peer {
-            key: object_key(&o),
+            key: object_key(o),
             desired: o.spec.desired_state,
             enforcement: o.spec.enforcement,
             suspended: o.spec.suspend,
             acting: o.status.as_ref().is_some_and(holds_open_action),
         })
-        .collect()
+        .collect();
+    (peers, recent)
 }
 
 pub(crate) type AcceptanceMemory = Mutex<HashMap<(String, DateTime<Utc>), DateTime<Utc>>>;

@@ -9,11 +9,10 @@ use anyhow::{Context as _, bail};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, CustomResourceExt};
+use kube::Client;
 
 use super::binaries::Binaries;
 use super::process::Guarded;
-use crate::resource::ComputeInstanceAction;
 
 /// A running etcd + kube-apiserver. Dropping it stops both and removes its directory.
 pub struct ControlPlane {
@@ -197,16 +196,20 @@ impl ControlPlane {
     /// Applies the CRD and waits until it is Established.
     pub async fn install_crds(&self) -> anyhow::Result<()> {
         let client = self.client().await?;
-        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        let crd = ComputeInstanceAction::crd();
-        let name = crd.metadata.name.clone().unwrap_or_default();
-        match crds.create(&PostParams::default(), &crd).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(e).context("creating the CRD"),
+        let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+        for (_, crd) in crate::resource::crds() {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            match api.create(&PostParams::default(), &crd).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(e).with_context(|| format!("creating CRD {name}")),
+            }
+            let established =
+                kube::runtime::wait::await_condition(api.clone(), &name, kube::runtime::wait::conditions::is_crd_established());
+            tokio::time::timeout(Duration::from_secs(30), established)
+                .await
+                .with_context(|| format!("CRD {name} not established in 30s"))??;
         }
-        let established = kube::runtime::wait::await_condition(crds, &name, kube::runtime::wait::conditions::is_crd_established());
-        tokio::time::timeout(Duration::from_secs(30), established).await.context("CRD not established in 30s")??;
         Ok(())
     }
 

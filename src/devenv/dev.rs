@@ -100,9 +100,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         );
         shutdown.await;
     } else {
+        // A single-user playground: no access policies needed (see README, "Access policies").
         let run_args = RunArgs {
             api_url,
             metrics_addr: args.metrics_addr,
+            policy_mode: crate::policy::PolicyMode::Off,
             ..dev_run_args()
         };
         let client = control_plane.client().await?;
