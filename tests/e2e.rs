@@ -301,3 +301,68 @@ async fn drift_is_corrected_on_resync_and_deletion_leaves_the_instance_alone() {
     assert_eq!(audit_for(&sim, "i-1"), vec!["stop", "stop"], "deleted objects never act");
     ctl.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_never_leak_into_logs_status_or_events() {
+    const SENTINEL: &str = "SENTINEL-7d1e5c0ffee-never-print-me";
+    let client = client().await;
+    let ns = namespace(&client, "secrets").await;
+    let api: Api<ComputeInstanceAction> = Api::namespaced(client.clone(), &ns);
+    let sim = simulator(SimConfig { instances: 0, admin_token: SENTINEL.into(), ..sim_config() }).await;
+    add_instance(&sim, "i-1", InstanceStatus::Running);
+    let log = std::env::temp_dir().join(format!("compute-operator-secrets-{}.log", std::process::id()));
+    let port = compute_operator::devenv::controlplane::free_port().unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_compute-operator"));
+    cmd.args(["run", "--policy-mode", "off", "--log-level", "trace", "--log-format", "json"])
+        .args(["--namespaces", &ns, "--metrics-addr", &format!("127.0.0.1:{port}"), "--api-url", sim.base_url()])
+        .env("KUBECONFIG", &control_plane().kubeconfig)
+        .env("COMPUTE_API_TOKEN", SENTINEL)
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::options().append(true).open(&log).unwrap());
+    let mut operator = compute_operator::devenv::process::Guarded::spawn("compute-operator", cmd).unwrap();
+    api.create(&PostParams::default(), &cia("restart", "i-1", DesiredState::Restarted, Some("1"))).await.unwrap();
+    // A second object that fails: error paths must not print credentials either.
+    api.create(&PostParams::default(), &cia("missing", "i-404", DesiredState::Stopped, None)).await.unwrap();
+    let ready = wait_ready(&api, "restart").await;
+    wait_reason(&api, "missing", "Stalled", "InstanceNotFound").await;
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap();
+    operator.stop(Duration::from_secs(10));
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.contains("action sent"), "the log was captured");
+    assert!(!logs.contains(SENTINEL), "credentials leaked into the logs");
+    assert!(!metrics.contains(SENTINEL), "credentials leaked into metrics");
+    assert!(!serde_json::to_string(&ready).unwrap().contains(SENTINEL), "credentials leaked into status");
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let all = serde_json::to_string(&events.list(&Default::default()).await.unwrap().items).unwrap();
+    assert!(all.contains("ActionCompleted") && !all.contains(SENTINEL), "credentials leaked into events");
+    let _ = std::fs::remove_file(&log);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflict_409_means_look_again_until_the_instance_is_free() {
+    let client = client().await;
+    let ns = namespace(&client, "storm").await;
+    let api: Api<ComputeInstanceAction> = Api::namespaced(client.clone(), &ns);
+    // Invisible transitions: GET says `running` while the instance is busy, so only the POST's 409 tells.
+    let sim = simulator(SimConfig {
+        instances: 0,
+        transition: Duration::from_millis(2500),
+        invisible_transitions: true,
+        ..SimConfig::default()
+    })
+    .await;
+    add_instance(&sim, "i-1", InstanceStatus::Running);
+    // Someone else restarts it through the admin API.
+    admin_client_for(&sim, TOKEN)
+        .act("i-1", compute_operator::api::PowerAction::Restart, compute_operator::api::Repeat::Never)
+        .await
+        .unwrap();
+    let ctl = start_controller(&sim, TOKEN, test_controller_config(&ns)).await;
+    api.create(&PostParams::default(), &cia("reset", "i-1", DesiredState::Reset, Some("1"))).await.unwrap();
+    wait_reason(&api, "reset", "Reconciling", "InstanceBusy").await;
+    let o = wait_ready(&api, "reset").await;
+    assert!(o.status.unwrap().action.unwrap().attempts >= 2, "the refused POST was retried after re-reading");
+    assert_eq!(audit_for(&sim, "i-1"), vec!["restart", "reset"], "exactly one reset, after the other action");
+    assert!(sim.stats().responses.get(&409).copied().unwrap_or(0) >= 1);
+    ctl.stop().await;
+}
