@@ -1,5 +1,7 @@
 //! Guardrails: the cluster-scoped `ComputeAccessPolicy` (which namespaces may set which instances to which
 //! states) and its pure evaluation.
+// kube-derive takes one `printcolumn(...)` per column, by design.
+#![allow(clippy::duplicated_attributes)]
 
 use std::collections::BTreeMap;
 
@@ -219,7 +221,8 @@ mod tests {
             }),
         };
         let by_ids = InstanceMatch { ids: list(&["i-1"]), ..Default::default() };
-        let table: Vec<(&str, Vec<(String, ComputeAccessPolicySpec)>, DesiredState, bool)> = vec![
+        type Row = (&'static str, Vec<(String, ComputeAccessPolicySpec)>, DesiredState, bool);
+        let table: Vec<Row> = vec![
             ("no policy", vec![], Stopped, false),
             ("by name and id", vec![policy(names(&["team-a"]), by_ids.clone(), &all)], Stopped, true),
             ("other namespace", vec![policy(names(&["team-b"]), by_ids.clone(), &all)], Stopped, false),

@@ -1,4 +1,6 @@
 //! The `ComputeInstanceAction` custom resource: spec, status, conditions, and the CRD generated from them.
+// kube-derive takes one `printcolumn(...)` / `validation = ...` per column or rule, by design.
+#![allow(clippy::duplicated_attributes)]
 
 use chrono::{DateTime, Utc};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};

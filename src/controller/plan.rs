@@ -18,6 +18,8 @@ use crate::resource::{
 };
 
 /// What the GET of the instance gave, if one was made.
+// One short-lived value per reconcile: boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Observation {
     Instance(Instance),

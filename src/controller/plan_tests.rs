@@ -681,13 +681,8 @@ fn after_post_table() {
     let lvl = spec(DesiredState::Stopped);
     let settings = PlanSettings::default();
     let intent = |a| status_with(Some(record(a, ActionState::Requested, None)));
-    let table: Vec<(
-        &ComputeInstanceActionSpec,
-        PowerAction,
-        Result<(), ApiError>,
-        ActionState,
-        &str,
-    )> = vec![
+    type Row<'a> = (&'a ComputeInstanceActionSpec, PowerAction, Result<(), ApiError>, ActionState, &'a str);
+    let table: Vec<Row> = vec![
         (
             &sp,
             PowerAction::Restart,

@@ -22,10 +22,13 @@ use crate::resource::ComputeInstanceAction;
 /// How long namespace labels are trusted.
 const NAMESPACE_TTL: Duration = Duration::from_secs(30);
 
+/// A namespace's labels and when they were read.
+type CachedLabels = (BTreeMap<String, String>, Instant);
+
 pub struct PolicyGate {
     mode: PolicyMode,
     store: Option<Store<ComputeAccessPolicy>>,
-    namespaces: Mutex<HashMap<String, (BTreeMap<String, String>, Instant)>>,
+    namespaces: Mutex<HashMap<String, CachedLabels>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
