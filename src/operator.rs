@@ -133,7 +133,8 @@ async fn run_elected(
         end = &mut election => {
             return Err(lost(end));
         }
-        _ = state.wait_for(|s| *s == Leadership::Leading) => {}
+        // Wrapped so the watch guard is not held across the select (keeps the future Send).
+        () = async { let _ = state.wait_for(|s| *s == Leadership::Leading).await; } => {}
     }
 
     // 2. Lead: run the controller until SIGTERM or until the lease is lost.

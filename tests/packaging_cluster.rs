@@ -2,14 +2,18 @@
 //!
 //! 1. `helm install` of `charts/compute-operator` succeeds, cluster-wide (default values) and namespaced
 //!    (`watchNamespaces`), and creates the ServiceAccount, the (Cluster)Role(Binding)s, the Deployment and the
-//!    Service. The CRD already exists (the harness installs it): helm skips it and leaves it untouched.
+//!    Service. The CRDs already exist (the harness installs them): helm skips them and leaves them untouched.
 //! 2. The controller, run in this process with a TokenRequest token of the chart's ServiceAccount and the
 //!    settings of the Deployment the chart created (its environment turned into flags), reconciles a
-//!    ComputeInstanceAction to Ready against the simulator: the chart's RBAC is enough. With leader election
-//!    on, it also takes the chart's Lease.
-//! 3. Least privilege, with `kubectl auth can-i --as=system:serviceaccount:<ns>:<sa>`: no Secrets, no
-//!    wildcard, no create/delete of the resource, no Leases unless leader election is on (and then only the
-//!    release's own Lease in its own namespace).
+//!    ComputeInstanceAction to Ready against the simulator: the chart's RBAC is enough. Under
+//!    `policyMode: enforce` the object is granted by a ComputeAccessPolicy that selects its namespace by label,
+//!    so reading the policies and the namespace's labels is proven too. With leader election on, the
+//!    controller also takes the chart's Lease.
+//! 3. Least privilege: `kubectl auth can-i --list` in each relevant namespace, minus what a ServiceAccount
+//!    without any binding has, is exactly the expected set of rules; and targeted
+//!    `kubectl auth can-i --as=system:serviceaccount:<ns>:<sa>` checks: no Secrets, no wildcard, no
+//!    create/delete of the resource, no Leases unless leader election is on (and then only the release's own
+//!    Lease in its own namespace).
 //! 4. `kubectl apply --dry-run=server -k deploy/` is accepted by the API server.
 //!
 //! No pods run (there is no kubelet or controller-manager); only the objects are checked. Needs helm
@@ -41,10 +45,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
 use support::*;
-use tokio::io::AsyncWriteExt as _;
 
 const CHART: &str = "charts/compute-operator";
 const CIA: &str = "computeinstanceactions.compute.threatwinds.com";
+const POLICY_CRD: &str = "computeaccesspolicies.compute.threatwinds.com";
 const SIM_TOKEN: &str = "dev-admin-token";
 
 /// A cluster-wide controller sees every ComputeInstanceAction of the shared control plane: controllers run
@@ -93,31 +97,17 @@ fn admin_kubeconfig() -> String {
     control_plane().kubeconfig.display().to_string()
 }
 
-async fn exec(program: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
+async fn exec(program: &Path, args: &[&str]) -> Output {
+    let run = tokio::process::Command::new(program)
+        .args(args)
         .current_dir(root())
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {} {args:?}: {e}", program.display()));
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin");
-        pipe.write_all(input).await.expect("write stdin");
-        drop(pipe);
-    }
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(60), run)
         .await
         .unwrap_or_else(|_| panic!("{} {args:?} did not finish in 60s", program.display()))
-        .expect("wait for the process");
-    out
+        .unwrap_or_else(|e| panic!("cannot run {} {args:?}: {e}", program.display()))
 }
 
 fn success(out: &Output, what: &str) -> String {
@@ -136,7 +126,7 @@ async fn kubectl(args: &[&str]) -> Output {
     let kc = admin_kubeconfig();
     let mut all = vec!["--kubeconfig", kc.as_str()];
     all.extend_from_slice(args);
-    exec(&kubectl_bin(), &all, None).await
+    exec(&kubectl_bin(), &all).await
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -152,10 +142,7 @@ struct Release {
 
 impl Release {
     fn subject(&self) -> String {
-        format!(
-            "system:serviceaccount:{}:{}",
-            self.namespace, self.fullname
-        )
+        format!("system:serviceaccount:{}:{}", self.namespace, self.fullname)
     }
 }
 
@@ -176,7 +163,7 @@ async fn install(client: &Client, prefix: &str, values: &[&str]) -> Release {
     for v in values {
         args.extend(["--set", v]);
     }
-    let out = exec(&helm_bin(), &args, None).await;
+    let out = exec(&helm_bin(), &args).await;
     let stdout = success(&out, &format!("helm {args:?}"));
     assert!(
         stdout.contains("STATUS: deployed"),
@@ -270,9 +257,10 @@ async fn service_account_client(r: &Release) -> Client {
         .await
         .expect("service account client");
     // Prove the client really is the ServiceAccount (and not the admin).
-    let review = Api::<k8s_openapi::api::authentication::v1::SelfSubjectReview>::all(client.clone())
-        .create(&PostParams::default(), &Default::default())
-        .await;
+    let review =
+        Api::<k8s_openapi::api::authentication::v1::SelfSubjectReview>::all(client.clone())
+            .create(&PostParams::default(), &Default::default())
+            .await;
     let user = review
         .expect("SelfSubjectReview")
         .status
@@ -363,8 +351,15 @@ async fn run_until_ready(client: Client, args: RunArgs, objects: &[(String, Stri
     let admin = support::client().await;
     for (ns, name) in objects {
         let api: Api<ComputeInstanceAction> = Api::namespaced(admin.clone(), ns);
+        let settled = wait_for(&api, name, Duration::from_secs(30), "Ready", |o| {
+            condition(o, "Ready").is_some() || condition(o, "Stalled").is_some()
+        });
         tokio::select! {
-            _ = wait_ready(&api, name) => {}
+            o = settled => assert!(
+                condition(&o, "Ready").is_some(),
+                "{ns}/{name} stalled instead of becoming Ready: {}",
+                serde_json::to_string_pretty(&o.status).unwrap_or_default()
+            ),
             end = &mut operator => panic!("the operator stopped before {ns}/{name} was Ready: {end:?}"),
         }
     }
@@ -392,7 +387,6 @@ async fn delete_cia(client: &Client, ns: &str, name: &str) {
         .delete(name, &DeleteParams::default())
         .await;
 }
-
 
 /// Under `--policy-mode enforce` (the operator's default) nothing is acted on without a ComputeAccessPolicy:
 /// grants the namespaces (selected by a label, so the operator must be able to read their labels) the
@@ -448,6 +442,18 @@ async fn delete_policy(admin: &Client, name: Option<String>) {
     }
 }
 
+/// The read-only policies ClusterRole(Binding) exist exactly when the Deployment enforces policies.
+async fn assert_policy_rbac(admin: &Client, r: &Release, args: &RunArgs) {
+    let name = format!("{}-policies", r.fullname);
+    if args.policy_mode == PolicyMode::Enforce {
+        must_exist(Api::<ClusterRole>::all(admin.clone()), &name).await;
+        must_exist(Api::<ClusterRoleBinding>::all(admin.clone()), &name).await;
+    } else {
+        must_not_exist(Api::<ClusterRole>::all(admin.clone()), &name).await;
+        must_not_exist(Api::<ClusterRoleBinding>::all(admin.clone()), &name).await;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // kubectl auth can-i
 // ---------------------------------------------------------------------------------------------------------------
@@ -459,7 +465,11 @@ fn grant_set(list: &[(&str, &str, &[&str])]) -> BTreeSet<Grant> {
     let mut set = BTreeSet::new();
     for (resource, names, verbs) in list {
         for verb in *verbs {
-            set.insert(((*resource).to_owned(), (*names).to_owned(), (*verb).to_owned()));
+            set.insert((
+                (*resource).to_owned(),
+                (*names).to_owned(),
+                (*verb).to_owned(),
+            ));
         }
     }
     set
@@ -480,11 +490,7 @@ fn policy_grants(args: &RunArgs) -> BTreeSet<Grant> {
     if args.policy_mode != PolicyMode::Enforce {
         return BTreeSet::new();
     }
-    grant_set(&[(
-        "computeaccesspolicies.compute.threatwinds.com",
-        "",
-        &["get", "list", "watch"],
-    )])
+    grant_set(&[(POLICY_CRD, "", &["get", "list", "watch"])])
 }
 
 /// The guardrails' read of namespace labels: every namespace (`names` empty) or only the one served.
@@ -503,7 +509,10 @@ fn union(sets: &[&BTreeSet<Grant>]) -> BTreeSet<Grant> {
 async fn listed_grants(subject: &str, ns: &str) -> BTreeSet<Grant> {
     let as_flag = format!("--as={subject}");
     let out = kubectl(&["auth", "can-i", "--list", "-n", ns, &as_flag]).await;
-    let text = success(&out, &format!("kubectl auth can-i --list -n {ns} {as_flag}"));
+    let text = success(
+        &out,
+        &format!("kubectl auth can-i --list -n {ns} {as_flag}"),
+    );
     let bracketed = |s: &str| -> Vec<String> {
         s.trim_start_matches('[')
             .trim_end_matches(']')
@@ -637,21 +646,31 @@ fn never(ns: &str) -> Vec<(bool, Vec<String>)> {
 async fn cluster_wide_install_is_enough_and_no_more() {
     let admin = client().await;
     let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
-    let crd_before = crds.get(CIA).await.expect("the harness installed the CRD");
+    let names = [CIA, POLICY_CRD];
+    let mut before = Vec::new();
+    for name in names {
+        let crd = crds
+            .get(name)
+            .await
+            .expect("the harness installed the CRDs");
+        before.push(crd.resource_version());
+    }
 
     let r = install(&admin, "pkg-cw", &[]).await;
 
-    // helm skips a CRD of crds/ that already exists: untouched, not adopted.
-    let crd_after = crds.get(CIA).await.expect("CRD");
-    assert_eq!(
-        crd_after.resource_version(),
-        crd_before.resource_version(),
-        "helm install changed the existing CRD"
-    );
-    assert!(
-        !crd_after.labels().contains_key("app.kubernetes.io/managed-by"),
-        "helm adopted the existing CRD"
-    );
+    // helm skips the CRDs of crds/ that already exist: untouched, not adopted.
+    for (name, before) in names.into_iter().zip(before) {
+        let after = crds.get(name).await.expect("CRD");
+        assert_eq!(
+            after.resource_version(),
+            before,
+            "helm install changed the existing CRD {name}"
+        );
+        assert!(
+            !after.labels().contains_key("app.kubernetes.io/managed-by"),
+            "helm adopted the existing CRD {name}"
+        );
+    }
 
     let deploy = assert_common_objects(&admin, &r).await;
     must_exist(Api::<ClusterRole>::all(admin.clone()), &r.fullname).await;
@@ -685,15 +704,14 @@ async fn cluster_wide_install_is_enough_and_no_more() {
     add_instance(&sim, "i-cw", InstanceStatus::Running);
     let args = run_args_from_deployment(
         &deploy,
-        &[
-            ("api-url", sim.base_url()),
-            ("metrics-addr", "127.0.0.1:0"),
-        ],
+        &[("api-url", sim.base_url()), ("metrics-addr", "127.0.0.1:0")],
     );
     assert!(
         args.namespaces().is_empty() && !args.leader_election,
         "default values: all namespaces, no leader election ({args:?})"
     );
+    assert_eq!(args.policy_mode, PolicyMode::Enforce, "default values");
+    assert_policy_rbac(&admin, &r, &args).await;
     {
         let _one = OPERATOR.lock().await;
         let policy = grant_policy(&admin, &args, &work, &[&work], &["i-cw"]).await;
@@ -746,9 +764,16 @@ async fn namespaced_install_is_enough_and_no_more() {
     let deploy = assert_common_objects(&admin, &r).await;
     for ns in [&team_a, &team_b] {
         must_exist(Api::<Role>::namespaced(admin.clone(), ns), &r.fullname).await;
-        let binding = must_exist(Api::<RoleBinding>::namespaced(admin.clone(), ns), &r.fullname).await;
+        let binding = must_exist(
+            Api::<RoleBinding>::namespaced(admin.clone(), ns),
+            &r.fullname,
+        )
+        .await;
         assert_eq!(
-            (binding.role_ref.kind.as_str(), binding.role_ref.name.as_str()),
+            (
+                binding.role_ref.kind.as_str(),
+                binding.role_ref.name.as_str()
+            ),
             ("Role", r.fullname.as_str())
         );
     }
@@ -766,12 +791,10 @@ async fn namespaced_install_is_enough_and_no_more() {
     }
     let args = run_args_from_deployment(
         &deploy,
-        &[
-            ("api-url", sim.base_url()),
-            ("metrics-addr", "127.0.0.1:0"),
-        ],
+        &[("api-url", sim.base_url()), ("metrics-addr", "127.0.0.1:0")],
     );
     assert_eq!(args.namespaces(), vec![team_a.clone(), team_b.clone()]);
+    assert_policy_rbac(&admin, &r, &args).await;
     {
         let _one = OPERATOR.lock().await;
         let policy = grant_policy(
@@ -862,7 +885,13 @@ async fn leader_election_grants_only_the_own_lease() {
     let admin = client().await;
     let team = namespace(&admin, "pkg-le-team").await;
     let watch = format!("watchNamespaces={{{team}}}");
-    let r = install(&admin, "pkg-le", &[&watch, "leaderElection.enabled=true"]).await;
+    // Policies off here (the other tests enforce them): nothing is granted for them.
+    let r = install(
+        &admin,
+        "pkg-le",
+        &[&watch, "leaderElection.enabled=true", "policyMode=off"],
+    )
+    .await;
 
     let deploy = assert_common_objects(&admin, &r).await;
     let lease_role = format!("{}-leader-election", r.fullname);
@@ -890,8 +919,13 @@ async fn leader_election_grants_only_the_own_lease() {
             ("lease-namespace", &r.namespace),
         ],
     );
-    assert!(args.leader_election, "leaderElection.enabled=true: {args:?}");
+    assert!(
+        args.leader_election,
+        "leaderElection.enabled=true: {args:?}"
+    );
     assert_eq!(args.lease_name, r.fullname);
+    assert_eq!(args.policy_mode, PolicyMode::Off);
+    assert_policy_rbac(&admin, &r, &args).await;
     {
         let _one = OPERATOR.lock().await;
         let policy = grant_policy(&admin, &args, &team, &[&team], &["i-le"]).await;
@@ -914,7 +948,11 @@ async fn leader_election_grants_only_the_own_lease() {
     // Leases: create (cannot be limited by name) and get/update of its own Lease, in its own namespace only.
     let own = grant_set(&[
         ("leases.coordination.k8s.io", "", &["create"]),
-        ("leases.coordination.k8s.io", &r.fullname, &["get", "update"]),
+        (
+            "leases.coordination.k8s.io",
+            &r.fullname,
+            &["get", "update"],
+        ),
     ]);
     assert_exact_grants(
         &r,
@@ -982,9 +1020,10 @@ async fn deploy_kustomization_passes_a_server_side_dry_run() {
         !stderr.contains("PodSecurity"),
         "the Deployment violates the namespace's Pod Security level:\n{stderr}"
     );
-    for kind in [
+    for object in [
         "namespace/compute-operator",
         "customresourcedefinition.apiextensions.k8s.io/computeinstanceactions.compute.threatwinds.com",
+        "customresourcedefinition.apiextensions.k8s.io/computeaccesspolicies.compute.threatwinds.com",
         "serviceaccount/compute-operator",
         "clusterrole.rbac.authorization.k8s.io/compute-operator",
         "clusterrolebinding.rbac.authorization.k8s.io/compute-operator",
@@ -992,8 +1031,8 @@ async fn deploy_kustomization_passes_a_server_side_dry_run() {
         "deployment.apps/compute-operator",
     ] {
         assert!(
-            stdout.contains(kind),
-            "{kind} missing from the dry run:\n{stdout}"
+            stdout.contains(object),
+            "{object} missing from the dry run:\n{stdout}"
         );
     }
 }

@@ -208,6 +208,13 @@ fn the<'a>(docs: &'a [Value], k: &str) -> &'a Value {
     found[0]
 }
 
+fn named<'a>(docs: &'a [Value], k: &str, n: &str) -> &'a Value {
+    of_kind(docs, k)
+        .into_iter()
+        .find(|d| name(d) == n)
+        .unwrap_or_else(|| panic!("no {k} {n}"))
+}
+
 fn container(docs: &[Value]) -> &Value {
     let d = the(docs, "Deployment");
     let cs = s(d, &["spec", "template", "spec", "containers"])
@@ -305,6 +312,20 @@ fn controller_grants() -> BTreeSet<Grant> {
     ])
 }
 
+/// With `policyMode: enforce`: read the cluster-scoped ComputeAccessPolicies.
+fn policy_grants() -> BTreeSet<Grant> {
+    grant_set(&[(
+        "compute.threatwinds.com",
+        "computeaccesspolicies",
+        &["get", "list", "watch"],
+    )])
+}
+
+/// With `policyMode: enforce`: read namespace labels (policies select namespaces by label).
+fn namespace_grants() -> BTreeSet<Grant> {
+    grant_set(&[("", "namespaces", &["get"])])
+}
+
 fn lease_grants() -> BTreeSet<Grant> {
     grant_set(&[(
         "coordination.k8s.io",
@@ -321,6 +342,11 @@ fn assert_invariants(docs: &[Value], what: &str) {
         .cloned()
         .unwrap_or_default()
         == "true";
+    let enforce = env(docs)
+        .get("COMPUTE_OPERATOR_POLICY_MODE")
+        .is_some_and(|m| m == "enforce");
+    let cluster_wide = !env(docs).contains_key("COMPUTE_OPERATOR_NAMESPACES");
+    let mut policy_roles = 0;
     let mut lease_roles = 0;
     for role in docs
         .iter()
@@ -371,16 +397,52 @@ fn assert_invariants(docs: &[Value], what: &str) {
                 "{what}: the leader election Role grants exactly get/create/update on leases"
             );
             lease_roles += 1;
+        } else if name(role).ends_with("-policies") {
+            assert_eq!(
+                kind(role),
+                "ClusterRole",
+                "{what}: policies are cluster-scoped"
+            );
+            assert!(
+                enforce,
+                "{what}: policy permissions although policies are off"
+            );
+            let mut want = policy_grants();
+            if cluster_wide {
+                want.extend(namespace_grants());
+            }
+            assert_eq!(g, want, "{what}: the policies ClusterRole is read-only");
+            policy_roles += 1;
         } else {
+            let mut want = controller_grants();
+            if enforce && kind(role) == "Role" {
+                want.extend(namespace_grants());
+                // Only the labels of the namespace the Role lives in.
+                for rule in s(role, &["rules"]).and_then(Value::as_sequence).unwrap() {
+                    if strings(s(rule, &["resources"])) == ["namespaces"] {
+                        assert_eq!(
+                            strings(s(rule, &["resourceNames"])),
+                            vec![namespace(role).unwrap_or_default().to_string()],
+                            "{what}: Role in {:?} reads its own namespace only",
+                            namespace(role)
+                        );
+                    }
+                }
+            }
             assert_eq!(
                 g,
-                controller_grants(),
+                want,
                 "{what}: {} {} grants other than the controller needs",
                 kind(role),
                 name(role)
             );
         }
     }
+    assert_eq!(
+        policy_roles,
+        usize::from(enforce),
+        "{what}: one policies ClusterRole exactly when policies are enforced"
+    );
     assert_eq!(
         lease_roles,
         usize::from(leader),
@@ -429,7 +491,9 @@ fn assert_invariants(docs: &[Value], what: &str) {
     assert!(
         docs.iter().all(|d| kind(d) != "Role"
             || name(d).ends_with("-leader-election")
-            || of_kind(docs, "ClusterRole").is_empty()),
+            || of_kind(docs, "ClusterRole")
+                .iter()
+                .all(|r| name(r).ends_with("-policies"))),
         "{what}: ClusterRole and per-namespace Roles are exclusive"
     );
 
@@ -704,6 +768,7 @@ fn helm_template_defaults_are_cluster_scoped_restricted_and_recreate() {
         ("COMPUTE_OPERATOR_LOG_LEVEL", "info"),
         ("COMPUTE_OPERATOR_LOG_FORMAT", "json"),
         ("COMPUTE_OPERATOR_DRY_RUN", "false"),
+        ("COMPUTE_OPERATOR_POLICY_MODE", "enforce"),
     ];
     for (k, v) in want {
         assert_eq!(e.get(k).map(String::as_str), Some(v), "env {k}");
@@ -730,6 +795,7 @@ fn helm_template_defaults_are_cluster_scoped_restricted_and_recreate() {
         "COMPUTE_OPERATOR_LOG_LEVEL",
         "COMPUTE_OPERATOR_LOG_FORMAT",
         "COMPUTE_OPERATOR_DRY_RUN",
+        "COMPUTE_OPERATOR_POLICY_MODE",
         "POD_NAMESPACE",
         "POD_NAME",
     ]
@@ -749,8 +815,16 @@ fn helm_template_defaults_are_cluster_scoped_restricted_and_recreate() {
     );
     assert!(yaml(d).contains("secretName: compute-operator-credentials"));
 
-    let cr = the(&docs, "ClusterRole");
+    let cr = named(&docs, "ClusterRole", "compute-operator");
     assert_eq!(grants(cr), controller_grants());
+    let policies = named(&docs, "ClusterRole", "compute-operator-policies");
+    assert_eq!(
+        grants(policies),
+        policy_grants()
+            .union(&namespace_grants())
+            .cloned()
+            .collect()
+    );
     let svc = the(&docs, "Service");
     assert_eq!(str_at(svc, &["spec", "ports", "0", "name"]), "metrics");
     assert_eq!(
@@ -777,13 +851,19 @@ fn helm_template_defaults_are_cluster_scoped_restricted_and_recreate() {
 fn helm_template_namespaced_scope_uses_roles_in_each_watched_namespace_only() {
     let docs = template(&["-f", "tests/packaging/values-namespaced.yaml"]);
     assert_invariants(&docs, "namespaced");
-    assert!(
-        of_kind(&docs, "ClusterRole").is_empty(),
-        "no ClusterRole in namespaced mode"
-    );
-    assert!(
-        of_kind(&docs, "ClusterRoleBinding").is_empty(),
-        "no ClusterRoleBinding in namespaced mode"
+    // Cluster-wide: only reading the (cluster-scoped) ComputeAccessPolicies.
+    for k in ["ClusterRole", "ClusterRoleBinding"] {
+        let names: Vec<&str> = of_kind(&docs, k).into_iter().map(name).collect();
+        assert_eq!(
+            names,
+            vec!["compute-operator-policies"],
+            "namespaced mode: no {k} but the policies' one"
+        );
+    }
+    assert_eq!(
+        grants(the(&docs, "ClusterRole")),
+        policy_grants(),
+        "namespaced mode: no namespaces beyond the watched ones"
     );
     for kind_ in ["Role", "RoleBinding"] {
         let nss: BTreeSet<&str> = of_kind(&docs, kind_)
@@ -799,10 +879,27 @@ fn helm_template_namespaced_scope_uses_roles_in_each_watched_namespace_only() {
     for role in of_kind(&docs, "Role") {
         assert_eq!(
             grants(role),
-            controller_grants(),
+            controller_grants()
+                .union(&namespace_grants())
+                .cloned()
+                .collect(),
             "Role in {:?}",
             namespace(role)
         );
+    }
+
+    // Policies off: no cluster-wide permission at all, nothing beyond the controller's in the Roles.
+    let docs = template(&[
+        "-f",
+        "tests/packaging/values-namespaced.yaml",
+        "--set",
+        "policyMode=off",
+    ]);
+    assert_invariants(&docs, "namespaced, policies off");
+    assert!(of_kind(&docs, "ClusterRole").is_empty());
+    assert!(of_kind(&docs, "ClusterRoleBinding").is_empty());
+    for role in of_kind(&docs, "Role") {
+        assert_eq!(grants(role), controller_grants());
     }
     let e = env(&docs);
     assert_eq!(e["COMPUTE_OPERATOR_NAMESPACES"], "team-a,team-b");
@@ -820,7 +917,11 @@ fn helm_template_namespaced_scope_uses_roles_in_each_watched_namespace_only() {
         "replicas=2",
     ]);
     assert_invariants(&docs, "namespaced, 2 replicas");
-    assert!(of_kind(&docs, "ClusterRole").is_empty());
+    assert_eq!(
+        of_kind(&docs, "ClusterRole").len(),
+        1,
+        "only the policies' one"
+    );
     let lease_role = of_kind(&docs, "Role")
         .into_iter()
         .find(|r| name(r).ends_with("-leader-election"))
@@ -863,7 +964,7 @@ fn helm_template_two_replicas_force_leader_election() {
         "compute-operator-leader-election"
     );
     assert!(
-        !grants(the(&docs, "ClusterRole"))
+        !grants(named(&docs, "ClusterRole", "compute-operator"))
             .iter()
             .any(|(_, r, _)| r == "leases"),
         "no cluster-wide leases"
@@ -956,6 +1057,7 @@ fn helm_template_full_values_set_every_knob() {
         ("COMPUTE_OPERATOR_LOG_LEVEL", "info,compute_operator=debug"),
         ("COMPUTE_OPERATOR_LOG_FORMAT", "text"),
         ("COMPUTE_OPERATOR_DRY_RUN", "true"),
+        ("COMPUTE_OPERATOR_POLICY_MODE", "off"),
         ("HTTPS_PROXY", "http://proxy.example.com:3128"),
     ] {
         assert_eq!(e.get(k).map(String::as_str), Some(v), "env {k}");
@@ -1061,6 +1163,7 @@ fn helm_template_credentials_token_existing_secret_and_errors() {
         (vec!["--set", "credentials.apiKey=b"], "together"),
         (vec!["--set", "replicaCount=2"], "replicaCount"),
         (vec!["--set", "logFormat=xml"], "logFormat"),
+        (vec!["--set", "policyMode=audit"], "policyMode"),
         (vec!["--set", "api.timeout=10"], "timeout"),
         (vec!["--set", "watchNamespaces={a,a}"], "twice"),
     ] {
@@ -1253,9 +1356,18 @@ fn deploy_base_is_what_render_deploy_sh_produces() {
         ),
         "restricted"
     );
+    let crds: BTreeSet<&str> = of_kind(&docs, "CustomResourceDefinition")
+        .into_iter()
+        .map(name)
+        .collect();
     assert_eq!(
-        name(the(&docs, "CustomResourceDefinition")),
-        "computeinstanceactions.compute.threatwinds.com"
+        crds,
+        [
+            "computeaccesspolicies.compute.threatwinds.com",
+            "computeinstanceactions.compute.threatwinds.com"
+        ]
+        .into_iter()
+        .collect()
     );
     let objects: Vec<Value> = docs
         .iter()

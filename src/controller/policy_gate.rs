@@ -117,8 +117,16 @@ impl PolicyGate {
         let api: Api<Namespace> = Api::all(client.clone());
         let labels = match tokio::time::timeout(Duration::from_secs(10), api.get(ns)).await {
             Ok(Ok(n)) => n.labels().clone(),
-            // Unknown labels match no selector: a lookup failure can only deny, never grant.
-            _ => BTreeMap::new(),
+            // Unknown labels match no selector: a lookup failure can only deny, never grant. Say why, since the
+            // denial message alone would point at the policies.
+            Ok(Err(e)) => {
+                tracing::warn!(namespace = ns, error = %e, "cannot read namespace labels; label selectors in policies will not match");
+                BTreeMap::new()
+            }
+            Err(_) => {
+                tracing::warn!(namespace = ns, "reading namespace labels timed out; label selectors in policies will not match");
+                BTreeMap::new()
+            }
         };
         self.namespaces.lock().unwrap_or_else(|p| p.into_inner()).insert(ns.to_owned(), (labels.clone(), Instant::now()));
         labels

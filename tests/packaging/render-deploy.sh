@@ -3,7 +3,7 @@
 #
 #   deploy/base/*                       helm template of charts/compute-operator with default values,
 #                                       release `compute-operator`, namespace `compute-operator`, split into one
-#                                       file per object, plus a Namespace, the CRD and a kustomization.yaml
+#                                       file per object, plus a Namespace, the CRDs of crds/ and a kustomization.yaml
 #   deploy/argocd/argocd-cm-patch.yaml  argocd-cm patch embedding deploy/argocd/health.lua
 #
 #   tests/packaging/render-deploy.sh            # rewrite deploy/
@@ -30,7 +30,10 @@ fi
 [[ -x "$HELM_BIN" ]] || die "helm not found at $HELM_BIN; run: bash tests/controlplane/build.sh helm (or set HELM_BIN)"
 
 [[ -f "$CRD_SRC" ]] || die "$CRD_SRC is missing (the CRD is generated from the Rust types: compute-operator crd > crds/computeinstanceactions.yaml)"
-cmp -s "$CRD_SRC" "$CRD_CHART" || die "charts/compute-operator/crds/computeinstanceactions.yaml differs from crds/computeinstanceactions.yaml; run: cp crds/computeinstanceactions.yaml charts/compute-operator/crds/"
+for crd in "$ROOT"/crds/*.yaml; do
+  copy=$CHART/crds/$(basename "$crd")
+  cmp -s "$crd" "$copy" || die "charts/compute-operator/crds/$(basename "$crd") differs from crds/$(basename "$crd"); run: cp crds/*.yaml charts/compute-operator/crds/"
+done
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -78,7 +81,7 @@ while read -r _ kind _; do
   kind_count[$kind]=$(( ${kind_count[$kind]:-0} + 1 ))
 done <"$tmp/index"
 
-resources=(namespace.yaml customresourcedefinition.yaml)
+resources=(namespace.yaml)
 
 cat >"$tmp/base/namespace.yaml" <<EOF
 $GENERATED
@@ -93,7 +96,16 @@ metadata:
     pod-security.kubernetes.io/warn: restricted
     pod-security.kubernetes.io/audit: restricted
 EOF
+# The CRDs, verbatim: customresourcedefinition.yaml for the resource itself, customresourcedefinition-<plural>.yaml
+# for any other (ComputeAccessPolicy).
 cp "$CRD_SRC" "$tmp/base/customresourcedefinition.yaml"
+resources+=(customresourcedefinition.yaml)
+for crd in "$ROOT"/crds/*.yaml; do
+  [[ "$crd" == "$CRD_SRC" ]] && continue
+  file="customresourcedefinition-$(basename "$crd")"
+  cp "$crd" "$tmp/base/$file"
+  resources+=("$file")
+done
 
 while read -r idx kind name; do
   lower=$(tr '[:upper:]' '[:lower:]' <<<"$kind")
