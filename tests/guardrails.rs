@@ -110,7 +110,16 @@ async fn access_policy_allows_denies_and_is_picked_up_at_run_time() {
     wait_reason(&api, "late", "Stalled", "PolicyDenied").await;
     assert!(audit_for(&sim, "i-late").is_empty(), "denied objects never POST");
     assert_eq!(audit_for(&sim, "i-tmpl"), vec!["stop"], "only the allowed state was acted on");
-    assert!(events_for(&client, &ns, "late").await.contains(&"PolicyDenied".to_string()));
+    // Events are published in the background: give them a moment.
+    let mut denied_event = false;
+    for _ in 0..50 {
+        denied_event = events_for(&client, &ns, "late").await.contains(&"PolicyDenied".to_string());
+        if denied_event {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(denied_event, "a PolicyDenied Event was published");
     // A policy added at run time is picked up without a restart.
     policies
         .create(&PostParams::default(), &policy(&p("late"), names(&ns), InstanceMatch { ids: strings(&["i-late"]), ..Default::default() }, &all))

@@ -26,6 +26,9 @@ use locks::InstanceLocks;
 use plan::PlanSettings;
 use reconcile::{AcceptanceMemory, ErrorBackoff};
 
+/// Event batches published concurrently in the background.
+const EVENT_SLOTS: usize = 64;
+
 /// How the controller runs.
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {
@@ -59,6 +62,8 @@ pub struct Context {
     pub api: AdminClient,
     pub stores: Vec<Store<ComputeInstanceAction>>,
     pub recorder: Recorder,
+    /// Bounds Event batches being published in the background.
+    pub event_slots: Arc<tokio::sync::Semaphore>,
     pub config: ControllerConfig,
     pub locks: InstanceLocks,
     pub error_backoff: ErrorBackoff,
@@ -178,6 +183,7 @@ pub async fn run(
         api,
         stores: stores.clone(),
         recorder: Recorder::new(client, reporter),
+        event_slots: Arc::new(tokio::sync::Semaphore::new(EVENT_SLOTS)),
         config: config.clone(),
         locks: InstanceLocks::default(),
         error_backoff: ErrorBackoff::default(),
@@ -213,6 +219,11 @@ pub async fn run(
     tracing::info!(namespaces = ?config.namespaces, concurrency = config.concurrency, "controller started");
     futures::future::join_all(runs).await;
     gauges.abort();
+    // Let Events already decided reach the API server (bounded).
+    let flushed = tokio::time::timeout(Duration::from_secs(5), ctx.event_slots.acquire_many(EVENT_SLOTS as u32)).await;
+    if flushed.is_err() {
+        tracing::warn!("some Events were not published before shutdown");
+    }
     tracing::info!("controller stopped");
     Ok(())
 }

@@ -308,20 +308,33 @@ fn requeue(ctx: &Context, key: &str, r: Requeue) -> Action {
     }
 }
 
+/// Publishes Events off the reconcile path (they are best-effort and cost API server round trips), in order,
+/// with a bound on how many batches are in flight.
 async fn publish(ctx: &Context, obj: &ComputeInstanceAction, events: &[EventNote]) {
+    if events.is_empty() {
+        return;
+    }
+    let permit = ctx.event_slots.clone().acquire_owned().await.expect("the event semaphore is never closed");
     let reference = obj.object_ref(&());
-    for e in events {
-        let event = KubeEvent {
+    let recorder = ctx.recorder.clone();
+    let events: Vec<KubeEvent> = events
+        .iter()
+        .map(|e| KubeEvent {
             type_: if e.warning { EventType::Warning } else { EventType::Normal },
             reason: e.reason.into(),
             note: Some(e.note.chars().take(1000).collect()),
             action: "Reconcile".into(),
             secondary: None,
-        };
-        if let Err(err) = ctx.recorder.publish(&event, &reference).await {
-            tracing::warn!(error = %err, reason = e.reason, "could not publish event");
+        })
+        .collect();
+    tokio::spawn(async move {
+        for event in &events {
+            if let Err(err) = recorder.publish(event, &reference).await {
+                tracing::warn!(error = %err, reason = %event.reason, "could not publish event");
+            }
         }
-    }
+        drop(permit);
+    });
 }
 
 /// Does `namespace/name` still exist in any watched store?
