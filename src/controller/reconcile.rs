@@ -104,7 +104,9 @@ async fn reconcile_inner(obj: &ComputeInstanceAction, ctx: &Context, key: &str) 
 
     if obj.spec.suspend {
         let next = plan::plan_suspended(&status, generation, now);
-        write_if_changed(&api, obj, &status, &next, ctx).await?;
+        if write_if_changed(&api, obj, &status, &next, ctx).await? == Written::Stale {
+            return Ok(Action::requeue(STALE_RETRY));
+        }
         ctx.locks.release(&instance_id, key);
         return Ok(Action::await_change());
     }
@@ -134,7 +136,10 @@ async fn reconcile_inner(obj: &ComputeInstanceAction, ctx: &Context, key: &str) 
     });
 
     let Some(action) = plan.post else {
-        write_if_changed(&api, obj, &status, &plan.status, ctx).await?;
+        if write_if_changed(&api, obj, &status, &plan.status, ctx).await? == Written::Stale {
+            tracing::debug!("stale object in the cache; deciding again shortly");
+            return Ok(Action::requeue(STALE_RETRY));
+        }
         publish(ctx, obj, &plan.events).await;
         note_finished(ctx, obj, &status, &plan.status);
         if !holds_open_action(&plan.status) {
@@ -225,20 +230,32 @@ async fn write_after_post(
     Ok(())
 }
 
+/// Whether a planned status reached the API server.
+#[derive(Debug, PartialEq, Eq)]
+enum Written {
+    Unchanged,
+    Written,
+    /// The cached object was stale (409): the plan was made from old data and is dropped.
+    Stale,
+}
+
+/// Retry delay after a stale read: our own status writes do not trigger a reconcile (generation predicate),
+/// so waiting for the watch would mean waiting for the next resync.
+const STALE_RETRY: Duration = Duration::from_millis(250);
+
 async fn write_if_changed(
     api: &Api<ComputeInstanceAction>,
     obj: &ComputeInstanceAction,
     old: &ComputeInstanceActionStatus,
     new: &ComputeInstanceActionStatus,
     ctx: &Context,
-) -> Result<(), Error> {
+) -> Result<Written, Error> {
     if old == new && obj.status.is_some() {
-        return Ok(());
+        return Ok(Written::Unchanged);
     }
     match replace_status(api, obj, new, ctx).await {
-        Ok(_) => Ok(()),
-        // Someone (a spec edit) got there first; the watch brings the new object and we decide again.
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Ok(_) => Ok(Written::Written),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Written::Stale),
         Err(e) => Err(Error::WriteStatus(e)),
     }
 }
