@@ -22,6 +22,7 @@ use anyhow::{Context as _, bail};
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::events::v1::Event as K8sEvent;
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Client, ResourceExt as _};
@@ -29,14 +30,12 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde::Serialize;
 
-use crate::api::{Instance, InstanceStatus, PowerAction};
+use crate::api::{Instance, InstanceStatus};
 use crate::devenv::controlplane::free_port;
 use crate::devenv::process::Guarded;
 use crate::devenv::{Binaries, ControlPlane};
-use crate::resource::{
-    ActionState, ComputeInstanceAction, ComputeInstanceActionSpec, DesiredState, Enforcement,
-};
-use crate::sim::{self, Faults, SimConfig, SimServer};
+use crate::resource::{ActionState, ComputeInstanceAction, ComputeInstanceActionSpec, DesiredState, Enforcement};
+use crate::sim::{self, Faults, SimConfig};
 
 /// The simulator's admin token (its default), handed to the controller as `COMPUTE_API_TOKEN`.
 pub const SIM_TOKEN: &str = "dev-admin-token";
@@ -113,6 +112,63 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// `apiserver_request_total` of kube-apiserver's `/metrics`, summed by `"<VERB> <resource>[/<subresource>]"`.
+pub async fn apiserver_requests(client: &Client) -> BTreeMap<String, f64> {
+    let Ok(req) = axum::http::Request::get("/metrics").body(Vec::new()) else {
+        return BTreeMap::new();
+    };
+    let Ok(text) = client.request_text(req).await else {
+        return BTreeMap::new();
+    };
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once('}') else {
+            continue;
+        };
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split("\",")
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix("=\""))
+                .map(|v| v.trim_end_matches('"').to_owned())
+                .unwrap_or_default()
+        };
+        let (verb, resource, sub) = (label("verb"), label("resource"), label("subresource"));
+        let mut key = if sub.is_empty() {
+            format!("{verb} {resource}")
+        } else {
+            format!("{verb} {resource}/{sub}")
+        };
+        // Failed requests (409 conflicts above all) are counted apart.
+        let code = label("code");
+        if !code.starts_with('2') {
+            key = format!("{key} {code}");
+        }
+        *out.entry(key).or_insert(0.0) += value;
+    }
+    out
+}
+
+/// What changed between two [`apiserver_requests`] readings (requests in between).
+fn diff_requests(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), (v - before.get(k).copied().unwrap_or(0.0)).max(0.0) as u64))
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
+fn is_write(key: &str) -> bool {
+    ["POST ", "PUT ", "PATCH ", "DELETE "]
+        .iter()
+        .any(|v| key.starts_with(v))
 }
 
 /// How to start `compute-operator run`.
@@ -239,8 +295,8 @@ impl ControllerProcess {
                 .arg(&spec.lease_duration);
         }
         cmd.stdout(out.try_clone()?).stderr(out);
-        let proc = Guarded::spawn("compute-operator", cmd)
-            .with_context(|| format!("starting {}", spec.binary.display()))?;
+        let proc =
+            Guarded::spawn("compute-operator", cmd).with_context(|| format!("starting {}", spec.binary.display()))?;
         Ok(Self {
             name: name.to_owned(),
             metrics_addr,
@@ -286,12 +342,7 @@ impl ControllerProcess {
                 );
             }
             let url = format!("http://{}/readyz", self.metrics_addr);
-            if http
-                .get(&url)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
+            if http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -322,9 +373,7 @@ impl ControllerProcess {
 /// A plain HTTP client for `/metrics` and `/readyz` on loopback.
 pub fn local_http() -> anyhow::Result<reqwest::Client> {
     crate::api::client::install_crypto_provider();
-    Ok(reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()?)
+    Ok(reqwest::Client::builder().timeout(Duration::from_secs(3)).build()?)
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -346,9 +395,10 @@ pub fn settled(o: &ComputeInstanceAction) -> Option<Settled> {
         return None;
     }
     let holds = |t: &str| {
-        status.conditions.iter().find(|c| {
-            c.type_ == t && c.status == "True" && c.observed_generation.is_none_or(|g| g == generation)
-        })
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == t && c.status == "True" && c.observed_generation.is_none_or(|g| g == generation))
     };
     if let Some(c) = holds("Ready") {
         return Some(Settled::Ready(c.reason.clone()));
@@ -417,17 +467,15 @@ async fn create_all(
     api: &Api<ComputeInstanceAction>,
     objects: Vec<ComputeInstanceAction>,
     concurrency: usize,
-) -> anyhow::Result<Vec<(String, Instant)>> {
+) -> anyhow::Result<Vec<(String, Instant, DateTime<Utc>)>> {
     let pp = PostParams::default();
-    let results: Vec<anyhow::Result<(String, Instant)>> = futures::stream::iter(objects)
+    let results: Vec<anyhow::Result<(String, Instant, DateTime<Utc>)>> = futures::stream::iter(objects)
         .map(|o| {
             let pp = &pp;
             async move {
                 let name = o.name_any();
-                api.create(pp, &o)
-                    .await
-                    .with_context(|| format!("creating {name}"))?;
-                Ok((name, Instant::now()))
+                api.create(pp, &o).await.with_context(|| format!("creating {name}"))?;
+                Ok((name, Instant::now(), Utc::now()))
             }
         })
         .buffer_unordered(concurrency.max(1))
@@ -447,9 +495,7 @@ fn spawn_tracker(api: Api<ComputeInstanceAction>) -> (Arc<Mutex<Tracker>>, tokio
     let tracker = Arc::new(Mutex::new(Tracker::default()));
     let t = tracker.clone();
     let task = tokio::spawn(async move {
-        let mut stream = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .boxed();
+        let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
         while let Some(event) = stream.next().await {
             let Ok(event) = event else { continue };
             let now = Instant::now();
@@ -548,6 +594,9 @@ pub struct BenchReport {
     pub limit_writes: u64,
     /// throughput / limit.
     pub ratio: f64,
+    /// The limit when the minimal client also writes as many Events as the controller did.
+    pub limit_with_events_throughput_per_s: f64,
+    pub ratio_with_events: f64,
     pub create_s: f64,
     pub time_to_all_ready_s: f64,
     pub latency_p50_s: f64,
@@ -577,8 +626,53 @@ pub struct BenchReport {
     pub rest_rss_mib: Option<f64>,
     pub rest_peak_rss_mib: Option<f64>,
     pub rest_idle_cpu_fraction: Option<f64>,
+    /// kube-apiserver requests while the controller worked (first create to last Ready), by verb and
+    /// resource, the creates of the objects themselves included.
+    pub apiserver_requests_during_load: BTreeMap<String, u64>,
+    /// Writes (POST/PUT/PATCH/DELETE) to kube-apiserver per action, the object's own create excluded.
+    pub apiserver_writes_per_action: f64,
+    /// Of those, Event writes.
+    pub event_writes_per_action: f64,
+    /// kube-apiserver requests during the limit run.
+    pub apiserver_requests_during_limit: BTreeMap<String, u64>,
+    /// Mean reconcile duration, and the share of the concurrency slots busy during the load.
+    pub reconcile_mean_s: f64,
+    pub reconcile_slots_busy: f64,
+    /// Mean admin API request latency seen by the controller.
+    pub admin_api_mean_latency_s: f64,
+    /// Latency by desired state.
+    pub latency_by_desired: BTreeMap<String, Spread>,
+    /// Where the time between creation and Ready goes, from the action records: `queue` (created -> intent
+    /// written), `post` (intent -> 202 recorded), `converge` (202 -> completion seen), `report` (completion ->
+    /// Ready seen by the watch).
+    pub phases: BTreeMap<String, Spread>,
+    /// Objects whose completion was seen only 30 s or more after the 202 (e.g. at a resync).
+    pub converge_over_30s: usize,
     pub controller_log: String,
     pub notes: Vec<String>,
+}
+
+/// p50 / p95 / p99 / max of a set of durations, in seconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Spread {
+    pub n: usize,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(mut values: Vec<f64>) -> Self {
+        values.sort_by(f64::total_cmp);
+        Self {
+            n: values.len(),
+            p50: percentile(&values, 50.0),
+            p95: percentile(&values, 95.0),
+            p99: percentile(&values, 99.0),
+            max: values.last().copied().unwrap_or(f64::NAN),
+        }
+    }
 }
 
 fn mib(kib: Option<u64>) -> f64 {
@@ -688,6 +782,7 @@ pub async fn run_bench(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let names: Vec<String> = objects.iter().map(|o| o.name_any()).collect();
     let cpu_before_load = cpu_seconds(pid).unwrap_or(0.0);
+    let apiserver_before = apiserver_requests(&client).await;
     eprintln!("bench: creating {} objects ...", opts.objects);
     let start = Instant::now();
     let created = create_all(&api, objects, opts.create_concurrency).await?;
@@ -698,6 +793,9 @@ pub async fn run_bench(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let stats_at_ready = sim.stats();
     let audit_at_ready = sim.audit().len();
     let hwm_at_ready = status_kib(pid, "VmHWM");
+    let load_elapsed = start.elapsed().as_secs_f64();
+    let apiserver_at_ready = apiserver_requests(&client).await;
+    report.apiserver_requests_during_load = diff_requests(&apiserver_before, &apiserver_at_ready);
     if !all_settled {
         report.notes.push(format!(
             "not every object settled within {:?}; numbers cover the completed ones",
@@ -706,8 +804,7 @@ pub async fn run_bench(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     }
     {
         let t = lock(&tracker);
-        let created_at: HashMap<&str, Instant> =
-            created.iter().map(|(n, at)| (n.as_str(), *at)).collect();
+        let created_at: HashMap<&str, Instant> = created.iter().map(|(n, at, _)| (n.as_str(), *at)).collect();
         let mut latencies: Vec<f64> = names
             .iter()
             .filter_map(|n| {
@@ -733,6 +830,7 @@ pub async fn run_bench(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         report.time_to_all_ready_s = all_ready;
         report.throughput_per_s = report.completed as f64 / all_ready;
     }
+    phase_breakdown(&api, &created, &tracker, &mut report).await;
     let n = opts.objects as f64;
     report.api_requests_per_action = stats_at_ready.total as f64 / n;
     let r = &stats_at_ready.requests;
@@ -757,20 +855,52 @@ pub async fn run_bench(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     report.controller_load_cpu_s = cpu_after_load - cpu_before_load;
     report.controller_cpu_ms_per_action = report.controller_load_cpu_s * 1000.0 / n;
     report.controller_peak_rss_mib = mib(hwm_at_ready);
+    let writes_total: u64 = report
+        .apiserver_requests_during_load
+        .iter()
+        .filter(|(k, _)| is_write(k))
+        .map(|(_, v)| *v)
+        .sum();
+    let creates = report
+        .apiserver_requests_during_load
+        .get("POST computeinstanceactions")
+        .copied()
+        .unwrap_or(0);
+    report.apiserver_writes_per_action = writes_total.saturating_sub(creates) as f64 / n;
+    report.event_writes_per_action = report
+        .apiserver_requests_during_load
+        .iter()
+        .filter(|(k, _)| is_write(k) && k.ends_with(" events"))
+        .map(|(_, v)| *v as f64)
+        .sum::<f64>()
+        / n;
+    let m = &metrics_at_ready;
+    let rec_sum = metric_sum(m, "compute_operator_reconcile_duration_seconds_sum");
+    let rec_count = metric_sum(m, "compute_operator_reconcile_duration_seconds_count");
+    report.reconcile_mean_s = rec_sum / rec_count;
+    report.reconcile_slots_busy = rec_sum / (load_elapsed * f64::from(opts.concurrency));
+    report.admin_api_mean_latency_s = metric_sum(m, "compute_operator_api_request_duration_seconds_sum")
+        / metric_sum(m, "compute_operator_api_request_duration_seconds_count");
 
     // Idle: everything settled, nothing to do until the resync.
     eprintln!("bench: idle for {:?} ...", opts.idle);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (cpu0, writes0, req0) = (
         cpu_seconds(pid).unwrap_or(f64::NAN),
-        metric_sum(&ctl.metrics(&http).await.unwrap_or_default(), "compute_operator_status_writes_total"),
+        metric_sum(
+            &ctl.metrics(&http).await.unwrap_or_default(),
+            "compute_operator_status_writes_total",
+        ),
         sim.stats().total,
     );
     let idle_started = Instant::now();
     tokio::time::sleep(opts.idle).await;
     let idle_elapsed = idle_started.elapsed().as_secs_f64();
     let cpu1 = cpu_seconds(pid).unwrap_or(f64::NAN);
-    let writes1 = metric_sum(&ctl.metrics(&http).await.unwrap_or_default(), "compute_operator_status_writes_total");
+    let writes1 = metric_sum(
+        &ctl.metrics(&http).await.unwrap_or_default(),
+        "compute_operator_status_writes_total",
+    );
     report.idle_cpu_fraction = (cpu1 - cpu0) / idle_elapsed;
     report.idle_status_writes = (writes1 - writes0).max(0.0) as u64;
     report.idle_api_requests = sim.stats().total.saturating_sub(req0);
@@ -796,12 +926,32 @@ pub async fn run_bench(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         report.rest_peak_rss_mib = Some(mib(status_kib(pid, "VmHWM")));
     }
 
-    // The limit: the same status writes by a minimal client, with the controller stopped.
+    // The limit: the same status writes by a minimal client, with the controller stopped. The bench's own
+    // watch keeps running, and a second watch stands in for the controller's, so the API server fans out
+    // the same watch events as during the load.
     ctl.stop(Duration::from_secs(10));
-    tracker_task.abort();
+    let stand_in = tokio::spawn({
+        let api = api.clone();
+        async move {
+            let mut stream = watcher(api, watcher::Config::default().any_semantic())
+                .default_backoff()
+                .boxed();
+            while stream.next().await.is_some() {}
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
     eprintln!("bench: limit run ({} status writes) ...", report.status_writes);
     let writes = report.status_writes.max(1);
-    let limit_secs = limit_run(&api, &names, writes, usize::from(opts.concurrency)).await?;
+    let before_limit = apiserver_requests(&client).await;
+    let limit_secs = limit_run(&api, &names, writes, 0, usize::from(opts.concurrency)).await?;
+    report.apiserver_requests_during_limit = diff_requests(&before_limit, &apiserver_requests(&client).await);
+    // The same, plus as many Event writes as the controller made: the limit for its actual write mix.
+    let events = (report.event_writes_per_action * n).round() as u64;
+    let with_events_secs = limit_run(&api, &names, writes, events, usize::from(opts.concurrency)).await?;
+    report.limit_with_events_throughput_per_s = n / with_events_secs;
+    report.ratio_with_events = report.throughput_per_s / report.limit_with_events_throughput_per_s;
+    stand_in.abort();
+    tracker_task.abort();
     report.limit_writes = writes;
     report.limit_writes_per_s = writes as f64 / limit_secs;
     let writes_per_action = writes as f64 / n;
@@ -814,6 +964,58 @@ pub async fn run_bench(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     Ok(report)
 }
 
+/// Fills in latency by desired state and the phase breakdown from the objects' action records.
+async fn phase_breakdown(
+    api: &Api<ComputeInstanceAction>,
+    created: &[(String, Instant, DateTime<Utc>)],
+    tracker: &Mutex<Tracker>,
+    report: &mut BenchReport,
+) {
+    let Ok(list) = api.list(&ListParams::default()).await else {
+        report
+            .notes
+            .push("could not list the objects for the phase breakdown".into());
+        return;
+    };
+    let objects: HashMap<String, ComputeInstanceAction> = list.items.into_iter().map(|o| (o.name_any(), o)).collect();
+    let t = lock(tracker);
+    let secs = |a: DateTime<Utc>, b: DateTime<Utc>| (b - a).num_microseconds().unwrap_or(0) as f64 / 1e6;
+    let mut by_desired: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut phases: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for (name, made, made_utc) in created {
+        let (Some(o), Some(ready)) = (objects.get(name), t.ready_at.get(name)) else {
+            continue;
+        };
+        let latency = ready.saturating_duration_since(*made);
+        by_desired
+            .entry(o.spec.desired_state.as_str().to_owned())
+            .or_default()
+            .push(latency.as_secs_f64());
+        let ready_utc = *made_utc + chrono::Duration::from_std(latency).unwrap_or_default();
+        let Some(a) = o.status.as_ref().and_then(|s| s.action.as_ref()) else {
+            continue;
+        };
+        let desired = o.spec.desired_state.as_str();
+        let mut push = |k: &str, v: f64| {
+            phases.entry(k.to_owned()).or_default().push(v);
+            phases.entry(format!("{k} ({desired})")).or_default().push(v);
+        };
+        push("queue", secs(*made_utc, a.intent_at));
+        if let Some(acc) = a.accepted_at {
+            push("post", secs(a.intent_at, acc));
+            if let Some(done) = a.completed_at {
+                push("converge", secs(acc, done));
+                if secs(acc, done) >= 30.0 {
+                    report.converge_over_30s += 1;
+                }
+                push("report", secs(done, ready_utc));
+            }
+        }
+    }
+    report.latency_by_desired = by_desired.into_iter().map(|(k, v)| (k, Spread::of(v))).collect();
+    report.phases = phases.into_iter().map(|(k, v)| (k, Spread::of(v))).collect();
+}
+
 /// `writes` status replacements over `names` (each worker owns its own objects, so no conflicts), with
 /// `concurrency` in flight; returns the seconds taken. The objects' current status is written back with a
 /// changed message, so the payloads are as large as the controller's.
@@ -821,6 +1023,7 @@ async fn limit_run(
     api: &Api<ComputeInstanceAction>,
     names: &[String],
     writes: u64,
+    events: u64,
     concurrency: usize,
 ) -> anyhow::Result<f64> {
     let concurrency = concurrency.max(1);
@@ -830,7 +1033,13 @@ async fn limit_run(
     let mut i = 0;
     while names.len() < concurrency {
         let name = format!("limit-dummy-{i}");
-        let o = new_object(&name, &template.spec.instance_id, template.spec.desired_state, None, 600);
+        let o = new_object(
+            &name,
+            &template.spec.instance_id,
+            template.spec.desired_state,
+            None,
+            600,
+        );
         api.create(&PostParams::default(), &o).await?;
         names.push(name);
         i += 1;
@@ -845,9 +1054,14 @@ async fn limit_run(
         owned[i % concurrency].push(o);
     }
     let tickets = Arc::new(AtomicU64::new(0));
+    let total = writes + events;
     let started = Instant::now();
     let workers = owned.into_iter().map(|mut objs| {
         let api = api.clone();
+        let event_api: Api<K8sEvent> = Api::namespaced(
+            api.clone().into_client(),
+            objs.first().and_then(|o| o.namespace()).as_deref().unwrap_or("default"),
+        );
         let tickets = tickets.clone();
         async move {
             let pp = PostParams {
@@ -857,12 +1071,19 @@ async fn limit_run(
             let mut next = 0usize;
             loop {
                 let k = tickets.fetch_add(1, Ordering::Relaxed);
-                if k >= writes {
+                if k >= total {
                     return Ok::<(), anyhow::Error>(());
                 }
                 let idx = next % objs.len();
                 next += 1;
                 let current = &objs[idx];
+                // Events spread evenly among the status writes.
+                if (k + 1) * events / total > k * events / total {
+                    event_api
+                        .create(&PostParams::default(), &limit_event(current, k))
+                        .await?;
+                    continue;
+                }
                 let mut body = ComputeInstanceAction::new(&current.name_any(), current.spec.clone());
                 body.metadata.namespace = current.namespace();
                 body.metadata.resource_version = current.resource_version();
@@ -884,6 +1105,29 @@ async fn limit_run(
         r?;
     }
     Ok(started.elapsed().as_secs_f64())
+}
+
+/// An Event like the controller's (events.k8s.io/v1, regarding the object).
+fn limit_event(o: &ComputeInstanceAction, k: u64) -> K8sEvent {
+    use kube::Resource as _;
+    K8sEvent {
+        metadata: ObjectMeta {
+            name: Some(format!("{}.limit-{k}", o.name_any())),
+            namespace: o.namespace(),
+            ..Default::default()
+        },
+        action: Some("Reconcile".into()),
+        reason: Some("LimitRun".into()),
+        note: Some(format!("limit write {k} of instance {}", o.spec.instance_id)),
+        type_: Some("Normal".into()),
+        event_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+            k8s_openapi::jiff::Timestamp::now(),
+        )),
+        regarding: Some(o.object_ref(&())),
+        reporting_controller: Some("bench-limit".into()),
+        reporting_instance: Some("bench-limit".into()),
+        ..Default::default()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -955,8 +1199,10 @@ pub struct UnknownOutcome {
     pub request_id: Option<String>,
     pub action: String,
     pub intent_at: DateTime<Utc>,
-    /// `kill` (a controller was killed while the intent was open), `drop` (the simulator accepted it and
-    /// closed the connection), or `unexplained`.
+    /// Whether the simulator carried it out (an accepted restart/reset attributed to this requestId).
+    pub executed: bool,
+    /// `lost-answer` (the controller logged that the POST's answer was lost: a dropped connection or a
+    /// timeout), `kill` (a controller was killed while the intent was open), or `unexplained`.
     pub explained_by: String,
 }
 
@@ -990,11 +1236,13 @@ pub struct FaultsReport {
     pub stalled_by_reason: BTreeMap<String, usize>,
     pub outcome_unknown: usize,
     pub outcome_unknown_after_kill: usize,
-    pub outcome_unknown_after_drop: usize,
+    pub outcome_unknown_lost_answer: usize,
     pub outcome_unknown_unexplained: usize,
     pub outcome_unknown_details: Vec<UnknownOutcome>,
     /// Controller exits we did not cause (lease losses excluded).
     pub unexpected_controller_exits: usize,
+    /// Controllers (re)started while the API server was away, which gave up at once.
+    pub controller_startup_exits: Vec<String>,
     /// Leader-elected replicas that exited after losing the lease (expected, restarted as followers).
     pub lease_loss_exits: usize,
     pub processes_started: usize,
@@ -1094,6 +1342,7 @@ async fn drive(
             progress.fetch_add(1, Ordering::SeqCst);
         }
     }
+    let quota = actions.div_ceil(tracked.len().max(1));
     while progress.load(Ordering::SeqCst) < actions {
         let list = match tokio::time::timeout(Duration::from_secs(5), api.list(&ListParams::default())).await {
             Ok(Ok(l)) => l,
@@ -1113,18 +1362,23 @@ async fn drive(
                 break;
             }
             let t = &mut tracked[i];
-            let Some(o) = by_name.get(&t.name) else { continue };
-            let Some(last) = t.issues.last() else { continue };
+            // An even share per object, so that slow one-shots get as many turns as quick levels.
+            if t.issues.len() >= quota {
+                continue;
+            }
+            let Some(o) = by_name.get(&t.name) else {
+                continue;
+            };
+            let Some(last) = t.issues.last() else {
+                continue;
+            };
             if o.metadata.generation != Some(last.generation) || settled(o).is_none() {
                 continue;
             }
             let (desired, rid) = t.next_spec(&mut rng);
             let patch = serde_json::json!({"spec": {"desiredState": desired, "requestId": rid}});
             let at = Utc::now();
-            let generation = match api
-                .patch(&t.name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
+            let generation = match api.patch(&t.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                 Ok(o) => o.metadata.generation,
                 Err(_) => confirm_spec(&api, &t.name, desired, &rid).await,
             };
@@ -1152,6 +1406,7 @@ struct Controllers {
     kills: Vec<DateTime<Utc>>,
     unexpected_exits: usize,
     lease_loss_exits: usize,
+    startup_exits: Vec<String>,
 }
 
 impl Controllers {
@@ -1173,12 +1428,19 @@ impl Controllers {
                 let tail = p.log_tail(5);
                 if p.leader_election && tail.contains("lost leadership") {
                     self.lease_loss_exits += 1;
+                } else if tail.contains("is not installed (or not readable)")
+                    || tail.contains("cannot reach Kubernetes")
+                {
+                    // Started while the API server was away: it gives up at once (a pod would be
+                    // restarted by the kubelet, as we do here).
+                    self.startup_exits.push(format!(
+                        "{} ({status}): {}",
+                        p.name,
+                        tail.lines().last().unwrap_or_default()
+                    ));
                 } else {
                     self.unexpected_exits += 1;
-                    eprintln!(
-                        "faults: controller {} exited unexpectedly ({status}):\n{tail}",
-                        p.name
-                    );
+                    eprintln!("faults: controller {} exited unexpectedly ({status}):\n{tail}", p.name);
                 }
                 respawn += 1;
                 false
@@ -1217,6 +1479,10 @@ impl Controllers {
 
     /// kill -9 of the acting controller; it is started again after `pause`.
     async fn kill_leader(&mut self, http: &reqwest::Client, pause: Duration) -> anyhow::Result<()> {
+        if self.spec.lease_namespace.is_some() {
+            // Right after a leader change the lease may be vacant for a moment: kill the next leader.
+            self.wait_leader(http, Duration::from_secs(30)).await;
+        }
         let i = self.leader_index(http).await.unwrap_or(0);
         if let Some(p) = self.procs.get_mut(i) {
             p.kill_now();
@@ -1260,8 +1526,7 @@ pub async fn run_faults(opts: &FaultsOptions) -> anyhow::Result<FaultsReport> {
         .keep();
     let binaries = Binaries::locate()?;
     let mut cp = ControlPlane::start(&binaries).await?;
-    let mut cp_pids: Vec<(u32, &'static str)> =
-        cp.pids().into_iter().zip(["etcd", "kube-apiserver"]).collect();
+    let mut cp_pids: Vec<(u32, &'static str)> = cp.pids().into_iter().zip(["etcd", "kube-apiserver"]).collect();
     let client = cp.client().await?;
     let ns = "faults";
     create_namespace(&client, ns).await?;
@@ -1306,6 +1571,7 @@ pub async fn run_faults(opts: &FaultsOptions) -> anyhow::Result<FaultsReport> {
         kills: Vec::new(),
         unexpected_exits: 0,
         lease_loss_exits: 0,
+        startup_exits: Vec::new(),
     };
     ctls.spawn()?;
     ctls.procs[0].wait_ready(&http, Duration::from_secs(60)).await?;
@@ -1339,13 +1605,7 @@ pub async fn run_faults(opts: &FaultsOptions) -> anyhow::Result<FaultsReport> {
         })
         .collect();
     let progress = Arc::new(AtomicUsize::new(0));
-    let driver = tokio::spawn(drive(
-        api.clone(),
-        tracked,
-        opts.actions,
-        progress.clone(),
-        opts.seed,
-    ));
+    let driver = tokio::spawn(drive(api.clone(), tracked, opts.actions, progress.clone(), opts.seed));
 
     let mut counts = FaultCounts::default();
     let mut leader_change = if opts.leader_change {
@@ -1355,11 +1615,10 @@ pub async fn run_faults(opts: &FaultsOptions) -> anyhow::Result<FaultsReport> {
     };
     let transition_ms = opts.transition.as_millis() as u64;
     let mut leader_mode = false;
+    let mut leader_problems: Vec<String> = Vec::new();
     for (threshold, event) in schedule {
         // Wait for the moment, keeping the controllers alive.
-        while (progress.load(Ordering::SeqCst) as f64) < threshold * opts.actions as f64
-            && !driver.is_finished()
-        {
+        while (progress.load(Ordering::SeqCst) as f64) < threshold * opts.actions as f64 && !driver.is_finished() {
             ctls.reap()?;
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -1445,13 +1704,15 @@ pub async fn run_faults(opts: &FaultsOptions) -> anyhow::Result<FaultsReport> {
                         eprintln!("faults: two replicas with leader election; {leader} leads");
                     }
                     None => {
-                        leader_change = "failed: no replica became leader within 30s".into();
+                        leader_problems.push("no replica became leader within 30s".into());
                     }
                 }
             }
             FaultEvent::GracefulLeaderChange | FaultEvent::HardLeaderChange if leader_mode => {
+                // A kill may just have left the lease vacant: wait for the current leader first.
+                ctls.wait_leader(&http, Duration::from_secs(30)).await;
                 let Some(i) = ctls.leader_index(&http).await else {
-                    leader_change = "failed: no leader".into();
+                    leader_problems.push(format!("no leader before {event:?}"));
                     continue;
                 };
                 let old = ctls.procs[i].name.clone();
@@ -1467,19 +1728,22 @@ pub async fn run_faults(opts: &FaultsOptions) -> anyhow::Result<FaultsReport> {
                 match ctls.wait_leader(&http, Duration::from_secs(30)).await {
                     Some(new) if new != old => {
                         counts.leader_changes += 1;
-                        if leader_change == "pending" {
-                            leader_change = "ok".into();
-                        }
                         eprintln!("faults: leader change {old} -> {new} ({event:?})");
                     }
-                    _ => leader_change = format!("not-observed ({event:?})"),
+                    _ => leader_problems.push(format!("no new leader within 30s after {event:?}")),
                 }
             }
             FaultEvent::GracefulLeaderChange | FaultEvent::HardLeaderChange => {}
         }
     }
     if leader_change == "pending" {
-        leader_change = "not-observed".into();
+        leader_change = if !leader_problems.is_empty() {
+            format!("failed: {}", leader_problems.join("; "))
+        } else if counts.leader_changes == 0 {
+            "not-observed".into()
+        } else {
+            "ok".into()
+        };
     }
     // Every action issued.
     while !driver.is_finished() {
@@ -1523,10 +1787,14 @@ pub async fn run_faults(opts: &FaultsOptions) -> anyhow::Result<FaultsReport> {
         seed: opts.seed,
         leader_change,
         unexpected_controller_exits: ctls.unexpected_exits,
+        controller_startup_exits: ctls.startup_exits.clone(),
         lease_loss_exits: ctls.lease_loss_exits,
         logs: logs.display().to_string(),
         ..FaultsReport::default()
     };
+
+    // POSTs whose answer the controller lost (it logs `outcome="unknown"`), from every controller's log.
+    let lost_answers = lost_answers_in_logs(&logs);
 
     // At most once: attribute each accepted restart/reset to the requestId in force when it was accepted.
     for t in &tracked {
@@ -1586,18 +1854,19 @@ pub async fn run_faults(opts: &FaultsOptions) -> anyhow::Result<FaultsReport> {
                 if rec.state != ActionState::OutcomeUnknown {
                     continue;
                 }
+                // From the intent until the answer could have been recorded: the API timeout (2 s), the
+                // injected latency and two status writes.
                 let window = |at: DateTime<Utc>| {
                     at >= rec.intent_at - chrono::Duration::milliseconds(200)
-                        && at <= rec.intent_at + chrono::Duration::seconds(15)
+                        && at <= rec.intent_at + chrono::Duration::seconds(4)
                 };
-                let explained_by = if ctls.kills.iter().any(|k| window(*k)) {
+                let lost_answer = lost_answers.iter().any(|(object, at)| object == &t.name && window(*at));
+                let explained_by = if lost_answer {
+                    report.outcome_unknown_lost_answer += 1;
+                    "lost-answer"
+                } else if ctls.kills.iter().any(|k| window(*k)) {
                     report.outcome_unknown_after_kill += 1;
                     "kill"
-                } else if stats.dropped > 0
-                    && entries.iter().any(|e| e.action == rec.action && window(e.at))
-                {
-                    report.outcome_unknown_after_drop += 1;
-                    "drop"
                 } else {
                     report.outcome_unknown_unexplained += 1;
                     "unexplained"
@@ -1608,6 +1877,10 @@ pub async fn run_faults(opts: &FaultsOptions) -> anyhow::Result<FaultsReport> {
                     request_id: rec.request_id.clone(),
                     action: rec.action.as_str().into(),
                     intent_at: rec.intent_at,
+                    executed: rec
+                        .request_id
+                        .as_ref()
+                        .is_some_and(|rid| per_request.get(rid).is_some_and(|n| *n > 0)),
                     explained_by: explained_by.into(),
                 });
             }
@@ -1631,7 +1904,12 @@ pub async fn run_faults(opts: &FaultsOptions) -> anyhow::Result<FaultsReport> {
         .filter(|p| process_present(**p, "compute-operator"))
         .copied()
         .collect();
-    leftover.extend(cp_pids.iter().filter(|(p, name)| process_present(*p, name)).map(|(p, _)| *p));
+    leftover.extend(
+        cp_pids
+            .iter()
+            .filter(|(p, name)| process_present(*p, name))
+            .map(|(p, _)| *p),
+    );
     report.leftover_processes = leftover;
     report.elapsed_s = started.elapsed().as_secs_f64();
     report.passed = report.duplicates == 0 && report.unresolved == 0 && report.leftover_processes.is_empty();
@@ -1641,9 +1919,47 @@ pub async fn run_faults(opts: &FaultsOptions) -> anyhow::Result<FaultsReport> {
     Ok(report)
 }
 
+/// (object name, time) of every `action sent ... outcome="unknown"` line in the controllers' logs.
+fn lost_answers_in_logs(dir: &Path) -> Vec<(String, DateTime<Utc>)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        for line in text.lines() {
+            if !(line.contains("action sent") && line.contains("outcome=\"unknown\"")) {
+                continue;
+            }
+            let at = line
+                .split_whitespace()
+                .next()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc));
+            let object = line
+                .split("object=")
+                .nth(2)
+                .or_else(|| line.split("object=").nth(1))
+                .and_then(|rest| rest.split([' ', '}', ':']).next())
+                .and_then(|key| key.rsplit('/').next())
+                .map(str::to_owned);
+            if let (Some(at), Some(object)) = (at, object) {
+                out.push((object, at));
+            }
+        }
+    }
+    out
+}
+
 fn is_settled_for(last: &HashMap<String, ComputeInstanceAction>, t: &Tracked) -> bool {
-    let Some(o) = last.get(&t.name) else { return false };
-    let Some(issue) = t.issues.last() else { return true };
+    let Some(o) = last.get(&t.name) else {
+        return false;
+    };
+    let Some(issue) = t.issues.last() else {
+        return true;
+    };
     o.metadata.generation == Some(issue.generation) && settled(o).is_some()
 }
 

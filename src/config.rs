@@ -90,22 +90,33 @@ pub struct InvalidSetting {
 }
 
 fn invalid(setting: &'static str, reason: impl Into<String>) -> InvalidSetting {
-    InvalidSetting { setting, reason: reason.into() }
+    InvalidSetting {
+        setting,
+        reason: reason.into(),
+    }
 }
 
 impl RunArgs {
     /// Checks every setting; the first bad one is reported.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         let url = reqwest::Url::parse(&self.api_url).map_err(|e| invalid("--api-url", e.to_string()))?;
-        let loopback = url.host_str().is_some_and(|h| h == "localhost" || h.starts_with("127.") || h == "[::1]");
+        let loopback = url
+            .host_str()
+            .is_some_and(|h| h == "localhost" || h.starts_with("127.") || h == "[::1]");
         if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
-            return Err(invalid("--api-url", "must be https (plain http is allowed only for loopback)"));
+            return Err(invalid(
+                "--api-url",
+                "must be https (plain http is allowed only for loopback)",
+            ));
         }
         if self.concurrency == 0 {
             return Err(invalid("--concurrency", "must be at least 1"));
         }
         if !(self.api_rate.is_finite() && self.api_rate > 0.0) {
-            return Err(invalid("--api-rate", "must be a positive number of requests per second"));
+            return Err(invalid(
+                "--api-rate",
+                "must be a positive number of requests per second",
+            ));
         }
         if self.api_burst == 0 {
             return Err(invalid("--api-burst", "must be at least 1"));
@@ -120,7 +131,10 @@ impl RunArgs {
             return Err(invalid("--resync-interval", "must be at least 5s"));
         }
         if self.leader_election && self.lease_namespace().is_none() {
-            return Err(invalid("--lease-namespace", "required with --leader-election (or set POD_NAMESPACE)"));
+            return Err(invalid(
+                "--lease-namespace",
+                "required with --leader-election (or set POD_NAMESPACE)",
+            ));
         }
         if self.max_one_shots == 0 {
             return Err(invalid("--max-one-shots", "must be at least 1"));
@@ -131,18 +145,28 @@ impl RunArgs {
         if let Some(dir) = &self.credentials_dir
             && !dir.is_dir()
         {
-            return Err(invalid("--credentials-dir", format!("{} is not a directory", dir.display())));
+            return Err(invalid(
+                "--credentials-dir",
+                format!("{} is not a directory", dir.display()),
+            ));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_level).map_err(|e| invalid("--log-level", e.to_string()))?;
         Ok(())
     }
 
     pub fn lease_namespace(&self) -> Option<String> {
-        self.lease_namespace.clone().or_else(|| std::env::var("POD_NAMESPACE").ok()).filter(|s| !s.is_empty())
+        self.lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .filter(|s| !s.is_empty())
     }
 
     pub fn namespaces(&self) -> Vec<String> {
-        self.namespaces.iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()
+        self.namespaces
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect()
     }
 
     pub fn client_config(&self) -> ClientConfig {
@@ -161,7 +185,9 @@ impl RunArgs {
         match &self.credentials_dir {
             Some(dir) => {
                 let source = CredentialSource::dir(dir);
-                source.headers().map_err(|e| invalid("--credentials-dir", e.to_string()))?;
+                source
+                    .headers()
+                    .map_err(|e| invalid("--credentials-dir", e.to_string()))?;
                 Ok(source)
             }
             None => Credentials::from_env_vars(|k| std::env::var(k).ok())
@@ -201,7 +227,9 @@ mod tests {
     }
 
     fn parse(args: &[&str]) -> RunArgs {
-        Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied())).expect("parses").run
+        Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied()))
+            .expect("parses")
+            .run
     }
 
     #[test]

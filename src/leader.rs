@@ -70,9 +70,7 @@ pub enum LeaseError {
     Timeout { lease: String, timeout: Duration },
     #[error("lost leadership of Lease {lease}: it is now held by {holder}")]
     LostTo { lease: String, holder: String },
-    #[error(
-        "lost leadership of Lease {lease}: not renewed within the renew deadline {deadline:?} ({last_error})"
-    )]
+    #[error("lost leadership of Lease {lease}: not renewed within the renew deadline {deadline:?} ({last_error})")]
     RenewDeadline {
         lease: String,
         deadline: Duration,
@@ -113,8 +111,7 @@ pub fn decide(spec: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Decision {
     let Some(renewed) = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()) else {
         return Decision::Acquire;
     };
-    let duration =
-        SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(0).max(0)));
+    let duration = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(0).max(0)));
     match renewed.0.checked_add(duration) {
         Ok(expires) if expires >= now => Decision::Held {
             holder: holder.to_owned(),
@@ -253,19 +250,13 @@ impl LeaderElector {
         let renewing = spec.holder_identity.as_deref() == Some(self.identity.as_str());
         if !renewing {
             spec.acquire_time = Some(MicroTime(now));
-            if spec
-                .holder_identity
-                .as_deref()
-                .is_some_and(|h| !h.is_empty())
-            {
-                spec.lease_transitions =
-                    Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
+            if spec.holder_identity.as_deref().is_some_and(|h| !h.is_empty()) {
+                spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
             }
             spec.lease_transitions.get_or_insert(0);
         }
         spec.holder_identity = Some(self.identity.clone());
-        spec.lease_duration_seconds =
-            Some(i32::try_from(self.duration.as_secs().max(1)).unwrap_or(i32::MAX));
+        spec.lease_duration_seconds = Some(i32::try_from(self.duration.as_secs().max(1)).unwrap_or(i32::MAX));
         spec.renew_time = Some(MicroTime(now));
         spec
     }
@@ -282,14 +273,10 @@ impl LeaderElector {
             field_manager: Some("compute-operator".into()),
             ..Default::default()
         };
-        let Some(mut current) =
-            self.api
-                .get_opt(&self.name)
-                .await
-                .map_err(|source| LeaseError::Read {
-                    lease: lease.clone(),
-                    source,
-                })?
+        let Some(mut current) = self.api.get_opt(&self.name).await.map_err(|source| LeaseError::Read {
+            lease: lease.clone(),
+            source,
+        })?
         else {
             let fresh = Lease {
                 metadata: ObjectMeta {
@@ -302,18 +289,14 @@ impl LeaderElector {
             return match self.api.create(&pp, &fresh).await {
                 Ok(_) => Ok(Attempt::Leading),
                 // Another candidate created it first.
-                Err(kube::Error::Api(s)) if s.code == 409 => {
-                    Ok(Attempt::Following { holder: None })
-                }
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Following { holder: None }),
                 Err(source) => Err(LeaseError::Create { lease, source }),
             };
         };
         let now = Timestamp::now();
         let decision = decide(current.spec.as_ref(), &self.identity, now);
         if let Decision::Held { holder } = decision {
-            return Ok(Attempt::Following {
-                holder: Some(holder),
-            });
+            return Ok(Attempt::Following { holder: Some(holder) });
         }
         current.spec = Some(self.our_spec(current.spec.as_ref(), now));
         // `current` carries the resourceVersion we read: the write fails if anyone wrote meanwhile.
@@ -374,11 +357,7 @@ impl LeaderElector {
                     return Err(LeaseError::LostTo { lease, holder });
                 }
                 (Ok(Attempt::Following { holder }), None) => {
-                    if *self.state.borrow()
-                        != (Leadership::Following {
-                            holder: holder.clone(),
-                        })
-                    {
+                    if *self.state.borrow() != (Leadership::Following { holder: holder.clone() }) {
                         tracing::info!(lease = %lease, holder = holder.as_deref().unwrap_or("?"), "following");
                     }
                     self.set_state(Leadership::Following { holder });
@@ -396,9 +375,7 @@ impl LeaderElector {
                         });
                     }
                     tracing::warn!(lease = %lease, error = %e, left_ms = left.as_millis() as u64, "renewing the lease failed; retrying");
-                    (self.retry_every / 4)
-                        .max(Duration::from_millis(100))
-                        .min(left)
+                    (self.retry_every / 4).max(Duration::from_millis(100)).min(left)
                 }
                 (Err(e), None) => {
                     tracing::warn!(lease = %lease, error = %e, "cannot take part in the election yet; retrying");
@@ -423,14 +400,10 @@ impl LeaderElector {
         let timeout = self.renew_every.max(Duration::from_secs(1));
         for _ in 0..3 {
             let step = async {
-                let Some(mut current) =
-                    self.api
-                        .get_opt(&self.name)
-                        .await
-                        .map_err(|source| LeaseError::Read {
-                            lease: lease.clone(),
-                            source,
-                        })?
+                let Some(mut current) = self.api.get_opt(&self.name).await.map_err(|source| LeaseError::Read {
+                    lease: lease.clone(),
+                    source,
+                })?
                 else {
                     return Ok(());
                 };
@@ -452,9 +425,7 @@ impl LeaderElector {
                         tracing::info!(lease = %lease, "released the lease");
                         Ok(())
                     }
-                    Err(kube::Error::Api(s)) if s.code == 409 => Err(LeaseError::Conflict {
-                        lease: lease.clone(),
-                    }),
+                    Err(kube::Error::Api(s)) if s.code == 409 => Err(LeaseError::Conflict { lease: lease.clone() }),
                     Err(source) => Err(LeaseError::Update {
                         lease: lease.clone(),
                         source,
@@ -502,11 +473,7 @@ mod tests {
             (Some(spec(Some("me"), Some(0), 15)), 100, Decision::Renew),
             (Some(spec(Some("other"), Some(0), 15)), 10, held("other")),
             (Some(spec(Some("other"), Some(0), 15)), 15, held("other")),
-            (
-                Some(spec(Some("other"), Some(0), 15)),
-                16,
-                Decision::Acquire,
-            ),
+            (Some(spec(Some("other"), Some(0), 15)), 16, Decision::Acquire),
             (Some(spec(Some("other"), None, 15)), 0, Decision::Acquire),
         ];
         for (s, now, want) in table {

@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use compute_operator::{config, devenv, operator, resource, sim, telemetry};
 
 #[derive(Parser)]
-#[command(name = "compute-operator", version, about = "Declare the power state of compute instances from Kubernetes")]
+#[command(
+    name = "compute-operator",
+    version,
+    about = "Declare the power state of compute instances from Kubernetes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -57,7 +61,9 @@ async fn main() -> ExitCode {
             }
             match kube::Client::try_default().await {
                 Ok(client) => operator::run(args, client, operator::shutdown_signal()).await,
-                Err(e) => Err(anyhow::anyhow!("cannot reach Kubernetes (kubeconfig or in-cluster config): {e}")),
+                Err(e) => Err(anyhow::anyhow!(
+                    "cannot reach Kubernetes (kubeconfig or in-cluster config): {e}"
+                )),
             }
         }
         Command::Dev(args) => {

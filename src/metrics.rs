@@ -82,26 +82,48 @@ impl Metrics {
         let reconcile_errors = Family::<ReasonLabel, Counter>::default();
         let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         let actions = Family::<ActionLabels, Counter>::default();
-        let action_duration =
-            Family::<ActionLabel, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.1, 2.0, 12)));
+        let action_duration = Family::<ActionLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.1, 2.0, 12))
+        });
         let api_requests = Family::<RequestLabels, Counter>::default();
-        let api_latency =
-            Family::<EndpointLabel, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 14)));
+        let api_latency = Family::<EndpointLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 14))
+        });
         let status_writes = Counter::default();
         let objects_by_phase = Family::<PhaseLabel, Gauge>::default();
         let leader = Gauge::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
-        registry.register("reconcile_errors", "Reconciles that failed, by reason", reconcile_errors.clone());
-        registry.register("reconcile_duration_seconds", "Reconcile duration", reconcile_duration.clone());
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed, by reason",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Reconcile duration",
+            reconcile_duration.clone(),
+        );
         registry.register("actions", "Admin API actions by action and result", actions.clone());
         registry.register(
             "action_duration_seconds",
             "Time from intent to completion of an action",
             action_duration.clone(),
         );
-        registry.register("api_requests", "Admin API requests by endpoint and status code", api_requests.clone());
-        registry.register("api_request_duration_seconds", "Admin API request latency", api_latency.clone());
-        registry.register("status_writes", "Status writes to the Kubernetes API", status_writes.clone());
+        registry.register(
+            "api_requests",
+            "Admin API requests by endpoint and status code",
+            api_requests.clone(),
+        );
+        registry.register(
+            "api_request_duration_seconds",
+            "Admin API request latency",
+            api_latency.clone(),
+        );
+        registry.register(
+            "status_writes",
+            "Status writes to the Kubernetes API",
+            status_writes.clone(),
+        );
         registry.register("objects", "ComputeInstanceActions by phase", objects_by_phase.clone());
         registry.register("leader", "1 on the replica that holds the lease", leader.clone());
         registry.register(
@@ -129,12 +151,26 @@ impl Metrics {
     /// Counts one admin API exchange.
     pub fn observe_request(&self, endpoint: &str, code: Option<u16>, latency: Duration) {
         let code = code.map_or_else(|| "error".to_owned(), |c| c.to_string());
-        self.api_requests.get_or_create(&RequestLabels { endpoint: endpoint.into(), code }).inc();
-        self.api_latency.get_or_create(&EndpointLabel { endpoint: endpoint.into() }).observe(latency.as_secs_f64());
+        self.api_requests
+            .get_or_create(&RequestLabels {
+                endpoint: endpoint.into(),
+                code,
+            })
+            .inc();
+        self.api_latency
+            .get_or_create(&EndpointLabel {
+                endpoint: endpoint.into(),
+            })
+            .observe(latency.as_secs_f64());
     }
 
     pub fn count_action(&self, action: &str, result: &str) {
-        self.actions.get_or_create(&ActionLabels { action: action.into(), result: result.into() }).inc();
+        self.actions
+            .get_or_create(&ActionLabels {
+                action: action.into(),
+                result: result.into(),
+            })
+            .inc();
     }
 
     pub fn encode(&self) -> String {
@@ -150,12 +186,25 @@ impl Metrics {
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` until the future is dropped. Returns the bound address.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     async fn metrics_text(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
-        ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.encode())
+        (
+            [(
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            m.encode(),
+        )
     }
     async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
-        if m.is_ready() { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") }
+        if m.is_ready() {
+            (StatusCode::OK, "ok")
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+        }
     }
     let app = Router::new()
         .route("/metrics", get(metrics_text))

@@ -60,16 +60,9 @@ pub async fn run_with(
     } else {
         metrics.leadership_known.store(true, Ordering::SeqCst);
         let may_act = Arc::new(AtomicBool::new(true));
-        controller::run(
-            client,
-            api,
-            args.controller_config(),
-            metrics,
-            may_act,
-            shutdown,
-        )
-        .await
-        .map_err(Into::into)
+        controller::run(client, api, args.controller_config(), metrics, may_act, shutdown)
+            .await
+            .map_err(Into::into)
     };
     metrics_task.abort();
     result
@@ -90,9 +83,9 @@ async fn run_elected(
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
-    let namespace = args.lease_namespace().context(
-        "invalid setting --lease-namespace: required with --leader-election (or set POD_NAMESPACE)",
-    )?;
+    let namespace = args
+        .lease_namespace()
+        .context("invalid setting --lease-namespace: required with --leader-election (or set POD_NAMESPACE)")?;
     let config = args.controller_config();
     let may_act = Arc::new(AtomicBool::new(false));
     let elector = LeaderElector::new(
@@ -183,9 +176,7 @@ async fn run_elected(
             // `may_act` is already false: nothing more is sent. Let in-flight reconciles record what they did.
             let _ = stop_tx.send(());
             if tokio::time::timeout(GRACE, &mut controller).await.is_err() {
-                tracing::warn!(
-                    "in-flight reconciles did not finish in time after losing the lease"
-                );
+                tracing::warn!("in-flight reconciles did not finish in time after losing the lease");
             }
             Err(lost(end))
         }

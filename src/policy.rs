@@ -94,7 +94,10 @@ pub struct NamespaceView<'a> {
 }
 
 fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let labels_ok = selector.match_labels.as_ref().is_none_or(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)));
+    let labels_ok = selector
+        .match_labels
+        .as_ref()
+        .is_none_or(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)));
     let exprs_ok = selector.match_expressions.as_ref().is_none_or(|exprs| {
         exprs.iter().all(|e| {
             let values = e.values.as_deref().unwrap_or_default();
@@ -127,8 +130,10 @@ impl InstanceMatch {
             None => true,
             Some(l) => value.is_some_and(|v| l.iter().any(|x| x == v)),
         };
-        let has_attributes =
-            self.customer_ids.is_some() || self.user_ids.is_some() || self.zones.is_some() || self.template_ids.is_some();
+        let has_attributes = self.customer_ids.is_some()
+            || self.user_ids.is_some()
+            || self.zones.is_some()
+            || self.template_ids.is_some();
         if !has_attributes && self.ids.is_none() {
             return false;
         }
@@ -161,13 +166,21 @@ pub fn evaluate(
             return Verdict::Allowed { by: Some(name.clone()) };
         }
         if ns_ok && inst_ok && near_miss.is_none() {
-            near_miss = Some(format!("policy {name} covers this namespace and instance but not desiredState `{}`", desired.as_str()));
+            near_miss = Some(format!(
+                "policy {name} covers this namespace and instance but not desiredState `{}`",
+                desired.as_str()
+            ));
         } else if ns_ok && near_miss.is_none() {
             near_miss = Some(format!("policy {name} covers this namespace but not this instance"));
         }
     }
     let attributes = instance
-        .map(|i| format!(" (customer {}, user {}, zone {}, template {})", i.customer_id, i.user_id, i.zone, i.template_id))
+        .map(|i| {
+            format!(
+                " (customer {}, user {}, zone {}, template {})",
+                i.customer_id, i.user_id, i.zone, i.template_id
+            )
+        })
         .unwrap_or_default();
     let hint = near_miss.map(|m| format!("; {m}")).unwrap_or_default();
     Verdict::Denied {
@@ -192,11 +205,21 @@ mod tests {
     }
 
     fn policy(ns: NamespaceMatch, inst: InstanceMatch, states: &[DesiredState]) -> (String, ComputeAccessPolicySpec) {
-        ("p".into(), ComputeAccessPolicySpec { namespaces: ns, instances: inst, desired_states: states.to_vec() })
+        (
+            "p".into(),
+            ComputeAccessPolicySpec {
+                namespaces: ns,
+                instances: inst,
+                desired_states: states.to_vec(),
+            },
+        )
     }
 
     fn names(n: &[&str]) -> NamespaceMatch {
-        NamespaceMatch { names: Some(n.iter().map(|s| s.to_string()).collect()), selector: None }
+        NamespaceMatch {
+            names: Some(n.iter().map(|s| s.to_string()).collect()),
+            selector: None,
+        }
     }
 
     fn list(v: &[&str]) -> Option<Vec<String>> {
@@ -207,7 +230,10 @@ mod tests {
     fn evaluation_table() {
         use DesiredState::*;
         let labels: BTreeMap<String, String> = [("team".to_string(), "a".to_string())].into();
-        let ns = NamespaceView { name: "team-a", labels: &labels };
+        let ns = NamespaceView {
+            name: "team-a",
+            labels: &labels,
+        };
         let all = [Running, Stopped, Restarted, Reset];
         let sel = |op: &str, values: &[&str]| NamespaceMatch {
             names: None,
@@ -220,38 +246,163 @@ mod tests {
                 match_labels: None,
             }),
         };
-        let by_ids = InstanceMatch { ids: list(&["i-1"]), ..Default::default() };
+        let by_ids = InstanceMatch {
+            ids: list(&["i-1"]),
+            ..Default::default()
+        };
         type Row = (&'static str, Vec<(String, ComputeAccessPolicySpec)>, DesiredState, bool);
         let table: Vec<Row> = vec![
             ("no policy", vec![], Stopped, false),
-            ("by name and id", vec![policy(names(&["team-a"]), by_ids.clone(), &all)], Stopped, true),
-            ("other namespace", vec![policy(names(&["team-b"]), by_ids.clone(), &all)], Stopped, false),
-            ("state not granted", vec![policy(names(&["team-a"]), by_ids.clone(), &[Running])], Stopped, false),
-            ("selector In", vec![policy(sel("In", &["a"]), by_ids.clone(), &all)], Reset, true),
-            ("selector NotIn", vec![policy(sel("NotIn", &["a"]), by_ids.clone(), &all)], Reset, false),
-            ("customer", vec![policy(names(&["team-a"]), InstanceMatch { customer_ids: list(&["c1"]), ..Default::default() }, &all)], Running, true),
-            ("user", vec![policy(names(&["team-a"]), InstanceMatch { user_ids: list(&["u2"]), ..Default::default() }, &all)], Running, false),
-            ("zone", vec![policy(names(&["team-a"]), InstanceMatch { zones: list(&["z1", "z2"]), ..Default::default() }, &all)], Running, true),
-            ("template", vec![policy(names(&["team-a"]), InstanceMatch { template_ids: list(&["t9"]), ..Default::default() }, &all)], Running, false),
-            ("attributes AND", vec![policy(names(&["team-a"]), InstanceMatch { zones: list(&["z1"]), customer_ids: list(&["c2"]), ..Default::default() }, &all)], Running, false),
-            ("any policy suffices", vec![policy(names(&["team-b"]), by_ids.clone(), &all), policy(names(&["team-a"]), by_ids.clone(), &all)], Running, true),
-            ("empty instance match never matches", vec![policy(names(&["team-a"]), InstanceMatch::default(), &all)], Running, false),
+            (
+                "by name and id",
+                vec![policy(names(&["team-a"]), by_ids.clone(), &all)],
+                Stopped,
+                true,
+            ),
+            (
+                "other namespace",
+                vec![policy(names(&["team-b"]), by_ids.clone(), &all)],
+                Stopped,
+                false,
+            ),
+            (
+                "state not granted",
+                vec![policy(names(&["team-a"]), by_ids.clone(), &[Running])],
+                Stopped,
+                false,
+            ),
+            (
+                "selector In",
+                vec![policy(sel("In", &["a"]), by_ids.clone(), &all)],
+                Reset,
+                true,
+            ),
+            (
+                "selector NotIn",
+                vec![policy(sel("NotIn", &["a"]), by_ids.clone(), &all)],
+                Reset,
+                false,
+            ),
+            (
+                "customer",
+                vec![policy(
+                    names(&["team-a"]),
+                    InstanceMatch {
+                        customer_ids: list(&["c1"]),
+                        ..Default::default()
+                    },
+                    &all,
+                )],
+                Running,
+                true,
+            ),
+            (
+                "user",
+                vec![policy(
+                    names(&["team-a"]),
+                    InstanceMatch {
+                        user_ids: list(&["u2"]),
+                        ..Default::default()
+                    },
+                    &all,
+                )],
+                Running,
+                false,
+            ),
+            (
+                "zone",
+                vec![policy(
+                    names(&["team-a"]),
+                    InstanceMatch {
+                        zones: list(&["z1", "z2"]),
+                        ..Default::default()
+                    },
+                    &all,
+                )],
+                Running,
+                true,
+            ),
+            (
+                "template",
+                vec![policy(
+                    names(&["team-a"]),
+                    InstanceMatch {
+                        template_ids: list(&["t9"]),
+                        ..Default::default()
+                    },
+                    &all,
+                )],
+                Running,
+                false,
+            ),
+            (
+                "attributes AND",
+                vec![policy(
+                    names(&["team-a"]),
+                    InstanceMatch {
+                        zones: list(&["z1"]),
+                        customer_ids: list(&["c2"]),
+                        ..Default::default()
+                    },
+                    &all,
+                )],
+                Running,
+                false,
+            ),
+            (
+                "any policy suffices",
+                vec![
+                    policy(names(&["team-b"]), by_ids.clone(), &all),
+                    policy(names(&["team-a"]), by_ids.clone(), &all),
+                ],
+                Running,
+                true,
+            ),
+            (
+                "empty instance match never matches",
+                vec![policy(names(&["team-a"]), InstanceMatch::default(), &all)],
+                Running,
+                false,
+            ),
         ];
         for (case, policies, desired, allowed) in table {
             let v = evaluate(PolicyMode::Enforce, &policies, &ns, "i-1", Some(&inst()), desired);
             assert_eq!(matches!(v, Verdict::Allowed { .. }), allowed, "{case}: {v:?}");
-            assert!(matches!(evaluate(PolicyMode::Off, &policies, &ns, "i-1", Some(&inst()), desired), Verdict::Allowed { .. }));
+            assert!(matches!(
+                evaluate(PolicyMode::Off, &policies, &ns, "i-1", Some(&inst()), desired),
+                Verdict::Allowed { .. }
+            ));
         }
     }
 
     #[test]
     fn denial_says_what_to_change() {
         let labels = BTreeMap::new();
-        let ns = NamespaceView { name: "team-a", labels: &labels };
-        let p = policy(names(&["team-a"]), InstanceMatch { ids: list(&["i-1"]), ..Default::default() }, &[DesiredState::Running]);
-        let Verdict::Denied { message } = evaluate(PolicyMode::Enforce, &[p], &ns, "i-1", Some(&inst()), DesiredState::Reset) else {
+        let ns = NamespaceView {
+            name: "team-a",
+            labels: &labels,
+        };
+        let p = policy(
+            names(&["team-a"]),
+            InstanceMatch {
+                ids: list(&["i-1"]),
+                ..Default::default()
+            },
+            &[DesiredState::Running],
+        );
+        let Verdict::Denied { message } = evaluate(
+            PolicyMode::Enforce,
+            &[p],
+            &ns,
+            "i-1",
+            Some(&inst()),
+            DesiredState::Reset,
+        ) else {
             panic!("denied")
         };
-        assert!(message.contains("namespace team-a") && message.contains("`reset`") && message.contains("policy p covers"), "{message}");
+        assert!(
+            message.contains("namespace team-a") && message.contains("`reset`") && message.contains("policy p covers"),
+            "{message}"
+        );
     }
 }

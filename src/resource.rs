@@ -31,22 +31,14 @@ pub const HISTORY_LIMIT: usize = 16;
     printcolumn(name = "Instance", type_ = "string", json_path = ".spec.instanceId"),
     printcolumn(name = "Desired", type_ = "string", json_path = ".spec.desiredState"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(
-        name = "Observed",
-        type_ = "string",
-        json_path = ".status.instance.status"
-    ),
+    printcolumn(name = "Observed", type_ = "string", json_path = ".status.instance.status"),
     printcolumn(
         name = "Reason",
         type_ = "string",
         priority = 1,
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
     ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ComputeInstanceActionSpec {
@@ -243,7 +235,10 @@ pub struct ActionRecord {
 }
 
 /// Every CRD of the operator with the file name `crds/` stores it under.
-pub fn crds() -> Vec<(&'static str, k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition)> {
+pub fn crds() -> Vec<(
+    &'static str,
+    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+)> {
     vec![
         ("computeinstanceactions.yaml", ComputeInstanceAction::crd()),
         ("computeaccesspolicies.yaml", crate::policy::ComputeAccessPolicy::crd()),

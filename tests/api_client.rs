@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use compute_operator::api::backoff::Backoff;
 use compute_operator::api::client::install_crypto_provider;
 use compute_operator::api::{
-    AdminClient, ApiError, ClientConfig, CredentialSource, Credentials, Endpoint, Instance,
-    InstanceStatus, ListFilter, PowerAction, Repeat, RequestObserver, Secret,
+    AdminClient, ApiError, ClientConfig, CredentialSource, Credentials, Endpoint, Instance, InstanceStatus, ListFilter,
+    PowerAction, Repeat, RequestObserver, Secret,
 };
 use compute_operator::sim::{self, Faults, SimConfig, SimServer};
 use futures::TryStreamExt;
@@ -110,44 +110,23 @@ async fn list_page_paginates_and_combines_filters_with_and() {
     assert_eq!(all.len(), 200);
 
     // Pagination over the unfiltered fleet, in id order.
-    let page = client
-        .list_page(&ListFilter::default(), 3, 7)
-        .await
-        .unwrap();
+    let page = client.list_page(&ListFilter::default(), 3, 7).await.unwrap();
     assert_eq!(ids(&page.instances), ids(&all[14..21]));
     assert_eq!(page.instances, all[14..21].to_vec(), "full records");
     let p = &page.pagination;
-    assert_eq!(
-        (p.page, p.page_size, p.total_count, p.total_pages),
-        (3, 7, 200, 29)
-    );
+    assert_eq!((p.page, p.page_size, p.total_count, p.total_pages), (3, 7, 200, 29));
     assert!(p.has_next && p.has_prev);
-    let last = client
-        .list_page(&ListFilter::default(), 29, 7)
-        .await
-        .unwrap();
+    let last = client.list_page(&ListFilter::default(), 29, 7).await.unwrap();
     assert_eq!(ids(&last.instances), ids(&all[196..]));
     assert!(!last.pagination.has_next && last.pagination.has_prev);
-    let beyond = client
-        .list_page(&ListFilter::default(), 30, 7)
-        .await
-        .unwrap();
+    let beyond = client.list_page(&ListFilter::default(), 30, 7).await.unwrap();
     assert!(beyond.instances.is_empty() && !beyond.pagination.has_next);
 
     // Out-of-range arguments are clamped by the client, never sent as-is (they would be 400s).
-    let clamped = client
-        .list_page(&ListFilter::default(), 0, 500)
-        .await
-        .unwrap();
-    assert_eq!(
-        (clamped.pagination.page, clamped.pagination.page_size),
-        (1, 100)
-    );
+    let clamped = client.list_page(&ListFilter::default(), 0, 500).await.unwrap();
+    assert_eq!((clamped.pagination.page, clamped.pagination.page_size), (1, 100));
     assert_eq!(ids(&clamped.instances), ids(&all[..100]));
-    let tiny = client
-        .list_page(&ListFilter::default(), 1, 0)
-        .await
-        .unwrap();
+    let tiny = client.list_page(&ListFilter::default(), 1, 0).await.unwrap();
     assert_eq!(tiny.pagination.page_size, 1);
     assert_eq!(ids(&tiny.instances), ids(&all[..1]));
 
@@ -212,11 +191,7 @@ async fn list_page_paginates_and_combines_filters_with_and() {
         let n = want.len().min(100);
         assert_eq!(ids(&got.instances), ids(&want[..n]), "{f:?}");
         assert_eq!(got.pagination.total_count, want.len() as u64, "{f:?}");
-        assert_eq!(
-            got.pagination.total_pages,
-            (want.len() as u64).div_ceil(100),
-            "{f:?}"
-        );
+        assert_eq!(got.pagination.total_pages, (want.len() as u64).div_ceil(100), "{f:?}");
         assert_eq!(got.pagination.has_next, want.len() > 100, "{f:?}");
         if !want.is_empty() {
             nonempty += 1;
@@ -269,21 +244,13 @@ async fn power_actions_are_accepted_with_202() {
         (PowerAction::Start, InstanceStatus::Starting),
     ];
     for ((action, _), inst) in plan.iter().zip(&running) {
-        assert_eq!(
-            client.act(&inst.id, *action, Repeat::Never).await,
-            Ok(()),
-            "{action}"
-        );
+        assert_eq!(client.act(&inst.id, *action, Repeat::Never).await, Ok(()), "{action}");
     }
     let stats = sim.stats();
     assert_eq!(stats.responses_with(202), 4);
     let r = &stats.requests;
     assert_eq!((r.stop, r.start, r.restart, r.reset), (1, 1, 1, 1));
-    let audit: Vec<(String, PowerAction)> = sim
-        .audit()
-        .into_iter()
-        .map(|e| (e.instance_id, e.action))
-        .collect();
+    let audit: Vec<(String, PowerAction)> = sim.audit().into_iter().map(|e| (e.instance_id, e.action)).collect();
     let want: Vec<(String, PowerAction)> = plan
         .iter()
         .zip(&running)
@@ -321,11 +288,7 @@ async fn every_status_code_maps_to_its_error_variant() {
         "{err:?}"
     );
     assert!(!err.is_transient() && !err.may_have_reached_server());
-    let err = client
-        .list_all(bogus)
-        .try_collect::<Vec<_>>()
-        .await
-        .unwrap_err();
+    let err = client.list_all(bogus).try_collect::<Vec<_>>().await.unwrap_err();
     assert!(matches!(err, ApiError::BadRequest(_)), "{err:?}");
     assert_eq!(sim.stats().requests.list, 2);
     assert_eq!(sim.stats().responses_with(400), 2);
@@ -333,14 +296,8 @@ async fn every_status_code_maps_to_its_error_variant() {
     // 401: a token the API does not know, on every endpoint.
     sim.clear_audit();
     let stranger = client_with(config(&sim), bearer("not-a-valid-token"));
-    assert_eq!(
-        stranger.list_page(&any, 1, 20).await,
-        Err(ApiError::Unauthorized)
-    );
-    assert_eq!(
-        stranger.get_instance(&running).await,
-        Err(ApiError::Unauthorized)
-    );
+    assert_eq!(stranger.list_page(&any, 1, 20).await, Err(ApiError::Unauthorized));
+    assert_eq!(stranger.get_instance(&running).await, Err(ApiError::Unauthorized));
     for action in PowerAction::ALL {
         assert_eq!(
             stranger.act(&running, action, Repeat::SafeToRepeat).await,
@@ -367,15 +324,10 @@ async fn every_status_code_maps_to_its_error_variant() {
 
     // 404: an unknown id.
     sim.clear_audit();
-    assert_eq!(
-        client.get_instance("inst-doesnotexist").await,
-        Err(ApiError::NotFound)
-    );
+    assert_eq!(client.get_instance("inst-doesnotexist").await, Err(ApiError::NotFound));
     for action in PowerAction::ALL {
         assert_eq!(
-            client
-                .act("inst-doesnotexist", action, Repeat::SafeToRepeat)
-                .await,
+            client.act("inst-doesnotexist", action, Repeat::SafeToRepeat).await,
             Err(ApiError::NotFound)
         );
     }
@@ -388,38 +340,23 @@ async fn every_status_code_maps_to_its_error_variant() {
         Err(ApiError::Conflict)
     );
     assert_eq!(
-        client
-            .act(&stopped, PowerAction::Restart, Repeat::Never)
-            .await,
+        client.act(&stopped, PowerAction::Restart, Repeat::Never).await,
         Err(ApiError::Conflict)
     );
     assert_eq!(
-        client
-            .act(&running, PowerAction::Start, Repeat::Never)
-            .await,
+        client.act(&running, PowerAction::Start, Repeat::Never).await,
         Err(ApiError::Conflict)
     );
-    assert_eq!(
-        client
-            .act(&running, PowerAction::Restart, Repeat::Never)
-            .await,
-        Ok(())
-    );
+    assert_eq!(client.act(&running, PowerAction::Restart, Repeat::Never).await, Ok(()));
     assert_eq!(sim.busy_with(&running), Some(PowerAction::Restart));
     for action in [PowerAction::Stop, PowerAction::Restart, PowerAction::Reset] {
-        let err = client
-            .act(&running, action, Repeat::SafeToRepeat)
-            .await
-            .unwrap_err();
+        let err = client.act(&running, action, Repeat::SafeToRepeat).await.unwrap_err();
         assert_eq!(err, ApiError::Conflict, "{action} while restarting");
         assert!(!err.is_transient() && !err.may_have_reached_server());
     }
     let stats = sim.stats();
     assert_eq!(stats.total, 7, "409 is not retried");
-    assert_eq!(
-        (stats.responses_with(409), stats.responses_with(202)),
-        (6, 1)
-    );
+    assert_eq!((stats.responses_with(409), stats.responses_with(202)), (6, 1));
     assert_eq!(sim.audit().len(), 1);
 }
 
@@ -434,32 +371,18 @@ async fn api_key_and_secret_authenticate() {
     })
     .await;
     let client = client_with(config(&sim), api_key(API_KEY, API_SECRET));
-    let page = client
-        .list_page(&ListFilter::default(), 1, 100)
-        .await
-        .unwrap();
+    let page = client.list_page(&ListFilter::default(), 1, 100).await.unwrap();
     assert_eq!(page.instances, sim.instances());
     let running = first_with(&sim, InstanceStatus::Running);
     assert_eq!(client.get_instance(&running.id).await.unwrap(), running);
-    assert_eq!(
-        client
-            .act(&running.id, PowerAction::Stop, Repeat::Never)
-            .await,
-        Ok(())
-    );
+    assert_eq!(client.act(&running.id, PowerAction::Stop, Repeat::Never).await, Ok(()));
     assert_eq!(sim.audit().len(), 1);
 
     // Half right is wrong; the Bearer scheme keeps working alongside.
     let wrong = client_with(config(&sim), api_key(API_KEY, "not-the-secret"));
-    assert_eq!(
-        wrong.get_instance(&running.id).await,
-        Err(ApiError::Unauthorized)
-    );
+    assert_eq!(wrong.get_instance(&running.id).await, Err(ApiError::Unauthorized));
     let swapped = client_with(config(&sim), api_key(API_SECRET, API_KEY));
-    assert_eq!(
-        swapped.get_instance(&running.id).await,
-        Err(ApiError::Unauthorized)
-    );
+    assert_eq!(swapped.get_instance(&running.id).await, Err(ApiError::Unauthorized));
     assert!(admin(&sim).get_instance(&running.id).await.is_ok());
 }
 
@@ -574,11 +497,7 @@ async fn list_all_walks_every_page_with_filters() {
     let all = sim.instances();
     assert_eq!(all.len(), 1000);
 
-    let everything: Vec<Instance> = client
-        .list_all(ListFilter::default())
-        .try_collect()
-        .await
-        .unwrap();
+    let everything: Vec<Instance> = client.list_all(ListFilter::default()).try_collect().await.unwrap();
     assert_eq!(everything, all);
     assert_eq!(sim.stats().requests.list, 10, "ten pages of 100");
 
@@ -614,11 +533,7 @@ async fn list_all_walks_every_page_with_filters() {
         assert_eq!(ids(&got), ids(&want), "{f:?}");
         assert_eq!(got, want, "{f:?}");
         let pages = (want.len() as u64).div_ceil(100).max(1);
-        assert_eq!(
-            sim.stats().requests.list,
-            pages,
-            "{f:?}: one request per page"
-        );
+        assert_eq!(sim.stats().requests.list, pages, "{f:?}: one request per page");
     }
 }
 
@@ -702,10 +617,7 @@ async fn get_succeeds_once_the_fault_clears_between_tries() {
     );
     let stats = sim.stats();
     assert_eq!(stats.requests.get, 2);
-    assert_eq!(
-        (stats.responses_with(503), stats.responses_with(200)),
-        (1, 1)
-    );
+    assert_eq!((stats.responses_with(503), stats.responses_with(200)), (1, 1));
 }
 
 #[tokio::test]
@@ -722,10 +634,7 @@ async fn post_is_retried_on_503_but_never_repeated_after_500() {
 
     // 503: the service did not take the request, so even a Never POST is tried again.
     sim.set_faults(fault(503));
-    let err = client
-        .act(&id, PowerAction::Stop, Repeat::Never)
-        .await
-        .unwrap_err();
+    let err = client.act(&id, PowerAction::Stop, Repeat::Never).await.unwrap_err();
     assert_eq!(
         err,
         ApiError::Server {
@@ -739,14 +648,8 @@ async fn post_is_retried_on_503_but_never_repeated_after_500() {
     // 500: it may have been carried out; a Never POST is sent once.
     sim.clear_audit();
     sim.set_faults(fault(500));
-    let err = client
-        .act(&id, PowerAction::Stop, Repeat::Never)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, ApiError::Server { status: 500, .. }),
-        "{err:?}"
-    );
+    let err = client.act(&id, PowerAction::Stop, Repeat::Never).await.unwrap_err();
+    assert!(matches!(err, ApiError::Server { status: 500, .. }), "{err:?}");
     assert!(err.may_have_reached_server());
     assert_eq!(sim.stats().requests.stop, 1, "not repeated");
     assert_eq!(sim.stats().total, 1);
@@ -769,18 +672,12 @@ async fn post_is_retried_on_503_but_never_repeated_after_500() {
     // 429 is a refusal too: retried for a Never POST, then reported as rate limiting.
     sim.clear_audit();
     sim.set_faults(fault(429));
-    let err = client
-        .act(&id, PowerAction::Stop, Repeat::Never)
-        .await
-        .unwrap_err();
+    let err = client.act(&id, PowerAction::Stop, Repeat::Never).await.unwrap_err();
     assert_eq!(err, ApiError::RateLimited { retry_after: None });
     assert_eq!(sim.stats().requests.stop, 3);
 
     sim.set_faults(Faults::default());
-    assert_eq!(
-        client.act(&id, PowerAction::Stop, Repeat::Never).await,
-        Ok(())
-    );
+    assert_eq!(client.act(&id, PowerAction::Stop, Repeat::Never).await, Ok(()));
 }
 
 #[tokio::test]
@@ -811,10 +708,7 @@ async fn slow_answers_time_out_and_posts_are_not_repeated() {
     );
     assert_eq!(sim.stats().requests.get, 2, "a GET timing out is retried");
 
-    let err = client
-        .act(&id, PowerAction::Restart, Repeat::Never)
-        .await
-        .unwrap_err();
+    let err = client.act(&id, PowerAction::Restart, Repeat::Never).await.unwrap_err();
     assert!(matches!(err, ApiError::Timeout { sent: true }), "{err:?}");
     assert!(err.may_have_reached_server());
     assert_eq!(
@@ -834,10 +728,7 @@ async fn dropped_connection_after_accept_is_not_retried() {
         drop_after_accept_rate: 1.0,
         ..Faults::default()
     });
-    let err = client
-        .act(&id, PowerAction::Restart, Repeat::Never)
-        .await
-        .unwrap_err();
+    let err = client.act(&id, PowerAction::Restart, Repeat::Never).await.unwrap_err();
     assert!(err.may_have_reached_server(), "{err:?}");
     assert!(
         matches!(
@@ -943,20 +834,11 @@ async fn unsafe_instance_ids_are_refused_without_a_request() {
     ];
     for id in bad {
         let err = client.get_instance(id).await.unwrap_err();
-        assert!(
-            matches!(err, ApiError::InvalidInstanceId(_)),
-            "{id:?}: {err:?}"
-        );
+        assert!(matches!(err, ApiError::InvalidInstanceId(_)), "{id:?}: {err:?}");
         assert!(!err.may_have_reached_server());
         for action in PowerAction::ALL {
-            let err = client
-                .act(id, action, Repeat::SafeToRepeat)
-                .await
-                .unwrap_err();
-            assert!(
-                matches!(err, ApiError::InvalidInstanceId(_)),
-                "{id:?}: {err:?}"
-            );
+            let err = client.act(id, action, Repeat::SafeToRepeat).await.unwrap_err();
+            assert!(matches!(err, ApiError::InvalidInstanceId(_)), "{id:?}: {err:?}");
         }
     }
     let long = "x".repeat(129);
@@ -992,18 +874,11 @@ async fn ids_with_reserved_characters_reach_the_right_instance() {
         sim.upsert_instance(instance(id, name, InstanceStatus::Running));
     }
     for (id, name) in cases {
-        let got = client
-            .get_instance(id)
-            .await
-            .unwrap_or_else(|e| panic!("{id:?}: {e}"));
+        let got = client.get_instance(id).await.unwrap_or_else(|e| panic!("{id:?}: {e}"));
         assert_eq!((got.id.as_str(), got.name.as_str()), (id, name));
     }
     for id in ["a%41", "inst:7g2x", "100%"] {
-        assert_eq!(
-            client.act(id, PowerAction::Stop, Repeat::Never).await,
-            Ok(()),
-            "{id:?}"
-        );
+        assert_eq!(client.act(id, PowerAction::Stop, Repeat::Never).await, Ok(()), "{id:?}");
     }
     let stopped: Vec<String> = sim.audit().into_iter().map(|e| e.instance_id).collect();
     assert_eq!(stopped, ["a%41", "inst:7g2x", "100%"]);
@@ -1031,27 +906,15 @@ async fn secrets_never_appear_in_debug_or_display() {
     write(dir.path(), "token", SENTINEL);
     let clients = [
         ("bearer", client_with(config(&sim), bearer(SENTINEL))),
-        (
-            "api-key",
-            client_with(config(&sim), api_key(SENTINEL, SENTINEL)),
-        ),
-        (
-            "dir",
-            client_with(config(&sim), CredentialSource::dir(dir.path())),
-        ),
+        ("api-key", client_with(config(&sim), api_key(SENTINEL, SENTINEL))),
+        ("dir", client_with(config(&sim), CredentialSource::dir(dir.path()))),
     ];
     for (what, client) in &clients {
         assert_clean(what, format!("{client:?} {client:#?}"));
         let errors = [
-            client
-                .list_page(&ListFilter::default(), 1, 20)
-                .await
-                .unwrap_err(),
+            client.list_page(&ListFilter::default(), 1, 20).await.unwrap_err(),
             client.get_instance(&id).await.unwrap_err(),
-            client
-                .act(&id, PowerAction::Stop, Repeat::Never)
-                .await
-                .unwrap_err(),
+            client.act(&id, PowerAction::Stop, Repeat::Never).await.unwrap_err(),
         ];
         for err in errors {
             assert_eq!(err, ApiError::Unauthorized, "{what}");
@@ -1073,10 +936,7 @@ async fn secrets_never_appear_in_debug_or_display() {
     sim.shutdown().await;
     let client = client_with(base, bearer(SENTINEL));
     let err = client.get_instance(&id).await.unwrap_err();
-    assert!(
-        matches!(err, ApiError::Transport { sent: false, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, ApiError::Transport { sent: false, .. }), "{err:?}");
     assert!(!err.may_have_reached_server());
     assert_clean("transport error", format!("{err:?} {err}"));
 }
@@ -1086,11 +946,7 @@ async fn unknown_statuses_are_kept_as_other() {
     install_crypto_provider();
     let sim = start(SimConfig::default()).await;
     let client = admin(&sim);
-    let odd = instance(
-        "inst-hibernate",
-        "sleepy",
-        InstanceStatus::Other("hibernating".into()),
-    );
+    let odd = instance("inst-hibernate", "sleepy", InstanceStatus::Other("hibernating".into()));
     sim.upsert_instance(odd.clone());
     let got = client.get_instance(&odd.id).await.unwrap();
     assert_eq!(got.status, InstanceStatus::Other("hibernating".into()));
@@ -1103,22 +959,14 @@ async fn unknown_statuses_are_kept_as_other() {
         client.get_instance(&other).await.unwrap().status,
         InstanceStatus::Other("migrating".into())
     );
-    let listed: Vec<Instance> = client
-        .list_all(ListFilter::default())
-        .try_collect()
-        .await
-        .unwrap();
+    let listed: Vec<Instance> = client.list_all(ListFilter::default()).try_collect().await.unwrap();
     let statuses: Vec<&InstanceStatus> = listed
         .iter()
         .filter(|i| i.id == odd.id || i.id == other)
         .map(|i| &i.status)
         .collect();
     assert_eq!(statuses.len(), 2);
-    assert!(
-        statuses
-            .iter()
-            .all(|s| matches!(s, InstanceStatus::Other(_)))
-    );
+    assert!(statuses.iter().all(|s| matches!(s, InstanceStatus::Other(_))));
     // The server refuses actions on a status it cannot transition from.
     assert_eq!(
         client.act(&odd.id, PowerAction::Stop, Repeat::Never).await,
@@ -1132,10 +980,7 @@ async fn start_redirector(target: String) -> (String, Arc<AtomicU64>) {
     let hits = Arc::new(AtomicU64::new(0));
     let counter = hits.clone();
     let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
-        let location = format!(
-            "{target}{}",
-            uri.path_and_query().map_or("/", |p| p.as_str())
-        );
+        let location = format!("{target}{}", uri.path_and_query().map_or("/", |p| p.as_str()));
         counter.fetch_add(1, Ordering::Relaxed);
         async move {
             (
@@ -1173,18 +1018,9 @@ async fn redirects_are_not_followed() {
             credentials,
         );
         let err = client.get_instance(&id).await.unwrap_err();
-        assert!(
-            matches!(&err, ApiError::Malformed(m) if m.contains("307")),
-            "{err:?}"
-        );
-        let err = client
-            .act(&id, PowerAction::Restart, Repeat::Never)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&err, ApiError::Malformed(m) if m.contains("307")),
-            "{err:?}"
-        );
+        assert!(matches!(&err, ApiError::Malformed(m) if m.contains("307")), "{err:?}");
+        let err = client.act(&id, PowerAction::Restart, Repeat::Never).await.unwrap_err();
+        assert!(matches!(&err, ApiError::Malformed(m) if m.contains("307")), "{err:?}");
     }
     assert_eq!(hits.load(Ordering::Relaxed), 4, "one try each, no retry");
     // Neither the api-key/api-secret headers nor the restart were passed on to another origin.

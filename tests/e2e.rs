@@ -5,7 +5,9 @@ mod support;
 use std::time::Duration;
 
 use compute_operator::api::InstanceStatus;
-use compute_operator::resource::{ActionRecord, ActionState, ComputeInstanceAction, ComputeInstanceActionStatus, DesiredState};
+use compute_operator::resource::{
+    ActionRecord, ActionState, ComputeInstanceAction, ComputeInstanceActionStatus, DesiredState,
+};
 use compute_operator::sim::{Faults, SimConfig};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use support::*;
@@ -13,7 +15,11 @@ use support::*;
 const TOKEN: &str = "dev-admin-token";
 
 fn sim_config() -> SimConfig {
-    SimConfig { instances: 0, transition: Duration::from_millis(300), ..SimConfig::default() }
+    SimConfig {
+        instances: 0,
+        transition: Duration::from_millis(300),
+        ..SimConfig::default()
+    }
 }
 
 fn add_instance(sim: &compute_operator::sim::SimServer, id: &str, status: InstanceStatus) {
@@ -23,7 +29,14 @@ fn add_instance(sim: &compute_operator::sim::SimServer, id: &str, status: Instan
     sim.upsert_instance(i);
 }
 
-async fn setup(prefix: &str) -> (kube::Client, String, Api<ComputeInstanceAction>, compute_operator::sim::SimServer) {
+async fn setup(
+    prefix: &str,
+) -> (
+    kube::Client,
+    String,
+    Api<ComputeInstanceAction>,
+    compute_operator::sim::SimServer,
+) {
     let client = client().await;
     let ns = namespace(&client, prefix).await;
     let api = Api::namespaced(client.clone(), &ns);
@@ -35,26 +48,87 @@ async fn setup(prefix: &str) -> (kube::Client, String, Api<ComputeInstanceAction
 async fn every_desired_state_reaches_ready_from_each_starting_status() {
     let (_client, ns, api, sim) = setup("states").await;
     let cases = [
-        ("stop-running", "i-a", InstanceStatus::Running, DesiredState::Stopped, vec!["stop"]),
-        ("stop-error", "i-b", InstanceStatus::Error, DesiredState::Stopped, vec!["stop"]),
-        ("start-stopped", "i-c", InstanceStatus::Stopped, DesiredState::Running, vec!["start"]),
-        ("start-error", "i-d", InstanceStatus::Error, DesiredState::Running, vec!["start"]),
-        ("restart-running", "i-e", InstanceStatus::Running, DesiredState::Restarted, vec!["restart"]),
-        ("reset-running", "i-f", InstanceStatus::Running, DesiredState::Reset, vec!["reset"]),
-        ("reset-error", "i-g", InstanceStatus::Error, DesiredState::Reset, vec!["reset"]),
-        ("already-running", "i-h", InstanceStatus::Running, DesiredState::Running, vec![]),
-        ("already-stopped", "i-i", InstanceStatus::Stopped, DesiredState::Stopped, vec![]),
+        (
+            "stop-running",
+            "i-a",
+            InstanceStatus::Running,
+            DesiredState::Stopped,
+            vec!["stop"],
+        ),
+        (
+            "stop-error",
+            "i-b",
+            InstanceStatus::Error,
+            DesiredState::Stopped,
+            vec!["stop"],
+        ),
+        (
+            "start-stopped",
+            "i-c",
+            InstanceStatus::Stopped,
+            DesiredState::Running,
+            vec!["start"],
+        ),
+        (
+            "start-error",
+            "i-d",
+            InstanceStatus::Error,
+            DesiredState::Running,
+            vec!["start"],
+        ),
+        (
+            "restart-running",
+            "i-e",
+            InstanceStatus::Running,
+            DesiredState::Restarted,
+            vec!["restart"],
+        ),
+        (
+            "reset-running",
+            "i-f",
+            InstanceStatus::Running,
+            DesiredState::Reset,
+            vec!["reset"],
+        ),
+        (
+            "reset-error",
+            "i-g",
+            InstanceStatus::Error,
+            DesiredState::Reset,
+            vec!["reset"],
+        ),
+        (
+            "already-running",
+            "i-h",
+            InstanceStatus::Running,
+            DesiredState::Running,
+            vec![],
+        ),
+        (
+            "already-stopped",
+            "i-i",
+            InstanceStatus::Stopped,
+            DesiredState::Stopped,
+            vec![],
+        ),
     ];
     for (_, id, status, _, _) in &cases {
         add_instance(&sim, id, status.clone());
     }
     let ctl = start_controller(&sim, TOKEN, test_controller_config(&ns)).await;
     for (name, id, _, desired, _) in &cases {
-        api.create(&PostParams::default(), &cia(name, id, *desired, Some("r1"))).await.expect("create");
+        api.create(&PostParams::default(), &cia(name, id, *desired, Some("r1")))
+            .await
+            .expect("create");
     }
     // kubectl wait works on them, unchanged.
     let out = tokio::process::Command::new("kubectl")
-        .args(["--kubeconfig", &control_plane().kubeconfig.display().to_string(), "-n", &ns])
+        .args([
+            "--kubeconfig",
+            &control_plane().kubeconfig.display().to_string(),
+            "-n",
+            &ns,
+        ])
         .args(["wait", "--for=condition=Ready", "cia", "--all", "--timeout=60s"])
         .output()
         .await
@@ -62,7 +136,11 @@ async fn every_desired_state_reaches_ready_from_each_starting_status() {
     if !out.status.success() {
         let all = api.list(&Default::default()).await.unwrap();
         for o in all {
-            eprintln!("{}: {}", support::name_of(&o), serde_json::to_string(&o.status).unwrap_or_default());
+            eprintln!(
+                "{}: {}",
+                support::name_of(&o),
+                serde_json::to_string(&o.status).unwrap_or_default()
+            );
         }
         panic!("kubectl wait failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -85,7 +163,11 @@ async fn every_desired_state_reaches_ready_from_each_starting_status() {
     // No hot loop: once everything is Ready, status writes stop.
     let before = ctl.metrics.status_writes.get();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(ctl.metrics.status_writes.get(), before, "status writes continued after Ready");
+    assert_eq!(
+        ctl.metrics.status_writes.get(),
+        before,
+        "status writes continued after Ready"
+    );
     ctl.stop().await;
 }
 
@@ -106,15 +188,31 @@ async fn one_shots_run_at_most_once_per_request_id() {
     ctl.stop().await;
     let ctl = start_controller(&sim, TOKEN, test_controller_config(&ns)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(audit_for(&sim, "i-1"), vec!["restart"], "a re-apply or restart ran it again");
+    assert_eq!(
+        audit_for(&sim, "i-1"),
+        vec!["restart"],
+        "a re-apply or restart ran it again"
+    );
     // A new requestId: exactly one more.
     let mut obj2 = obj.clone();
     obj2.spec.request_id = Some("2026-11-27T02".into());
-    api.patch("restart", &ssa, &Patch::Apply(&obj2)).await.expect("new requestId");
-    wait_for(&api, "restart", Duration::from_secs(30), "Ready for the new requestId", |o| {
-        condition(o, "Ready").is_some()
-            && o.status.as_ref().and_then(|s| s.action.as_ref()).and_then(|a| a.request_id.as_deref()) == Some("2026-11-27T02")
-    })
+    api.patch("restart", &ssa, &Patch::Apply(&obj2))
+        .await
+        .expect("new requestId");
+    wait_for(
+        &api,
+        "restart",
+        Duration::from_secs(30),
+        "Ready for the new requestId",
+        |o| {
+            condition(o, "Ready").is_some()
+                && o.status
+                    .as_ref()
+                    .and_then(|s| s.action.as_ref())
+                    .and_then(|a| a.request_id.as_deref())
+                    == Some("2026-11-27T02")
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(audit_for(&sim, "i-1"), vec!["restart", "restart"]);
@@ -127,11 +225,22 @@ async fn one_shots_run_at_most_once_per_request_id() {
 async fn controller_restart_mid_action_never_resends() {
     let (_client, ns, api, sim) = setup("midaction").await;
     add_instance(&sim, "i-1", InstanceStatus::Running);
-    sim.set_faults(Faults { never_finish: true, ..Faults::default() });
+    sim.set_faults(Faults {
+        never_finish: true,
+        ..Faults::default()
+    });
     let ctl = start_controller(&sim, TOKEN, test_controller_config(&ns)).await;
-    api.create(&PostParams::default(), &cia("reset", "i-1", DesiredState::Reset, Some("a"))).await.unwrap();
+    api.create(
+        &PostParams::default(),
+        &cia("reset", "i-1", DesiredState::Reset, Some("a")),
+    )
+    .await
+    .unwrap();
     wait_for(&api, "reset", Duration::from_secs(20), "accepted", |o| {
-        o.status.as_ref().and_then(|s| s.action.as_ref()).is_some_and(|a| a.state == ActionState::Accepted)
+        o.status
+            .as_ref()
+            .and_then(|s| s.action.as_ref())
+            .is_some_and(|a| a.state == ActionState::Accepted)
     })
     .await;
     ctl.abort();
@@ -148,7 +257,13 @@ async fn intent_without_outcome_is_reported_not_resent() {
     let (_client, ns, api, sim) = setup("unknown").await;
     add_instance(&sim, "i-1", InstanceStatus::Running);
     // What a crash between the intent write and the POST leaves behind.
-    let created = api.create(&PostParams::default(), &cia("restart", "i-1", DesiredState::Restarted, Some("x"))).await.unwrap();
+    let created = api
+        .create(
+            &PostParams::default(),
+            &cia("restart", "i-1", DesiredState::Restarted, Some("x")),
+        )
+        .await
+        .unwrap();
     let mut with_intent = created.clone();
     with_intent.status = Some(ComputeInstanceActionStatus {
         action: Some(ActionRecord {
@@ -166,11 +281,19 @@ async fn intent_without_outcome_is_reported_not_resent() {
         }),
         ..Default::default()
     });
-    api.replace_status("restart", &PostParams::default(), &with_intent).await.expect("write intent");
+    api.replace_status("restart", &PostParams::default(), &with_intent)
+        .await
+        .expect("write intent");
     let ctl = start_controller(&sim, TOKEN, test_controller_config(&ns)).await;
     let o = wait_reason(&api, "restart", "Stalled", "OutcomeUnknown").await;
-    assert!(condition(&o, "Stalled").unwrap().message.contains("requestId"), "message tells the way on");
-    assert!(audit_for(&sim, "i-1").is_empty(), "an unknown outcome must not be resent");
+    assert!(
+        condition(&o, "Stalled").unwrap().message.contains("requestId"),
+        "message tells the way on"
+    );
+    assert!(
+        audit_for(&sim, "i-1").is_empty(),
+        "an unknown outcome must not be resent"
+    );
     ctl.stop().await;
 }
 
@@ -192,25 +315,60 @@ async fn invalid_resources_are_rejected_by_the_api_server() {
         .unwrap()
     };
     let table = [
-        (serde_json::json!({"instanceId": "i-1", "desiredState": "paused"}), "Unsupported value: \"paused\""),
-        (serde_json::json!({"instanceId": "../etc", "desiredState": "running"}), "instanceId must start with a letter or digit"),
-        (serde_json::json!({"instanceId": "a/b", "desiredState": "running"}), "instanceId must start with a letter or digit"),
-        (serde_json::json!({"instanceId": "a..b", "desiredState": "running"}), "without '..'"),
-        (serde_json::json!({"instanceId": "a b", "desiredState": "running"}), "instanceId must"),
-        (serde_json::json!({"instanceId": "x".repeat(129), "desiredState": "running"}), "Too long"),
-        (serde_json::json!({"instanceId": "i-1", "desiredState": "running", "timeoutSeconds": 5}), "should be greater than or equal to 10"),
-        (serde_json::json!({"instanceId": "i-1", "desiredState": "running", "timeoutSeconds": 999999}), "should be less than or equal to 86400"),
-        (serde_json::json!({"desiredState": "running"}), "instanceId: Required value"),
+        (
+            serde_json::json!({"instanceId": "i-1", "desiredState": "paused"}),
+            "Unsupported value: \"paused\"",
+        ),
+        (
+            serde_json::json!({"instanceId": "../etc", "desiredState": "running"}),
+            "instanceId must start with a letter or digit",
+        ),
+        (
+            serde_json::json!({"instanceId": "a/b", "desiredState": "running"}),
+            "instanceId must start with a letter or digit",
+        ),
+        (
+            serde_json::json!({"instanceId": "a..b", "desiredState": "running"}),
+            "without '..'",
+        ),
+        (
+            serde_json::json!({"instanceId": "a b", "desiredState": "running"}),
+            "instanceId must",
+        ),
+        (
+            serde_json::json!({"instanceId": "x".repeat(129), "desiredState": "running"}),
+            "Too long",
+        ),
+        (
+            serde_json::json!({"instanceId": "i-1", "desiredState": "running", "timeoutSeconds": 5}),
+            "should be greater than or equal to 10",
+        ),
+        (
+            serde_json::json!({"instanceId": "i-1", "desiredState": "running", "timeoutSeconds": 999999}),
+            "should be less than or equal to 86400",
+        ),
+        (
+            serde_json::json!({"desiredState": "running"}),
+            "instanceId: Required value",
+        ),
     ];
     for (spec, want) in table {
-        let err = raw.create(&PostParams::default(), &bad(spec.clone())).await.expect_err("must be rejected");
+        let err = raw
+            .create(&PostParams::default(), &bad(spec.clone()))
+            .await
+            .expect_err("must be rejected");
         let msg = err.to_string();
         assert!(msg.contains(want), "{spec}: got {msg}");
     }
     // instanceId is immutable.
-    api.create(&PostParams::default(), &cia("ok", "i-1", DesiredState::Running, None)).await.unwrap();
+    api.create(&PostParams::default(), &cia("ok", "i-1", DesiredState::Running, None))
+        .await
+        .unwrap();
     let patch = serde_json::json!({"spec": {"instanceId": "i-2"}});
-    let err = api.patch("ok", &PatchParams::default(), &Patch::Merge(&patch)).await.expect_err("immutable");
+    let err = api
+        .patch("ok", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect_err("immutable");
     assert!(err.to_string().contains("instanceId is immutable"), "{err}");
 }
 
@@ -223,26 +381,51 @@ async fn api_failures_become_conditions() {
     config.plan.resync = Duration::from_secs(60);
     let ctl = start_controller(&sim, TOKEN, config).await;
     // 404.
-    api.create(&PostParams::default(), &cia("missing", "i-nope", DesiredState::Stopped, None)).await.unwrap();
+    api.create(
+        &PostParams::default(),
+        &cia("missing", "i-nope", DesiredState::Stopped, None),
+    )
+    .await
+    .unwrap();
     let o = wait_reason(&api, "missing", "Stalled", "InstanceNotFound").await;
     assert_eq!(o.status.unwrap().phase, Some(compute_operator::resource::Phase::Failed));
     // 409 storm: the instance stays busy (someone else's action never finishes) until it is released.
     sim.set_status("i-busy", InstanceStatus::Restarting);
-    api.create(&PostParams::default(), &cia("busy", "i-busy", DesiredState::Stopped, None)).await.unwrap();
+    api.create(
+        &PostParams::default(),
+        &cia("busy", "i-busy", DesiredState::Stopped, None),
+    )
+    .await
+    .unwrap();
     wait_reason(&api, "busy", "Reconciling", "WaitingForInstance").await;
     sim.set_status("i-busy", InstanceStatus::Running);
     wait_ready(&api, "busy").await;
     assert_eq!(audit_for(&sim, "i-busy"), vec!["stop"]);
     // 503 bursts with Retry-After: reported while they last, then it converges.
-    sim.set_faults(Faults { error_rate: 1.0, error_status: 503, retry_after_seconds: Some(1), ..Faults::default() });
-    api.create(&PostParams::default(), &cia("flaky", "i-503", DesiredState::Stopped, None)).await.unwrap();
+    sim.set_faults(Faults {
+        error_rate: 1.0,
+        error_status: 503,
+        retry_after_seconds: Some(1),
+        ..Faults::default()
+    });
+    api.create(
+        &PostParams::default(),
+        &cia("flaky", "i-503", DesiredState::Stopped, None),
+    )
+    .await
+    .unwrap();
     wait_reason(&api, "flaky", "Reconciling", "AdminApiUnavailable").await;
     sim.set_faults(Faults::default());
     wait_ready(&api, "flaky").await;
     ctl.stop().await;
     // Credentials without the admin role.
     let ctl = start_controller(&sim, "dev-user-token", test_controller_config(&ns)).await;
-    api.create(&PostParams::default(), &cia("noadmin", "i-busy", DesiredState::Running, None)).await.unwrap();
+    api.create(
+        &PostParams::default(),
+        &cia("noadmin", "i-busy", DesiredState::Running, None),
+    )
+    .await
+    .unwrap();
     let o = wait_reason(&api, "noadmin", "Stalled", "Forbidden").await;
     assert!(condition(&o, "Stalled").unwrap().message.contains("compute_admin"));
     ctl.stop().await;
@@ -255,13 +438,27 @@ async fn objects_on_one_instance_are_serialized_or_in_conflict() {
     add_instance(&sim, "i-2", InstanceStatus::Running);
     let ctl = start_controller(&sim, TOKEN, test_controller_config(&ns)).await;
     // Contradicting levels: both Stalled/Conflict, no POST.
-    api.create(&PostParams::default(), &cia("want-up", "i-1", DesiredState::Running, None)).await.unwrap();
-    api.create(&PostParams::default(), &cia("want-down", "i-1", DesiredState::Stopped, None)).await.unwrap();
+    api.create(
+        &PostParams::default(),
+        &cia("want-up", "i-1", DesiredState::Running, None),
+    )
+    .await
+    .unwrap();
+    api.create(
+        &PostParams::default(),
+        &cia("want-down", "i-1", DesiredState::Stopped, None),
+    )
+    .await
+    .unwrap();
     wait_reason(&api, "want-down", "Stalled", "Conflict").await;
     // The first one may have been Ready before the second appeared; on its next look it is in conflict too.
-    api.patch("want-up", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"timeoutSeconds": 61}})))
-        .await
-        .unwrap();
+    api.patch(
+        "want-up",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"timeoutSeconds": 61}})),
+    )
+    .await
+    .unwrap();
     wait_reason(&api, "want-up", "Stalled", "Conflict").await;
     assert!(audit_for(&sim, "i-1").is_empty(), "neither acts");
     // Deleting one resolves it; deleting never touches the instance.
@@ -269,8 +466,18 @@ async fn objects_on_one_instance_are_serialized_or_in_conflict() {
     wait_ready(&api, "want-up").await;
     assert!(audit_for(&sim, "i-1").is_empty());
     // A restart and a reset on one instance: serialized, never overlapping (the sim answers 409 to overlap).
-    api.create(&PostParams::default(), &cia("restart", "i-2", DesiredState::Restarted, Some("1"))).await.unwrap();
-    api.create(&PostParams::default(), &cia("reset", "i-2", DesiredState::Reset, Some("1"))).await.unwrap();
+    api.create(
+        &PostParams::default(),
+        &cia("restart", "i-2", DesiredState::Restarted, Some("1")),
+    )
+    .await
+    .unwrap();
+    api.create(
+        &PostParams::default(),
+        &cia("reset", "i-2", DesiredState::Reset, Some("1")),
+    )
+    .await
+    .unwrap();
     wait_ready(&api, "restart").await;
     wait_ready(&api, "reset").await;
     let mut actions = audit_for(&sim, "i-2");
@@ -286,19 +493,31 @@ async fn drift_is_corrected_on_resync_and_deletion_leaves_the_instance_alone() {
     let mut config = test_controller_config(&ns);
     config.plan.resync = Duration::from_secs(2);
     let ctl = start_controller(&sim, TOKEN, config).await;
-    api.create(&PostParams::default(), &cia("keep-stopped", "i-1", DesiredState::Stopped, None)).await.unwrap();
+    api.create(
+        &PostParams::default(),
+        &cia("keep-stopped", "i-1", DesiredState::Stopped, None),
+    )
+    .await
+    .unwrap();
     wait_ready(&api, "keep-stopped").await;
     // Someone starts it elsewhere.
     sim.set_status("i-1", InstanceStatus::Running);
     wait_for(&api, "keep-stopped", Duration::from_secs(20), "drift corrected", |o| {
-        o.status.as_ref().and_then(|s| s.action.as_ref()).is_some_and(|a| a.drift && a.state == ActionState::Succeeded)
+        o.status
+            .as_ref()
+            .and_then(|s| s.action.as_ref())
+            .is_some_and(|a| a.drift && a.state == ActionState::Succeeded)
     })
     .await;
     assert_eq!(audit_for(&sim, "i-1"), vec!["stop", "stop"]);
     api.delete("keep-stopped", &Default::default()).await.unwrap();
     sim.set_status("i-1", InstanceStatus::Running);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(audit_for(&sim, "i-1"), vec!["stop", "stop"], "deleted objects never act");
+    assert_eq!(
+        audit_for(&sim, "i-1"),
+        vec!["stop", "stop"],
+        "deleted objects never act"
+    );
     ctl.stop().await;
 }
 
@@ -308,33 +527,74 @@ async fn credentials_never_leak_into_logs_status_or_events() {
     let client = client().await;
     let ns = namespace(&client, "secrets").await;
     let api: Api<ComputeInstanceAction> = Api::namespaced(client.clone(), &ns);
-    let sim = simulator(SimConfig { instances: 0, admin_token: SENTINEL.into(), ..sim_config() }).await;
+    let sim = simulator(SimConfig {
+        instances: 0,
+        admin_token: SENTINEL.into(),
+        ..sim_config()
+    })
+    .await;
     add_instance(&sim, "i-1", InstanceStatus::Running);
     let log = std::env::temp_dir().join(format!("compute-operator-secrets-{}.log", std::process::id()));
     let port = compute_operator::devenv::controlplane::free_port().unwrap();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_compute-operator"));
-    cmd.args(["run", "--policy-mode", "off", "--log-level", "trace", "--log-format", "json"])
-        .args(["--namespaces", &ns, "--metrics-addr", &format!("127.0.0.1:{port}"), "--api-url", sim.base_url()])
-        .env("KUBECONFIG", &control_plane().kubeconfig)
-        .env("COMPUTE_API_TOKEN", SENTINEL)
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::options().append(true).open(&log).unwrap());
+    cmd.args([
+        "run",
+        "--policy-mode",
+        "off",
+        "--log-level",
+        "trace",
+        "--log-format",
+        "json",
+    ])
+    .args([
+        "--namespaces",
+        &ns,
+        "--metrics-addr",
+        &format!("127.0.0.1:{port}"),
+        "--api-url",
+        sim.base_url(),
+    ])
+    .env("KUBECONFIG", &control_plane().kubeconfig)
+    .env("COMPUTE_API_TOKEN", SENTINEL)
+    .stdout(std::fs::File::create(&log).unwrap())
+    .stderr(std::fs::File::options().append(true).open(&log).unwrap());
     let mut operator = compute_operator::devenv::process::Guarded::spawn("compute-operator", cmd).unwrap();
-    api.create(&PostParams::default(), &cia("restart", "i-1", DesiredState::Restarted, Some("1"))).await.unwrap();
+    api.create(
+        &PostParams::default(),
+        &cia("restart", "i-1", DesiredState::Restarted, Some("1")),
+    )
+    .await
+    .unwrap();
     // A second object that fails: error paths must not print credentials either.
-    api.create(&PostParams::default(), &cia("missing", "i-404", DesiredState::Stopped, None)).await.unwrap();
+    api.create(
+        &PostParams::default(),
+        &cia("missing", "i-404", DesiredState::Stopped, None),
+    )
+    .await
+    .unwrap();
     let ready = wait_ready(&api, "restart").await;
     wait_reason(&api, "missing", "Stalled", "InstanceNotFound").await;
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     operator.stop(Duration::from_secs(10));
     let logs = std::fs::read_to_string(&log).unwrap();
     assert!(logs.contains("action sent"), "the log was captured");
     assert!(!logs.contains(SENTINEL), "credentials leaked into the logs");
     assert!(!metrics.contains(SENTINEL), "credentials leaked into metrics");
-    assert!(!serde_json::to_string(&ready).unwrap().contains(SENTINEL), "credentials leaked into status");
+    assert!(
+        !serde_json::to_string(&ready).unwrap().contains(SENTINEL),
+        "credentials leaked into status"
+    );
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
     let all = serde_json::to_string(&events.list(&Default::default()).await.unwrap().items).unwrap();
-    assert!(all.contains("ActionCompleted") && !all.contains(SENTINEL), "credentials leaked into events");
+    assert!(
+        all.contains("ActionCompleted") && !all.contains(SENTINEL),
+        "credentials leaked into events"
+    );
     let _ = std::fs::remove_file(&log);
 }
 
@@ -354,15 +614,31 @@ async fn conflict_409_means_look_again_until_the_instance_is_free() {
     add_instance(&sim, "i-1", InstanceStatus::Running);
     // Someone else restarts it through the admin API.
     admin_client_for(&sim, TOKEN)
-        .act("i-1", compute_operator::api::PowerAction::Restart, compute_operator::api::Repeat::Never)
+        .act(
+            "i-1",
+            compute_operator::api::PowerAction::Restart,
+            compute_operator::api::Repeat::Never,
+        )
         .await
         .unwrap();
     let ctl = start_controller(&sim, TOKEN, test_controller_config(&ns)).await;
-    api.create(&PostParams::default(), &cia("reset", "i-1", DesiredState::Reset, Some("1"))).await.unwrap();
+    api.create(
+        &PostParams::default(),
+        &cia("reset", "i-1", DesiredState::Reset, Some("1")),
+    )
+    .await
+    .unwrap();
     wait_reason(&api, "reset", "Reconciling", "InstanceBusy").await;
     let o = wait_ready(&api, "reset").await;
-    assert!(o.status.unwrap().action.unwrap().attempts >= 2, "the refused POST was retried after re-reading");
-    assert_eq!(audit_for(&sim, "i-1"), vec!["restart", "reset"], "exactly one reset, after the other action");
+    assert!(
+        o.status.unwrap().action.unwrap().attempts >= 2,
+        "the refused POST was retried after re-reading"
+    );
+    assert_eq!(
+        audit_for(&sim, "i-1"),
+        vec!["restart", "reset"],
+        "exactly one reset, after the other action"
+    );
     assert!(sim.stats().responses.get(&409).copied().unwrap_or(0) >= 1);
     ctl.stop().await;
 }

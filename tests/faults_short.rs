@@ -16,7 +16,7 @@ async fn short_fault_run_never_duplicates_and_always_settles() {
     opts.seed = 7;
     opts.objects = 6;
     opts.kills = 3;
-    opts.transition = Duration::from_millis(200);
+    opts.transition = Duration::from_millis(500);
     opts.phase = Duration::from_secs(2);
     opts.settle_deadline = Duration::from_secs(45);
     let report = run_faults(&opts).await.expect("the fault run completes");

@@ -5,7 +5,9 @@ mod support;
 use std::time::Duration;
 
 use compute_operator::api::InstanceStatus;
-use compute_operator::policy::{ComputeAccessPolicy, ComputeAccessPolicySpec, InstanceMatch, NamespaceMatch, PolicyMode};
+use compute_operator::policy::{
+    ComputeAccessPolicy, ComputeAccessPolicySpec, InstanceMatch, NamespaceMatch, PolicyMode,
+};
 use compute_operator::resource::{ComputeInstanceAction, DesiredState};
 use compute_operator::sim::{SimConfig, SimServer};
 use k8s_openapi::api::core::v1::Namespace;
@@ -29,12 +31,27 @@ fn strings(v: &[&str]) -> Option<Vec<String>> {
     Some(v.iter().map(|s| s.to_string()).collect())
 }
 
-fn policy(name: &str, namespaces: NamespaceMatch, instances: InstanceMatch, states: &[DesiredState]) -> ComputeAccessPolicy {
-    ComputeAccessPolicy::new(name, ComputeAccessPolicySpec { namespaces, instances, desired_states: states.to_vec() })
+fn policy(
+    name: &str,
+    namespaces: NamespaceMatch,
+    instances: InstanceMatch,
+    states: &[DesiredState],
+) -> ComputeAccessPolicy {
+    ComputeAccessPolicy::new(
+        name,
+        ComputeAccessPolicySpec {
+            namespaces,
+            instances,
+            desired_states: states.to_vec(),
+        },
+    )
 }
 
 fn names(ns: &str) -> NamespaceMatch {
-    NamespaceMatch { names: strings(&[ns]), selector: None }
+    NamespaceMatch {
+        names: strings(&[ns]),
+        selector: None,
+    }
 }
 
 async fn events_for(client: &kube::Client, ns: &str, name: &str) -> Vec<String> {
@@ -57,7 +74,12 @@ async fn access_policy_allows_denies_and_is_picked_up_at_run_time() {
     let ns = namespace(&client, "policy").await;
     let api: Api<ComputeInstanceAction> = Api::namespaced(client.clone(), &ns);
     let policies: Api<ComputeAccessPolicy> = Api::all(client.clone());
-    let sim = simulator(SimConfig { instances: 0, transition: Duration::from_millis(200), ..SimConfig::default() }).await;
+    let sim = simulator(SimConfig {
+        instances: 0,
+        transition: Duration::from_millis(200),
+        ..SimConfig::default()
+    })
+    .await;
     add(&sim, "i-id", "c0", "u0", "z0", "t0");
     add(&sim, "i-cust", "c1", "u0", "z0", "t0");
     add(&sim, "i-user", "c0", "u1", "z0", "t0");
@@ -67,15 +89,63 @@ async fn access_policy_allows_denies_and_is_picked_up_at_run_time() {
     add(&sim, "i-late", "c0", "u0", "z0", "t0");
     // Label the namespace for the selector case.
     let labels = serde_json::json!({"metadata": {"labels": {"compute-access": ns.clone()}}});
-    Api::<Namespace>::all(client.clone()).patch(&ns, &PatchParams::default(), &Patch::Merge(&labels)).await.unwrap();
+    Api::<Namespace>::all(client.clone())
+        .patch(&ns, &PatchParams::default(), &Patch::Merge(&labels))
+        .await
+        .unwrap();
     let p = |suffix: &str| format!("{ns}-{suffix}");
-    let all = [DesiredState::Running, DesiredState::Stopped, DesiredState::Restarted, DesiredState::Reset];
+    let all = [
+        DesiredState::Running,
+        DesiredState::Stopped,
+        DesiredState::Restarted,
+        DesiredState::Reset,
+    ];
     let granted = [
-        policy(&p("id"), names(&ns), InstanceMatch { ids: strings(&["i-id"]), ..Default::default() }, &all),
-        policy(&p("cust"), names(&ns), InstanceMatch { customer_ids: strings(&["c1"]), ..Default::default() }, &all),
-        policy(&p("user"), names(&ns), InstanceMatch { user_ids: strings(&["u1"]), ..Default::default() }, &all),
-        policy(&p("zone"), names(&ns), InstanceMatch { zones: strings(&["z1"]), ..Default::default() }, &all),
-        policy(&p("tmpl"), names(&ns), InstanceMatch { template_ids: strings(&["t1"]), ..Default::default() }, &[DesiredState::Stopped]),
+        policy(
+            &p("id"),
+            names(&ns),
+            InstanceMatch {
+                ids: strings(&["i-id"]),
+                ..Default::default()
+            },
+            &all,
+        ),
+        policy(
+            &p("cust"),
+            names(&ns),
+            InstanceMatch {
+                customer_ids: strings(&["c1"]),
+                ..Default::default()
+            },
+            &all,
+        ),
+        policy(
+            &p("user"),
+            names(&ns),
+            InstanceMatch {
+                user_ids: strings(&["u1"]),
+                ..Default::default()
+            },
+            &all,
+        ),
+        policy(
+            &p("zone"),
+            names(&ns),
+            InstanceMatch {
+                zones: strings(&["z1"]),
+                ..Default::default()
+            },
+            &all,
+        ),
+        policy(
+            &p("tmpl"),
+            names(&ns),
+            InstanceMatch {
+                template_ids: strings(&["t1"]),
+                ..Default::default()
+            },
+            &[DesiredState::Stopped],
+        ),
         policy(
             &p("sel"),
             NamespaceMatch {
@@ -85,35 +155,69 @@ async fn access_policy_allows_denies_and_is_picked_up_at_run_time() {
                     match_expressions: None,
                 }),
             },
-            InstanceMatch { ids: strings(&["i-sel"]), ..Default::default() },
+            InstanceMatch {
+                ids: strings(&["i-sel"]),
+                ..Default::default()
+            },
             &all,
         ),
     ];
     for pol in &granted {
-        policies.create(&PostParams::default(), pol).await.expect("create policy");
+        policies
+            .create(&PostParams::default(), pol)
+            .await
+            .expect("create policy");
     }
     let mut config = test_controller_config(&ns);
     config.policy_mode = PolicyMode::Enforce;
     let ctl = start_controller(&sim, TOKEN, config).await;
-    for (name, id) in [("id", "i-id"), ("cust", "i-cust"), ("user", "i-user"), ("zone", "i-zone"), ("tmpl", "i-tmpl"), ("sel", "i-sel")] {
-        api.create(&PostParams::default(), &cia(name, id, DesiredState::Stopped, None)).await.unwrap();
+    for (name, id) in [
+        ("id", "i-id"),
+        ("cust", "i-cust"),
+        ("user", "i-user"),
+        ("zone", "i-zone"),
+        ("tmpl", "i-tmpl"),
+        ("sel", "i-sel"),
+    ] {
+        api.create(&PostParams::default(), &cia(name, id, DesiredState::Stopped, None))
+            .await
+            .unwrap();
     }
     // Denied: the template policy grants only `stopped`; nothing grants i-late.
-    api.create(&PostParams::default(), &cia("tmpl-reset", "i-tmpl", DesiredState::Reset, Some("1"))).await.unwrap();
-    api.create(&PostParams::default(), &cia("late", "i-late", DesiredState::Stopped, None)).await.unwrap();
+    api.create(
+        &PostParams::default(),
+        &cia("tmpl-reset", "i-tmpl", DesiredState::Reset, Some("1")),
+    )
+    .await
+    .unwrap();
+    api.create(
+        &PostParams::default(),
+        &cia("late", "i-late", DesiredState::Stopped, None),
+    )
+    .await
+    .unwrap();
     for name in ["id", "cust", "user", "zone", "tmpl", "sel"] {
         wait_ready(&api, name).await;
     }
     let o = wait_reason(&api, "tmpl-reset", "Stalled", "PolicyDenied").await;
     let msg = &condition(&o, "Stalled").unwrap().message;
-    assert!(msg.contains("`reset`") && msg.contains(&ns), "the message names what to change: {msg}");
+    assert!(
+        msg.contains("`reset`") && msg.contains(&ns),
+        "the message names what to change: {msg}"
+    );
     wait_reason(&api, "late", "Stalled", "PolicyDenied").await;
     assert!(audit_for(&sim, "i-late").is_empty(), "denied objects never POST");
-    assert_eq!(audit_for(&sim, "i-tmpl"), vec!["stop"], "only the allowed state was acted on");
+    assert_eq!(
+        audit_for(&sim, "i-tmpl"),
+        vec!["stop"],
+        "only the allowed state was acted on"
+    );
     // Events are published in the background: give them a moment.
     let mut denied_event = false;
     for _ in 0..50 {
-        denied_event = events_for(&client, &ns, "late").await.contains(&"PolicyDenied".to_string());
+        denied_event = events_for(&client, &ns, "late")
+            .await
+            .contains(&"PolicyDenied".to_string());
         if denied_event {
             break;
         }
@@ -122,13 +226,28 @@ async fn access_policy_allows_denies_and_is_picked_up_at_run_time() {
     assert!(denied_event, "a PolicyDenied Event was published");
     // A policy added at run time is picked up without a restart.
     policies
-        .create(&PostParams::default(), &policy(&p("late"), names(&ns), InstanceMatch { ids: strings(&["i-late"]), ..Default::default() }, &all))
+        .create(
+            &PostParams::default(),
+            &policy(
+                &p("late"),
+                names(&ns),
+                InstanceMatch {
+                    ids: strings(&["i-late"]),
+                    ..Default::default()
+                },
+                &all,
+            ),
+        )
         .await
         .unwrap();
     wait_ready(&api, "late").await;
     assert_eq!(audit_for(&sim, "i-late"), vec!["stop"]);
     ctl.stop().await;
-    for pol in granted.iter().map(|p| p.metadata.name.clone().unwrap()).chain([p("late")]) {
+    for pol in granted
+        .iter()
+        .map(|p| p.metadata.name.clone().unwrap())
+        .chain([p("late")])
+    {
         let _ = policies.delete(&pol, &DeleteParams::default()).await;
     }
 }
@@ -138,7 +257,12 @@ async fn dry_run_and_suspend_make_no_post() {
     let client = client().await;
     let ns = namespace(&client, "dryrun").await;
     let api: Api<ComputeInstanceAction> = Api::namespaced(client.clone(), &ns);
-    let sim = simulator(SimConfig { instances: 0, transition: Duration::from_millis(200), ..SimConfig::default() }).await;
+    let sim = simulator(SimConfig {
+        instances: 0,
+        transition: Duration::from_millis(200),
+        ..SimConfig::default()
+    })
+    .await;
     add(&sim, "i-dry", "c", "u", "z", "t");
     add(&sim, "i-sus", "c", "u", "z", "t");
     let ctl = start_controller(&sim, TOKEN, test_controller_config(&ns)).await;
@@ -153,11 +277,20 @@ async fn dry_run_and_suspend_make_no_post() {
     wait_reason(&api, "sus", "Reconciling", "Suspended").await;
     let gets_before = sim.stats().requests.get;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(audit_for(&sim, "i-dry").is_empty() && audit_for(&sim, "i-sus").is_empty(), "no POST");
+    assert!(
+        audit_for(&sim, "i-dry").is_empty() && audit_for(&sim, "i-sus").is_empty(),
+        "no POST"
+    );
     // Suspended objects make no API calls at all (the dry-run object keeps reading: one GET per resync at most).
     assert!(sim.stats().requests.get <= gets_before + 1);
     // Resuming continues where it stopped.
-    api.patch("sus", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"suspend": false}}))).await.unwrap();
+    api.patch(
+        "sus",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"suspend": false}})),
+    )
+    .await
+    .unwrap();
     wait_ready(&api, "sus").await;
     assert_eq!(audit_for(&sim, "i-sus"), vec!["stop"]);
     ctl.stop().await;
@@ -168,20 +301,42 @@ async fn loop_protection_stops_a_reboot_loop() {
     let client = client().await;
     let ns = namespace(&client, "loop").await;
     let api: Api<ComputeInstanceAction> = Api::namespaced(client.clone(), &ns);
-    let sim = simulator(SimConfig { instances: 0, transition: Duration::from_millis(200), ..SimConfig::default() }).await;
+    let sim = simulator(SimConfig {
+        instances: 0,
+        transition: Duration::from_millis(200),
+        ..SimConfig::default()
+    })
+    .await;
     add(&sim, "i-1", "c", "u", "z", "t");
     let mut config = test_controller_config(&ns);
     config.plan.max_one_shots = 2;
     let ctl = start_controller(&sim, TOKEN, config).await;
-    api.create(&PostParams::default(), &cia("reboot", "i-1", DesiredState::Restarted, Some("1"))).await.unwrap();
+    api.create(
+        &PostParams::default(),
+        &cia("reboot", "i-1", DesiredState::Restarted, Some("1")),
+    )
+    .await
+    .unwrap();
     for rid in ["1", "2", "3"] {
         let patch = serde_json::json!({"spec": {"requestId": rid}});
-        api.patch("reboot", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+        api.patch("reboot", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
         if rid != "3" {
-            wait_for(&api, "reboot", Duration::from_secs(30), "Ready for this requestId", |o| {
-                condition(o, "Ready").is_some()
-                    && o.status.as_ref().and_then(|s| s.action.as_ref()).and_then(|a| a.request_id.as_deref()) == Some(rid)
-            })
+            wait_for(
+                &api,
+                "reboot",
+                Duration::from_secs(30),
+                "Ready for this requestId",
+                |o| {
+                    condition(o, "Ready").is_some()
+                        && o.status
+                            .as_ref()
+                            .and_then(|s| s.action.as_ref())
+                            .and_then(|a| a.request_id.as_deref())
+                            == Some(rid)
+                },
+            )
             .await;
         }
     }
@@ -196,8 +351,10 @@ async fn loop_protection_stops_a_reboot_loop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_policies_are_rejected_with_readable_messages() {
     let client = client().await;
-    let raw: Api<kube::api::DynamicObject> =
-        Api::all_with(client.clone(), &kube::api::ApiResource::erase::<ComputeAccessPolicy>(&()));
+    let raw: Api<kube::api::DynamicObject> = Api::all_with(
+        client.clone(),
+        &kube::api::ApiResource::erase::<ComputeAccessPolicy>(&()),
+    );
     let obj = |spec: serde_json::Value| {
         serde_json::from_value::<kube::api::DynamicObject>(serde_json::json!({
             "apiVersion": "compute.threatwinds.com/v1alpha1", "kind": "ComputeAccessPolicy",
@@ -206,13 +363,28 @@ async fn bad_policies_are_rejected_with_readable_messages() {
         .unwrap()
     };
     let table = [
-        (serde_json::json!({"namespaces": {}, "instances": {"ids": ["i"]}, "desiredStates": ["running"]}), "namespaces must give names or a selector"),
-        (serde_json::json!({"namespaces": {"names": ["a"]}, "instances": {}, "desiredStates": ["running"]}), "instances must give ids or at least one of"),
-        (serde_json::json!({"namespaces": {"names": ["a"]}, "instances": {"ids": ["i"]}, "desiredStates": ["explode"]}), "Unsupported value: \"explode\""),
-        (serde_json::json!({"namespaces": {"names": ["a"]}, "instances": {"ids": ["i"]}, "desiredStates": []}), "should have at least 1 items"),
+        (
+            serde_json::json!({"namespaces": {}, "instances": {"ids": ["i"]}, "desiredStates": ["running"]}),
+            "namespaces must give names or a selector",
+        ),
+        (
+            serde_json::json!({"namespaces": {"names": ["a"]}, "instances": {}, "desiredStates": ["running"]}),
+            "instances must give ids or at least one of",
+        ),
+        (
+            serde_json::json!({"namespaces": {"names": ["a"]}, "instances": {"ids": ["i"]}, "desiredStates": ["explode"]}),
+            "Unsupported value: \"explode\"",
+        ),
+        (
+            serde_json::json!({"namespaces": {"names": ["a"]}, "instances": {"ids": ["i"]}, "desiredStates": []}),
+            "should have at least 1 items",
+        ),
     ];
     for (spec, want) in table {
-        let err = raw.create(&PostParams::default(), &obj(spec.clone())).await.expect_err("rejected");
+        let err = raw
+            .create(&PostParams::default(), &obj(spec.clone()))
+            .await
+            .expect_err("rejected");
         assert!(err.to_string().contains(want), "{spec}: {err}");
     }
 }

@@ -55,10 +55,7 @@ impl Replica {
             "--api-url",
             sim.base_url(),
         ])
-        .args([
-            "--lease-duration",
-            &format!("{}s", LEASE_DURATION.as_secs()),
-        ])
+        .args(["--lease-duration", &format!("{}s", LEASE_DURATION.as_secs())])
         .args(["--restart-settle", "2s", "--log-level", "info"])
         .env("KUBECONFIG", &control_plane().kubeconfig)
         .env("COMPUTE_API_TOKEN", "dev-admin-token")
@@ -93,11 +90,7 @@ impl Replica {
     }
 
     async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let resp = http()
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .ok()?;
+        let resp = http().get(format!("{}{path}", self.base)).send().await.ok()?;
         let code = resp.status().as_u16();
         Some((code, resp.text().await.ok()?))
     }
@@ -169,18 +162,13 @@ async fn wait_one_leader(replicas: &[&Replica], limit: Duration) -> usize {
         for r in replicas {
             values.push(r.leader().await);
         }
-        let leaders: Vec<usize> = (0..values.len())
-            .filter(|&i| values[i] == Some(1.0))
-            .collect();
+        let leaders: Vec<usize> = (0..values.len()).filter(|&i| values[i] == Some(1.0)).collect();
         if leaders.len() == 1 && values.iter().all(|v| v.is_some()) {
             return leaders[0];
         }
         if Instant::now() > deadline {
             let logs: Vec<String> = replicas.iter().map(|r| r.log_tail()).collect();
-            panic!(
-                "no single leader within {limit:?}: {values:?}\n{}",
-                logs.join("\n")
-            );
+            panic!("no single leader within {limit:?}: {values:?}\n{}", logs.join("\n"));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -193,11 +181,7 @@ async fn time_to_lead(r: &Replica, since: Instant, limit: Duration) -> Duration 
             return since.elapsed();
         }
         if since.elapsed() > limit {
-            panic!(
-                "{} did not take over within {limit:?}\n{}",
-                r.name,
-                r.log_tail()
-            );
+            panic!("{} did not take over within {limit:?}\n{}", r.name, r.log_tail());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -211,11 +195,7 @@ async fn wait_status(r: &Replica, path: &str, want: u16, limit: Duration) {
             return;
         }
         if Instant::now() > deadline {
-            panic!(
-                "{} {path}: {got:?}, wanted {want}\n{}",
-                r.name,
-                r.log_tail()
-            );
+            panic!("{} {path}: {got:?}, wanted {want}\n{}", r.name, r.log_tail());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -248,10 +228,7 @@ async fn one_leader_acts_and_a_follower_takes_over_after_kill_9() {
     .await;
     let (first, second) = running_instances(&sim);
     let api: Api<ComputeInstanceAction> = Api::namespaced(client.clone(), &ns);
-    let mut replicas = [
-        Replica::spawn("a", &ns, &sim),
-        Replica::spawn("b", &ns, &sim),
-    ];
+    let mut replicas = [Replica::spawn("a", &ns, &sim), Replica::spawn("b", &ns, &sim)];
 
     let li = wait_one_leader(&[&replicas[0], &replicas[1]], Duration::from_secs(20)).await;
     let fi = 1 - li;
@@ -262,19 +239,11 @@ async fn one_leader_acts_and_a_follower_takes_over_after_kill_9() {
 
     // The leader acts, exactly once.
     let pp = PostParams::default();
-    api.create(
-        &pp,
-        &cia("restart-1", &first, DesiredState::Restarted, Some("r1")),
-    )
-    .await
-    .expect("create restart-1");
+    api.create(&pp, &cia("restart-1", &first, DesiredState::Restarted, Some("r1")))
+        .await
+        .expect("create restart-1");
     wait_ready(&api, "restart-1").await;
-    assert_eq!(
-        restarts(&sim, &first),
-        1,
-        "audit: {:?}",
-        audit_for(&sim, &first)
-    );
+    assert_eq!(restarts(&sim, &first), 1, "audit: {:?}", audit_for(&sim, &first));
     let (leader, follower) = (&replicas[li], &replicas[fi]);
     for name in [
         "compute_operator_reconciles_total",
@@ -289,19 +258,13 @@ async fn one_leader_acts_and_a_follower_takes_over_after_kill_9() {
         Some(0.0),
         "a follower never reconciles"
     );
-    assert_eq!(
-        follower.metric("compute_operator_actions_total").await,
-        Some(0.0)
-    );
+    assert_eq!(follower.metric("compute_operator_actions_total").await, Some(0.0));
     wait_status(follower, "/readyz", 200, Duration::from_secs(1)).await;
 
     // kill -9 the leader in the middle of a restart.
-    api.create(
-        &pp,
-        &cia("restart-2", &second, DesiredState::Restarted, Some("r2")),
-    )
-    .await
-    .expect("create restart-2");
+    api.create(&pp, &cia("restart-2", &second, DesiredState::Restarted, Some("r2")))
+        .await
+        .expect("create restart-2");
     let deadline = Instant::now() + Duration::from_secs(15);
     while sim.busy_with(&second).is_none() {
         assert!(
@@ -326,10 +289,7 @@ async fn one_leader_acts_and_a_follower_takes_over_after_kill_9() {
         "restart-2",
         Duration::from_secs(30),
         "Ready or Stalled/OutcomeUnknown",
-        |o| {
-            condition(o, "Ready").is_some()
-                || condition(o, "Stalled").is_some_and(|c| c.reason == "OutcomeUnknown")
-        },
+        |o| condition(o, "Ready").is_some() || condition(o, "Stalled").is_some_and(|c| c.reason == "OutcomeUnknown"),
     )
     .await;
     let outcome = ["Ready", "Stalled"]
@@ -366,10 +326,7 @@ async fn sigterm_releases_the_lease_and_a_stolen_lease_ends_the_leader() {
     let client = client().await;
     let ns = namespace(&client, "ops-term").await;
     let sim = simulator(SimConfig::default()).await;
-    let mut replicas = [
-        Replica::spawn("a", &ns, &sim),
-        Replica::spawn("b", &ns, &sim),
-    ];
+    let mut replicas = [Replica::spawn("a", &ns, &sim), Replica::spawn("b", &ns, &sim)];
     let li = wait_one_leader(&[&replicas[0], &replicas[1]], Duration::from_secs(20)).await;
     let fi = 1 - li;
     for r in &replicas {
@@ -416,11 +373,7 @@ async fn sigterm_releases_the_lease_and_a_stolen_lease_ends_the_leader() {
         "renewTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(now),
     }});
     leases
-        .patch(
-            "compute-operator",
-            &PatchParams::default(),
-            &Patch::Merge(&steal),
-        )
+        .patch("compute-operator", &PatchParams::default(), &Patch::Merge(&steal))
         .await
         .expect("steal the lease");
     let stolen = Instant::now();
@@ -438,11 +391,7 @@ async fn sigterm_releases_the_lease_and_a_stolen_lease_ends_the_leader() {
     eprintln!("exit after the lease was taken: {:?}", stolen.elapsed());
     assert!(!status.success(), "losing the lease is an error exit");
     let log = std::fs::read_to_string(&replicas[fi].log).unwrap_or_default();
-    assert!(
-        log.contains("lost leadership"),
-        "{}",
-        replicas[fi].log_tail()
-    );
+    assert!(log.contains("lost leadership"), "{}", replicas[fi].log_tail());
 }
 
 #[test]
@@ -468,10 +417,6 @@ fn invalid_settings_fail_at_start_naming_the_setting() {
             stderr.contains(setting),
             "{args:?}: stderr does not name {setting}: {stderr}"
         );
-        assert_eq!(
-            stderr.trim().lines().count(),
-            1,
-            "{args:?}: not one line: {stderr}"
-        );
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: not one line: {stderr}");
     }
 }

@@ -64,8 +64,7 @@ fn root() -> &'static Path {
 }
 
 fn helm_bin() -> PathBuf {
-    compute_operator::devenv::binaries::helm()
-        .unwrap_or_else(|e| panic!("helm is required for this test: {e}"))
+    compute_operator::devenv::binaries::helm().unwrap_or_else(|e| panic!("helm is required for this test: {e}"))
 }
 
 /// `$KUBECTL_BIN`, else kubectl on PATH, else the one `tests/controlplane/build.sh` builds.
@@ -80,10 +79,7 @@ fn kubectl_bin() -> PathBuf {
         return PathBuf::from("kubectl");
     }
     let built = compute_operator::devenv::binaries::cache_root()
-        .join(format!(
-            "k8s-{}",
-            compute_operator::devenv::binaries::K8S_VERSION
-        ))
+        .join(format!("k8s-{}", compute_operator::devenv::binaries::K8S_VERSION))
         .join("kubectl");
     assert!(
         built.is_file(),
@@ -204,15 +200,9 @@ where
 /// The objects every install creates in the release namespace; returns the Deployment.
 async fn assert_common_objects(client: &Client, r: &Release) -> Deployment {
     let ns = &r.namespace;
-    let sa = must_exist(
-        Api::<ServiceAccount>::namespaced(client.clone(), ns),
-        &r.fullname,
-    )
-    .await;
+    let sa = must_exist(Api::<ServiceAccount>::namespaced(client.clone(), ns), &r.fullname).await;
     assert_eq!(
-        sa.labels()
-            .get("app.kubernetes.io/managed-by")
-            .map(String::as_str),
+        sa.labels().get("app.kubernetes.io/managed-by").map(String::as_str),
         Some("Helm")
     );
     let svc = must_exist(
@@ -225,11 +215,7 @@ async fn assert_common_objects(client: &Client, r: &Release) -> Deployment {
         ports.iter().any(|p| p.name.as_deref() == Some("metrics")),
         "the Service has no metrics port: {ports:?}"
     );
-    let deploy = must_exist(
-        Api::<Deployment>::namespaced(client.clone(), ns),
-        &r.fullname,
-    )
-    .await;
+    let deploy = must_exist(Api::<Deployment>::namespaced(client.clone(), ns), &r.fullname).await;
     let pod = deploy.spec.template.spec.as_ref().expect("pod template");
     assert_eq!(
         pod.service_account_name.as_deref(),
@@ -257,10 +243,9 @@ async fn service_account_client(r: &Release) -> Client {
         .await
         .expect("service account client");
     // Prove the client really is the ServiceAccount (and not the admin).
-    let review =
-        Api::<k8s_openapi::api::authentication::v1::SelfSubjectReview>::all(client.clone())
-            .create(&PostParams::default(), &Default::default())
-            .await;
+    let review = Api::<k8s_openapi::api::authentication::v1::SelfSubjectReview>::all(client.clone())
+        .create(&PostParams::default(), &Default::default())
+        .await;
     let user = review
         .expect("SelfSubjectReview")
         .status
@@ -465,11 +450,7 @@ fn grant_set(list: &[(&str, &str, &[&str])]) -> BTreeSet<Grant> {
     let mut set = BTreeSet::new();
     for (resource, names, verbs) in list {
         for verb in *verbs {
-            set.insert((
-                (*resource).to_owned(),
-                (*names).to_owned(),
-                (*verb).to_owned(),
-            ));
+            set.insert(((*resource).to_owned(), (*names).to_owned(), (*verb).to_owned()));
         }
     }
     set
@@ -509,10 +490,7 @@ fn union(sets: &[&BTreeSet<Grant>]) -> BTreeSet<Grant> {
 async fn listed_grants(subject: &str, ns: &str) -> BTreeSet<Grant> {
     let as_flag = format!("--as={subject}");
     let out = kubectl(&["auth", "can-i", "--list", "-n", ns, &as_flag]).await;
-    let text = success(
-        &out,
-        &format!("kubectl auth can-i --list -n {ns} {as_flag}"),
-    );
+    let text = success(&out, &format!("kubectl auth can-i --list -n {ns} {as_flag}"));
     let bracketed = |s: &str| -> Vec<String> {
         s.trim_start_matches('[')
             .trim_end_matches(']')
@@ -526,11 +504,7 @@ async fn listed_grants(subject: &str, ns: &str) -> BTreeSet<Grant> {
         if line.is_empty() || line.starts_with(char::is_whitespace) {
             continue;
         }
-        let cols: Vec<&str> = line
-            .split("  ")
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .collect();
+        let cols: Vec<&str> = line.split("  ").map(str::trim).filter(|c| !c.is_empty()).collect();
         assert_eq!(cols.len(), 4, "unexpected can-i --list row: {line:?}");
         let names = bracketed(cols[2]).join(" ");
         for verb in bracketed(cols[3]) {
@@ -547,8 +521,7 @@ async fn assert_exact_grants(r: &Release, expected: Vec<(String, BTreeSet<Grant>
     let nobody = format!("system:serviceaccount:{}:no-bindings", r.namespace);
     let mut wrong = Vec::new();
     for (ns, want) in expected {
-        let (have, baseline) =
-            tokio::join!(listed_grants(&subject, &ns), listed_grants(&nobody, &ns));
+        let (have, baseline) = tokio::join!(listed_grants(&subject, &ns), listed_grants(&nobody, &ns));
         let have: BTreeSet<Grant> = have.difference(&baseline).cloned().collect();
         let extra: Vec<&Grant> = have.difference(&want).collect();
         let missing: Vec<&Grant> = want.difference(&have).collect();
@@ -649,10 +622,7 @@ async fn cluster_wide_install_is_enough_and_no_more() {
     let names = [CIA, POLICY_CRD];
     let mut before = Vec::new();
     for name in names {
-        let crd = crds
-            .get(name)
-            .await
-            .expect("the harness installed the CRDs");
+        let crd = crds.get(name).await.expect("the harness installed the CRDs");
         before.push(crd.resource_version());
     }
 
@@ -702,10 +672,7 @@ async fn cluster_wide_install_is_enough_and_no_more() {
     let sa = service_account_client(&r).await;
     let sim = simulator(sim_config()).await;
     add_instance(&sim, "i-cw", InstanceStatus::Running);
-    let args = run_args_from_deployment(
-        &deploy,
-        &[("api-url", sim.base_url()), ("metrics-addr", "127.0.0.1:0")],
-    );
+    let args = run_args_from_deployment(&deploy, &[("api-url", sim.base_url()), ("metrics-addr", "127.0.0.1:0")]);
     assert!(
         args.namespaces().is_empty() && !args.leader_election,
         "default values: all namespaces, no leader election ({args:?})"
@@ -730,10 +697,7 @@ async fn cluster_wide_install_is_enough_and_no_more() {
     ]);
     assert_exact_grants(
         &r,
-        vec![
-            (r.namespace.clone(), everywhere.clone()),
-            (work.clone(), everywhere),
-        ],
+        vec![(r.namespace.clone(), everywhere.clone()), (work.clone(), everywhere)],
     )
     .await;
     let mut cases = never(&work);
@@ -764,16 +728,9 @@ async fn namespaced_install_is_enough_and_no_more() {
     let deploy = assert_common_objects(&admin, &r).await;
     for ns in [&team_a, &team_b] {
         must_exist(Api::<Role>::namespaced(admin.clone(), ns), &r.fullname).await;
-        let binding = must_exist(
-            Api::<RoleBinding>::namespaced(admin.clone(), ns),
-            &r.fullname,
-        )
-        .await;
+        let binding = must_exist(Api::<RoleBinding>::namespaced(admin.clone(), ns), &r.fullname).await;
         assert_eq!(
-            (
-                binding.role_ref.kind.as_str(),
-                binding.role_ref.name.as_str()
-            ),
+            (binding.role_ref.kind.as_str(), binding.role_ref.name.as_str()),
             ("Role", r.fullname.as_str())
         );
     }
@@ -789,10 +746,7 @@ async fn namespaced_install_is_enough_and_no_more() {
     for id in ["i-a", "i-b", "i-other"] {
         add_instance(&sim, id, InstanceStatus::Running);
     }
-    let args = run_args_from_deployment(
-        &deploy,
-        &[("api-url", sim.base_url()), ("metrics-addr", "127.0.0.1:0")],
-    );
+    let args = run_args_from_deployment(&deploy, &[("api-url", sim.base_url()), ("metrics-addr", "127.0.0.1:0")]);
     assert_eq!(args.namespaces(), vec![team_a.clone(), team_b.clone()]);
     assert_policy_rbac(&admin, &r, &args).await;
     {
@@ -811,10 +765,7 @@ async fn namespaced_install_is_enough_and_no_more() {
         run_until_ready(
             sa,
             args.clone(),
-            &[
-                (team_a.clone(), "stop-a".into()),
-                (team_b.clone(), "stop-b".into()),
-            ],
+            &[(team_a.clone(), "stop-a".into()), (team_b.clone(), "stop-b".into())],
         )
         .await;
         // The object outside the watched namespaces was never touched.
@@ -827,11 +778,7 @@ async fn namespaced_install_is_enough_and_no_more() {
             "an unwatched namespace was reconciled: {:?}",
             untouched.status
         );
-        for (ns, name) in [
-            (&team_a, "stop-a"),
-            (&team_b, "stop-b"),
-            (&other, "stop-other"),
-        ] {
+        for (ns, name) in [(&team_a, "stop-a"), (&team_b, "stop-b"), (&other, "stop-other")] {
             delete_cia(&admin, ns, name).await;
         }
         delete_policy(&admin, policy).await;
@@ -895,16 +842,8 @@ async fn leader_election_grants_only_the_own_lease() {
 
     let deploy = assert_common_objects(&admin, &r).await;
     let lease_role = format!("{}-leader-election", r.fullname);
-    must_exist(
-        Api::<Role>::namespaced(admin.clone(), &r.namespace),
-        &lease_role,
-    )
-    .await;
-    must_exist(
-        Api::<RoleBinding>::namespaced(admin.clone(), &r.namespace),
-        &lease_role,
-    )
-    .await;
+    must_exist(Api::<Role>::namespaced(admin.clone(), &r.namespace), &lease_role).await;
+    must_exist(Api::<RoleBinding>::namespaced(admin.clone(), &r.namespace), &lease_role).await;
 
     // The controller takes the chart's Lease with nothing but the chart's RBAC. POD_NAMESPACE (the downward
     // API in a pod) becomes --lease-namespace.
@@ -919,10 +858,7 @@ async fn leader_election_grants_only_the_own_lease() {
             ("lease-namespace", &r.namespace),
         ],
     );
-    assert!(
-        args.leader_election,
-        "leaderElection.enabled=true: {args:?}"
-    );
+    assert!(args.leader_election, "leaderElection.enabled=true: {args:?}");
     assert_eq!(args.lease_name, r.fullname);
     assert_eq!(args.policy_mode, PolicyMode::Off);
     assert_policy_rbac(&admin, &r, &args).await;
@@ -935,11 +871,7 @@ async fn leader_election_grants_only_the_own_lease() {
         delete_policy(&admin, policy).await;
     }
     assert_eq!(audit_for(&sim, "i-le"), vec!["stop"]);
-    let lease = must_exist(
-        Api::<Lease>::namespaced(admin.clone(), &r.namespace),
-        &r.fullname,
-    )
-    .await;
+    let lease = must_exist(Api::<Lease>::namespaced(admin.clone(), &r.namespace), &r.fullname).await;
     assert!(
         lease.spec.is_some_and(|s| s.lease_transitions.is_some()),
         "the operator wrote the chart's Lease"
@@ -948,11 +880,7 @@ async fn leader_election_grants_only_the_own_lease() {
     // Leases: create (cannot be limited by name) and get/update of its own Lease, in its own namespace only.
     let own = grant_set(&[
         ("leases.coordination.k8s.io", "", &["create"]),
-        (
-            "leases.coordination.k8s.io",
-            &r.fullname,
-            &["get", "update"],
-        ),
+        ("leases.coordination.k8s.io", &r.fullname, &["get", "update"]),
     ]);
     assert_exact_grants(
         &r,
@@ -1008,10 +936,7 @@ async fn deploy_kustomization_passes_a_server_side_dry_run() {
     let out = kubectl(&["apply", "--dry-run=server", "-k", "deploy/"]).await;
     let stdout = success(&out, "kubectl apply --dry-run=server -k deploy/");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let accepted = stdout
-        .lines()
-        .filter(|l| l.ends_with("(server dry run)"))
-        .count();
+    let accepted = stdout.lines().filter(|l| l.ends_with("(server dry run)")).count();
     assert_eq!(
         accepted, objects,
         "every object of deploy/ is accepted by the API server:\n{stdout}\n{stderr}"
@@ -1030,9 +955,6 @@ async fn deploy_kustomization_passes_a_server_side_dry_run() {
         "service/compute-operator-metrics",
         "deployment.apps/compute-operator",
     ] {
-        assert!(
-            stdout.contains(object),
-            "{object} missing from the dry run:\n{stdout}"
-        );
+        assert!(stdout.contains(object), "{object} missing from the dry run:\n{stdout}");
     }
 }

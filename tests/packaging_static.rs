@@ -21,12 +21,7 @@ const NAMESPACE: &str = "compute-operator";
 const CREDENTIALS_DIR: &str = "/etc/compute-operator/credentials";
 const CRD_SOURCE: &str = "crds/computeinstanceactions.yaml";
 const CRD_IN_CHART: &str = "charts/compute-operator/crds/computeinstanceactions.yaml";
-const DEMO_INSTANCES: [&str; 4] = [
-    "inst-demo0001",
-    "inst-demo0002",
-    "inst-demo0003",
-    "inst-demo0004",
-];
+const DEMO_INSTANCES: [&str; 4] = ["inst-demo0001", "inst-demo0002", "inst-demo0003", "inst-demo0004"];
 
 // ---------------------------------------------------------------------------------------------------------------
 // Tools and helpers
@@ -54,7 +49,11 @@ fn helm() -> &'static Path {
             .arg("--print-dir")
             .output()
             .expect("cannot run tests/controlplane/build.sh --print-dir");
-        assert!(out.status.success(), "tests/controlplane/build.sh --print-dir failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "tests/controlplane/build.sh --print-dir failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let version = std::env::var("HELM_VERSION").unwrap_or_else(|_| "v3.22.0".to_string());
         let bin = Path::new(&dir).join(format!("helm-{version}")).join("helm");
@@ -70,7 +69,9 @@ fn helm() -> &'static Path {
 fn lua() -> &'static Path {
     static LUA: OnceLock<PathBuf> = OnceLock::new();
     LUA.get_or_init(|| {
-        let bin = std::env::var_os("LUA_BIN").filter(|v| !v.is_empty()).unwrap_or_else(|| "lua5.4".into());
+        let bin = std::env::var_os("LUA_BIN")
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "lua5.4".into());
         let probe = Command::new(&bin).arg("-v").output();
         match probe {
             Ok(o) if o.status.success() => PathBuf::from(bin),
@@ -97,10 +98,7 @@ impl TempDir {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!(
-            "compute-operator-{tag}-{}-{nanos}",
-            std::process::id()
-        ));
+        let dir = std::env::temp_dir().join(format!("compute-operator-{tag}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("cannot create a temporary directory");
         TempDir(dir)
     }
@@ -115,13 +113,7 @@ impl Drop for TempDir {
 /// `helm template` of the chart as release `compute-operator` in namespace `compute-operator`.
 fn try_template(args: &[&str]) -> Result<Vec<Value>, String> {
     let out = run(Command::new(helm())
-        .args([
-            "template",
-            RELEASE,
-            "charts/compute-operator",
-            "--namespace",
-            NAMESPACE,
-        ])
+        .args(["template", RELEASE, "charts/compute-operator", "--namespace", NAMESPACE])
         .args(args));
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
@@ -137,8 +129,7 @@ fn template(args: &[&str]) -> Vec<Value> {
 fn parse_stream(text: &str) -> Vec<Value> {
     let mut docs = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(text) {
-        let v = serde_yaml::Value::deserialize(doc)
-            .unwrap_or_else(|e| panic!("invalid YAML: {e}\n{text}"));
+        let v = serde_yaml::Value::deserialize(doc).unwrap_or_else(|e| panic!("invalid YAML: {e}\n{text}"));
         if !v.is_null() {
             docs.push(v);
         }
@@ -184,9 +175,7 @@ fn kind(v: &Value) -> &str {
 }
 
 fn name(v: &Value) -> &str {
-    s(v, &["metadata", "name"])
-        .and_then(Value::as_str)
-        .unwrap_or("")
+    s(v, &["metadata", "name"]).and_then(Value::as_str).unwrap_or("")
 }
 
 fn namespace(v: &Value) -> Option<&str> {
@@ -199,12 +188,7 @@ fn of_kind<'a>(docs: &'a [Value], k: &str) -> Vec<&'a Value> {
 
 fn the<'a>(docs: &'a [Value], k: &str) -> &'a Value {
     let found = of_kind(docs, k);
-    assert_eq!(
-        found.len(),
-        1,
-        "expected exactly one {k}, found {}",
-        found.len()
-    );
+    assert_eq!(found.len(), 1, "expected exactly one {k}, found {}", found.len());
     found[0]
 }
 
@@ -251,11 +235,7 @@ fn strings(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_sequence)
         .map(|seq| {
             seq.iter()
-                .map(|x| {
-                    x.as_str()
-                        .expect("RBAC list entries are strings")
-                        .to_string()
-                })
+                .map(|x| x.as_str().expect("RBAC list entries are strings").to_string())
                 .collect()
         })
         .unwrap_or_default()
@@ -327,11 +307,7 @@ fn namespace_grants() -> BTreeSet<Grant> {
 }
 
 fn lease_grants() -> BTreeSet<Grant> {
-    grant_set(&[(
-        "coordination.k8s.io",
-        "leases",
-        &["create", "get", "update"],
-    )])
+    grant_set(&[("coordination.k8s.io", "leases", &["create", "get", "update"])])
 }
 
 /// Checks that hold for every rendering: least-privilege RBAC, the restricted pod, credentials as files only.
@@ -348,10 +324,7 @@ fn assert_invariants(docs: &[Value], what: &str) {
     let cluster_wide = !env(docs).contains_key("COMPUTE_OPERATOR_NAMESPACES");
     let mut policy_roles = 0;
     let mut lease_roles = 0;
-    for role in docs
-        .iter()
-        .filter(|d| kind(d) == "Role" || kind(d) == "ClusterRole")
-    {
+    for role in docs.iter().filter(|d| kind(d) == "Role" || kind(d) == "ClusterRole") {
         for rule in s(role, &["rules"])
             .and_then(Value::as_sequence)
             .cloned()
@@ -387,10 +360,7 @@ fn assert_invariants(docs: &[Value], what: &str) {
                 Some(NAMESPACE),
                 "{what}: leases only in the operator's own namespace"
             );
-            assert!(
-                leader,
-                "{what}: lease permissions although leader election is off"
-            );
+            assert!(leader, "{what}: lease permissions although leader election is off");
             assert_eq!(
                 g,
                 lease_grants(),
@@ -398,15 +368,8 @@ fn assert_invariants(docs: &[Value], what: &str) {
             );
             lease_roles += 1;
         } else if name(role).ends_with("-policies") {
-            assert_eq!(
-                kind(role),
-                "ClusterRole",
-                "{what}: policies are cluster-scoped"
-            );
-            assert!(
-                enforce,
-                "{what}: policy permissions although policies are off"
-            );
+            assert_eq!(kind(role), "ClusterRole", "{what}: policies are cluster-scoped");
+            assert!(enforce, "{what}: policy permissions although policies are off");
             let mut want = policy_grants();
             if cluster_wide {
                 want.extend(namespace_grants());
@@ -473,16 +436,13 @@ fn assert_invariants(docs: &[Value], what: &str) {
         );
         let role_name = str_at(b, &["roleRef", "name"]);
         assert!(
-            docs.iter().any(|r| kind(r) == role_kind
-                && name(r) == role_name
-                && namespace(r) == namespace(b)),
+            docs.iter()
+                .any(|r| kind(r) == role_kind && name(r) == role_name && namespace(r) == namespace(b)),
             "{what}: {} {} refers to a {role_kind} {role_name} that is not rendered",
             kind(b),
             name(b)
         );
-        let subjects = s(b, &["subjects"])
-            .and_then(Value::as_sequence)
-            .expect("subjects");
+        let subjects = s(b, &["subjects"]).and_then(Value::as_sequence).expect("subjects");
         assert_eq!(subjects.len(), 1, "{what}: one subject");
         assert_eq!(str_at(&subjects[0], &["kind"]), "ServiceAccount");
         assert_eq!(str_at(&subjects[0], &["name"]), sa);
@@ -506,11 +466,7 @@ fn assert_invariants(docs: &[Value], what: &str) {
         "{what}: automountServiceAccountToken"
     );
     for host in ["hostNetwork", "hostPID", "hostIPC"] {
-        assert_ne!(
-            s(pod, &[host]).and_then(Value::as_bool),
-            Some(true),
-            "{what}: {host}"
-        );
+        assert_ne!(s(pod, &[host]).and_then(Value::as_bool), Some(true), "{what}: {host}");
     }
     let psc = s(pod, &["securityContext"]).expect("pod securityContext");
     assert_eq!(
@@ -612,10 +568,7 @@ fn assert_invariants(docs: &[Value], what: &str) {
     // Strategy: Recreate unless leader election is on.
     let strategy = str_at(d, &["spec", "strategy", "type"]);
     if leader {
-        assert_eq!(
-            strategy, "RollingUpdate",
-            "{what}: strategy with leader election"
-        );
+        assert_eq!(strategy, "RollingUpdate", "{what}: strategy with leader election");
     } else {
         assert_eq!(
             strategy, "Recreate",
@@ -626,16 +579,10 @@ fn assert_invariants(docs: &[Value], what: &str) {
     // Credentials: a mounted Secret passed as --credentials-dir, never env vars or flags.
     assert_eq!(
         strings(s(c, &["args"])),
-        vec![
-            "run".to_string(),
-            format!("--credentials-dir={CREDENTIALS_DIR}")
-        ],
+        vec!["run".to_string(), format!("--credentials-dir={CREDENTIALS_DIR}")],
         "{what}: args"
     );
-    assert!(
-        s(c, &["command"]).is_none(),
-        "{what}: the image's entrypoint is used"
-    );
+    assert!(s(c, &["command"]).is_none(), "{what}: the image's entrypoint is used");
     let e = env(docs);
     for secret_env in ["COMPUTE_API_TOKEN", "COMPUTE_API_KEY", "COMPUTE_API_SECRET"] {
         assert!(
@@ -643,10 +590,7 @@ fn assert_invariants(docs: &[Value], what: &str) {
             "{what}: {secret_env} must not be set; credentials come from files"
         );
     }
-    assert!(
-        !yaml(d).contains("secretKeyRef"),
-        "{what}: no Secret in env"
-    );
+    assert!(!yaml(d).contains("secretKeyRef"), "{what}: no Secret in env");
     assert_eq!(e["POD_NAMESPACE"], "<valueFrom>");
     let pod_ns = s(c, &["env"])
         .and_then(Value::as_sequence)
@@ -660,10 +604,7 @@ fn assert_invariants(docs: &[Value], what: &str) {
     );
     let mount = s(c, &["volumeMounts"])
         .and_then(Value::as_sequence)
-        .and_then(|m| {
-            m.iter()
-                .find(|m| str_at(m, &["mountPath"]) == CREDENTIALS_DIR)
-        })
+        .and_then(|m| m.iter().find(|m| str_at(m, &["mountPath"]) == CREDENTIALS_DIR))
         .unwrap_or_else(|| panic!("{what}: nothing mounted at {CREDENTIALS_DIR}"));
     assert_eq!(
         s(mount, &["readOnly"]).and_then(Value::as_bool),
@@ -702,8 +643,7 @@ fn assert_invariants(docs: &[Value], what: &str) {
 }
 
 fn chart_app_version() -> String {
-    let chart: Value =
-        serde_yaml::from_str(&read("charts/compute-operator/Chart.yaml")).expect("Chart.yaml");
+    let chart: Value = serde_yaml::from_str(&read("charts/compute-operator/Chart.yaml")).expect("Chart.yaml");
     str_at(&chart, &["appVersion"]).to_string()
 }
 
@@ -744,19 +684,13 @@ fn helm_template_defaults_are_cluster_scoped_restricted_and_recreate() {
     let c = container(&docs);
     assert_eq!(
         str_at(c, &["image"]),
-        format!(
-            "ghcr.io/threatwinds/compute-operator:{}",
-            chart_app_version()
-        )
+        format!("ghcr.io/threatwinds/compute-operator:{}", chart_app_version())
     );
     assert_eq!(str_at(c, &["imagePullPolicy"]), "IfNotPresent");
 
     let e = env(&docs);
     let want = [
-        (
-            "COMPUTE_API_URL",
-            "https://apis.threatwinds.com/api/compute/v1",
-        ),
+        ("COMPUTE_API_URL", "https://apis.threatwinds.com/api/compute/v1"),
         ("COMPUTE_API_RATE", "20"),
         ("COMPUTE_API_BURST", "40"),
         ("COMPUTE_API_MAX_IN_FLIGHT", "8"),
@@ -802,10 +736,7 @@ fn helm_template_defaults_are_cluster_scoped_restricted_and_recreate() {
     .into_iter()
     .collect();
     for k in e.keys() {
-        assert!(
-            known.contains(k.as_str()),
-            "env {k} is not an operator setting"
-        );
+        assert!(known.contains(k.as_str()), "env {k} is not an operator setting");
     }
 
     // The credentials Secret is expected, not created, with default values.
@@ -820,10 +751,7 @@ fn helm_template_defaults_are_cluster_scoped_restricted_and_recreate() {
     let policies = named(&docs, "ClusterRole", "compute-operator-policies");
     assert_eq!(
         grants(policies),
-        policy_grants()
-            .union(&namespace_grants())
-            .cloned()
-            .collect()
+        policy_grants().union(&namespace_grants()).cloned().collect()
     );
     let svc = the(&docs, "Service");
     assert_eq!(str_at(svc, &["spec", "ports", "0", "name"]), "metrics");
@@ -831,10 +759,7 @@ fn helm_template_defaults_are_cluster_scoped_restricted_and_recreate() {
         s(svc, &["spec", "ports", "0", "port"]).and_then(Value::as_u64),
         Some(8080)
     );
-    assert_eq!(
-        str_at(svc, &["spec", "ports", "0", "targetPort"]),
-        "metrics"
-    );
+    assert_eq!(str_at(svc, &["spec", "ports", "0", "targetPort"]), "metrics");
     assert_eq!(
         s(svc, &["spec", "selector"]),
         s(d, &["spec", "selector", "matchLabels"]),
@@ -866,10 +791,7 @@ fn helm_template_namespaced_scope_uses_roles_in_each_watched_namespace_only() {
         "namespaced mode: no namespaces beyond the watched ones"
     );
     for kind_ in ["Role", "RoleBinding"] {
-        let nss: BTreeSet<&str> = of_kind(&docs, kind_)
-            .iter()
-            .filter_map(|r| namespace(r))
-            .collect();
+        let nss: BTreeSet<&str> = of_kind(&docs, kind_).iter().filter_map(|r| namespace(r)).collect();
         assert_eq!(
             nss,
             ["team-a", "team-b"].into_iter().collect(),
@@ -879,10 +801,7 @@ fn helm_template_namespaced_scope_uses_roles_in_each_watched_namespace_only() {
     for role in of_kind(&docs, "Role") {
         assert_eq!(
             grants(role),
-            controller_grants()
-                .union(&namespace_grants())
-                .cloned()
-                .collect(),
+            controller_grants().union(&namespace_grants()).cloned().collect(),
             "Role in {:?}",
             namespace(role)
         );
@@ -910,18 +829,9 @@ fn helm_template_namespaced_scope_uses_roles_in_each_watched_namespace_only() {
     );
 
     // With leader election on top: one more Role, for leases, in the operator's namespace only.
-    let docs = template(&[
-        "-f",
-        "tests/packaging/values-namespaced.yaml",
-        "--set",
-        "replicas=2",
-    ]);
+    let docs = template(&["-f", "tests/packaging/values-namespaced.yaml", "--set", "replicas=2"]);
     assert_invariants(&docs, "namespaced, 2 replicas");
-    assert_eq!(
-        of_kind(&docs, "ClusterRole").len(),
-        1,
-        "only the policies' one"
-    );
+    assert_eq!(of_kind(&docs, "ClusterRole").len(), 1, "only the policies' one");
     let lease_role = of_kind(&docs, "Role")
         .into_iter()
         .find(|r| name(r).ends_with("-leader-election"))
@@ -959,10 +869,7 @@ fn helm_template_two_replicas_force_leader_election() {
         }
     }
     let rb = the(&docs, "RoleBinding");
-    assert_eq!(
-        str_at(rb, &["roleRef", "name"]),
-        "compute-operator-leader-election"
-    );
+    assert_eq!(str_at(rb, &["roleRef", "name"]), "compute-operator-leader-election");
     assert!(
         !grants(named(&docs, "ClusterRole", "compute-operator"))
             .iter()
@@ -980,12 +887,7 @@ fn helm_template_two_replicas_force_leader_election() {
     assert_eq!(env(&docs)["COMPUTE_OPERATOR_LEADER_ELECTION"], "true");
 
     // Explicitly disabled with two replicas: still forced on.
-    let docs = template(&[
-        "--set",
-        "replicas=2",
-        "--set",
-        "leaderElection.enabled=false",
-    ]);
+    let docs = template(&["--set", "replicas=2", "--set", "leaderElection.enabled=false"]);
     assert_eq!(env(&docs)["COMPUTE_OPERATOR_LEADER_ELECTION"], "true");
 }
 
@@ -1001,39 +903,18 @@ fn helm_template_full_values_set_every_knob() {
         "registry.example.com/mirror/compute-operator:0.1.0-rc.1"
     );
     assert_eq!(str_at(c, &["imagePullPolicy"]), "Always");
-    assert_eq!(
-        str_at(pod, &["imagePullSecrets", "0", "name"]),
-        "registry-credentials"
-    );
-    assert_eq!(
-        str_at(pod, &["serviceAccountName"]),
-        "compute-operator-prod"
-    );
-    assert_eq!(
-        str_at(pod, &["priorityClassName"]),
-        "system-cluster-critical"
-    );
+    assert_eq!(str_at(pod, &["imagePullSecrets", "0", "name"]), "registry-credentials");
+    assert_eq!(str_at(pod, &["serviceAccountName"]), "compute-operator-prod");
+    assert_eq!(str_at(pod, &["priorityClassName"]), "system-cluster-critical");
     assert_eq!(str_at(pod, &["nodeSelector", "kubernetes.io/os"]), "linux");
     assert_eq!(str_at(pod, &["tolerations", "0", "key"]), "dedicated");
     assert!(s(pod, &["affinity", "podAntiAffinity"]).is_some());
     assert_eq!(
-        str_at(
-            d,
-            &[
-                "spec",
-                "template",
-                "metadata",
-                "annotations",
-                "example.com/team"
-            ]
-        ),
+        str_at(d, &["spec", "template", "metadata", "annotations", "example.com/team"]),
         "platform"
     );
     assert_eq!(
-        str_at(
-            d,
-            &["spec", "template", "metadata", "labels", "example.com/tier"]
-        ),
+        str_at(d, &["spec", "template", "metadata", "labels", "example.com/tier"]),
         "control"
     );
     assert_eq!(str_at(c, &["resources", "limits", "memory"]), "128Mi");
@@ -1097,16 +978,11 @@ fn helm_template_full_values_set_every_knob() {
         Some(9090)
     );
     let sm = the(&docs, "ServiceMonitor");
-    assert_eq!(
-        str_at(sm, &["metadata", "labels", "release"]),
-        "kube-prometheus-stack"
-    );
+    assert_eq!(str_at(sm, &["metadata", "labels", "release"]), "kube-prometheus-stack");
     assert_eq!(str_at(sm, &["spec", "endpoints", "0", "port"]), "metrics");
     assert_eq!(str_at(sm, &["spec", "endpoints", "0", "path"]), "/metrics");
     assert_eq!(str_at(sm, &["spec", "endpoints", "0", "interval"]), "15s");
-    let svc_labels = s(svc, &["metadata", "labels"])
-        .and_then(Value::as_mapping)
-        .unwrap();
+    let svc_labels = s(svc, &["metadata", "labels"]).and_then(Value::as_mapping).unwrap();
     for (k, v) in s(sm, &["spec", "selector", "matchLabels"])
         .and_then(Value::as_mapping)
         .unwrap()
@@ -1152,12 +1028,7 @@ fn helm_template_credentials_token_existing_secret_and_errors() {
             "not both",
         ),
         (
-            vec![
-                "--set",
-                "credentials.existingSecret=x",
-                "--set",
-                "credentials.token=a",
-            ],
+            vec!["--set", "credentials.existingSecret=x", "--set", "credentials.token=a"],
             "not both",
         ),
         (vec!["--set", "credentials.apiKey=b"], "together"),
@@ -1196,8 +1067,7 @@ fn notes(args: &[&str]) -> String {
     let tmp = TempDir::new("notes");
     let chart = tmp.0.join("compute-operator");
     copy_dir(&root().join("charts/compute-operator"), &chart);
-    let text =
-        std::fs::read_to_string(chart.join("templates/NOTES.txt")).expect("templates/NOTES.txt");
+    let text = std::fs::read_to_string(chart.join("templates/NOTES.txt")).expect("templates/NOTES.txt");
     std::fs::remove_file(chart.join("templates/NOTES.txt")).unwrap();
     std::fs::write(
         chart.join("templates/_notes_under_test.tpl"),
@@ -1240,10 +1110,7 @@ fn helm_notes_explain_the_first_computeinstanceaction() {
         "kubectl -n default wait --for=condition=Ready cia/stop-my-instance",
         "create secret generic compute-operator-credentials",
     ] {
-        assert!(
-            text.contains(needle),
-            "NOTES should contain {needle:?}:\n{text}"
-        );
+        assert!(text.contains(needle), "NOTES should contain {needle:?}:\n{text}");
     }
     // Namespaced scope: the example goes to a watched namespace; a chart-made Secret needs no instructions.
     let text = notes(&[
@@ -1286,9 +1153,7 @@ fn chart_crd_is_byte_identical_to_crds_dir() {
 /// All files below `dir`, relative, with their bytes.
 fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut m = BTreeMap::new();
-    for entry in
-        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
-    {
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display())) {
         let p = entry.expect("dir entry").path();
         if p.is_file() {
             m.insert(
@@ -1329,19 +1194,14 @@ fn deploy_base_is_what_render_deploy_sh_produces() {
     }
     let patch = std::fs::read(tmp.0.join("argocd/argocd-cm-patch.yaml")).unwrap();
     assert!(
-        patch
-            == std::fs::read(root().join("deploy/argocd/argocd-cm-patch.yaml")).unwrap_or_default(),
+        patch == std::fs::read(root().join("deploy/argocd/argocd-cm-patch.yaml")).unwrap_or_default(),
         "deploy/argocd/argocd-cm-patch.yaml; {fix}"
     );
 
     // The base is complete and self-consistent: kustomization lists every file; Namespace and CRD included.
     let k: Value = serde_yaml::from_str(&read("deploy/base/kustomization.yaml")).unwrap();
     let listed: BTreeSet<String> = strings(s(&k, &["resources"])).into_iter().collect();
-    let present: BTreeSet<String> = want
-        .keys()
-        .filter(|f| *f != "kustomization.yaml")
-        .cloned()
-        .collect();
+    let present: BTreeSet<String> = want.keys().filter(|f| *f != "kustomization.yaml").cloned().collect();
     assert_eq!(listed, present, "deploy/base/kustomization.yaml resources");
     let mut docs = Vec::new();
     for f in &listed {
@@ -1350,10 +1210,7 @@ fn deploy_base_is_what_render_deploy_sh_produces() {
     let ns = the(&docs, "Namespace");
     assert_eq!(name(ns), NAMESPACE);
     assert_eq!(
-        str_at(
-            ns,
-            &["metadata", "labels", "pod-security.kubernetes.io/enforce"]
-        ),
+        str_at(ns, &["metadata", "labels", "pod-security.kubernetes.io/enforce"]),
         "restricted"
     );
     let crds: BTreeSet<&str> = of_kind(&docs, "CustomResourceDefinition")
@@ -1400,16 +1257,9 @@ fn examples_cover_every_desired_state_for_the_demo_instances() {
         let docs = parse_stream(&String::from_utf8(bytes).unwrap());
         assert_eq!(docs.len(), 1, "{file}: one object per file");
         let o = &docs[0];
-        assert_eq!(
-            str_at(o, &["apiVersion"]),
-            "compute.threatwinds.com/v1alpha1",
-            "{file}"
-        );
+        assert_eq!(str_at(o, &["apiVersion"]), "compute.threatwinds.com/v1alpha1", "{file}");
         assert_eq!(kind(o), "ComputeInstanceAction", "{file}");
-        assert!(
-            namespace(o).is_none(),
-            "{file}: no namespace, kubectl chooses"
-        );
+        assert!(namespace(o).is_none(), "{file}: no namespace, kubectl chooses");
         let id = str_at(o, &["spec", "instanceId"]);
         assert!(
             DEMO_INSTANCES.contains(&id),
@@ -1455,11 +1305,7 @@ fn examples_match_the_crd_schema() {
         .iter()
         .find(|v| str_at(v, &["name"]) == "v1alpha1")
         .expect("v1alpha1 in the CRD");
-    let spec_schema = s(
-        v1alpha1,
-        &["schema", "openAPIV3Schema", "properties", "spec"],
-    )
-    .expect("spec schema");
+    let spec_schema = s(v1alpha1, &["schema", "openAPIV3Schema", "properties", "spec"]).expect("spec schema");
     let props = s(spec_schema, &["properties"])
         .and_then(Value::as_mapping)
         .expect("spec properties");
@@ -1478,10 +1324,7 @@ fn examples_match_the_crd_schema() {
             }
         }
         for req in strings(s(spec_schema, &["required"])) {
-            assert!(
-                s(&o, &["spec", &req]).is_some(),
-                "{file}: spec.{req} is required"
-            );
+            assert!(s(&o, &["spec", &req]).is_some(), "{file}: spec.{req} is required");
         }
     }
 }
@@ -1496,8 +1339,7 @@ fn dockerfile_is_multistage_static_and_nonroot() {
     assert!(froms.len() >= 2, "multi-stage build");
     let last = froms.last().unwrap();
     assert!(
-        last.contains("gcr.io/distroless/static")
-            || last.split_whitespace().nth(1) == Some("scratch"),
+        last.contains("gcr.io/distroless/static") || last.split_whitespace().nth(1) == Some("scratch"),
         "final stage is distroless/static or scratch: {last}"
     );
     let user = df
@@ -1543,10 +1385,7 @@ fn lua_value(v: &serde_json::Value) -> String {
         serde_json::Value::Bool(b) => b.to_string(),
         serde_json::Value::Number(n) => n.to_string(),
         serde_json::Value::String(s) => lua_string(s),
-        serde_json::Value::Array(a) => format!(
-            "{{{}}}",
-            a.iter().map(lua_value).collect::<Vec<_>>().join(", ")
-        ),
+        serde_json::Value::Array(a) => format!("{{{}}}", a.iter().map(lua_value).collect::<Vec<_>>().join(", ")),
         serde_json::Value::Object(o) => format!(
             "{{{}}}",
             o.iter()
@@ -1561,11 +1400,7 @@ fn lua_value(v: &serde_json::Value) -> String {
 /// Runs deploy/argocd/health.lua on `obj`; returns (status, message).
 fn health(obj: serde_json::Value) -> (String, String) {
     let mut child = Command::new(lua())
-        .args([
-            "tests/packaging/health_harness.lua",
-            "deploy/argocd/health.lua",
-            "-",
-        ])
+        .args(["tests/packaging/health_harness.lua", "deploy/argocd/health.lua", "-"])
         .current_dir(root())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -1661,10 +1496,7 @@ fn argocd_health_reconciling_is_progressing() {
     );
     assert_eq!(
         health(obj),
-        (
-            "Progressing".into(),
-            "stop accepted, waiting for the instance".into()
-        )
+        ("Progressing".into(), "stop accepted, waiting for the instance".into())
     );
 }
 
@@ -1682,10 +1514,7 @@ fn argocd_health_stalled_is_degraded_with_the_condition_message() {
     );
     assert_eq!(
         health(obj),
-        (
-            "Degraded".into(),
-            "instance inst-demo0001 was not found (404)".into()
-        )
+        ("Degraded".into(), "instance inst-demo0001 was not found (404)".into())
     );
 
     // Without a message the reason is shown.
@@ -1703,18 +1532,9 @@ fn argocd_health_without_status_is_progressing() {
     let mut obj = cia(1, "running", json!(null));
     obj.as_object_mut().unwrap().remove("status");
     assert_eq!(health(obj).0, "Progressing");
+    assert_eq!(health(cia(1, "running", json!({}))).0, "Progressing", "empty status");
     assert_eq!(
-        health(cia(1, "running", json!({}))).0,
-        "Progressing",
-        "empty status"
-    );
-    assert_eq!(
-        health(cia(
-            1,
-            "running",
-            json!({"observedGeneration": 1, "conditions": []})
-        ))
-        .0,
+        health(cia(1, "running", json!({"observedGeneration": 1, "conditions": []}))).0,
         "Progressing",
         "no conditions"
     );
@@ -1761,16 +1581,12 @@ fn argocd_health_failed_phase_without_stalled_is_degraded() {
         json!({"observedGeneration": 1, "phase": "Failed", "message": "timed out after 600s",
         "conditions": [cond("Ready", "False", "Failed", "", 1)]}),
     );
-    assert_eq!(
-        health(obj),
-        ("Degraded".into(), "timed out after 600s".into())
-    );
+    assert_eq!(health(obj), ("Degraded".into(), "timed out after 600s".into()));
 }
 
 #[test]
 fn argocd_cm_patch_embeds_health_lua_verbatim() {
-    let patch: Value =
-        serde_yaml::from_str(&read("deploy/argocd/argocd-cm-patch.yaml")).expect("patch YAML");
+    let patch: Value = serde_yaml::from_str(&read("deploy/argocd/argocd-cm-patch.yaml")).expect("patch YAML");
     assert_eq!(kind(&patch), "ConfigMap");
     assert_eq!(name(&patch), "argocd-cm");
     let script = str_at(
@@ -1785,9 +1601,5 @@ fn argocd_cm_patch_embeds_health_lua_verbatim() {
         "deploy/argocd/argocd-cm-patch.yaml does not carry deploy/argocd/health.lua verbatim; run tests/packaging/render-deploy.sh"
     );
     let readme = read("deploy/argocd/README.md");
-    assert!(
-        readme.contains(
-            "resource.customizations.health.compute.threatwinds.com_ComputeInstanceAction"
-        )
-    );
+    assert!(readme.contains("resource.customizations.health.compute.threatwinds.com_ComputeInstanceAction"));
 }

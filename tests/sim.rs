@@ -3,9 +3,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use compute_operator::api::types::{
-    Instance, InstancePage, InstanceStatus, ListFilter, PowerAction,
-};
+use compute_operator::api::types::{Instance, InstancePage, InstanceStatus, ListFilter, PowerAction};
 use compute_operator::sim::{self, AuditEntry, Faults, SimConfig, SimServer, SimStats};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -61,9 +59,7 @@ impl Sim {
     }
 
     async fn act(&self, id: &str, action: &str) -> StatusCode {
-        self.post(&format!("/admin/instances/{id}/{action}"))
-            .await
-            .status()
+        self.post(&format!("/admin/instances/{id}/{action}")).await.status()
     }
 
     async fn list(&self, query: &str) -> InstancePage {
@@ -127,14 +123,7 @@ impl Sim {
     }
 }
 
-fn inst(
-    id: &str,
-    user: &str,
-    customer: &str,
-    zone: &str,
-    template: &str,
-    status: InstanceStatus,
-) -> Instance {
+fn inst(id: &str, user: &str, customer: &str, zone: &str, template: &str, status: InstanceStatus) -> Instance {
     Instance {
         id: id.into(),
         user_id: user.into(),
@@ -195,12 +184,7 @@ async fn auth_schemes_and_error_statuses() {
     )
     .await;
     assert_eq!(
-        h.get(&list)
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        h.get(&list).bearer_auth(ADMIN).send().await.unwrap().status(),
         StatusCode::OK
     );
     let keyed = |k: &str, sec: &str| h.get(&list).header("api-key", k).header("api-secret", sec);
@@ -208,22 +192,14 @@ async fn auth_schemes_and_error_statuses() {
         keyed("key-1", "secret-1").send().await.unwrap().status(),
         StatusCode::OK
     );
-    assert_error(
-        keyed("key-1", "wrong").send().await.unwrap(),
-        StatusCode::UNAUTHORIZED,
-    )
-    .await;
+    assert_error(keyed("key-1", "wrong").send().await.unwrap(), StatusCode::UNAUTHORIZED).await;
     assert_error(
         keyed("wrong", "secret-1").send().await.unwrap(),
         StatusCode::UNAUTHORIZED,
     )
     .await;
     assert_error(
-        h.get(&list)
-            .header("api-key", "key-1")
-            .send()
-            .await
-            .unwrap(),
+        h.get(&list).header("api-key", "key-1").send().await.unwrap(),
         StatusCode::UNAUTHORIZED,
     )
     .await;
@@ -240,12 +216,7 @@ async fn auth_schemes_and_error_statuses() {
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let resp = h.request(m.clone(), s.api(path)).send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
-        let resp = h
-            .request(m, s.api(path))
-            .bearer_auth(USER)
-            .send()
-            .await
-            .unwrap();
+        let resp = h.request(m, s.api(path)).bearer_auth(USER).send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{method} {path}");
     }
     // A non-admin POST changes nothing.
@@ -262,49 +233,22 @@ async fn auth_schemes_and_error_statuses() {
     assert!(s.audit().await.is_empty());
 
     // The other statuses, with admin credentials.
-    assert_error(
-        s.get("/admin/instances?page=0").await,
-        StatusCode::BAD_REQUEST,
-    )
-    .await;
-    assert_error(
-        s.get("/admin/instances/missing").await,
-        StatusCode::NOT_FOUND,
-    )
-    .await;
-    assert_error(
-        s.post("/admin/instances/missing/stop").await,
-        StatusCode::NOT_FOUND,
-    )
-    .await;
-    assert_error(
-        s.post("/admin/instances/a/explode").await,
-        StatusCode::NOT_FOUND,
-    )
-    .await;
+    assert_error(s.get("/admin/instances?page=0").await, StatusCode::BAD_REQUEST).await;
+    assert_error(s.get("/admin/instances/missing").await, StatusCode::NOT_FOUND).await;
+    assert_error(s.post("/admin/instances/missing/stop").await, StatusCode::NOT_FOUND).await;
+    assert_error(s.post("/admin/instances/a/explode").await, StatusCode::NOT_FOUND).await;
     assert_error(s.get("/admin/nothing-here").await, StatusCode::NOT_FOUND).await;
     // Ids that do not decode to UTF-8 name no instance.
     assert_error(s.get("/admin/instances/%FF").await, StatusCode::NOT_FOUND).await;
-    assert_error(
-        s.post("/admin/instances/%FF/stop").await,
-        StatusCode::NOT_FOUND,
-    )
-    .await;
-    assert_error(
-        s.post("/admin/instances/b/stop").await,
-        StatusCode::CONFLICT,
-    )
-    .await;
+    assert_error(s.post("/admin/instances/%FF/stop").await, StatusCode::NOT_FOUND).await;
+    assert_error(s.post("/admin/instances/b/stop").await, StatusCode::CONFLICT).await;
     let get = s.get("/admin/instances/a").await;
     assert_eq!(get.status(), StatusCode::OK);
     assert_eq!(get.headers()["content-type"], "application/json");
     assert_eq!(get.json::<Instance>().await.unwrap(), small_fleet()[0]);
     let accepted = s.post("/admin/instances/a/stop").await;
     assert_eq!(accepted.status(), StatusCode::ACCEPTED);
-    assert!(
-        accepted.bytes().await.unwrap().is_empty(),
-        "202 has no body"
-    );
+    assert!(accepted.bytes().await.unwrap().is_empty(), "202 has no body");
     // Key auth works for actions too.
     let resp = h
         .post(s.api("/admin/instances/d/restart"))
@@ -353,20 +297,13 @@ async fn pagination_edges() {
     assert!(!last.pagination.has_next && last.pagination.has_prev);
     let beyond = s.list("page=4").await;
     assert!(beyond.instances.is_empty());
-    assert_eq!(
-        (beyond.pagination.total_count, beyond.pagination.total_pages),
-        (45, 3)
-    );
+    assert_eq!((beyond.pagination.total_count, beyond.pagination.total_pages), (45, 3));
     assert!(!beyond.pagination.has_next && beyond.pagination.has_prev);
     let far = s.list("page=4000000000").await;
     assert!(far.instances.is_empty());
     let all = s.list("pageSize=100").await;
     assert_eq!(
-        (
-            all.instances.len(),
-            all.pagination.total_pages,
-            all.pagination.has_next
-        ),
+        (all.instances.len(), all.pagination.total_pages, all.pagination.has_next),
         (45, 1, false)
     );
     let exact = s.list("pageSize=15&page=3").await;
@@ -408,11 +345,7 @@ async fn pagination_edges() {
         "status=stopping",
         "status=RUNNING",
     ] {
-        assert_error(
-            s.get(&format!("/admin/instances?{bad}")).await,
-            StatusCode::BAD_REQUEST,
-        )
-        .await;
+        assert_error(s.get(&format!("/admin/instances?{bad}")).await, StatusCode::BAD_REQUEST).await;
     }
 
     // Same seed, same fleet; another seed, another fleet.
@@ -453,10 +386,7 @@ async fn filters_combine_with_and() {
         ("customerID=c1&zone=z2", &["c"]),
         ("customerID=c2&templateID=t2&zone=z1", &["e"]),
         ("userID=u1&customerID=c2", &[]),
-        (
-            "userID=u2&zone=z2&status=running&templateID=t2&customerID=c2",
-            &["d"],
-        ),
+        ("userID=u2&zone=z2&status=running&templateID=t2&customerID=c2", &["d"]),
         ("zone=nowhere", &[]),
         ("zone=z1&pageSize=2&page=2", &["e"]),
     ];
@@ -465,12 +395,7 @@ async fn filters_combine_with_and() {
     }
     let empty = s.list("zone=nowhere").await.pagination;
     assert_eq!(
-        (
-            empty.total_count,
-            empty.total_pages,
-            empty.has_next,
-            empty.has_prev
-        ),
+        (empty.total_count, empty.total_pages, empty.has_next, empty.has_prev),
         (0, 0, false, false)
     );
 
@@ -502,11 +427,7 @@ async fn filters_combine_with_and() {
         },
     ];
     for f in filters {
-        let q: Vec<String> = f
-            .query_pairs()
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let q: Vec<String> = f.query_pairs().iter().map(|(k, v)| format!("{k}={v}")).collect();
         let page = big.list(&format!("{}&pageSize=100", q.join("&"))).await;
         let want: Vec<&Instance> = fleet.iter().filter(|i| f.matches(i)).collect();
         assert_eq!(page.pagination.total_count, want.len() as u64, "{q:?}");
@@ -540,16 +461,9 @@ async fn visible_transitions_and_conflicts() {
         );
     }
     let took = s.wait_status("a", S::Stopped, max).await;
-    assert!(
-        took >= Duration::from_millis(100),
-        "transition took {took:?}"
-    );
+    assert!(took >= Duration::from_millis(100), "transition took {took:?}");
     for action in ["stop", "restart", "reset"] {
-        assert_eq!(
-            s.act("a", action).await,
-            StatusCode::CONFLICT,
-            "{action} when stopped"
-        );
+        assert_eq!(s.act("a", action).await, StatusCode::CONFLICT, "{action} when stopped");
     }
     assert_eq!(s.act("a", "start").await, StatusCode::ACCEPTED);
     assert_eq!(s.status("a").await, S::Starting);
@@ -583,10 +497,7 @@ async fn visible_transitions_and_conflicts() {
     assert_eq!(s.list("status=running").await.pagination.total_count, 4);
 
     let audit = s.audit().await;
-    let got: Vec<(&str, PowerAction)> = audit
-        .iter()
-        .map(|e| (e.instance_id.as_str(), e.action))
-        .collect();
+    let got: Vec<(&str, PowerAction)> = audit.iter().map(|e| (e.instance_id.as_str(), e.action)).collect();
     use PowerAction as A;
     assert_eq!(
         got,
@@ -612,10 +523,7 @@ async fn visible_transitions_and_conflicts() {
         .await
         .unwrap();
     let at = raw[0]["at"].as_str().unwrap();
-    assert!(
-        at.len() == 24 && at.ends_with('Z') && at.as_bytes()[19] == b'.',
-        "{at}"
-    );
+    assert!(at.len() == 24 && at.ends_with('Z') && at.as_bytes()[19] == b'.', "{at}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -630,13 +538,7 @@ async fn concurrent_actions_on_one_instance_accept_exactly_one() {
     let tasks: Vec<_> = (0..16)
         .map(|_| {
             let (h, url) = (s.http.clone(), url.clone());
-            tokio::spawn(async move {
-                h.post(url)
-                    .bearer_auth(ADMIN)
-                    .send()
-                    .await
-                    .map(|r| r.status())
-            })
+            tokio::spawn(async move { h.post(url).bearer_auth(ADMIN).send().await.map(|r| r.status()) })
         })
         .collect();
     let mut codes = Vec::new();
@@ -687,10 +589,7 @@ async fn invisible_transitions_keep_reporting_running_but_stay_busy() {
         match s.act("a", "restart").await {
             StatusCode::ACCEPTED => break,
             StatusCode::CONFLICT => {
-                assert!(
-                    t0.elapsed() < Duration::from_secs(3),
-                    "restart never finished"
-                );
+                assert!(t0.elapsed() < Duration::from_secs(3), "restart never finished");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             other => panic!("unexpected {other}"),
@@ -701,12 +600,7 @@ async fn invisible_transitions_keep_reporting_running_but_stay_busy() {
         "busy for the whole transition: {:?}",
         t0.elapsed()
     );
-    let restarts = s
-        .audit()
-        .await
-        .iter()
-        .filter(|e| e.instance_id == "a")
-        .count();
+    let restarts = s.audit().await.iter().filter(|e| e.instance_id == "a").count();
     assert_eq!(restarts, 2);
 }
 
@@ -727,11 +621,7 @@ async fn error_rate_fault_answers_with_retry_after() {
         assert_eq!(resp.headers()["retry-after"], "7");
         assert_error(resp, StatusCode::SERVICE_UNAVAILABLE).await;
     }
-    assert_error(
-        s.post("/admin/instances/a/stop").await,
-        StatusCode::SERVICE_UNAVAILABLE,
-    )
-    .await;
+    assert_error(s.post("/admin/instances/a/stop").await, StatusCode::SERVICE_UNAVAILABLE).await;
     assert!(s.audit().await.is_empty(), "a failed request does nothing");
     assert_eq!(s.sim.instance("a").unwrap().status, InstanceStatus::Running);
     // Control endpoints are never faulted.
@@ -739,8 +629,7 @@ async fn error_rate_fault_answers_with_retry_after() {
     assert_eq!((stats.total, stats.responses_with(503)), (4, 4));
 
     assert_eq!(
-        s.put_faults(json!({"errorRate": 1.0, "errorStatus": 500}))
-            .await,
+        s.put_faults(json!({"errorRate": 1.0, "errorStatus": 500})).await,
         StatusCode::OK
     );
     let resp = s.get("/admin/instances/a").await;
@@ -761,10 +650,7 @@ async fn error_rate_fault_answers_with_retry_after() {
         );
         failed += usize::from(code == StatusCode::SERVICE_UNAVAILABLE);
     }
-    assert!(
-        (10..=50).contains(&failed),
-        "{failed} of 60 failed at rate 0.5"
-    );
+    assert!((10..=50).contains(&failed), "{failed} of 60 failed at rate 0.5");
 
     assert_eq!(s.put_faults(json!({})).await, StatusCode::OK);
     assert_eq!(s.get("/admin/instances").await.status(), StatusCode::OK);
@@ -783,27 +669,14 @@ async fn latency_fault_delays_admin_requests_only() {
     .await;
     let t = Instant::now();
     assert_eq!(s.get("/admin/instances/a").await.status(), StatusCode::OK);
-    assert!(
-        t.elapsed() >= Duration::from_millis(400),
-        "{:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() >= Duration::from_millis(400), "{:?}", t.elapsed());
     let t = Instant::now();
     // Latency comes before auth, as in front of a slow service.
     assert_eq!(
-        s.http
-            .get(s.api("/admin/instances"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        s.http.get(s.api("/admin/instances")).send().await.unwrap().status(),
         StatusCode::UNAUTHORIZED
     );
-    assert!(
-        t.elapsed() >= Duration::from_millis(400),
-        "{:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() >= Duration::from_millis(400), "{:?}", t.elapsed());
     let t = Instant::now();
     s.stats().await;
     assert!(
@@ -894,25 +767,14 @@ async fn never_finish_holds_transitions_until_lifted_or_overridden() {
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.json::<Instance>().await.unwrap().status, S::Running);
     assert_eq!(s.sim.busy_with("d"), None);
-    assert_eq!(
-        s.act("d", "reset").await,
-        StatusCode::ACCEPTED,
-        "no longer busy"
-    );
+    assert_eq!(s.act("d", "reset").await, StatusCode::ACCEPTED, "no longer busy");
 
     // Lifting the fault lets held transitions finish one transition later.
     let t = Instant::now();
-    assert_eq!(
-        s.put_faults(json!({"neverFinish": false})).await,
-        StatusCode::OK
-    );
+    assert_eq!(s.put_faults(json!({"neverFinish": false})).await, StatusCode::OK);
     s.wait_status("a", S::Stopped, Duration::from_secs(3)).await;
     s.wait_status("d", S::Running, Duration::from_secs(3)).await;
-    assert!(
-        t.elapsed() >= Duration::from_millis(60),
-        "{:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() >= Duration::from_millis(60), "{:?}", t.elapsed());
 }
 
 #[tokio::test]
@@ -924,14 +786,7 @@ async fn control_endpoints() {
     .await;
     let h = &s.http;
 
-    let faults: Value = h
-        .get(s.ctl("/_sim/faults"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let faults: Value = h.get(s.ctl("/_sim/faults")).send().await.unwrap().json().await.unwrap();
     assert_eq!(
         faults,
         json!({"errorRate": 0.0, "errorStatus": 503, "retryAfterSeconds": null, "latencyMs": 0,
@@ -943,30 +798,14 @@ async fn control_endpoints() {
         json!({"bogus": 1}),
         json!([1]),
     ] {
-        assert_eq!(
-            s.put_faults(bad.clone()).await,
-            StatusCode::BAD_REQUEST,
-            "{bad}"
-        );
+        assert_eq!(s.put_faults(bad.clone()).await, StatusCode::BAD_REQUEST, "{bad}");
     }
-    let resp = h
-        .put(s.ctl("/_sim/faults"))
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
+    let resp = h.put(s.ctl("/_sim/faults")).body("{not json").send().await.unwrap();
     assert_error(resp, StatusCode::BAD_REQUEST).await;
     let set = json!({"errorRate": 0.25, "errorStatus": 500, "retryAfterSeconds": 3, "latencyMs": 5,
                      "dropAfterAcceptRate": 0.5, "neverFinish": true});
     assert_eq!(s.put_faults(set.clone()).await, StatusCode::OK);
-    let back: Value = h
-        .get(s.ctl("/_sim/faults"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let back: Value = h.get(s.ctl("/_sim/faults")).send().await.unwrap().json().await.unwrap();
     assert_eq!(back, set);
     assert_eq!(s.sim.faults().retry_after_seconds, Some(3));
     s.sim.set_faults(Faults::default());
@@ -1001,32 +840,17 @@ async fn control_endpoints() {
         200
     );
     assert_eq!(s.status("a").await, InstanceStatus::Error);
-    assert!(
-        s.sim
-            .set_status("a", InstanceStatus::Other("hibernating".into()))
-    );
+    assert!(s.sim.set_status("a", InstanceStatus::Other("hibernating".into())));
     assert!(!s.sim.set_status("zz", InstanceStatus::Running));
-    assert_eq!(
-        s.status("a").await,
-        InstanceStatus::Other("hibernating".into())
-    );
+    assert_eq!(s.status("a").await, InstanceStatus::Other("hibernating".into()));
     assert_eq!(s.act("a", "start").await, StatusCode::CONFLICT);
 
     // Instances: create, replace, mismatched id, bad body.
     let new = inst("new-1", "u9", "c9", "z9", "t9", InstanceStatus::Stopped);
-    let resp = h
-        .put(s.ctl("/_sim/instances/new-1"))
-        .json(&new)
-        .send()
-        .await
-        .unwrap();
+    let resp = h.put(s.ctl("/_sim/instances/new-1")).json(&new).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED);
     assert_eq!(
-        s.get("/admin/instances/new-1")
-            .await
-            .json::<Instance>()
-            .await
-            .unwrap(),
+        s.get("/admin/instances/new-1").await.json::<Instance>().await.unwrap(),
         new
     );
     let replaced = Instance {
@@ -1044,11 +868,7 @@ async fn control_endpoints() {
     );
     assert_eq!(s.sim.instance("new-1"), Some(replaced));
     assert_error(
-        h.put(s.ctl("/_sim/instances/other"))
-            .json(&new)
-            .send()
-            .await
-            .unwrap(),
+        h.put(s.ctl("/_sim/instances/other")).json(&new).send().await.unwrap(),
         StatusCode::BAD_REQUEST,
     )
     .await;
@@ -1076,27 +896,14 @@ async fn control_endpoints() {
     assert_eq!(s.audit().await[0].instance_id, "a/b c");
     s.sim.clear_audit();
     assert!(s.sim.set_status("a/b c", InstanceStatus::Running));
-    s.sim.upsert_instance(inst(
-        "new-2",
-        "u9",
-        "c9",
-        "z9",
-        "t9",
-        InstanceStatus::Running,
-    ));
+    s.sim
+        .upsert_instance(inst("new-2", "u9", "c9", "z9", "t9", InstanceStatus::Running));
     assert_eq!(s.list("zone=z9").await.pagination.total_count, 2);
     assert_eq!(s.list("").await.pagination.total_count, 8);
 
     // Stats and audit, then clear.
     assert_eq!(s.act("new-2", "stop").await, StatusCode::ACCEPTED);
-    let stats: Value = h
-        .get(s.ctl("/_sim/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = h.get(s.ctl("/_sim/stats")).send().await.unwrap().json().await.unwrap();
     for key in ["list", "get", "stop", "start", "restart", "reset"] {
         assert!(stats["requests"][key].is_u64(), "{key} in {stats}");
     }
@@ -1104,11 +911,7 @@ async fn control_endpoints() {
     assert!(stats["responses"]["202"].as_u64() == Some(1), "{stats}");
     assert_eq!(s.audit().await.len(), 1);
     assert_eq!(
-        h.post(s.ctl("/_sim/audit/clear"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        h.post(s.ctl("/_sim/audit/clear")).send().await.unwrap().status(),
         StatusCode::NO_CONTENT
     );
     assert!(s.audit().await.is_empty());
@@ -1140,32 +943,18 @@ async fn stats_count_admin_requests_by_endpoint_and_status() {
     assert_eq!(s.act("b", "start").await, StatusCode::ACCEPTED);
     assert_eq!(s.act("d", "restart").await, StatusCode::ACCEPTED);
     assert_eq!(s.act("missing", "reset").await, StatusCode::NOT_FOUND);
+    assert_eq!(s.get("/admin/instances?page=0").await.status(), StatusCode::BAD_REQUEST);
     assert_eq!(
-        s.get("/admin/instances?page=0").await.status(),
-        StatusCode::BAD_REQUEST
-    );
-    assert_eq!(
-        s.http
-            .get(s.api("/admin/instances"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        s.http.get(s.api("/admin/instances")).send().await.unwrap().status(),
         StatusCode::UNAUTHORIZED
     );
     s.audit().await;
     let stats = s.stats().await;
     assert_eq!(stats.total, 10);
     let r = &stats.requests;
-    assert_eq!(
-        (r.list, r.get, r.stop, r.start, r.restart, r.reset),
-        (4, 1, 2, 1, 1, 1)
-    );
+    assert_eq!((r.list, r.get, r.stop, r.start, r.restart, r.reset), (4, 1, 2, 1, 1, 1));
     let responses: Vec<(u16, u64)> = stats.responses.iter().map(|(k, v)| (*k, *v)).collect();
-    assert_eq!(
-        responses,
-        [(200, 3), (202, 3), (400, 1), (401, 1), (404, 1), (409, 1)]
-    );
+    assert_eq!(responses, [(200, 3), (202, 3), (400, 1), (401, 1), (404, 1), (409, 1)]);
     assert_eq!(s.sim.stats(), stats);
     s.sim.clear_audit();
     assert_eq!(s.sim.stats(), SimStats::default());
@@ -1178,23 +967,14 @@ async fn fleet_files_in_both_formats() {
     let array = dir.path().join("array.json");
     std::fs::write(&array, serde_json::to_vec(&fleet).unwrap()).unwrap();
     let wrapped = dir.path().join("wrapped.json");
-    std::fs::write(
-        &wrapped,
-        serde_json::to_vec(&json!({"instances": fleet})).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(&wrapped, serde_json::to_vec(&json!({"instances": fleet})).unwrap()).unwrap();
     for path in [array, wrapped] {
         let s = Sim::start(SimConfig {
             fleet_file: Some(path.clone()),
             ..SimConfig::default()
         })
         .await;
-        assert_eq!(
-            s.list("pageSize=100").await.instances,
-            fleet,
-            "{}",
-            path.display()
-        );
+        assert_eq!(s.list("pageSize=100").await.instances, fleet, "{}", path.display());
     }
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, b"{\"nope\": 1}").unwrap();
@@ -1253,9 +1033,7 @@ async fn large_fleet_lists_stay_cheap() {
 async fn shutdown_and_drop_stop_serving() {
     let s = sim::start(SimConfig::default()).await.unwrap();
     let addr = s.addr();
-    assert!(
-        s.base_url().starts_with("http://127.0.0.1:") && s.base_url().ends_with("/api/compute/v1")
-    );
+    assert!(s.base_url().starts_with("http://127.0.0.1:") && s.base_url().ends_with("/api/compute/v1"));
     s.shutdown().await;
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),

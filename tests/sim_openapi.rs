@@ -29,14 +29,7 @@ fn resolve<'a>(doc: &'a Value, node: &'a Value) -> &'a Value {
 
 /// Errors of `value` against `schema`, each prefixed with its JSON path. With `strict`, properties that the
 /// schema does not declare are errors too (so the document cannot fall behind the simulator).
-fn validate(
-    doc: &Value,
-    schema: &Value,
-    value: &Value,
-    path: &str,
-    strict: bool,
-    errors: &mut Vec<String>,
-) {
+fn validate(doc: &Value, schema: &Value, value: &Value, path: &str, strict: bool, errors: &mut Vec<String>) {
     let schema = resolve(doc, schema);
     if let Some(t) = schema.get("type").and_then(Value::as_str) {
         let ok = match t {
@@ -71,12 +64,7 @@ fn validate(
         }
     }
     if let Some(obj) = value.as_object() {
-        for req in schema
-            .get("required")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for req in schema.get("required").and_then(Value::as_array).into_iter().flatten() {
             let name = req.as_str().unwrap_or_default();
             if !obj.contains_key(name) {
                 errors.push(format!("{path}: missing required {name}"));
@@ -134,13 +122,7 @@ struct Checker {
 
 impl Checker {
     /// Send a request and check the response against the document; the response body as JSON (or Null).
-    async fn check(
-        &mut self,
-        method: Method,
-        path_and_query: &str,
-        token: Option<&str>,
-        want: u16,
-    ) -> Value {
+    async fn check(&mut self, method: Method, path_and_query: &str, token: Option<&str>, want: u16) -> Value {
         let url = format!("{}{path_and_query}", self.sim.base_url());
         let mut req = self.http.request(method.clone(), url);
         if let Some(t) = token {
@@ -159,8 +141,7 @@ impl Checker {
         assert_eq!(status, want, "{what}: {}", String::from_utf8_lossy(&body));
 
         let path = path_and_query.split('?').next().unwrap_or_default();
-        let tpl =
-            template(&self.doc, path).unwrap_or_else(|| panic!("{what}: path not in openapi.yaml"));
+        let tpl = template(&self.doc, path).unwrap_or_else(|| panic!("{what}: path not in openapi.yaml"));
         let op = &self.doc["paths"][tpl][method.as_str().to_lowercase()];
         assert!(op.is_object(), "{what}: {method} {tpl} not in openapi.yaml");
         let response = op["responses"]
@@ -173,8 +154,7 @@ impl Checker {
                     content_type.starts_with("application/json"),
                     "{what}: content-type {content_type:?}"
                 );
-                let json: Value = serde_json::from_slice(&body)
-                    .unwrap_or_else(|e| panic!("{what}: not JSON: {e}"));
+                let json: Value = serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{what}: not JSON: {e}"));
                 let mut errors = Vec::new();
                 validate(&self.doc, schema, &json, "$", true, &mut errors);
                 assert!(
@@ -197,18 +177,10 @@ impl Checker {
 #[test]
 fn document_is_complete_and_its_examples_validate() {
     let doc = spec();
-    assert!(
-        doc["openapi"]
-            .as_str()
-            .is_some_and(|v| v.starts_with("3.0"))
-    );
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.0")));
     let want: &[(&str, &str, &[&str])] = &[
         ("/admin/instances", "get", &["200", "400", "401", "403"]),
-        (
-            "/admin/instances/{id}",
-            "get",
-            &["200", "401", "403", "404"],
-        ),
+        ("/admin/instances/{id}", "get", &["200", "401", "403", "404"]),
         (
             "/admin/instances/{id}/stop",
             "post",
@@ -259,21 +231,10 @@ fn document_is_complete_and_its_examples_validate() {
     let filter_enum = &doc["paths"]["/admin/instances"]["get"]["parameters"][4]["schema"]["enum"];
     assert_eq!(filter_enum, &serde_json::json!(InstanceStatus::FILTERABLE));
 
-    for (path, method) in [
-        ("/admin/instances", "get"),
-        ("/admin/instances/{id}", "get"),
-    ] {
-        let content =
-            &doc["paths"][path][method]["responses"]["200"]["content"]["application/json"];
+    for (path, method) in [("/admin/instances", "get"), ("/admin/instances/{id}", "get")] {
+        let content = &doc["paths"][path][method]["responses"]["200"]["content"]["application/json"];
         let mut errors = Vec::new();
-        validate(
-            &doc,
-            &content["schema"],
-            &content["example"],
-            "$",
-            true,
-            &mut errors,
-        );
+        validate(&doc, &content["schema"], &content["example"], "$", true, &mut errors);
         assert!(errors.is_empty(), "{method} {path} example: {errors:?}");
     }
     // The validator does catch problems.
@@ -289,10 +250,7 @@ fn document_is_complete_and_its_examples_validate() {
         "missing required hasNext",
         "extra is not declared",
     ] {
-        assert!(
-            errors.iter().any(|e| e.contains(needle)),
-            "{needle} in {errors:?}"
-        );
+        assert!(errors.iter().any(|e| e.contains(needle)), "{needle} in {errors:?}");
     }
 }
 
@@ -339,9 +297,7 @@ async fn simulator_responses_match_the_document() {
         .clone();
     let (get, post) = (Method::GET, Method::POST);
 
-    let page = c
-        .check(get.clone(), "/admin/instances", Some(ADMIN), 200)
-        .await;
+    let page = c.check(get.clone(), "/admin/instances", Some(ADMIN), 200).await;
     assert_eq!(page["instances"].as_array().unwrap().len(), 20);
     c.check(
         get.clone(),
@@ -357,41 +313,20 @@ async fn simulator_responses_match_the_document() {
         200,
     )
     .await;
-    c.check(
-        get.clone(),
-        "/admin/instances?pageSize=101",
-        Some(ADMIN),
-        400,
-    )
-    .await;
-    c.check(
-        get.clone(),
-        "/admin/instances?status=nope",
-        Some(ADMIN),
-        400,
-    )
-    .await;
+    c.check(get.clone(), "/admin/instances?pageSize=101", Some(ADMIN), 400)
+        .await;
+    c.check(get.clone(), "/admin/instances?status=nope", Some(ADMIN), 400)
+        .await;
     c.check(get.clone(), "/admin/instances", None, 401).await;
     c.check(get.clone(), "/admin/instances", Some("dev-user-token"), 403)
         .await;
     let one = c
-        .check(
-            get.clone(),
-            &format!("/admin/instances/{running}"),
-            Some(ADMIN),
-            200,
-        )
+        .check(get.clone(), &format!("/admin/instances/{running}"), Some(ADMIN), 200)
         .await;
     assert_eq!(one["id"], running.as_str());
-    c.check(
-        get.clone(),
-        "/admin/instances/inst-missing",
-        Some(ADMIN),
-        404,
-    )
-    .await;
-    c.check(get.clone(), "/admin/instances/inst-missing", None, 401)
+    c.check(get.clone(), "/admin/instances/inst-missing", Some(ADMIN), 404)
         .await;
+    c.check(get.clone(), "/admin/instances/inst-missing", None, 401).await;
     c.check(
         get.clone(),
         &format!("/admin/instances/{running}"),
@@ -408,13 +343,8 @@ async fn simulator_responses_match_the_document() {
     )
     .await;
     // Transitional statuses are declared too.
-    c.check(
-        get.clone(),
-        &format!("/admin/instances/{running}"),
-        Some(ADMIN),
-        200,
-    )
-    .await;
+    c.check(get.clone(), &format!("/admin/instances/{running}"), Some(ADMIN), 200)
+        .await;
     c.check(
         post.clone(),
         &format!("/admin/instances/{running}/start"),
@@ -450,13 +380,8 @@ async fn simulator_responses_match_the_document() {
         202,
     )
     .await;
-    c.check(
-        get.clone(),
-        "/admin/instances?pageSize=100",
-        Some(ADMIN),
-        200,
-    )
-    .await;
+    c.check(get.clone(), "/admin/instances?pageSize=100", Some(ADMIN), 200)
+        .await;
     c.check(
         post.clone(),
         &format!("/admin/instances/{other}/reset"),
@@ -480,13 +405,8 @@ async fn simulator_responses_match_the_document() {
             404,
         )
         .await;
-        c.check(
-            post.clone(),
-            &format!("/admin/instances/{running}/{action}"),
-            None,
-            401,
-        )
-        .await;
+        c.check(post.clone(), &format!("/admin/instances/{running}/{action}"), None, 401)
+            .await;
         c.check(
             post.clone(),
             &format!("/admin/instances/{running}/{action}"),

@@ -18,10 +18,7 @@ impl Backoff {
     /// The delay before retry number `attempt` (0-based). `unit` in [0, 1) is the random part, passed in so
     /// the function stays pure and testable; a server's `Retry-After` is a floor.
     pub fn delay(&self, attempt: u32, unit: f64, retry_after: Option<Duration>) -> Duration {
-        let step = self
-            .base
-            .saturating_mul(1u32 << attempt.min(20))
-            .min(self.max);
+        let step = self.base.saturating_mul(1u32 << attempt.min(20)).min(self.max);
         let half = step / 2;
         let jittered = half + half.mul_f64(unit.clamp(0.0, 1.0));
         match retry_after {

@@ -20,11 +20,7 @@ pub const DEFAULT_BASE_URL: &str = "https://apis.threatwinds.com/api/compute/v1"
 /// Largest response body we read; a page of 100 instances is ~50 KiB.
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// Everything but RFC 3986 "unreserved" is percent-encoded in a path segment.
-const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 /// Longest instance ID the client sends.
 pub const MAX_INSTANCE_ID_LEN: usize = 128;
 
@@ -114,14 +110,8 @@ pub fn install_crypto_provider() {
 
 /// Refuses IDs that would change the request path, then percent-encodes the rest.
 pub fn encode_instance_id(id: &str) -> Result<String, ApiError> {
-    let unsafe_char =
-        |c: char| c.is_whitespace() || c.is_control() || matches!(c, '/' | '\\' | '?' | '#');
-    if id.is_empty()
-        || id.len() > MAX_INSTANCE_ID_LEN
-        || id == "."
-        || id == ".."
-        || id.chars().any(unsafe_char)
-    {
+    let unsafe_char = |c: char| c.is_whitespace() || c.is_control() || matches!(c, '/' | '\\' | '?' | '#');
+    if id.is_empty() || id.len() > MAX_INSTANCE_ID_LEN || id == "." || id == ".." || id.chars().any(unsafe_char) {
         return Err(ApiError::InvalidInstanceId(
             id.chars().take(MAX_INSTANCE_ID_LEN).collect(),
         ));
@@ -133,12 +123,9 @@ impl AdminClient {
     pub fn new(config: ClientConfig, credentials: CredentialSource) -> Result<Self, ApiError> {
         install_crypto_provider();
         let base = config.base_url.trim_end_matches('/');
-        let parsed =
-            reqwest::Url::parse(base).map_err(|e| ApiError::Malformed(format!("base URL: {e}")))?;
-        let loopback = matches!(
-            parsed.host_str(),
-            Some("localhost" | "127.0.0.1" | "[::1]" | "::1")
-        ) || parsed.host_str().is_some_and(|h| h.starts_with("127."));
+        let parsed = reqwest::Url::parse(base).map_err(|e| ApiError::Malformed(format!("base URL: {e}")))?;
+        let loopback = matches!(parsed.host_str(), Some("localhost" | "127.0.0.1" | "[::1]" | "::1"))
+            || parsed.host_str().is_some_and(|h| h.starts_with("127."));
         if parsed.scheme() != "https" && !(parsed.scheme() == "http" && loopback) {
             return Err(ApiError::Malformed(format!(
                 "base URL must be https (plain http only for loopback), got {}://{}",
@@ -187,12 +174,7 @@ impl AdminClient {
     }
 
     /// `GET /admin/instances` for one page.
-    pub async fn list_page(
-        &self,
-        filter: &ListFilter,
-        page: u32,
-        page_size: u32,
-    ) -> Result<InstancePage, ApiError> {
+    pub async fn list_page(&self, filter: &ListFilter, page: u32, page_size: u32) -> Result<InstancePage, ApiError> {
         let page = page.max(1).to_string();
         let size = page_size.clamp(1, MAX_PAGE_SIZE).to_string();
         let mut query = vec![("page", page.as_str()), ("pageSize", size.as_str())];
@@ -208,10 +190,7 @@ impl AdminClient {
     }
 
     /// Every instance matching `filter`, walking pages of 100 until `hasNext` is false.
-    pub fn list_all(
-        &self,
-        filter: ListFilter,
-    ) -> impl Stream<Item = Result<Instance, ApiError>> + Send + 'static {
+    pub fn list_all(&self, filter: ListFilter) -> impl Stream<Item = Result<Instance, ApiError>> + Send + 'static {
         let client = self.clone();
         futures::stream::try_unfold(Some(1u32), move |page| {
             let client = client.clone();
@@ -220,12 +199,8 @@ impl AdminClient {
                 let Some(page) = page else { return Ok(None) };
                 let got = client.list_page(&filter, page, MAX_PAGE_SIZE).await?;
                 // Guard against a server that says hasNext forever on empty pages.
-                let next =
-                    (got.pagination.has_next && !got.instances.is_empty()).then_some(page + 1);
-                Ok::<_, ApiError>(Some((
-                    futures::stream::iter(got.instances.into_iter().map(Ok)),
-                    next,
-                )))
+                let next = (got.pagination.has_next && !got.instances.is_empty()).then_some(page + 1);
+                Ok::<_, ApiError>(Some((futures::stream::iter(got.instances.into_iter().map(Ok)), next)))
             }
         })
         .try_flatten()
@@ -233,11 +208,7 @@ impl AdminClient {
 
     /// `POST /admin/instances/{id}/{action}`; success is 202 (any body is ignored).
     pub async fn act(&self, id: &str, action: PowerAction, repeat: Repeat) -> Result<(), ApiError> {
-        let path = format!(
-            "/admin/instances/{}/{}",
-            encode_instance_id(id)?,
-            action.as_str()
-        );
+        let path = format!("/admin/instances/{}/{}", encode_instance_id(id)?, action.as_str());
         self.send(Endpoint::Action(action), Method::POST, &path, &[], repeat)
             .await
             .map(|_| ())
@@ -252,8 +223,7 @@ impl AdminClient {
         repeat: Repeat,
     ) -> Result<T, ApiError> {
         let body = self.send(endpoint, method, path, query, repeat).await?;
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::Malformed(format!("{} response: {e}", endpoint.as_str())))
+        serde_json::from_slice(&body).map_err(|e| ApiError::Malformed(format!("{} response: {e}", endpoint.as_str())))
     }
 
     /// One logical request: retries transient failures when that is safe, with jittered backoff.
@@ -281,10 +251,10 @@ impl AdminClient {
             if !retry_allowed || attempt >= self.config.max_attempts {
                 return Err(err);
             }
-            let delay =
-                self.config
-                    .backoff
-                    .delay(attempt - 1, rand::random::<f64>(), err.retry_after());
+            let delay = self
+                .config
+                .backoff
+                .delay(attempt - 1, rand::random::<f64>(), err.retry_after());
             tracing::debug!(endpoint = endpoint.as_str(), attempt, delay_ms = delay.as_millis() as u64, error = %err, "retrying admin API request");
             tokio::time::sleep(delay).await;
         }
@@ -339,10 +309,7 @@ impl AdminClient {
                 status: s.as_u16(),
                 retry_after,
             }),
-            s => Err(ApiError::Malformed(format!(
-                "unexpected status {}",
-                s.as_u16()
-            ))),
+            s => Err(ApiError::Malformed(format!("unexpected status {}", s.as_u16()))),
         }
     }
 
@@ -394,11 +361,7 @@ fn excerpt(body: &[u8]) -> String {
         .filter(|c| !c.is_control())
         .take(200)
         .collect();
-    if text.is_empty() {
-        "no detail".into()
-    } else {
-        text
-    }
+    if text.is_empty() { "no detail".into() } else { text }
 }
 
 #[cfg(test)]
@@ -431,11 +394,7 @@ mod tests {
 
     #[test]
     fn plain_http_only_on_loopback() {
-        let creds = || {
-            CredentialSource::Static(super::super::Credentials::Bearer(
-                super::super::Secret::new("t"),
-            ))
-        };
+        let creds = || CredentialSource::Static(super::super::Credentials::Bearer(super::super::Secret::new("t")));
         let cfg = |url: &str| ClientConfig {
             base_url: url.into(),
             ..Default::default()

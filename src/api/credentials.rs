@@ -65,10 +65,7 @@ impl Credentials {
         if let Some(token) = non_empty("COMPUTE_API_TOKEN") {
             return Ok(Self::Bearer(Secret::new(token.trim())));
         }
-        match (
-            non_empty("COMPUTE_API_KEY"),
-            non_empty("COMPUTE_API_SECRET"),
-        ) {
+        match (non_empty("COMPUTE_API_KEY"), non_empty("COMPUTE_API_SECRET")) {
             (Some(key), Some(secret)) => Ok(Self::ApiKey {
                 key: Secret::new(key.trim()),
                 secret: Secret::new(secret.trim()),
@@ -113,8 +110,7 @@ impl Credentials {
     /// The request headers for this scheme, marked sensitive so HTTP tooling does not print them.
     pub fn headers(&self) -> Result<HeaderMap, CredentialsError> {
         let value = |s: &str| {
-            let mut v =
-                HeaderValue::from_str(s).map_err(|_| CredentialsError::InvalidHeaderValue)?;
+            let mut v = HeaderValue::from_str(s).map_err(|_| CredentialsError::InvalidHeaderValue)?;
             v.set_sensitive(true);
             Ok::<_, CredentialsError>(v)
         };
@@ -161,11 +157,7 @@ impl CredentialSource {
             Self::Dir { dir, cache } => {
                 let fingerprint: Fingerprint = ["token", "api-key", "api-secret", "..data"]
                     .iter()
-                    .map(|f| {
-                        std::fs::metadata(dir.join(f))
-                            .and_then(|m| m.modified())
-                            .ok()
-                    })
+                    .map(|f| std::fs::metadata(dir.join(f)).and_then(|m| m.modified()).ok())
                     .collect();
                 let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some((seen, headers)) = cache.as_ref()
@@ -207,25 +199,14 @@ mod tests {
     #[test]
     fn env_precedence_and_errors() {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| {
-                pairs
-                    .iter()
-                    .find(|(n, _)| *n == k)
-                    .map(|(_, v)| v.to_string())
-            }
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
         };
         assert_eq!(
-            Credentials::from_env_vars(env(&[
-                ("COMPUTE_API_TOKEN", "t"),
-                ("COMPUTE_API_KEY", "k")
-            ])),
+            Credentials::from_env_vars(env(&[("COMPUTE_API_TOKEN", "t"), ("COMPUTE_API_KEY", "k")])),
             Ok(Credentials::Bearer(Secret::new("t")))
         );
         assert!(matches!(
-            Credentials::from_env_vars(env(&[
-                ("COMPUTE_API_KEY", "k"),
-                ("COMPUTE_API_SECRET", "s")
-            ])),
+            Credentials::from_env_vars(env(&[("COMPUTE_API_KEY", "k"), ("COMPUTE_API_SECRET", "s")])),
             Ok(Credentials::ApiKey { .. })
         ));
         assert_eq!(

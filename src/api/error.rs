@@ -19,10 +19,7 @@ pub enum ApiError {
     #[error("admin API is rate limiting (429)")]
     RateLimited { retry_after: Option<Duration> },
     #[error("admin API server error ({status})")]
-    Server {
-        status: u16,
-        retry_after: Option<Duration>,
-    },
+    Server { status: u16, retry_after: Option<Duration> },
     #[error("admin API request timed out")]
     Timeout { sent: bool },
     #[error("admin API transport error: {message}")]
@@ -40,10 +37,7 @@ impl ApiError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::RateLimited { .. }
-                | Self::Server { .. }
-                | Self::Timeout { .. }
-                | Self::Transport { .. }
+            Self::RateLimited { .. } | Self::Server { .. } | Self::Timeout { .. } | Self::Transport { .. }
         )
     }
 

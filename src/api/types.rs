@@ -29,8 +29,7 @@ pub enum InstanceStatus {
 
 impl InstanceStatus {
     /// The five statuses the spec lists, which are also the ones the list filter accepts.
-    pub const FILTERABLE: [&'static str; 5] =
-        ["provisioning", "running", "stopped", "error", "deleting"];
+    pub const FILTERABLE: [&'static str; 5] = ["provisioning", "running", "stopped", "error", "deleting"];
 
     pub fn as_str(&self) -> &str {
         match self {
@@ -66,12 +65,7 @@ impl InstanceStatus {
     pub fn is_transitional(&self) -> bool {
         matches!(
             self,
-            Self::Provisioning
-                | Self::Stopping
-                | Self::Starting
-                | Self::Restarting
-                | Self::Resetting
-                | Self::Other(_)
+            Self::Provisioning | Self::Stopping | Self::Starting | Self::Restarting | Self::Resetting | Self::Other(_)
         )
     }
 }
@@ -220,8 +214,7 @@ mod tests {
 
     #[test]
     fn unknown_status_and_extra_fields_are_tolerated() {
-        let raw =
-            r#"{"id":"i-1","status":"hibernating","name":"n","zone":"z","somethingNew":{"a":1}}"#;
+        let raw = r#"{"id":"i-1","status":"hibernating","name":"n","zone":"z","somethingNew":{"a":1}}"#;
         let inst: Instance = serde_json::from_str(raw).expect("parses");
         assert_eq!(inst.status, InstanceStatus::Other("hibernating".into()));
         assert!(inst.status.is_transitional());
@@ -242,10 +235,7 @@ mod tests {
             "resetting",
         ] {
             assert_eq!(InstanceStatus::parse(s).as_str(), s);
-            assert!(
-                !matches!(InstanceStatus::parse(s), InstanceStatus::Other(_)),
-                "{s}"
-            );
+            assert!(!matches!(InstanceStatus::parse(s), InstanceStatus::Other(_)), "{s}");
         }
     }
 
@@ -264,8 +254,7 @@ mod tests {
     #[test]
     fn filters_combine_with_and() {
         let inst: Instance =
-            serde_json::from_str(r#"{"id":"a","status":"running","zone":"z1","userId":"u1"}"#)
-                .unwrap();
+            serde_json::from_str(r#"{"id":"a","status":"running","zone":"z1","userId":"u1"}"#).unwrap();
         let mut f = ListFilter {
             zone: Some("z1".into()),
             ..Default::default()

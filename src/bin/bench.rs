@@ -11,7 +11,10 @@ use clap::Parser;
 use compute_operator::benchkit::{self, BenchOptions, BenchReport, DesiredMix};
 
 #[derive(Parser)]
-#[command(name = "bench", about = "Load benchmark of compute-operator against a real kube-apiserver and the simulator")]
+#[command(
+    name = "bench",
+    about = "Load benchmark of compute-operator against a real kube-apiserver and the simulator"
+)]
 struct Args {
     /// Objects to create, each on its own instance.
     #[arg(long, default_value_t = 100)]
@@ -55,14 +58,38 @@ fn check(ok: bool) -> &'static str {
 fn print_table(r: &BenchReport) {
     let transition_s = r.transition_ms as f64 / 1000.0;
     let rows: Vec<(String, String, String)> = vec![
-        ("objects".into(), format!("{} ({})", r.objects, r.desired), String::new()),
-        ("completed / stalled".into(), format!("{} / {}", r.completed, r.stalled), String::new()),
+        (
+            "objects".into(),
+            format!("{} ({})", r.objects, r.desired),
+            String::new(),
+        ),
+        (
+            "completed / stalled".into(),
+            format!("{} / {}", r.completed, r.stalled),
+            String::new(),
+        ),
         ("create all (s)".into(), format!("{:.2}", r.create_s), String::new()),
-        ("time to all Ready (s)".into(), format!("{:.2}", r.time_to_all_ready_s), String::new()),
-        ("throughput (actions/s)".into(), format!("{:.1}", r.throughput_per_s), String::new()),
+        (
+            "time to all Ready (s)".into(),
+            format!("{:.2}", r.time_to_all_ready_s),
+            String::new(),
+        ),
+        (
+            "throughput (actions/s)".into(),
+            format!("{:.1}", r.throughput_per_s),
+            String::new(),
+        ),
         (
             "limit (actions/s)".into(),
             format!("{:.1} ({:.0} writes/s)", r.limit_throughput_per_s, r.limit_writes_per_s),
+            String::new(),
+        ),
+        (
+            "limit incl. Event writes (actions/s)".into(),
+            format!(
+                "{:.1} (ratio {:.2})",
+                r.limit_with_events_throughput_per_s, r.ratio_with_events
+            ),
             String::new(),
         ),
         (
@@ -70,27 +97,76 @@ fn print_table(r: &BenchReport) {
             format!("{:.2}", r.ratio),
             format!("{} (>= 0.80 at N=1000)", check(r.ratio >= 0.8)),
         ),
-        ("latency p50 (s)".into(), format!("{:.3}", r.latency_p50_s), String::new()),
-        ("latency p95 (s)".into(), format!("{:.3}", r.latency_p95_s), String::new()),
+        (
+            "latency p50 (s)".into(),
+            format!("{:.3}", r.latency_p50_s),
+            String::new(),
+        ),
+        (
+            "latency p95 (s)".into(),
+            format!("{:.3}", r.latency_p95_s),
+            String::new(),
+        ),
         (
             "latency p99 (s)".into(),
             format!("{:.3}", r.latency_p99_s),
-            format!("{} (<= {:.1})", check(r.latency_p99_s <= transition_s + 1.0), transition_s + 1.0),
+            format!(
+                "{} (<= {:.1})",
+                check(r.latency_p99_s <= transition_s + 1.0),
+                transition_s + 1.0
+            ),
         ),
-        ("latency max (s)".into(), format!("{:.3}", r.latency_max_s), String::new()),
+        (
+            "latency max (s)".into(),
+            format!("{:.3}", r.latency_max_s),
+            String::new(),
+        ),
         (
             "admin API requests/action".into(),
             format!("{:.2}", r.api_requests_per_action),
             format!("{} (<= 6 at 1 s transitions)", check(r.api_requests_per_action <= 6.0)),
         ),
-        ("status writes/action".into(), format!("{:.2}", r.status_writes_per_action), String::new()),
-        ("reconciles/action".into(), format!("{:.2}", r.reconciles_per_action), String::new()),
         (
-            "controller CPU (s)".into(),
-            format!("{:.2} ({:.2} ms/action under load)", r.controller_cpu_s, r.controller_cpu_ms_per_action),
+            "status writes/action".into(),
+            format!("{:.2}", r.status_writes_per_action),
             String::new(),
         ),
-        ("controller peak RSS (MiB)".into(), format!("{:.1}", r.controller_peak_rss_mib), String::new()),
+        (
+            "reconciles/action".into(),
+            format!("{:.2}", r.reconciles_per_action),
+            String::new(),
+        ),
+        (
+            "kube-apiserver writes/action".into(),
+            format!(
+                "{:.2} (of which Events {:.2})",
+                r.apiserver_writes_per_action, r.event_writes_per_action
+            ),
+            String::new(),
+        ),
+        (
+            "reconcile mean (s) / slots busy".into(),
+            format!("{:.3} / {:.0}%", r.reconcile_mean_s, r.reconcile_slots_busy * 100.0),
+            String::new(),
+        ),
+        (
+            "admin API mean latency (s)".into(),
+            format!("{:.4}", r.admin_api_mean_latency_s),
+            String::new(),
+        ),
+        (
+            "controller CPU (s)".into(),
+            format!(
+                "{:.2} ({:.2} ms/action under load)",
+                r.controller_cpu_s, r.controller_cpu_ms_per_action
+            ),
+            String::new(),
+        ),
+        (
+            "controller peak RSS (MiB)".into(),
+            format!("{:.1}", r.controller_peak_rss_mib),
+            String::new(),
+        ),
         (
             "idle CPU (fraction of a core)".into(),
             format!(
@@ -132,6 +208,31 @@ fn print_table(r: &BenchReport) {
         println!("stalled by reason: {:?}", r.stalled_by_reason);
     }
     println!("admin API requests by endpoint: {:?}", r.api_requests);
+    println!(
+        "kube-apiserver requests during the load: {:?}",
+        r.apiserver_requests_during_load
+    );
+    println!(
+        "kube-apiserver requests during the limit run: {:?}",
+        r.apiserver_requests_during_limit
+    );
+    println!("latency by desired state (s):");
+    for (k, v) in &r.latency_by_desired {
+        println!(
+            "  {k:10} n={:5} p50={:.3} p95={:.3} p99={:.3} max={:.3}",
+            v.n, v.p50, v.p95, v.p99, v.max
+        );
+    }
+    println!(
+        "where the time goes (s): queue = created->intent, post = intent->202, converge = 202->done, report = done->Ready seen"
+    );
+    println!("  completions seen 30 s or more after the 202: {}", r.converge_over_30s);
+    for (k, v) in &r.phases {
+        println!(
+            "  {k:10} n={:5} p50={:.3} p95={:.3} p99={:.3} max={:.3}",
+            v.n, v.p50, v.p95, v.p99, v.max
+        );
+    }
     println!("controller log: {}", r.controller_log);
 }
 

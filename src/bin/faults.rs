@@ -13,7 +13,10 @@ use clap::Parser;
 use compute_operator::benchkit::{self, FaultsOptions, FaultsReport};
 
 #[derive(Parser)]
-#[command(name = "faults", about = "Fault-injection run of compute-operator against a real kube-apiserver and the simulator")]
+#[command(
+    name = "faults",
+    about = "Fault-injection run of compute-operator against a real kube-apiserver and the simulator"
+)]
 struct Args {
     /// Spec changes in all (object creations included).
     #[arg(long, default_value_t = 200)]
@@ -52,7 +55,10 @@ struct Args {
 
 fn print_report(r: &FaultsReport) {
     let f = &r.faults_injected;
-    println!("actions                 {} on {} objects (seed {})", r.actions, r.objects, r.seed);
+    println!(
+        "actions                 {} on {} objects (seed {})",
+        r.actions, r.objects, r.seed
+    );
     println!(
         "faults injected         {} (kills {}, API server restarts {}, drop phases {} with {} dropped connections, 503 bursts {} with {} errors, latency phases {}, leader changes {})",
         f.total,
@@ -72,7 +78,10 @@ fn print_report(r: &FaultsReport) {
     );
     println!("duplicates              {}", r.duplicates);
     for d in &r.duplicate_details {
-        println!("  {} ({}): requestId {} executed {} times", d.object, d.instance, d.request_id, d.executed);
+        println!(
+            "  {} ({}): requestId {} executed {} times",
+            d.object, d.instance, d.request_id, d.executed
+        );
     }
     println!("unresolved              {}", r.unresolved);
     for u in &r.unresolved_objects {
@@ -81,13 +90,33 @@ fn print_report(r: &FaultsReport) {
     println!("ready                   {}", r.ready);
     println!("stalled by reason       {:?}", r.stalled_by_reason);
     println!(
-        "OutcomeUnknown          {} (after a kill {}, after a dropped connection {}, unexplained {})",
-        r.outcome_unknown, r.outcome_unknown_after_kill, r.outcome_unknown_after_drop, r.outcome_unknown_unexplained
+        "OutcomeUnknown          {} (after a kill {}, after a lost answer (dropped connection) {}, unexplained {})",
+        r.outcome_unknown, r.outcome_unknown_after_kill, r.outcome_unknown_lost_answer, r.outcome_unknown_unexplained
     );
     println!(
-        "controller exits        {} unexpected, {} after losing the lease",
-        r.unexpected_controller_exits, r.lease_loss_exits
+        "controller exits        {} unexpected, {} after losing the lease, {} at start-up",
+        r.unexpected_controller_exits,
+        r.lease_loss_exits,
+        r.controller_startup_exits.len()
     );
+    for e in &r.controller_startup_exits {
+        println!("  gave up at start-up (API server away): {e}");
+    }
+    for u in &r.outcome_unknown_details {
+        println!(
+            "  OutcomeUnknown {} {} {} at {}: {} ({})",
+            u.object,
+            u.action,
+            u.request_id.as_deref().unwrap_or("-"),
+            u.intent_at,
+            if u.executed {
+                "was carried out"
+            } else {
+                "was not carried out"
+            },
+            u.explained_by
+        );
+    }
     println!(
         "processes               {} started, {} left behind {:?}",
         r.processes_started,

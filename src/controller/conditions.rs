@@ -41,17 +41,13 @@ impl Verdict {
 
     pub fn reason(&self) -> &str {
         match self {
-            Self::Ready { reason, .. }
-            | Self::Reconciling { reason, .. }
-            | Self::Stalled { reason, .. } => reason,
+            Self::Ready { reason, .. } | Self::Reconciling { reason, .. } | Self::Stalled { reason, .. } => reason,
         }
     }
 
     pub fn message(&self) -> &str {
         match self {
-            Self::Ready { message, .. }
-            | Self::Reconciling { message, .. }
-            | Self::Stalled { message, .. } => message,
+            Self::Ready { message, .. } | Self::Reconciling { message, .. } | Self::Stalled { message, .. } => message,
         }
     }
 }
@@ -90,12 +86,7 @@ pub fn set_condition(
 
 /// Writes all three kstatus conditions from a verdict. Ready is False while reconciling or stalled, with the
 /// same reason, so `kubectl wait --for=condition=Ready` and kstatus readers agree.
-pub fn apply_verdict(
-    conditions: &mut Vec<Condition>,
-    verdict: &Verdict,
-    generation: Option<i64>,
-    now: DateTime<Utc>,
-) {
+pub fn apply_verdict(conditions: &mut Vec<Condition>, verdict: &Verdict, generation: Option<i64>, now: DateTime<Utc>) {
     let (ready, reconciling, stalled) = match verdict {
         Verdict::Ready { .. } => (true, false, false),
         Verdict::Reconciling { .. } => (false, true, false),
@@ -103,11 +94,7 @@ pub fn apply_verdict(
     };
     let (reason, message) = (verdict.reason(), verdict.message());
     set_condition(conditions, READY, ready, reason, message, generation, now);
-    let (r_reason, r_message) = if reconciling {
-        (reason, message)
-    } else {
-        ("Idle", "")
-    };
+    let (r_reason, r_message) = if reconciling { (reason, message) } else { ("Idle", "") };
     set_condition(
         conditions,
         RECONCILING,
@@ -122,9 +109,7 @@ pub fn apply_verdict(
     } else {
         ("Progressing", "")
     };
-    set_condition(
-        conditions, STALLED, stalled, s_reason, s_message, generation, now,
-    );
+    set_condition(conditions, STALLED, stalled, s_reason, s_message, generation, now);
 }
 
 #[cfg(test)]
@@ -161,12 +146,7 @@ mod tests {
         assert_eq!(get(&c, RECONCILING).last_transition_time, t(0));
         assert_eq!(get(&c, RECONCILING).message, "still stopping");
         // Flip to ready: Ready and Reconciling move, Stalled (False -> False) does not.
-        apply_verdict(
-            &mut c,
-            &Verdict::ready("Succeeded", "stopped"),
-            Some(2),
-            t(9),
-        );
+        apply_verdict(&mut c, &Verdict::ready("Succeeded", "stopped"), Some(2), t(9));
         assert_eq!(get(&c, READY).status, "True");
         assert_eq!(get(&c, READY).last_transition_time, t(9));
         assert_eq!(get(&c, RECONCILING).last_transition_time, t(9));

@@ -34,7 +34,11 @@ impl InstanceLocks {
     }
 
     pub fn holder(&self, instance: &str) -> Option<String> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).get(instance).cloned()
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(instance)
+            .cloned()
     }
 }
 
@@ -51,7 +55,10 @@ mod tests {
         assert!(l.try_acquire("i2", "b", |_| true), "other instances are independent");
         l.release("i1", "b");
         assert_eq!(l.holder("i1").as_deref(), Some("a"), "only the holder releases");
-        assert!(l.try_acquire("i1", "b", |h| h != "a"), "a deleted holder's lock is taken over");
+        assert!(
+            l.try_acquire("i1", "b", |h| h != "a"),
+            "a deleted holder's lock is taken over"
+        );
         l.release("i1", "b");
         assert_eq!(l.holder("i1"), None);
     }

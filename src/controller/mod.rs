@@ -84,14 +84,21 @@ impl Context {
         m.insert(Self::acceptance_key(obj, intent_at), at);
     }
 
-    pub(crate) fn recalled_acceptance(&self, obj: &ComputeInstanceAction, intent_at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    pub(crate) fn recalled_acceptance(
+        &self,
+        obj: &ComputeInstanceAction,
+        intent_at: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
         let m = self.acceptances.lock().unwrap_or_else(|p| p.into_inner());
         m.get(&Self::acceptance_key(obj, intent_at)).copied()
     }
 
     pub(crate) fn forget_acceptance(&self, obj: &ComputeInstanceAction) {
         let uid = obj.uid().unwrap_or_default();
-        self.acceptances.lock().unwrap_or_else(|p| p.into_inner()).retain(|(u, _), _| *u != uid);
+        self.acceptances
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(u, _), _| *u != uid);
     }
 }
 
@@ -119,7 +126,9 @@ pub async fn check_crd(client: &Client, namespaces: &[String]) -> Result<(), Sta
     match probe {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(StartError::CrdMissing(e)),
-        Err(_) => Err(StartError::CrdMissing(kube::Error::Service("listing timed out after 15s".into()))),
+        Err(_) => Err(StartError::CrdMissing(kube::Error::Service(
+            "listing timed out after 15s".into(),
+        ))),
     }
 }
 
@@ -136,7 +145,11 @@ pub async fn run(
     let scopes: Vec<Api<ComputeInstanceAction>> = if config.namespaces.is_empty() {
         vec![Api::all(client.clone())]
     } else {
-        config.namespaces.iter().map(|ns| Api::namespaced(client.clone(), ns)).collect()
+        config
+            .namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
     };
     let mut controllers = Vec::new();
     let mut stores = Vec::new();
@@ -171,13 +184,17 @@ pub async fn run(
         stores.push(reader.clone());
         controllers.push(Controller::for_stream(stream, reader));
     }
-    let (policy, policy_changes) = policy_gate::PolicyGate::start(&client, config.policy_mode, controllers.len()).await?;
+    let (policy, policy_changes) =
+        policy_gate::PolicyGate::start(&client, config.policy_mode, controllers.len()).await?;
     let controllers: Vec<_> = controllers
         .into_iter()
         .zip(policy_changes)
         .map(|(c, changes)| c.reconcile_all_on(changes))
         .collect();
-    let reporter = Reporter { controller: config.reporter.clone(), instance: std::env::var("POD_NAME").ok() };
+    let reporter = Reporter {
+        controller: config.reporter.clone(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
     let ctx = Arc::new(Context {
         kube: client.clone(),
         api,
@@ -233,11 +250,18 @@ pub fn count_phases(stores: &[Store<ComputeInstanceAction>], metrics: &Metrics) 
     let mut counts = std::collections::BTreeMap::<String, i64>::new();
     for s in stores {
         for o in s.state() {
-            let phase = o.status.as_ref().and_then(|st| st.phase).map_or("None".to_owned(), |p| format!("{p:?}"));
+            let phase = o
+                .status
+                .as_ref()
+                .and_then(|st| st.phase)
+                .map_or("None".to_owned(), |p| format!("{p:?}"));
             *counts.entry(phase).or_default() += 1;
         }
     }
     for (phase, n) in counts {
-        metrics.objects_by_phase.get_or_create(&crate::metrics::PhaseLabel { phase }).set(n);
+        metrics
+            .objects_by_phase
+            .get_or_create(&crate::metrics::PhaseLabel { phase })
+            .set(n);
     }
 }

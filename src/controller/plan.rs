@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 use super::conditions::{Verdict, apply_verdict};
 use crate::api::{ApiError, Instance, InstanceStatus, PowerAction};
 use crate::resource::{
-    ActionRecord, ActionState, ComputeInstanceActionSpec, ComputeInstanceActionStatus,
-    DesiredState, Enforcement, HISTORY_LIMIT, ObservedInstance, Phase,
+    ActionRecord, ActionState, ComputeInstanceActionSpec, ComputeInstanceActionStatus, DesiredState, Enforcement,
+    HISTORY_LIMIT, ObservedInstance, Phase,
 };
 
 /// What the GET of the instance gave, if one was made.
@@ -156,12 +156,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             Requeue::After(input.settings.slow_retry),
         );
     }
-    match input
-        .status
-        .action
-        .as_ref()
-        .filter(|a| !a.state.is_terminal())
-    {
+    match input.status.action.as_ref().filter(|a| !a.state.is_terminal()) {
         Some(open) => b.continue_action(open.clone(), instance),
         None => b.start_if_needed(instance),
     }
@@ -173,12 +168,10 @@ fn contradicting_peer<'a>(input: &'a PlanInput<'_>) -> Option<&'a Peer> {
     if !mine.is_level() || input.spec.enforcement != Enforcement::Continuous {
         return None;
     }
-    input.peers.iter().find(|p| {
-        !p.suspended
-            && p.desired.is_level()
-            && p.desired != mine
-            && p.enforcement == Enforcement::Continuous
-    })
+    input
+        .peers
+        .iter()
+        .find(|p| !p.suspended && p.desired.is_level() && p.desired != mine && p.enforcement == Enforcement::Continuous)
 }
 
 /// The settled status a level asks for.
@@ -236,11 +229,7 @@ impl<'i, 'a> Builder<'i, 'a> {
     }
 
     fn event(&mut self, warning: bool, reason: &'static str, note: String) {
-        self.events.push(EventNote {
-            warning,
-            reason,
-            note,
-        });
+        self.events.push(EventNote { warning, reason, note });
     }
 
     /// Records the observed instance; `lastSeen` moves only when something else in it changed.
@@ -251,9 +240,11 @@ impl<'i, 'a> Builder<'i, 'a> {
             zone: i.zone.clone(),
             last_seen: None,
         };
-        let changed = self.status.instance.as_ref().is_none_or(|old| {
-            old.status != fresh.status || old.name != fresh.name || old.zone != fresh.zone
-        });
+        let changed = self
+            .status
+            .instance
+            .as_ref()
+            .is_none_or(|old| old.status != fresh.status || old.name != fresh.name || old.zone != fresh.zone);
         if changed {
             self.status.instance = Some(ObservedInstance {
                 last_seen: Some(self.input.now),
@@ -262,20 +253,8 @@ impl<'i, 'a> Builder<'i, 'a> {
         }
     }
 
-    fn done(
-        mut self,
-        verdict: Verdict,
-        phase: Phase,
-        post: Option<PowerAction>,
-        requeue: Requeue,
-    ) -> Plan {
-        finish(
-            &mut self.status,
-            &verdict,
-            phase,
-            self.input.generation,
-            self.input.now,
-        );
+    fn done(mut self, verdict: Verdict, phase: Phase, post: Option<PowerAction>, requeue: Requeue) -> Plan {
+        finish(&mut self.status, &verdict, phase, self.input.generation, self.input.now);
         Plan {
             status: self.status,
             post,
@@ -291,7 +270,12 @@ impl<'i, 'a> Builder<'i, 'a> {
 
     fn denied(mut self, message: &str) -> Plan {
         self.close_open_action(ActionState::Failed, "PolicyDenied");
-        let was_denied = self.input.status.conditions.iter().any(|c| c.type_ == "Stalled" && c.reason == "PolicyDenied");
+        let was_denied = self
+            .input
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Stalled" && c.reason == "PolicyDenied");
         if !was_denied {
             self.event(true, "PolicyDenied", message.to_owned());
         }
@@ -321,8 +305,7 @@ impl<'i, 'a> Builder<'i, 'a> {
             _ => {
                 // Transient, or a garbled answer: say so, keep the record, back off.
                 let phase = self.status.phase.unwrap_or(Phase::Pending);
-                let verdict =
-                    Verdict::reconciling("AdminApiUnavailable", format!("{message}; retrying"));
+                let verdict = Verdict::reconciling("AdminApiUnavailable", format!("{message}; retrying"));
                 if let Some(timeout) = self.timed_out_action() {
                     return self.stalled("Timeout", timeout, Requeue::After(s.resync));
                 }
@@ -342,11 +325,7 @@ impl<'i, 'a> Builder<'i, 'a> {
     fn timed_out_action(&mut self) -> Option<String> {
         let timeout = Duration::from_secs(u64::from(self.spec().timeout_seconds));
         let now = self.input.now;
-        let open = self
-            .status
-            .action
-            .as_ref()
-            .filter(|a| !a.state.is_terminal())?;
+        let open = self.status.action.as_ref().filter(|a| !a.state.is_terminal())?;
         if since(now, open.intent_at) <= timeout {
             return None;
         }
@@ -362,12 +341,7 @@ impl<'i, 'a> Builder<'i, 'a> {
     }
 
     fn close_open_action(&mut self, state: ActionState, reason: &str) {
-        if let Some(a) = self
-            .status
-            .action
-            .as_mut()
-            .filter(|a| !a.state.is_terminal())
-        {
+        if let Some(a) = self.status.action.as_mut().filter(|a| !a.state.is_terminal()) {
             a.state = state;
             a.completed_at = Some(self.input.now);
             a.reason = Some(reason.to_owned());
@@ -399,8 +373,7 @@ impl<'i, 'a> Builder<'i, 'a> {
                 self.start_if_needed(instance)
             }
             ActionState::Requested | ActionState::Rejected => {
-                let reached =
-                    level_target(spec.desired_state).is_some_and(|t| t == instance.status);
+                let reached = level_target(spec.desired_state).is_some_and(|t| t == instance.status);
                 if !reached && let Some(message) = self.timed_out_action() {
                     return self.stalled("Timeout", message, Requeue::After(s.resync));
                 }
@@ -432,14 +405,12 @@ impl<'i, 'a> Builder<'i, 'a> {
                         if !still_wanted {
                             return self.start_if_needed(instance);
                         }
-                        let verdict =
-                            Verdict::ready("Succeeded", success_message(&spec, &instance.status));
+                        let verdict = Verdict::ready("Succeeded", success_message(&spec, &instance.status));
                         self.done(verdict, Phase::Succeeded, None, Requeue::After(s.resync))
                     }
                     Completion::Failed(why) => {
                         self.close_open_action(ActionState::Failed, "InstanceError");
-                        let message =
-                            format!("{} of instance {}: {why}", record.action, spec.instance_id);
+                        let message = format!("{} of instance {}: {why}", record.action, spec.instance_id);
                         self.event(true, "ActionFailed", message.clone());
                         self.stalled("InstanceError", message, Requeue::After(s.resync))
                     }
@@ -454,12 +425,7 @@ impl<'i, 'a> Builder<'i, 'a> {
                                 record.action, spec.instance_id, instance.status
                             ),
                         );
-                        self.done(
-                            verdict,
-                            Phase::InProgress,
-                            None,
-                            Requeue::After(poll_delay(s, elapsed)),
-                        )
+                        self.done(verdict, Phase::InProgress, None, Requeue::After(poll_delay(s, elapsed)))
                     }
                 }
             }
@@ -487,11 +453,8 @@ impl<'i, 'a> Builder<'i, 'a> {
         let last = self.status.action.as_ref();
         // Converged before for this generation: a wrong state now is drift.
         let converged_before = last.is_some_and(|a| {
-            a.state == ActionState::Succeeded
-                && a.generation == self.input.generation
-                && a.action == action
-        }) || (self.status.observed_generation
-            == Some(self.input.generation)
+            a.state == ActionState::Succeeded && a.generation == self.input.generation && a.action == action
+        }) || (self.status.observed_generation == Some(self.input.generation)
             && self.status.phase == Some(Phase::Succeeded));
         if instance.status == target {
             // A re-read intent (crash, lost answer) whose level is reached is done.
@@ -557,9 +520,7 @@ impl<'i, 'a> Builder<'i, 'a> {
             .iter()
             .chain(self.status.history.iter())
             .rev()
-            .find(|a| {
-                a.action.is_one_shot() && a.request_id == spec.request_id && a.state.is_terminal()
-            })
+            .find(|a| a.action.is_one_shot() && a.request_id == spec.request_id && a.state.is_terminal())
             .cloned();
         if let Some(record) = answered {
             let rid = spec.request_id.as_deref().unwrap_or("<none>");
@@ -650,9 +611,11 @@ impl<'i, 'a> Builder<'i, 'a> {
             );
         }
         // Renew a refused/re-read intent of the same kind; otherwise start a new record.
-        let renew = self.status.action.as_ref().is_some_and(|a| {
-            !a.state.is_terminal() && a.action == action && a.request_id == spec.request_id
-        });
+        let renew = self
+            .status
+            .action
+            .as_ref()
+            .is_some_and(|a| !a.state.is_terminal() && a.action == action && a.request_id == spec.request_id);
         if renew {
             if let Some(a) = self.status.action.as_mut() {
                 a.state = ActionState::Requested;
@@ -694,11 +657,7 @@ impl<'i, 'a> Builder<'i, 'a> {
         };
         self.event(
             false,
-            if drift {
-                "DriftDetected"
-            } else {
-                "ActionRequested"
-            },
+            if drift { "DriftDetected" } else { "ActionRequested" },
             note.clone(),
         );
         self.done(
@@ -720,8 +679,10 @@ pub fn count_recent_one_shots<'s>(
     let mut n = 0;
     for st in statuses {
         for a in st.action.iter().chain(st.history.iter()) {
-            let sent = matches!(a.state, ActionState::Accepted | ActionState::Succeeded | ActionState::OutcomeUnknown)
-                || (a.state == ActionState::Failed && a.accepted_at.is_some());
+            let sent = matches!(
+                a.state,
+                ActionState::Accepted | ActionState::Succeeded | ActionState::OutcomeUnknown
+            ) || (a.state == ActionState::Failed && a.accepted_at.is_some());
             if a.action.is_one_shot() && sent && a.intent_at >= since {
                 n += 1;
             }
@@ -743,11 +704,7 @@ fn success_message(spec: &ComputeInstanceActionSpec, status: &InstanceStatus) ->
         DesiredState::Running | DesiredState::Stopped => {
             format!("instance {} is {status}", spec.instance_id)
         }
-        d => format!(
-            "instance {} was {} and is {status}",
-            spec.instance_id,
-            d.as_str()
-        ),
+        d => format!("instance {} was {} and is {status}", spec.instance_id, d.as_str()),
     }
 }
 
@@ -759,12 +716,7 @@ enum Completion {
 }
 
 /// Has an accepted action completed, given what the instance reports now?
-fn completion(
-    record: &ActionRecord,
-    now: &InstanceStatus,
-    since_accept: Duration,
-    settle: Duration,
-) -> Completion {
+fn completion(record: &ActionRecord, now: &InstanceStatus, since_accept: Duration, settle: Duration) -> Completion {
     use InstanceStatus as S;
     match (record.action, now) {
         (_, S::Deleting) => Completion::Failed("instance is being deleted".into()),
@@ -821,25 +773,21 @@ pub fn after_post(
         };
     };
     let id = &spec.instance_id;
-    let set =
-        |status: &mut ComputeInstanceActionStatus, state: ActionState, reason: Option<&str>| {
-            if let Some(a) = status.action.as_mut() {
-                a.state = state;
-                a.reason = reason.map(str::to_owned);
-                match state {
-                    ActionState::Accepted => a.accepted_at = Some(now),
-                    s if s.is_terminal() => a.completed_at = Some(now),
-                    _ => {}
-                }
+    let set = |status: &mut ComputeInstanceActionStatus, state: ActionState, reason: Option<&str>| {
+        if let Some(a) = status.action.as_mut() {
+            a.state = state;
+            a.reason = reason.map(str::to_owned);
+            match state {
+                ActionState::Accepted => a.accepted_at = Some(now),
+                s if s.is_terminal() => a.completed_at = Some(now),
+                _ => {}
             }
-        };
+        }
+    };
     let (verdict, phase, requeue) = match result {
         Ok(()) => {
             set(&mut status, ActionState::Accepted, None);
-            let note = format!(
-                "{} of instance {id} accepted by the admin API",
-                action.action
-            );
+            let note = format!("{} of instance {id} accepted by the admin API", action.action);
             events.push(EventNote {
                 warning: false,
                 reason: "ActionAccepted",
@@ -866,11 +814,7 @@ pub fn after_post(
             )
         }
         Err(ApiError::BadRequest(_) | ApiError::InvalidInstanceId(_)) => {
-            let err = result
-                .as_ref()
-                .err()
-                .map(ToString::to_string)
-                .unwrap_or_default();
+            let err = result.as_ref().err().map(ToString::to_string).unwrap_or_default();
             set(&mut status, ActionState::Failed, Some("BadRequest"));
             events.push(EventNote {
                 warning: true,
@@ -916,10 +860,7 @@ pub fn after_post(
         }
         Err(e) if !e.may_have_reached_server() => {
             set(&mut status, ActionState::Rejected, Some(e.reason()));
-            let note = format!(
-                "{} of instance {id} not carried out: {e}; retrying",
-                action.action
-            );
+            let note = format!("{} of instance {id} not carried out: {e}; retrying", action.action);
             (
                 Verdict::reconciling("AdminApiUnavailable", note),
                 Phase::InProgress,
@@ -929,11 +870,7 @@ pub fn after_post(
             )
         }
         Err(e) if action.action.is_one_shot() => {
-            set(
-                &mut status,
-                ActionState::OutcomeUnknown,
-                Some("OutcomeUnknown"),
-            );
+            set(&mut status, ActionState::OutcomeUnknown, Some("OutcomeUnknown"));
             let note = format!(
                 "{} of instance {id} may or may not have been carried out ({e}); it is not resent: set a new spec.requestId to run it again",
                 action.action
@@ -951,10 +888,7 @@ pub fn after_post(
         }
         Err(e) => {
             // A level: the instance will tell. Keep the intent open and re-read it.
-            let note = format!(
-                "{} of instance {id}: {e}; re-reading the instance",
-                action.action
-            );
+            let note = format!("{} of instance {id}: {e}; re-reading the instance", action.action);
             (
                 Verdict::reconciling("AdminApiUnavailable", note),
                 Phase::InProgress,

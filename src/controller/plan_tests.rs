@@ -45,8 +45,7 @@ fn record(action: PowerAction, state: ActionState, request_id: Option<&str>) -> 
         generation: GEN,
         state,
         intent_at: t(0),
-        accepted_at: (state != ActionState::Requested && state != ActionState::Rejected)
-            .then(|| t(100)),
+        accepted_at: (state != ActionState::Requested && state != ActionState::Rejected).then(|| t(100)),
         completed_at: state.is_terminal().then(|| t(2000)),
         attempts: 1,
         saw_transition: false,
@@ -62,12 +61,7 @@ fn status_with(action: Option<ActionRecord>) -> ComputeInstanceActionStatus {
     }
 }
 
-fn run(
-    spec: &ComputeInstanceActionSpec,
-    status: &ComputeInstanceActionStatus,
-    obs: &Observation,
-    now_ms: i64,
-) -> Plan {
+fn run(spec: &ComputeInstanceActionSpec, status: &ComputeInstanceActionStatus, obs: &Observation, now_ms: i64) -> Plan {
     run_with(spec, status, obs, &[], now_ms)
 }
 
@@ -153,17 +147,11 @@ fn invariants_hold_for_every_combination() {
                     let rec = state.map(|s| record(desired.action(), s, sp.request_id.as_deref()));
                     let st = status_with(rec.clone());
                     let p = run(&sp, &st, &instance(observed), now);
-                    let case =
-                        format!("{desired:?} observed={observed:?} state={state:?} now={now}");
+                    let case = format!("{desired:?} observed={observed:?} state={state:?} now={now}");
                     // Conditions always present and consistent.
                     assert_eq!(p.status.conditions.len(), 3, "{case}");
                     assert_eq!(p.status.observed_generation, Some(GEN), "{case}");
-                    let trues = p
-                        .status
-                        .conditions
-                        .iter()
-                        .filter(|c| c.status == "True")
-                        .count();
+                    let trues = p.status.conditions.iter().filter(|c| c.status == "True").count();
                     assert_eq!(trues, 1, "exactly one of Ready/Reconciling/Stalled: {case}");
                     if let Some(action) = p.post {
                         assert_eq!(action, desired.action(), "{case}");
@@ -173,10 +161,7 @@ fn invariants_hold_for_every_combination() {
                         assert_eq!(a.action, action, "{case}");
                         // Never into a transitional instance, never to a level already reached.
                         assert!(!InstanceStatus::parse(observed).is_transitional(), "{case}");
-                        assert!(
-                            action_allowed_from(action, &InstanceStatus::parse(observed)),
-                            "{case}"
-                        );
+                        assert!(action_allowed_from(action, &InstanceStatus::parse(observed)), "{case}");
                         // At most once: a one-shot whose requestId already has a terminal or in-flight record is never re-posted.
                         if action.is_one_shot() {
                             assert!(
@@ -186,10 +171,7 @@ fn invariants_hold_for_every_combination() {
                         }
                     }
                     if desired.is_level() && observed == level_target(desired).unwrap().as_str() {
-                        assert!(
-                            p.post.is_none(),
-                            "level already reached must not POST: {case}"
-                        );
+                        assert!(p.post.is_none(), "level already reached must not POST: {case}");
                         assert_eq!(ready(&p).0, "True", "{case}");
                     }
                 }
@@ -536,17 +518,8 @@ fn decision_table() {
         let p = run(&sp, &status_with(rec), &instance(r.observed), r.now);
         let case = format!("row {i}: {:?} {} {:?}", r.desired, r.observed, r.state);
         assert_eq!(p.post.is_some(), r.post, "{case}");
-        assert_eq!(
-            ready(&p),
-            (r.ready, r.reason),
-            "{case}: {:?}",
-            p.status.message
-        );
-        assert_eq!(
-            p.status.action.as_ref().map(|a| a.state),
-            r.record_after,
-            "{case}"
-        );
+        assert_eq!(ready(&p), (r.ready, r.reason), "{case}: {:?}", p.status.message);
+        assert_eq!(p.status.action.as_ref().map(|a| a.state), r.record_after, "{case}");
     }
 }
 
@@ -620,12 +593,7 @@ fn drift_is_corrected_or_reported_by_enforcement() {
     assert!(p.events.iter().any(|e| e.reason == "DriftDetected"));
     assert!(p.status.action.as_ref().unwrap().drift);
     sp.enforcement = Enforcement::Once;
-    let p = run(
-        &sp,
-        &status_with(Some(converged)),
-        &instance("running"),
-        100_000,
-    );
+    let p = run(&sp, &status_with(Some(converged)), &instance("running"), 100_000);
     assert!(p.post.is_none());
     assert_eq!(ready(&p), ("True", "ConvergedOnce"));
 }
@@ -656,19 +624,10 @@ fn api_errors_become_conditions() {
             "AdminApiUnavailable",
             false,
         ),
-        (
-            ApiError::Malformed("garbage".into()),
-            "AdminApiUnavailable",
-            false,
-        ),
+        (ApiError::Malformed("garbage".into()), "AdminApiUnavailable", false),
     ];
     for (err, reason, stalled) in table {
-        let p = run(
-            &sp,
-            &status_with(None),
-            &Observation::Failed(err.clone()),
-            1,
-        );
+        let p = run(&sp, &status_with(None), &Observation::Failed(err.clone()), 1);
         assert_eq!(ready(&p).1, reason, "{err:?}");
         assert_eq!(stalled_reason(&p).is_some(), stalled, "{err:?}");
         assert!(p.post.is_none());
@@ -681,7 +640,13 @@ fn after_post_table() {
     let lvl = spec(DesiredState::Stopped);
     let settings = PlanSettings::default();
     let intent = |a| status_with(Some(record(a, ActionState::Requested, None)));
-    type Row<'a> = (&'a ComputeInstanceActionSpec, PowerAction, Result<(), ApiError>, ActionState, &'a str);
+    type Row<'a> = (
+        &'a ComputeInstanceActionSpec,
+        PowerAction,
+        Result<(), ApiError>,
+        ActionState,
+        &'a str,
+    );
     let table: Vec<Row> = vec![
         (
             &sp,
@@ -765,11 +730,7 @@ fn after_post_table() {
     ];
     for (spec, action, result, state, reason) in table {
         let p = after_post(&intent(action), spec, GEN, &result, t(10), &settings);
-        assert_eq!(
-            p.status.action.as_ref().map(|a| a.state),
-            Some(state),
-            "{result:?}"
-        );
+        assert_eq!(p.status.action.as_ref().map(|a| a.state), Some(state), "{result:?}");
         assert_eq!(ready(&p).1, reason, "{result:?}");
     }
 }
@@ -806,14 +767,20 @@ fn policy_denial_stalls_without_posting_and_tells_once() {
     assert_eq!(stalled_reason(&p), Some("PolicyDenied"));
     assert_eq!(p.events.len(), 1);
     // Still denied on the next look: no second event.
-    let again = PlanInput { status: &p.status, ..input };
+    let again = PlanInput {
+        status: &p.status,
+        ..input
+    };
     assert!(plan(&again).events.is_empty());
 }
 
 #[test]
 fn loop_protection_limits_one_shots_per_window() {
     let sp = spec(DesiredState::Restarted);
-    let settings = PlanSettings { max_one_shots: 2, ..Default::default() };
+    let settings = PlanSettings {
+        max_one_shots: 2,
+        ..Default::default()
+    };
     let status = status_with(None);
     let obs = instance("running");
     let mk = |recent| PlanInput {
@@ -839,5 +806,8 @@ fn loop_protection_limits_one_shots_per_window() {
         record(PowerAction::Stop, ActionState::Succeeded, None),
     ];
     assert_eq!(count_recent_one_shots([&st], t(10_000), Duration::from_secs(3600)), 2);
-    assert_eq!(count_recent_one_shots([&st], t(7_200_000), Duration::from_secs(3600)), 0);
+    assert_eq!(
+        count_recent_one_shots([&st], t(7_200_000), Duration::from_secs(3600)),
+        0
+    );
 }

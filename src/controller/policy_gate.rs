@@ -49,11 +49,18 @@ impl PolicyGate {
     ) -> Result<(Self, Vec<mpsc::Receiver<()>>), StartError> {
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..listeners).map(|_| mpsc::channel::<()>(1)).unzip();
         if mode == PolicyMode::Off {
-            let gate = Self { mode, store: None, namespaces: Mutex::default(), task: None };
+            let gate = Self {
+                mode,
+                store: None,
+                namespaces: Mutex::default(),
+                task: None,
+            };
             return Ok((gate, receivers));
         }
         let api: Api<ComputeAccessPolicy> = Api::all(client.clone());
-        api.list_metadata(&ListParams::default().limit(1)).await.map_err(StartError::PolicyCrdMissing)?;
+        api.list_metadata(&ListParams::default().limit(1))
+            .await
+            .map_err(StartError::PolicyCrdMissing)?;
         let (reader, writer) = reflector::store();
         // List the policies before the first reconcile (no Store::wait_until_ready: it wakes only one waiter).
         let mut stream = Box::pin(
@@ -70,13 +77,21 @@ impl PolicyGate {
             }
             false
         };
-        if !tokio::time::timeout(Duration::from_secs(30), listed).await.unwrap_or(false) {
-            return Err(StartError::PolicyCrdMissing(kube::Error::Service("listing policies timed out".into())));
+        if !tokio::time::timeout(Duration::from_secs(30), listed)
+            .await
+            .unwrap_or(false)
+        {
+            return Err(StartError::PolicyCrdMissing(kube::Error::Service(
+                "listing policies timed out".into(),
+            )));
         }
         let task = tokio::spawn(async move {
             let mut senders = senders;
             while let Some(event) = stream.next().await {
-                if matches!(event, Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone)) {
+                if matches!(
+                    event,
+                    Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone)
+                ) {
                     for s in &mut senders {
                         // A full channel already carries a pending nudge; that is enough.
                         let _ = s.try_send(());
@@ -87,7 +102,12 @@ impl PolicyGate {
                 let _ = s.close().await;
             }
         });
-        let gate = Self { mode, store: Some(reader), namespaces: Mutex::default(), task: Some(task) };
+        let gate = Self {
+            mode,
+            store: Some(reader),
+            namespaces: Mutex::default(),
+            task: Some(task),
+        };
         Ok((gate, receivers))
     }
 
@@ -101,8 +121,18 @@ impl PolicyGate {
         let policies: Vec<_> = store.state().iter().map(|p| (p.name_any(), p.spec.clone())).collect();
         let ns = obj.namespace().unwrap_or_default();
         let labels = self.namespace_labels(client, &ns).await;
-        let view = NamespaceView { name: &ns, labels: &labels };
-        match policy::evaluate(self.mode, &policies, &view, &obj.spec.instance_id, Some(instance), obj.spec.desired_state) {
+        let view = NamespaceView {
+            name: &ns,
+            labels: &labels,
+        };
+        match policy::evaluate(
+            self.mode,
+            &policies,
+            &view,
+            &obj.spec.instance_id,
+            Some(instance),
+            obj.spec.desired_state,
+        ) {
             Verdict::Allowed { .. } => None,
             Verdict::Denied { message } => Some(message),
         }
@@ -124,11 +154,17 @@ impl PolicyGate {
                 BTreeMap::new()
             }
             Err(_) => {
-                tracing::warn!(namespace = ns, "reading namespace labels timed out; label selectors in policies will not match");
+                tracing::warn!(
+                    namespace = ns,
+                    "reading namespace labels timed out; label selectors in policies will not match"
+                );
                 BTreeMap::new()
             }
         };
-        self.namespaces.lock().unwrap_or_else(|p| p.into_inner()).insert(ns.to_owned(), (labels.clone(), Instant::now()));
+        self.namespaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ns.to_owned(), (labels.clone(), Instant::now()));
         labels
     }
 }

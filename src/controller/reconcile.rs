@@ -84,7 +84,12 @@ pub async fn reconcile(obj: Arc<ComputeInstanceAction>, ctx: Arc<Context>) -> Re
 /// kube-rs error policy: per-object jittered exponential backoff honouring `Retry-After`.
 pub fn error_policy(obj: Arc<ComputeInstanceAction>, err: &Error, ctx: Arc<Context>) -> Action {
     let key = object_key(&obj);
-    ctx.metrics.reconcile_errors.get_or_create(&crate::metrics::ReasonLabel { reason: err.reason().into() }).inc();
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&crate::metrics::ReasonLabel {
+            reason: err.reason().into(),
+        })
+        .inc();
     let retry_after = match err {
         Error::AdminApi(e) => e.retry_after(),
         _ => None,
@@ -104,7 +109,7 @@ async fn reconcile_inner(obj: &ComputeInstanceAction, ctx: &Context, key: &str) 
 
     if obj.spec.suspend {
         let next = plan::plan_suspended(&status, generation, now);
-        if write_if_changed(&api, obj, &status, &next, ctx).await? == Written::Stale {
+        if write_if_changed(&api, obj, &status, &next, ctx).await? == StatusWrite::Stale {
             return Ok(Action::requeue(STALE_RETRY));
         }
         ctx.locks.release(&instance_id, key);
@@ -136,7 +141,7 @@ async fn reconcile_inner(obj: &ComputeInstanceAction, ctx: &Context, key: &str) 
     });
 
     let Some(action) = plan.post else {
-        if write_if_changed(&api, obj, &status, &plan.status, ctx).await? == Written::Stale {
+        if write_if_changed(&api, obj, &status, &plan.status, ctx).await? == StatusWrite::Stale {
             tracing::debug!("stale object in the cache; deciding again shortly");
             return Ok(Action::requeue(STALE_RETRY));
         }
@@ -162,7 +167,10 @@ async fn act(
 ) -> Result<Action, Error> {
     let instance_id = &obj.spec.instance_id;
     let stores = ctx.stores.clone();
-    if !ctx.locks.try_acquire(instance_id, key, |holder| object_exists(&stores, holder)) {
+    if !ctx
+        .locks
+        .try_acquire(instance_id, key, |holder| object_exists(&stores, holder))
+    {
         tracing::debug!(holder = ?ctx.locks.holder(instance_id), "instance busy in this process; waiting");
         return Ok(Action::requeue(ctx.config.plan.poll_min));
     }
@@ -185,7 +193,11 @@ async fn act(
         }
     };
     publish(ctx, obj, &plan.events).await;
-    let repeat = if action.is_one_shot() { Repeat::Never } else { Repeat::SafeToRepeat };
+    let repeat = if action.is_one_shot() {
+        Repeat::Never
+    } else {
+        Repeat::SafeToRepeat
+    };
     let result = ctx.api.act(instance_id, action, repeat).await;
     let outcome = match &result {
         Ok(()) => "accepted",
@@ -193,14 +205,26 @@ async fn act(
         Err(_) => "refused",
     };
     ctx.metrics.count_action(action.as_str(), outcome);
-    tracing::info!(action = action.as_str(), outcome, error = result.as_ref().err().map(tracing::field::display), "action sent");
+    tracing::info!(
+        action = action.as_str(),
+        outcome,
+        error = result.as_ref().err().map(tracing::field::display),
+        "action sent"
+    );
     let intent_at = plan.status.action.as_ref().map(|a| a.intent_at);
     if result.is_ok()
         && let Some(at) = intent_at
     {
         ctx.remember_acceptance(obj, at, Utc::now());
     }
-    let next = plan::after_post(&plan.status, &obj.spec, generation, &result, Utc::now(), &ctx.config.plan);
+    let next = plan::after_post(
+        &plan.status,
+        &obj.spec,
+        generation,
+        &result,
+        Utc::now(),
+        &ctx.config.plan,
+    );
     write_after_post(api, &written, &next.status, ctx).await?;
     publish(ctx, obj, &next.events).await;
     if !holds_open_action(&next.status) {
@@ -232,7 +256,7 @@ async fn write_after_post(
 
 /// Whether a planned status reached the API server.
 #[derive(Debug, PartialEq, Eq)]
-enum Written {
+enum StatusWrite {
     Unchanged,
     Written,
     /// The cached object was stale (409): the plan was made from old data and is dropped.
@@ -249,13 +273,13 @@ async fn write_if_changed(
     old: &ComputeInstanceActionStatus,
     new: &ComputeInstanceActionStatus,
     ctx: &Context,
-) -> Result<Written, Error> {
+) -> Result<StatusWrite, Error> {
     if old == new && obj.status.is_some() {
-        return Ok(Written::Unchanged);
+        return Ok(StatusWrite::Unchanged);
     }
     match replace_status(api, obj, new, ctx).await {
-        Ok(_) => Ok(Written::Written),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Written::Stale),
+        Ok(_) => Ok(StatusWrite::Written),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(StatusWrite::Stale),
         Err(e) => Err(Error::WriteStatus(e)),
     }
 }
@@ -271,7 +295,10 @@ async fn replace_status(
     body.metadata.namespace = obj.namespace();
     body.metadata.resource_version = obj.resource_version();
     body.status = Some(status.clone());
-    let pp = PostParams { dry_run: false, field_manager: Some(FIELD_MANAGER.into()) };
+    let pp = PostParams {
+        dry_run: false,
+        field_manager: Some(FIELD_MANAGER.into()),
+    };
     let result = api.replace_status(&obj.name_any(), &pp, &body).await;
     if result.is_ok() {
         ctx.metrics.status_writes.inc();
@@ -280,12 +307,22 @@ async fn replace_status(
 }
 
 fn holds_open_action(status: &ComputeInstanceActionStatus) -> bool {
-    status.action.as_ref().is_some_and(|a| matches!(a.state, ActionState::Requested | ActionState::Accepted))
+    status
+        .action
+        .as_ref()
+        .is_some_and(|a| matches!(a.state, ActionState::Requested | ActionState::Accepted))
 }
 
 /// Metrics for an action that just finished.
-fn note_finished(ctx: &Context, obj: &ComputeInstanceAction, before: &ComputeInstanceActionStatus, after: &ComputeInstanceActionStatus) {
-    let (Some(b), Some(a)) = (before.action.as_ref(), after.action.as_ref()) else { return };
+fn note_finished(
+    ctx: &Context,
+    obj: &ComputeInstanceAction,
+    before: &ComputeInstanceActionStatus,
+    after: &ComputeInstanceActionStatus,
+) {
+    let (Some(b), Some(a)) = (before.action.as_ref(), after.action.as_ref()) else {
+        return;
+    };
     if !b.state.is_terminal() && a.state.is_terminal() {
         let result = match a.state {
             ActionState::Succeeded => "succeeded",
@@ -297,7 +334,9 @@ fn note_finished(ctx: &Context, obj: &ComputeInstanceAction, before: &ComputeIns
             let secs = (done - a.intent_at).to_std().unwrap_or_default().as_secs_f64();
             ctx.metrics
                 .action_duration
-                .get_or_create(&crate::metrics::ActionLabel { action: a.action.as_str().into() })
+                .get_or_create(&crate::metrics::ActionLabel {
+                    action: a.action.as_str().into(),
+                })
                 .observe(secs);
         }
         ctx.forget_acceptance(obj);
@@ -319,9 +358,15 @@ fn requeue(ctx: &Context, key: &str, r: Requeue) -> Action {
         Requeue::After(d) => {
             ctx.error_backoff.reset(key);
             // Spread long requeues (resyncs) so they do not all land at once.
-            if d >= Duration::from_secs(30) { Action::requeue(d.mul_f64(0.9 + 0.2 * rand::random::<f64>())) } else { Action::requeue(d) }
+            if d >= Duration::from_secs(30) {
+                Action::requeue(d.mul_f64(0.9 + 0.2 * rand::random::<f64>()))
+            } else {
+                Action::requeue(d)
+            }
         }
-        Requeue::Backoff { retry_after } => Action::requeue(ctx.error_backoff.next(key, &ctx.config.error_backoff, retry_after)),
+        Requeue::Backoff { retry_after } => {
+            Action::requeue(ctx.error_backoff.next(key, &ctx.config.error_backoff, retry_after))
+        }
     }
 }
 
@@ -331,13 +376,22 @@ async fn publish(ctx: &Context, obj: &ComputeInstanceAction, events: &[EventNote
     if events.is_empty() {
         return;
     }
-    let permit = ctx.event_slots.clone().acquire_owned().await.expect("the event semaphore is never closed");
+    let permit = ctx
+        .event_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the event semaphore is never closed");
     let reference = obj.object_ref(&());
     let recorder = ctx.recorder.clone();
     let events: Vec<KubeEvent> = events
         .iter()
         .map(|e| KubeEvent {
-            type_: if e.warning { EventType::Warning } else { EventType::Normal },
+            type_: if e.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: e.reason.into(),
             note: Some(e.note.chars().take(1000).collect()),
             action: "Reconcile".into(),
@@ -356,7 +410,9 @@ async fn publish(ctx: &Context, obj: &ComputeInstanceAction, events: &[EventNote
 
 /// Does `namespace/name` still exist in any watched store?
 fn object_exists(stores: &[kube::runtime::reflector::Store<ComputeInstanceAction>], key: &str) -> bool {
-    let Some((ns, name)) = key.split_once('/') else { return false };
+    let Some((ns, name)) = key.split_once('/') else {
+        return false;
+    };
     let r = ObjectRef::<ComputeInstanceAction>::new(name).within(ns);
     stores.iter().any(|s| s.get(&r).is_some())
 }
@@ -375,7 +431,10 @@ pub(crate) fn peers_of(
         .iter()
         .flat_map(|s| s.state_filter(|o| o.spec.instance_id == obj.spec.instance_id && o.uid() != uid))
         .collect();
-    let statuses = others.iter().filter_map(|o| o.status.as_ref()).chain(std::iter::once(own_status));
+    let statuses = others
+        .iter()
+        .filter_map(|o| o.status.as_ref())
+        .chain(std::iter::once(own_status));
     let recent = plan::count_recent_one_shots(statuses, now, window);
     let peers = others
         .iter()

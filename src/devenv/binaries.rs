@@ -11,9 +11,9 @@ pub fn cache_root() -> PathBuf {
     if let Some(dir) = std::env::var_os("COMPUTE_OPERATOR_CACHE") {
         return PathBuf::from(dir);
     }
-    let base = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache")
-    });
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache"));
     base.join("compute-operator")
 }
 
@@ -26,7 +26,9 @@ pub struct Binaries {
 
 /// Why the binaries could not be found, with what to run.
 #[derive(Debug, thiserror::Error)]
-#[error("{what} not found at {path}: run `bash tests/controlplane/build.sh` (builds pinned versions from the Go module proxy; the first build takes ~20 minutes) or set {env}")]
+#[error(
+    "{what} not found at {path}: run `bash tests/controlplane/build.sh` (builds pinned versions from the Go module proxy; the first build takes ~20 minutes) or set {env}"
+)]
 pub struct Missing {
     pub what: &'static str,
     pub path: String,
@@ -38,7 +40,11 @@ fn locate(what: &'static str, env: &'static str, default: PathBuf) -> Result<Pat
     if is_executable(&path) {
         Ok(path)
     } else {
-        Err(Missing { what, path: path.display().to_string(), env })
+        Err(Missing {
+            what,
+            path: path.display().to_string(),
+            env,
+        })
     }
 }
 
@@ -57,7 +63,11 @@ impl Binaries {
                 "KUBE_APISERVER_BIN",
                 root.join(format!("k8s-{K8S_VERSION}")).join("kube-apiserver"),
             )?,
-            etcd: locate("etcd", "ETCD_BIN", root.join(format!("etcd-{ETCD_VERSION}")).join("etcd"))?,
+            etcd: locate(
+                "etcd",
+                "ETCD_BIN",
+                root.join(format!("etcd-{ETCD_VERSION}")).join("etcd"),
+            )?,
         })
     }
 
@@ -67,7 +77,11 @@ impl Binaries {
             return Ok(b);
         }
         let script = repo.join("tests/controlplane/build.sh");
-        anyhow::ensure!(script.exists(), "{} not found; run from the repository root", script.display());
+        anyhow::ensure!(
+            script.exists(),
+            "{} not found; run from the repository root",
+            script.display()
+        );
         let status = std::process::Command::new("bash").arg(&script).arg("all").status()?;
         anyhow::ensure!(status.success(), "{} failed ({status})", script.display());
         Ok(Self::locate()?)
@@ -76,5 +90,9 @@ impl Binaries {
 
 /// helm, built by the same script.
 pub fn helm() -> Result<PathBuf, Missing> {
-    locate("helm", "HELM_BIN", cache_root().join(format!("helm-{HELM_VERSION}")).join("helm"))
+    locate(
+        "helm",
+        "HELM_BIN",
+        cache_root().join(format!("helm-{HELM_VERSION}")).join("helm"),
+    )
 }

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::Client;
 
 use super::binaries::Binaries;
 use super::process::Guarded;
@@ -29,7 +29,10 @@ pub struct ControlPlane {
 
 impl std::fmt::Debug for ControlPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ControlPlane").field("url", &self.url).field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("ControlPlane")
+            .field("url", &self.url)
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -82,7 +85,10 @@ impl ControlPlane {
         std::fs::write(dir.join("sa.key"), sa_key.serialize_pem())?;
         std::fs::write(dir.join("sa.pub"), sa_key.public_key_pem())?;
         let admin_token = random_token();
-        std::fs::write(dir.join("tokens.csv"), format!("{admin_token},admin,admin-uid,\"system:masters\"\n"))?;
+        std::fs::write(
+            dir.join("tokens.csv"),
+            format!("{admin_token},admin,admin-uid,\"system:masters\"\n"),
+        )?;
 
         let port = free_port()?;
         let url = format!("https://127.0.0.1:{port}");
@@ -95,7 +101,10 @@ impl ControlPlane {
             .arg("--service-cluster-ip-range=10.0.0.0/24")
             .arg("--service-account-issuer=https://kubernetes.default.svc")
             .arg(format!("--service-account-key-file={}", dir.join("sa.pub").display()))
-            .arg(format!("--service-account-signing-key-file={}", dir.join("sa.key").display()))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                dir.join("sa.key").display()
+            ))
             .arg(format!("--token-auth-file={}", dir.join("tokens.csv").display()))
             .arg("--authorization-mode=RBAC")
             .arg("--allow-privileged=true")
@@ -154,7 +163,10 @@ impl ControlPlane {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("kube-apiserver not ready after {limit:?}:\n{}", self.log_tail("kube-apiserver"));
+                bail!(
+                    "kube-apiserver not ready after {limit:?}:\n{}",
+                    self.log_tail("kube-apiserver")
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -204,8 +216,11 @@ impl ControlPlane {
                 Err(kube::Error::Api(s)) if s.code == 409 => {}
                 Err(e) => return Err(e).with_context(|| format!("creating CRD {name}")),
             }
-            let established =
-                kube::runtime::wait::await_condition(api.clone(), &name, kube::runtime::wait::conditions::is_crd_established());
+            let established = kube::runtime::wait::await_condition(
+                api.clone(),
+                &name,
+                kube::runtime::wait::conditions::is_crd_established(),
+            );
             tokio::time::timeout(Duration::from_secs(30), established)
                 .await
                 .with_context(|| format!("CRD {name} not established in 30s"))??;
@@ -218,7 +233,11 @@ impl ControlPlane {
         if let Some(mut p) = self.apiserver.take() {
             p.stop(Duration::from_secs(10));
         }
-        let cmd = self.apiserver_cmd.as_ref().map(clone_command).context("no apiserver command")?;
+        let cmd = self
+            .apiserver_cmd
+            .as_ref()
+            .map(clone_command)
+            .context("no apiserver command")?;
         self.apiserver = Some(Guarded::spawn("kube-apiserver", cmd)?);
         self.wait_ready(Duration::from_secs(90)).await
     }
@@ -234,7 +253,11 @@ impl ControlPlane {
     }
 
     pub fn pids(&self) -> Vec<u32> {
-        [self.etcd.as_ref(), self.apiserver.as_ref()].into_iter().flatten().map(Guarded::pid).collect()
+        [self.etcd.as_ref(), self.apiserver.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(Guarded::pid)
+            .collect()
     }
 }
 
@@ -253,7 +276,10 @@ fn clone_command(cmd: &Command) -> Command {
         .filter_map(|a| a.to_str())
         .find_map(|a| a.strip_prefix("--cert-dir="))
         .and_then(|d| Path::new(d).parent().map(Path::to_path_buf))
-        && let Ok(f) = std::fs::OpenOptions::new().append(true).create(true).open(dir.join("kube-apiserver.log"))
+        && let Ok(f) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(dir.join("kube-apiserver.log"))
         && let Ok(f2) = f.try_clone()
     {
         c.stdout(f).stderr(f2);

@@ -90,7 +90,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!(
         "\ncompute-operator dev stack is up.\n  kubeconfig:   {kc}\n  admin API:    {api_url}{}\n\nTry:\n  export KUBECONFIG={kc}\n  kubectl apply -f deploy/examples/\n  kubectl get cia -w\n  kubectl wait --for=condition=Ready cia --all --timeout=60s\n  curl -s {}/_sim/audit   # every action the simulator accepted\n\nCtrl-C stops everything.\n",
         if simulator.is_some() { " (simulator)" } else { "" },
-        simulator.as_ref().map(|s| format!("http://{}", s.addr())).unwrap_or_default(),
+        simulator
+            .as_ref()
+            .map(|s| format!("http://{}", s.addr()))
+            .unwrap_or_default(),
     );
 
     let shutdown = crate::operator::shutdown_signal();

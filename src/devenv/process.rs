@@ -51,7 +51,9 @@ impl Guarded {
             .unwrap_or_else(|p| p.into_inner())
             .send((cmd, tx))
             .map_err(|_| std::io::Error::other("spawner thread is gone"))?;
-        let child = rx.recv().map_err(|_| std::io::Error::other("spawner thread is gone"))??;
+        let child = rx
+            .recv()
+            .map_err(|_| std::io::Error::other("spawner thread is gone"))??;
         Ok(Self { name, child })
     }
 

@@ -37,10 +37,7 @@ pub enum FleetError {
 
 /// The transition an accepted action starts: the status reported meanwhile and the status it settles to.
 /// `None` when the current status does not allow the action (the API answers 409).
-pub fn transition(
-    status: &InstanceStatus,
-    action: PowerAction,
-) -> Option<(InstanceStatus, InstanceStatus)> {
+pub fn transition(status: &InstanceStatus, action: PowerAction) -> Option<(InstanceStatus, InstanceStatus)> {
     use InstanceStatus as S;
     use PowerAction as A;
     match (action, status) {
@@ -187,10 +184,9 @@ impl Fleet {
         if let Some(p) = &slot.pending {
             return Err(ActionError::Busy { action: p.action });
         }
-        let (shown, settle_to) =
-            transition(&slot.instance.status, action).ok_or_else(|| ActionError::NotAllowed {
-                status: slot.instance.status.clone(),
-            })?;
+        let (shown, settle_to) = transition(&slot.instance.status, action).ok_or_else(|| ActionError::NotAllowed {
+            status: slot.instance.status.clone(),
+        })?;
         if !(opts.invisible && action.is_one_shot()) {
             slot.set_status(shown);
         }
@@ -203,11 +199,7 @@ impl Fleet {
             Some(due) => self.due.insert((due, slot.instance.id.clone())),
             None => self.stuck.insert(slot.instance.id.clone()),
         };
-        slot.pending = Some(Pending {
-            action,
-            settle_to,
-            due,
-        });
+        slot.pending = Some(Pending { action, settle_to, due });
         Ok(())
     }
 
@@ -244,9 +236,7 @@ impl Fleet {
     /// Create or replace an instance, cancelling any transition it had. True when it was created.
     pub fn upsert(&mut self, instance: Instance) -> bool {
         self.cancel(&instance.id);
-        self.slots
-            .insert(instance.id.clone(), Slot::new(instance))
-            .is_none()
+        self.slots.insert(instance.id.clone(), Slot::new(instance)).is_none()
     }
 
     fn cancel(&mut self, id: &str) {
@@ -272,8 +262,7 @@ impl Fleet {
     /// The JSON body of [`Fleet::list`]: `{"instances":[...],"pagination":{...}}`.
     pub fn list_json(&mut self, query: &ListQuery, now: Instant) -> Vec<u8> {
         let (page, pagination) = self.page(query, now);
-        let mut out =
-            Vec::with_capacity(page.iter().map(|s| s.json.len() + 1).sum::<usize>() + 160);
+        let mut out = Vec::with_capacity(page.iter().map(|s| s.json.len() + 1).sum::<usize>() + 160);
         out.extend_from_slice(b"{\"instances\":[");
         for (i, slot) in page.iter().enumerate() {
             if i > 0 {
@@ -309,9 +298,7 @@ impl Fleet {
             let mut total = 0usize;
             for slot in self.slots.values() {
                 // Cheapest and most selective test first; the rest is ListFilter's own rule.
-                if status.is_some_and(|st| st != slot.instance.status.as_str())
-                    || !f.matches(&slot.instance)
-                {
+                if status.is_some_and(|st| st != slot.instance.status.as_str()) || !f.matches(&slot.instance) {
                     continue;
                 }
                 if total >= offset && page.len() < size {
@@ -403,10 +390,7 @@ impl ListQuery {
                 8 => q.filter.customer_id = Some(value),
                 16 => {
                     if !InstanceStatus::FILTERABLE.contains(&value.as_str()) {
-                        return Err(
-                            "status must be one of provisioning, running, stopped, error, deleting"
-                                .into(),
-                        );
+                        return Err("status must be one of provisioning, running, stopped, error, deleting".into());
                     }
                     q.filter.status = Some(value);
                 }
@@ -481,12 +465,7 @@ impl SplitMix64 {
 /// The SplitMix64 increment.
 pub const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 
-const ZONES: [&str; 4] = [
-    "us-central1-a",
-    "us-central1-b",
-    "europe-west1-b",
-    "asia-east1-a",
-];
+const ZONES: [&str; 4] = ["us-central1-a", "us-central1-b", "europe-west1-b", "asia-east1-a"];
 const MACHINE_TYPES: [&str; 5] = [
     "e2-small",
     "e2-medium",
@@ -704,15 +683,9 @@ mod tests {
             "page=%ff",
         ];
         for raw in bad {
-            assert!(
-                ListQuery::parse(Some(raw)).is_err(),
-                "{raw} should be rejected"
-            );
+            assert!(ListQuery::parse(Some(raw)).is_err(), "{raw} should be rejected");
         }
-        let q = ListQuery::parse(Some(
-            "userID=u%201&customerID=c+2&status=running&zone=z&templateID=t",
-        ))
-        .unwrap();
+        let q = ListQuery::parse(Some("userID=u%201&customerID=c+2&status=running&zone=z&templateID=t")).unwrap();
         assert_eq!(
             q.filter,
             ListFilter {
@@ -773,10 +746,7 @@ mod tests {
             }
             assert_eq!(&f.get("a", *at).unwrap().status, status, "step {i}");
         }
-        assert_eq!(
-            f.apply("nope", A::Stop, ms(700), OPTS),
-            Err(ActionError::NotFound)
-        );
+        assert_eq!(f.apply("nope", A::Stop, ms(700), OPTS), Err(ActionError::NotFound));
     }
 
     #[test]
@@ -786,23 +756,14 @@ mod tests {
             invisible: true,
             ..OPTS
         };
-        let mut f = Fleet::new(vec![
-            inst("a", S::Running),
-            inst("b", S::Error),
-            inst("c", S::Running),
-        ])
-        .unwrap();
+        let mut f = Fleet::new(vec![inst("a", S::Running), inst("b", S::Error), inst("c", S::Running)]).unwrap();
         f.apply("a", A::Restart, t0, opts).unwrap();
         f.apply("b", A::Reset, t0, opts).unwrap();
         f.apply("c", A::Stop, t0, opts).unwrap();
         let t1 = t0 + Duration::from_millis(10);
         assert_eq!(f.get("a", t1).unwrap().status, S::Running);
         assert_eq!(f.get("b", t1).unwrap().status, S::Error);
-        assert_eq!(
-            f.get("c", t1).unwrap().status,
-            S::Stopping,
-            "stop/start stay visible"
-        );
+        assert_eq!(f.get("c", t1).unwrap().status, S::Stopping, "stop/start stay visible");
         assert_eq!(
             f.apply("a", A::Restart, t1, opts),
             Err(ActionError::Busy { action: A::Restart })
@@ -872,10 +833,7 @@ mod tests {
         let t0 = Instant::now();
         let mut insts = Vec::new();
         for i in 0..30 {
-            let mut x = inst(
-                &format!("i{i:02}"),
-                if i % 3 == 0 { S::Stopped } else { S::Running },
-            );
+            let mut x = inst(&format!("i{i:02}"), if i % 3 == 0 { S::Stopped } else { S::Running });
             x.zone = if i % 2 == 0 { "z1".into() } else { "z2".into() };
             insts.push(x);
         }
@@ -886,11 +844,7 @@ mod tests {
             ("pageSize=3", &["i00", "i01", "i02"], 30),
             ("pageSize=7&page=5", &["i28", "i29"], 30),
             ("pageSize=7&page=6", &[], 30),
-            (
-                "status=stopped&pageSize=3&page=2",
-                &["i09", "i12", "i15"],
-                10,
-            ),
+            ("status=stopped&pageSize=3&page=2", &["i09", "i12", "i15"], 10),
             (
                 "status=stopped&zone=z1&pageSize=100",
                 &["i00", "i06", "i12", "i18", "i24"],
@@ -939,9 +893,7 @@ mod tests {
             let suffix = i.id.strip_prefix("inst-").expect("prefix");
             assert_eq!(suffix.len(), 8);
             assert!(
-                suffix
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+                suffix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
                 "{}",
                 i.id
             );
@@ -969,11 +921,9 @@ mod tests {
         let one = r#"{"id":"a","status":"running"}"#;
         assert_eq!(parse_fleet_json(&format!("[{one}]")).unwrap().len(), 1);
         assert_eq!(
-            parse_fleet_json(&format!(
-                r#"{{"instances":[{one},{{"id":"b","status":"x"}}]}}"#
-            ))
-            .unwrap()
-            .len(),
+            parse_fleet_json(&format!(r#"{{"instances":[{one},{{"id":"b","status":"x"}}]}}"#))
+                .unwrap()
+                .len(),
             2
         );
         assert!(parse_fleet_json(r#"{"nope":[]}"#).is_err());

@@ -48,11 +48,7 @@ pub(crate) enum Caller {
 }
 
 impl Auth {
-    pub(crate) fn new(
-        admin_token: String,
-        user_token: String,
-        api_key: Option<(String, String)>,
-    ) -> Self {
+    pub(crate) fn new(admin_token: String, user_token: String, api_key: Option<(String, String)>) -> Self {
         Self {
             admin_token,
             user_token,
@@ -71,11 +67,9 @@ impl Auth {
                 caller = Caller::NotAdmin;
             }
         }
-        if let (Some(key), Some(secret), Some((want_key, want_secret))) = (
-            headers.get("api-key"),
-            headers.get("api-secret"),
-            &self.api_key,
-        ) {
+        if let (Some(key), Some(secret), Some((want_key, want_secret))) =
+            (headers.get("api-key"), headers.get("api-secret"), &self.api_key)
+        {
             let key_ok = ct_eq(key.as_bytes(), want_key.as_bytes());
             let secret_ok = ct_eq(secret.as_bytes(), want_secret.as_bytes());
             if key_ok & secret_ok {
@@ -117,10 +111,7 @@ fn json_bytes(status: StatusCode, body: Result<Vec<u8>, serde_json::Error>) -> R
             bytes,
         )
             .into_response(),
-        Err(_) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "could not serialize the response",
-        ),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "could not serialize the response"),
     }
 }
 
@@ -156,12 +147,10 @@ fn classify(method: &Method, rest: &str) -> RequestKind {
 }
 
 fn injected(faults: &Faults) -> Response {
-    let status =
-        StatusCode::from_u16(faults.error_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let status = StatusCode::from_u16(faults.error_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     let mut resp = error(status, "injected fault");
     if let Some(secs) = faults.retry_after_seconds {
-        resp.headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from(secs));
+        resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
     }
     resp
 }
@@ -183,10 +172,7 @@ async fn gate(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> Respon
     } else {
         match sh.auth.check(req.headers()) {
             Caller::Admin => next.run(req).await,
-            Caller::NotAdmin => error(
-                StatusCode::FORBIDDEN,
-                "caller does not hold the compute_admin role",
-            ),
+            Caller::NotAdmin => error(StatusCode::FORBIDDEN, "caller does not hold the compute_admin role"),
             Caller::Anonymous => {
                 let mut resp = error(StatusCode::UNAUTHORIZED, "missing or invalid credentials");
                 resp.headers_mut()
@@ -208,10 +194,7 @@ async fn list(State(sh): State<Arc<Shared>>, RawQuery(raw): RawQuery) -> Respons
     json_bytes(StatusCode::OK, Ok(body))
 }
 
-async fn get_one(
-    State(sh): State<Arc<Shared>>,
-    path: Result<Path<String>, PathRejection>,
-) -> Response {
+async fn get_one(State(sh): State<Arc<Shared>>, path: Result<Path<String>, PathRejection>) -> Response {
     let Ok(Path(id)) = path else {
         // An id that does not decode to UTF-8 names no instance.
         return error(StatusCode::NOT_FOUND, "instance not found");
@@ -255,10 +238,9 @@ async fn act(
             StatusCode::CONFLICT,
             &format!("another action ({running}) is still in progress"),
         ),
-        Err(ActionError::NotAllowed { status }) => error(
-            StatusCode::CONFLICT,
-            &format!("instance is {status}; cannot {action}"),
-        ),
+        Err(ActionError::NotAllowed { status }) => {
+            error(StatusCode::CONFLICT, &format!("instance is {status}; cannot {action}"))
+        }
     }
 }
 
@@ -316,11 +298,7 @@ struct StatusBody {
     status: InstanceStatus,
 }
 
-async fn put_status(
-    State(sh): State<Arc<Shared>>,
-    path: Result<Path<String>, PathRejection>,
-    body: Bytes,
-) -> Response {
+async fn put_status(State(sh): State<Arc<Shared>>, path: Result<Path<String>, PathRejection>, body: Bytes) -> Response {
     let Ok(Path(id)) = path else {
         return error(StatusCode::BAD_REQUEST, "invalid instance id");
     };
@@ -358,21 +336,11 @@ async fn put_instance(
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid instance: {e}")),
     };
     if instance.id != id {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "the instance id must match the path",
-        );
+        return error(StatusCode::BAD_REQUEST, "the instance id must match the path");
     }
     let body = serde_json::to_vec(&instance);
     let created = sh.fleet().upsert(instance);
-    json_bytes(
-        if created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        },
-        body,
-    )
+    json_bytes(if created { StatusCode::CREATED } else { StatusCode::OK }, body)
 }
 
 /// Every route, with the admin gate in front.
@@ -444,16 +412,8 @@ mod tests {
             (Method::POST, "/admin/instances", K::Other),
             (Method::GET, "/admin/instances/inst-1", K::Get),
             (Method::GET, "/admin/instances/", K::Other),
-            (
-                Method::POST,
-                "/admin/instances/inst-1/stop",
-                K::Action(A::Stop),
-            ),
-            (
-                Method::POST,
-                "/admin/instances/inst-1/reset",
-                K::Action(A::Reset),
-            ),
+            (Method::POST, "/admin/instances/inst-1/stop", K::Action(A::Stop)),
+            (Method::POST, "/admin/instances/inst-1/reset", K::Action(A::Reset)),
             (Method::POST, "/admin/instances/inst-1/explode", K::Other),
             (Method::GET, "/admin/instances/inst-1/stop", K::Other),
             (Method::POST, "/admin/instances/inst-1/stop/x", K::Other),
@@ -463,10 +423,7 @@ mod tests {
         for (m, rest, want) in cases {
             assert_eq!(classify(&m, rest), want, "{m} {rest}");
         }
-        assert_eq!(
-            admin_rest("/api/compute/v1/admin/instances"),
-            Some("/admin/instances")
-        );
+        assert_eq!(admin_rest("/api/compute/v1/admin/instances"), Some("/admin/instances"));
         assert_eq!(admin_rest("/api/compute/v1"), Some(""));
         assert_eq!(admin_rest("/api/compute/v10/x"), None);
         assert_eq!(admin_rest("/_sim/stats"), None);
@@ -479,41 +436,13 @@ mod tests {
         type Case<'a> = (&'a [(&'a str, &'a str)], Caller, Caller);
         let cases: &[Case] = &[
             (&[], Caller::Anonymous, Caller::Anonymous),
-            (
-                &[("authorization", "Bearer adm")],
-                Caller::Admin,
-                Caller::Admin,
-            ),
-            (
-                &[("authorization", "bearer  adm ")],
-                Caller::Admin,
-                Caller::Admin,
-            ),
-            (
-                &[("authorization", "Bearer usr")],
-                Caller::NotAdmin,
-                Caller::NotAdmin,
-            ),
-            (
-                &[("authorization", "Bearer ad")],
-                Caller::Anonymous,
-                Caller::Anonymous,
-            ),
-            (
-                &[("authorization", "Basic adm")],
-                Caller::Anonymous,
-                Caller::Anonymous,
-            ),
-            (
-                &[("authorization", "Bearer ")],
-                Caller::Anonymous,
-                Caller::Anonymous,
-            ),
-            (
-                &[("authorization", "adm")],
-                Caller::Anonymous,
-                Caller::Anonymous,
-            ),
+            (&[("authorization", "Bearer adm")], Caller::Admin, Caller::Admin),
+            (&[("authorization", "bearer  adm ")], Caller::Admin, Caller::Admin),
+            (&[("authorization", "Bearer usr")], Caller::NotAdmin, Caller::NotAdmin),
+            (&[("authorization", "Bearer ad")], Caller::Anonymous, Caller::Anonymous),
+            (&[("authorization", "Basic adm")], Caller::Anonymous, Caller::Anonymous),
+            (&[("authorization", "Bearer ")], Caller::Anonymous, Caller::Anonymous),
+            (&[("authorization", "adm")], Caller::Anonymous, Caller::Anonymous),
             (
                 &[("api-key", "k"), ("api-secret", "s")],
                 Caller::Admin,
@@ -526,20 +455,12 @@ mod tests {
             ),
             (&[("api-key", "k")], Caller::Anonymous, Caller::Anonymous),
             (
-                &[
-                    ("authorization", "Bearer usr"),
-                    ("api-key", "k"),
-                    ("api-secret", "s"),
-                ],
+                &[("authorization", "Bearer usr"), ("api-key", "k"), ("api-secret", "s")],
                 Caller::Admin,
                 Caller::NotAdmin,
             ),
             (
-                &[
-                    ("authorization", "Bearer bad"),
-                    ("api-key", "k"),
-                    ("api-secret", "s"),
-                ],
+                &[("authorization", "Bearer bad"), ("api-key", "k"), ("api-secret", "s")],
                 Caller::Admin,
                 Caller::Anonymous,
             ),
@@ -550,11 +471,7 @@ mod tests {
                 map.insert(*k, HeaderValue::from_str(v).unwrap());
             }
             assert_eq!(auth.check(&map), *want, "{headers:?}");
-            assert_eq!(
-                no_key.check(&map),
-                *want_no_key,
-                "{headers:?} without a configured key"
-            );
+            assert_eq!(no_key.check(&map), *want_no_key, "{headers:?} without a configured key");
         }
     }
 }

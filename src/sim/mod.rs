@@ -60,20 +60,10 @@ pub struct SimArgs {
     )]
     pub user_token: String,
     /// API key accepted together with --api-secret (admin role).
-    #[arg(
-        long,
-        env = "COMPUTE_SIM_API_KEY",
-        hide_env_values = true,
-        requires = "api_secret"
-    )]
+    #[arg(long, env = "COMPUTE_SIM_API_KEY", hide_env_values = true, requires = "api_secret")]
     pub api_key: Option<String>,
     /// API secret accepted together with --api-key.
-    #[arg(
-        long,
-        env = "COMPUTE_SIM_API_SECRET",
-        hide_env_values = true,
-        requires = "api_key"
-    )]
+    #[arg(long, env = "COMPUTE_SIM_API_SECRET", hide_env_values = true, requires = "api_key")]
     pub api_secret: Option<String>,
     /// Number of generated instances (ignored with --fleet-file).
     #[arg(long, env = "COMPUTE_SIM_INSTANCES", default_value_t = 50)]
@@ -351,10 +341,8 @@ fn load_fleet(config: &SimConfig) -> anyhow::Result<Fleet> {
     let instances = if let Some(fleet) = &config.fleet {
         fleet.clone()
     } else if let Some(path) = &config.fleet_file {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading fleet file {}", path.display()))?;
-        fleet::parse_fleet_json(&text)
-            .with_context(|| format!("parsing fleet file {}", path.display()))?
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading fleet file {}", path.display()))?;
+        fleet::parse_fleet_json(&text).with_context(|| format!("parsing fleet file {}", path.display()))?
     } else {
         fleet::generate(config.instances, config.seed)
     };
@@ -362,14 +350,8 @@ fn load_fleet(config: &SimConfig) -> anyhow::Result<Fleet> {
 }
 
 fn validate(config: &SimConfig) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !config.admin_token.is_empty(),
-        "the admin token must not be empty"
-    );
-    anyhow::ensure!(
-        !config.user_token.is_empty(),
-        "the user token must not be empty"
-    );
+    anyhow::ensure!(!config.admin_token.is_empty(), "the admin token must not be empty");
+    anyhow::ensure!(!config.user_token.is_empty(), "the user token must not be empty");
     anyhow::ensure!(
         config.admin_token != config.user_token,
         "the admin and user tokens must differ"
@@ -396,12 +378,8 @@ pub async fn start(config: SimConfig) -> anyhow::Result<SimServer> {
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     let shown = match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()))
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port()))
-        }
+        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port())),
+        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port())),
         _ => addr,
     };
     let api_key = config.api_key.zip(config.api_secret);
@@ -527,10 +505,7 @@ mod tests {
             ])
             .sim,
         );
-        assert_eq!(
-            c.api_key.as_deref().zip(c.api_secret.as_deref()),
-            Some(("k", "s"))
-        );
+        assert_eq!(c.api_key.as_deref().zip(c.api_secret.as_deref()), Some(("k", "s")));
         assert_eq!(c.fleet_file, Some(PathBuf::from("/f.json")));
         assert!(c.invisible_transitions);
         assert_eq!(

@@ -10,9 +10,7 @@ use compute_operator::api::{AdminClient, ClientConfig, CredentialSource, Credent
 use compute_operator::controller::{self, ControllerConfig};
 use compute_operator::devenv::{Binaries, ControlPlane};
 use compute_operator::metrics::Metrics;
-use compute_operator::resource::{
-    ComputeInstanceAction, ComputeInstanceActionSpec, DesiredState, Enforcement,
-};
+use compute_operator::resource::{ComputeInstanceAction, ComputeInstanceActionSpec, DesiredState, Enforcement};
 use compute_operator::sim::{self, SimConfig, SimServer};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ObjectMeta, PostParams};
@@ -24,8 +22,7 @@ pub fn control_plane() -> &'static ControlPlane {
     CP.get_or_init(|| {
         compute_operator::api::client::install_crypto_provider();
         compute_operator::telemetry::init("warn", compute_operator::config::LogFormat::Text);
-        let binaries =
-            Binaries::locate().unwrap_or_else(|e| panic!("control plane binaries missing: {e}"));
+        let binaries = Binaries::locate().unwrap_or_else(|e| panic!("control plane binaries missing: {e}"));
         // Started on its own runtime: clients must be created per test runtime (see `client()`).
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -131,18 +128,12 @@ pub fn test_controller_config(ns: &str) -> ControllerConfig {
     config.plan.settle = Duration::from_secs(2);
     config.plan.slow_retry = Duration::from_secs(2);
     config.plan.poll_max = Duration::from_secs(1);
-    config.error_backoff = compute_operator::api::backoff::Backoff::new(
-        Duration::from_millis(100),
-        Duration::from_secs(2),
-    );
+    config.error_backoff =
+        compute_operator::api::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     config
 }
 
-pub async fn start_controller(
-    sim: &SimServer,
-    token: &str,
-    config: ControllerConfig,
-) -> RunningController {
+pub async fn start_controller(sim: &SimServer, token: &str, config: ControllerConfig) -> RunningController {
     let metrics = Metrics::new();
     let api = admin_client_for(sim, token);
     let client = client().await;
@@ -152,16 +143,7 @@ pub async fn start_controller(
         let shutdown = async move {
             let _ = rx.await;
         };
-        if let Err(e) = controller::run(
-            client,
-            api,
-            config,
-            m,
-            Arc::new(AtomicBool::new(true)),
-            shutdown,
-        )
-        .await
-        {
+        if let Err(e) = controller::run(client, api, config, m, Arc::new(AtomicBool::new(true)), shutdown).await {
             panic!("controller failed: {e}");
         }
     });
@@ -172,12 +154,7 @@ pub async fn start_controller(
     }
 }
 
-pub fn cia(
-    name: &str,
-    instance: &str,
-    desired: DesiredState,
-    request_id: Option<&str>,
-) -> ComputeInstanceAction {
+pub fn cia(name: &str, instance: &str, desired: DesiredState, request_id: Option<&str>) -> ComputeInstanceAction {
     ComputeInstanceAction::new(
         name,
         ComputeInstanceActionSpec {
@@ -192,10 +169,7 @@ pub fn cia(
     )
 }
 
-pub fn condition<'a>(
-    o: &'a ComputeInstanceAction,
-    type_: &str,
-) -> Option<&'a compute_operator::resource::Condition> {
+pub fn condition<'a>(o: &'a ComputeInstanceAction, type_: &str) -> Option<&'a compute_operator::resource::Condition> {
     o.status
         .as_ref()?
         .conditions
@@ -233,13 +207,9 @@ pub async fn wait_reason(
     type_: &str,
     reason: &str,
 ) -> ComputeInstanceAction {
-    wait_for(
-        api,
-        name,
-        Duration::from_secs(30),
-        &format!("{type_}={reason}"),
-        |o| condition(o, type_).is_some_and(|c| c.reason == reason),
-    )
+    wait_for(api, name, Duration::from_secs(30), &format!("{type_}={reason}"), |o| {
+        condition(o, type_).is_some_and(|c| c.reason == reason)
+    })
     .await
 }
 
