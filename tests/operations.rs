@@ -41,6 +41,9 @@ impl Replica {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_compute-operator"));
         cmd.args([
             "run",
+            // Access policies are covered by tests/guardrails.rs; this file is about leadership.
+            "--policy-mode",
+            "off",
             "--leader-election",
             "--lease-namespace",
             ns,

@@ -33,13 +33,19 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 
 step "cargo test (unit, simulator, client, end-to-end, packaging)"
-cargo test --all-targets --no-fail-fast 2>&1 | tee /tmp/compute-operator-test.log | grep -E '^(test |running |     Running|test result|failures:|---- )' || true
-status=${PIPESTATUS[0]}
+log=$(mktemp -t compute-operator-test.XXXXXX.log)
+set +e
+cargo test --all-targets --no-fail-fast >"$log" 2>&1
+status=$?
+set -e
+grep -E '^(test |running |     Running|test result|failures:)' "$log" || true
+passed=$(grep -Eo 'test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
 if [[ $status -ne 0 ]]; then
-  echo "cargo test failed (full log: /tmp/compute-operator-test.log):" >&2
-  grep -E -A25 '^---- ' /tmp/compute-operator-test.log | head -200 >&2 || true
+  echo "cargo test failed (exit $status; full log: $log):" >&2
+  grep -E -A25 '^---- ' "$log" | head -200 >&2 || true
+  echo "$passed passed, $failed failed"
   exit "$status"
 fi
-passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' /tmp/compute-operator-test.log | awk '{s+=$4} END {print s+0}')
 step "done"
 echo "$passed passed, 0 failed"
