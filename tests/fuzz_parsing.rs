@@ -688,7 +688,6 @@ mod huge {
     /// Rejected and sent again. Known bug, reported; un-ignore once `act` treats any 2xx as accepted (or
     /// `Malformed` after a POST as possibly carried out).
     #[tokio::test]
-    #[ignore = "known bug: a 202 followed by an oversized body is reported as not carried out"]
     async fn an_accepted_action_with_an_oversized_body_is_never_reported_as_not_sent() {
         let addr = serve().await;
         let api = client(addr);

@@ -294,6 +294,12 @@ impl AdminClient {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
+        // An accepted action is accepted whatever its body says: reading a body (too large, cut off) must never
+        // turn a 202 into an error that would let a one-shot be sent again.
+        if status.is_success() && matches!(endpoint, Endpoint::Action(_)) {
+            self.observe(endpoint, Some(status.as_u16()), started);
+            return Ok(Vec::new());
+        }
         let body = read_capped(response).await;
         self.observe(endpoint, Some(status.as_u16()), started);
         let body = body?;
