@@ -683,10 +683,9 @@ mod huge {
         assert!(peak_rss_mib() < 512, "peak RSS {} MiB", peak_rss_mib());
     }
 
-    /// A 202 is an accepted action whatever follows it. Today an oversized body after a 202 turns into
-    /// `Malformed`, which `may_have_reached_server()` calls "not reached", so a restart/reset is recorded as
-    /// Rejected and sent again. Known bug, reported; un-ignore once `act` treats any 2xx as accepted (or
-    /// `Malformed` after a POST as possibly carried out).
+    /// A 202 is an accepted action whatever follows it: an oversized body after a 202 once became
+    /// `Malformed`, which counts as "not reached", so a restart/reset would have been recorded as Rejected
+    /// and sent again. The client now treats any 2xx to an action as accepted without reading the body.
     #[tokio::test]
     async fn an_accepted_action_with_an_oversized_body_is_never_reported_as_not_sent() {
         let addr = serve().await;
