@@ -117,9 +117,7 @@ async fn every_desired_state_reaches_ready_from_each_starting_status() {
     }
     let ctl = start_controller(&sim, TOKEN, test_controller_config(&ns)).await;
     for (name, id, _, desired, _) in &cases {
-        api.create(&PostParams::default(), &cia(name, id, *desired, Some("r1")))
-            .await
-            .expect("create");
+        create(&api, &cia(name, id, *desired, Some("r1"))).await;
     }
     // kubectl wait works on them, unchanged.
     let out = tokio::process::Command::new("kubectl")
@@ -230,12 +228,7 @@ async fn controller_restart_mid_action_never_resends() {
         ..Faults::default()
     });
     let ctl = start_controller(&sim, TOKEN, test_controller_config(&ns)).await;
-    api.create(
-        &PostParams::default(),
-        &cia("reset", "i-1", DesiredState::Reset, Some("a")),
-    )
-    .await
-    .unwrap();
+    create(&api, &cia("reset", "i-1", DesiredState::Reset, Some("a"))).await;
     wait_for(&api, "reset", Duration::from_secs(20), "accepted", |o| {
         o.status
             .as_ref()
@@ -361,9 +354,7 @@ async fn invalid_resources_are_rejected_by_the_api_server() {
         assert!(msg.contains(want), "{spec}: got {msg}");
     }
     // instanceId is immutable.
-    api.create(&PostParams::default(), &cia("ok", "i-1", DesiredState::Running, None))
-        .await
-        .unwrap();
+    create(&api, &cia("ok", "i-1", DesiredState::Running, None)).await;
     let patch = serde_json::json!({"spec": {"instanceId": "i-2"}});
     let err = api
         .patch("ok", &PatchParams::default(), &Patch::Merge(&patch))
@@ -381,22 +372,12 @@ async fn api_failures_become_conditions() {
     config.plan.resync = Duration::from_secs(60);
     let ctl = start_controller(&sim, TOKEN, config).await;
     // 404.
-    api.create(
-        &PostParams::default(),
-        &cia("missing", "i-nope", DesiredState::Stopped, None),
-    )
-    .await
-    .unwrap();
+    create(&api, &cia("missing", "i-nope", DesiredState::Stopped, None)).await;
     let o = wait_reason(&api, "missing", "Stalled", "InstanceNotFound").await;
     assert_eq!(o.status.unwrap().phase, Some(compute_operator::resource::Phase::Failed));
     // 409 storm: the instance stays busy (someone else's action never finishes) until it is released.
     sim.set_status("i-busy", InstanceStatus::Restarting);
-    api.create(
-        &PostParams::default(),
-        &cia("busy", "i-busy", DesiredState::Stopped, None),
-    )
-    .await
-    .unwrap();
+    create(&api, &cia("busy", "i-busy", DesiredState::Stopped, None)).await;
     wait_reason(&api, "busy", "Reconciling", "WaitingForInstance").await;
     sim.set_status("i-busy", InstanceStatus::Running);
     wait_ready(&api, "busy").await;
@@ -408,24 +389,14 @@ async fn api_failures_become_conditions() {
         retry_after_seconds: Some(1),
         ..Faults::default()
     });
-    api.create(
-        &PostParams::default(),
-        &cia("flaky", "i-503", DesiredState::Stopped, None),
-    )
-    .await
-    .unwrap();
+    create(&api, &cia("flaky", "i-503", DesiredState::Stopped, None)).await;
     wait_reason(&api, "flaky", "Reconciling", "AdminApiUnavailable").await;
     sim.set_faults(Faults::default());
     wait_ready(&api, "flaky").await;
     ctl.stop().await;
     // Credentials without the admin role.
     let ctl = start_controller(&sim, "dev-user-token", test_controller_config(&ns)).await;
-    api.create(
-        &PostParams::default(),
-        &cia("noadmin", "i-busy", DesiredState::Running, None),
-    )
-    .await
-    .unwrap();
+    create(&api, &cia("noadmin", "i-busy", DesiredState::Running, None)).await;
     let o = wait_reason(&api, "noadmin", "Stalled", "Forbidden").await;
     assert!(condition(&o, "Stalled").unwrap().message.contains("compute_admin"));
     ctl.stop().await;
@@ -438,18 +409,8 @@ async fn objects_on_one_instance_are_serialized_or_in_conflict() {
     add_instance(&sim, "i-2", InstanceStatus::Running);
     let ctl = start_controller(&sim, TOKEN, test_controller_config(&ns)).await;
     // Contradicting levels: both Stalled/Conflict, no POST.
-    api.create(
-        &PostParams::default(),
-        &cia("want-up", "i-1", DesiredState::Running, None),
-    )
-    .await
-    .unwrap();
-    api.create(
-        &PostParams::default(),
-        &cia("want-down", "i-1", DesiredState::Stopped, None),
-    )
-    .await
-    .unwrap();
+    create(&api, &cia("want-up", "i-1", DesiredState::Running, None)).await;
+    create(&api, &cia("want-down", "i-1", DesiredState::Stopped, None)).await;
     wait_reason(&api, "want-down", "Stalled", "Conflict").await;
     // The first one may have been Ready before the second appeared; on its next look it is in conflict too.
     api.patch(
@@ -466,18 +427,8 @@ async fn objects_on_one_instance_are_serialized_or_in_conflict() {
     wait_ready(&api, "want-up").await;
     assert!(audit_for(&sim, "i-1").is_empty());
     // A restart and a reset on one instance: serialized, never overlapping (the sim answers 409 to overlap).
-    api.create(
-        &PostParams::default(),
-        &cia("restart", "i-2", DesiredState::Restarted, Some("1")),
-    )
-    .await
-    .unwrap();
-    api.create(
-        &PostParams::default(),
-        &cia("reset", "i-2", DesiredState::Reset, Some("1")),
-    )
-    .await
-    .unwrap();
+    create(&api, &cia("restart", "i-2", DesiredState::Restarted, Some("1"))).await;
+    create(&api, &cia("reset", "i-2", DesiredState::Reset, Some("1"))).await;
     wait_ready(&api, "restart").await;
     wait_ready(&api, "reset").await;
     let mut actions = audit_for(&sim, "i-2");
@@ -493,12 +444,7 @@ async fn drift_is_corrected_on_resync_and_deletion_leaves_the_instance_alone() {
     let mut config = test_controller_config(&ns);
     config.plan.resync = Duration::from_secs(2);
     let ctl = start_controller(&sim, TOKEN, config).await;
-    api.create(
-        &PostParams::default(),
-        &cia("keep-stopped", "i-1", DesiredState::Stopped, None),
-    )
-    .await
-    .unwrap();
+    create(&api, &cia("keep-stopped", "i-1", DesiredState::Stopped, None)).await;
     wait_ready(&api, "keep-stopped").await;
     // Someone starts it elsewhere.
     sim.set_status("i-1", InstanceStatus::Running);
@@ -559,19 +505,9 @@ async fn credentials_never_leak_into_logs_status_or_events() {
     .stdout(std::fs::File::create(&log).unwrap())
     .stderr(std::fs::File::options().append(true).open(&log).unwrap());
     let mut operator = compute_operator::devenv::process::Guarded::spawn("compute-operator", cmd).unwrap();
-    api.create(
-        &PostParams::default(),
-        &cia("restart", "i-1", DesiredState::Restarted, Some("1")),
-    )
-    .await
-    .unwrap();
+    create(&api, &cia("restart", "i-1", DesiredState::Restarted, Some("1"))).await;
     // A second object that fails: error paths must not print credentials either.
-    api.create(
-        &PostParams::default(),
-        &cia("missing", "i-404", DesiredState::Stopped, None),
-    )
-    .await
-    .unwrap();
+    create(&api, &cia("missing", "i-404", DesiredState::Stopped, None)).await;
     let ready = wait_ready(&api, "restart").await;
     wait_reason(&api, "missing", "Stalled", "InstanceNotFound").await;
     let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
@@ -622,12 +558,7 @@ async fn conflict_409_means_look_again_until_the_instance_is_free() {
         .await
         .unwrap();
     let ctl = start_controller(&sim, TOKEN, test_controller_config(&ns)).await;
-    api.create(
-        &PostParams::default(),
-        &cia("reset", "i-1", DesiredState::Reset, Some("1")),
-    )
-    .await
-    .unwrap();
+    create(&api, &cia("reset", "i-1", DesiredState::Reset, Some("1"))).await;
     wait_reason(&api, "reset", "Reconciling", "InstanceBusy").await;
     let o = wait_ready(&api, "reset").await;
     assert!(

@@ -179,23 +179,11 @@ async fn access_policy_allows_denies_and_is_picked_up_at_run_time() {
         ("tmpl", "i-tmpl"),
         ("sel", "i-sel"),
     ] {
-        api.create(&PostParams::default(), &cia(name, id, DesiredState::Stopped, None))
-            .await
-            .unwrap();
+        create(&api, &cia(name, id, DesiredState::Stopped, None)).await;
     }
     // Denied: the template policy grants only `stopped`; nothing grants i-late.
-    api.create(
-        &PostParams::default(),
-        &cia("tmpl-reset", "i-tmpl", DesiredState::Reset, Some("1")),
-    )
-    .await
-    .unwrap();
-    api.create(
-        &PostParams::default(),
-        &cia("late", "i-late", DesiredState::Stopped, None),
-    )
-    .await
-    .unwrap();
+    create(&api, &cia("tmpl-reset", "i-tmpl", DesiredState::Reset, Some("1"))).await;
+    create(&api, &cia("late", "i-late", DesiredState::Stopped, None)).await;
     for name in ["id", "cust", "user", "zone", "tmpl", "sel"] {
         wait_ready(&api, name).await;
     }
@@ -268,12 +256,12 @@ async fn dry_run_and_suspend_make_no_post() {
     let ctl = start_controller(&sim, TOKEN, test_controller_config(&ns)).await;
     let mut dry = cia("dry", "i-dry", DesiredState::Reset, Some("1"));
     dry.spec.dry_run = true;
-    api.create(&PostParams::default(), &dry).await.unwrap();
+    create(&api, &dry).await;
     let o = wait_reason(&api, "dry", "Reconciling", "DryRun").await;
     assert!(o.status.unwrap().message.unwrap().contains("would reset"));
     let mut sus = cia("sus", "i-sus", DesiredState::Stopped, None);
     sus.spec.suspend = true;
-    api.create(&PostParams::default(), &sus).await.unwrap();
+    create(&api, &sus).await;
     wait_reason(&api, "sus", "Reconciling", "Suspended").await;
     let gets_before = sim.stats().requests.get;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -311,12 +299,7 @@ async fn loop_protection_stops_a_reboot_loop() {
     let mut config = test_controller_config(&ns);
     config.plan.max_one_shots = 2;
     let ctl = start_controller(&sim, TOKEN, config).await;
-    api.create(
-        &PostParams::default(),
-        &cia("reboot", "i-1", DesiredState::Restarted, Some("1")),
-    )
-    .await
-    .unwrap();
+    create(&api, &cia("reboot", "i-1", DesiredState::Restarted, Some("1"))).await;
     for rid in ["1", "2", "3"] {
         let patch = serde_json::json!({"spec": {"requestId": rid}});
         api.patch("reboot", &PatchParams::default(), &Patch::Merge(&patch))

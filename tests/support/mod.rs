@@ -177,6 +177,13 @@ pub fn condition<'a>(o: &'a ComputeInstanceAction, type_: &str) -> Option<&'a co
         .find(|c| c.type_ == type_ && c.status == "True")
 }
 
+/// Creates an object, failing the test with the API server's answer if it is refused.
+pub async fn create(api: &Api<ComputeInstanceAction>, obj: &ComputeInstanceAction) -> ComputeInstanceAction {
+    api.create(&PostParams::default(), obj)
+        .await
+        .unwrap_or_else(|e| panic!("create {}: {e}", obj.name_any()))
+}
+
 /// Waits until `check` holds for the object, or fails with its last status.
 pub async fn wait_for(
     api: &Api<ComputeInstanceAction>,
