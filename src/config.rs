@@ -136,6 +136,9 @@ impl RunArgs {
                 "required with --leader-election (or set POD_NAMESPACE)",
             ));
         }
+        if self.one_shot_window < Duration::from_secs(1) || self.one_shot_window > Duration::from_secs(30 * 24 * 3600) {
+            return Err(invalid("--one-shot-window", "must be between 1s and 30 days"));
+        }
         if self.max_one_shots == 0 {
             return Err(invalid("--max-one-shots", "must be at least 1"));
         }

@@ -109,6 +109,8 @@ pub enum StartError {
         "the ComputeInstanceAction CRD is not installed (or not readable): {0}. Install it with `compute-operator crd | kubectl apply -f -` or `kubectl apply -f crds/`"
     )]
     CrdMissing(#[source] kube::Error),
+    #[error("the Kubernetes API server did not answer for a minute: {0}")]
+    ApiServerUnreachable(#[source] kube::Error),
     #[error(
         "--policy-mode enforce needs the ComputeAccessPolicy CRD and permission to list it: {0}. Install crds/ or run with --policy-mode off on a single-tenant cluster"
     )]
@@ -122,13 +124,25 @@ pub async fn check_crd(client: &Client, namespaces: &[String]) -> Result<(), Sta
         None => Api::all(client.clone()),
     };
     let lp = ListParams::default().limit(1);
-    let probe = tokio::time::timeout(Duration::from_secs(15), api.list_metadata(&lp)).await;
-    match probe {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(StartError::CrdMissing(e)),
-        Err(_) => Err(StartError::CrdMissing(kube::Error::Service(
-            "listing timed out after 15s".into(),
-        ))),
+    // Only a definite answer (404: not served, 403: not allowed) is final; an API server that is restarting or
+    // overloaded is waited for, up to a minute.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let err = match tokio::time::timeout(Duration::from_secs(15), api.list_metadata(&lp)).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(kube::Error::Api(s))) if s.code == 404 || s.code == 403 => {
+                return Err(StartError::CrdMissing(kube::Error::Api(s)));
+            }
+            Ok(Err(e)) => e,
+            Err(_) => kube::Error::Service("listing timed out after 15s".into()),
+        };
+        if tokio::time::Instant::now() + delay > deadline {
+            return Err(StartError::ApiServerUnreachable(err));
+        }
+        tracing::warn!(error = %err, retry_ms = delay.as_millis() as u64, "Kubernetes API not answering yet");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

@@ -425,7 +425,12 @@ impl<'i, 'a> Builder<'i, 'a> {
                                 record.action, spec.instance_id, instance.status
                             ),
                         );
-                        self.done(verdict, Phase::InProgress, None, Requeue::After(poll_delay(s, elapsed)))
+                        // Waiting out the settle time of an invisible restart: look again right when it ends.
+                        let mut next = poll_delay(s, elapsed);
+                        if record.action.is_one_shot() && !record.saw_transition && elapsed < s.settle {
+                            next = next.min((s.settle - elapsed).max(s.poll_min));
+                        }
+                        self.done(verdict, Phase::InProgress, None, Requeue::After(next))
                     }
                 }
             }
@@ -526,10 +531,8 @@ impl<'i, 'a> Builder<'i, 'a> {
             let rid = spec.request_id.as_deref().unwrap_or("<none>");
             return match record.state {
                 ActionState::Succeeded => {
-                    let verdict = Verdict::ready(
-                        "Succeeded",
-                        format!("{} of instance {} for requestId {rid} completed", record.action, spec.instance_id),
-                    );
+                    // The same message as at completion, so a resync finds nothing to write.
+                    let verdict = Verdict::ready("Succeeded", success_message(&spec, &instance.status));
                     self.done(verdict, Phase::Succeeded, None, Requeue::After(s.resync))
                 }
                 ActionState::OutcomeUnknown => self.stalled(
@@ -619,7 +622,7 @@ impl<'i, 'a> Builder<'i, 'a> {
         if renew {
             if let Some(a) = self.status.action.as_mut() {
                 a.state = ActionState::Requested;
-                a.attempts += 1;
+                a.attempts = a.attempts.saturating_add(1);
                 a.reason = None;
             }
         } else {
@@ -675,7 +678,10 @@ pub fn count_recent_one_shots<'s>(
     now: DateTime<Utc>,
     window: Duration,
 ) -> u32 {
-    let since = now - chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
+    let since = chrono::Duration::from_std(window)
+        .ok()
+        .and_then(|w| now.checked_sub_signed(w))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
     let mut n = 0;
     for st in statuses {
         for a in st.action.iter().chain(st.history.iter()) {
