@@ -35,7 +35,7 @@ use crate::devenv::controlplane::free_port;
 use crate::devenv::process::Guarded;
 use crate::devenv::{Binaries, ControlPlane};
 use crate::resource::{ActionState, ComputeInstanceAction, ComputeInstanceActionSpec, DesiredState, Enforcement};
-use crate::sim::{self, Faults, SimConfig};
+use crate::sim::{self, Faults, SimConfig, SimServer};
 
 /// The simulator's admin token (its default), handed to the controller as `COMPUTE_API_TOKEN`.
 pub const SIM_TOKEN: &str = "dev-admin-token";
@@ -1633,37 +1633,34 @@ pub async fn run_faults(opts: &FaultsOptions) -> anyhow::Result<FaultsReport> {
                 eprintln!("faults: killed the controller (kill -9)");
             }
             FaultEvent::Drops => {
-                sim.set_faults(Faults {
+                let drops = Faults {
                     drop_after_accept_rate: 0.3,
                     ..Faults::default()
-                });
-                sleep_reaping(&mut ctls, opts.phase).await?;
-                sim.set_faults(Faults::default());
+                };
+                fault_phase(&sim, &mut ctls, drops, opts.phase).await?;
                 counts.drop_phases += 1;
                 eprintln!("faults: dropped connections after accept for {:?}", opts.phase);
             }
             FaultEvent::ErrorBursts => {
                 for _ in 0..2 {
-                    sim.set_faults(Faults {
+                    let burst = Faults {
                         error_rate: 0.6,
                         error_status: 503,
                         retry_after_seconds: Some(1),
                         ..Faults::default()
-                    });
-                    sleep_reaping(&mut ctls, opts.phase / 2).await?;
-                    sim.set_faults(Faults::default());
+                    };
+                    fault_phase(&sim, &mut ctls, burst, opts.phase / 2).await?;
                     sleep_reaping(&mut ctls, Duration::from_millis(500)).await?;
                     counts.error_bursts += 1;
                 }
                 eprintln!("faults: two 503 bursts");
             }
             FaultEvent::Latency => {
-                sim.set_faults(Faults {
+                let slow = Faults {
                     latency_ms: 400,
                     ..Faults::default()
-                });
-                sleep_reaping(&mut ctls, opts.phase).await?;
-                sim.set_faults(Faults::default());
+                };
+                fault_phase(&sim, &mut ctls, slow, opts.phase).await?;
                 counts.latency_phases += 1;
                 eprintln!("faults: 400 ms latency for {:?}", opts.phase);
             }
@@ -1961,6 +1958,14 @@ fn is_settled_for(last: &HashMap<String, ComputeInstanceAction>, t: &Tracked) ->
         return true;
     };
     o.metadata.generation == Some(issue.generation) && settled(o).is_some()
+}
+
+/// Injects `faults` for `d` (watching the controllers meanwhile), then clears them.
+async fn fault_phase(sim: &SimServer, ctls: &mut Controllers, faults: Faults, d: Duration) -> anyhow::Result<()> {
+    sim.set_faults(faults);
+    let result = sleep_reaping(ctls, d).await;
+    sim.set_faults(Faults::default());
+    result
 }
 
 async fn sleep_reaping(ctls: &mut Controllers, d: Duration) -> anyhow::Result<()> {

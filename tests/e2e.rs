@@ -197,21 +197,7 @@ async fn one_shots_run_at_most_once_per_request_id() {
     api.patch("restart", &ssa, &Patch::Apply(&obj2))
         .await
         .expect("new requestId");
-    wait_for(
-        &api,
-        "restart",
-        Duration::from_secs(30),
-        "Ready for the new requestId",
-        |o| {
-            condition(o, "Ready").is_some()
-                && o.status
-                    .as_ref()
-                    .and_then(|s| s.action.as_ref())
-                    .and_then(|a| a.request_id.as_deref())
-                    == Some("2026-11-27T02")
-        },
-    )
-    .await;
+    wait_ready_for_request(&api, "restart", "2026-11-27T02").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(audit_for(&sim, "i-1"), vec!["restart", "restart"]);
     let st = api.get("restart").await.unwrap().status.unwrap();

@@ -306,21 +306,7 @@ async fn loop_protection_stops_a_reboot_loop() {
             .await
             .unwrap();
         if rid != "3" {
-            wait_for(
-                &api,
-                "reboot",
-                Duration::from_secs(30),
-                "Ready for this requestId",
-                |o| {
-                    condition(o, "Ready").is_some()
-                        && o.status
-                            .as_ref()
-                            .and_then(|s| s.action.as_ref())
-                            .and_then(|a| a.request_id.as_deref())
-                            == Some(rid)
-                },
-            )
-            .await;
+            wait_ready_for_request(&api, "reboot", rid).await;
         }
     }
     let o = wait_reason(&api, "reboot", "Stalled", "RateLimited").await;

@@ -220,6 +220,29 @@ pub async fn wait_reason(
     .await
 }
 
+/// Waits until the object is Ready for this `requestId` (its action record answers it).
+pub async fn wait_ready_for_request(
+    api: &Api<ComputeInstanceAction>,
+    name: &str,
+    request_id: &str,
+) -> ComputeInstanceAction {
+    wait_for(
+        api,
+        name,
+        Duration::from_secs(30),
+        &format!("Ready for requestId {request_id}"),
+        |o| {
+            condition(o, "Ready").is_some()
+                && o.status
+                    .as_ref()
+                    .and_then(|s| s.action.as_ref())
+                    .and_then(|a| a.request_id.as_deref())
+                    == Some(request_id)
+        },
+    )
+    .await
+}
+
 pub async fn wait_ready(api: &Api<ComputeInstanceAction>, name: &str) -> ComputeInstanceAction {
     wait_for(api, name, Duration::from_secs(30), "Ready", |o| {
         condition(o, "Ready").is_some()
