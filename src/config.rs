@@ -8,8 +8,8 @@ use clap::{Args, ValueEnum};
 
 use crate::api::backoff::Backoff;
 use crate::api::{ClientConfig, CredentialSource, Credentials, DEFAULT_BASE_URL};
-use crate::controller::ControllerConfig;
-use crate::controller::plan::PlanSettings;
+use crate::controllers::instance::ControllerConfig;
+use crate::controllers::instance::plan::PlanSettings;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {

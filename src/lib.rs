@@ -2,12 +2,13 @@
 pub mod api;
 pub mod benchkit;
 pub mod config;
-pub mod controller;
+pub mod controllers;
 pub mod devenv;
 pub mod leader;
 pub mod metrics;
 pub mod operator;
 pub mod policy;
 pub mod resource;
+pub mod selection;
 pub mod sim;
 pub mod telemetry;

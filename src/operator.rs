@@ -15,7 +15,7 @@ use futures::FutureExt as _;
 
 use crate::api::{AdminClient, CredentialSource};
 use crate::config::RunArgs;
-use crate::controller;
+use crate::controllers::instance as controller;
 use crate::leader::{LeaderElector, Leadership};
 use crate::metrics::{self, Metrics};
 

@@ -9,7 +9,7 @@ use compute_operator::api::{
     AdminClient, ApiError, ClientConfig, CredentialSource, Credentials, Instance, InstancePage, InstanceStatus,
     PowerAction, Repeat, Secret,
 };
-use compute_operator::controller::plan::{
+use compute_operator::controllers::instance::plan::{
     self, Observation, Peer, PlanInput, PlanSettings, after_post, plan_suspended,
 };
 use compute_operator::resource::{

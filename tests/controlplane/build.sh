@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the pinned local control plane (kube-apiserver, etcd) and helm from the Go module proxy into a
+# Builds the pinned local control plane (kube-apiserver, kube-controller-manager, etcd) and helm from the Go module proxy into a
 # cache outside the repository, keyed by version. Does nothing for a binary that is already there.
 #
 #   tests/controlplane/build.sh            # all of them
@@ -31,33 +31,35 @@ log() { printf '[controlplane %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 
-build_kube_apiserver() {
-  local out="$K8S_DIR/kube-apiserver"
-  if [[ -x "$out" ]]; then log "kube-apiserver $K8S_VERSION cached at $out"; return; fi
-  log "building kube-apiserver $K8S_VERSION (first build takes several minutes)"
-  local mod="$scratch/kube" staging="v0.${K8S_VERSION#v1.}"
+# One binary of k8s.io/kubernetes (kube-apiserver, kube-controller-manager). The Go module and build caches are
+# shared, so the second one costs only its own packages.
+build_k8s_binary() {
+  local name="$1" out="$K8S_DIR/$1"
+  if [[ -x "$out" ]]; then log "$name $K8S_VERSION cached at $out"; return; fi
+  log "building $name $K8S_VERSION (first build takes several minutes)"
+  local mod="$scratch/$name" staging="v0.${K8S_VERSION#v1.}"
   mkdir -p "$mod" "$K8S_DIR"
   (
     cd "$mod"
-    go mod init compute-operator.local/kube-apiserver >/dev/null 2>&1
+    go mod init "compute-operator.local/$name" >/dev/null 2>&1
     go mod download -json "k8s.io/kubernetes@$K8S_VERSION" >/dev/null
     local gomod
     gomod=$(go list -m -f '{{.GoMod}}' "k8s.io/kubernetes@$K8S_VERSION")
     # k8s.io/kubernetes points its staging modules at ./staging; point them at their published versions.
-    grep -E '^\s*k8s.io/[a-z0-9-]+ => ./staging/' "$gomod" | awk '{print $1}' | while read -r name; do
-      go mod edit -replace "$name=$name@$staging"
+    grep -E '^\s*k8s.io/[a-z0-9-]+ => ./staging/' "$gomod" | awk '{print $1}' | while read -r dep; do
+      go mod edit -replace "$dep=$dep@$staging"
     done
     go mod edit -require "k8s.io/kubernetes@$K8S_VERSION"
-    log "resolving kube-apiserver dependencies"
-    go get "k8s.io/kubernetes/cmd/kube-apiserver@$K8S_VERSION" >/dev/null
+    log "resolving $name dependencies"
+    go get "k8s.io/kubernetes/cmd/$name@$K8S_VERSION" >/dev/null
     local pkg=k8s.io/component-base/version
     local ldflags="-s -w -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2) -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
     ldflags="$ldflags -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION"
-    log "compiling kube-apiserver"
-    go build -trimpath -ldflags "$ldflags" -o "$out.tmp" k8s.io/kubernetes/cmd/kube-apiserver
+    log "compiling $name"
+    go build -trimpath -ldflags "$ldflags" -o "$out.tmp" "k8s.io/kubernetes/cmd/$name"
   )
   mv "$out.tmp" "$out"
-  log "kube-apiserver ready: $out"
+  log "$name ready: $out"
 }
 
 build_etcd() {
@@ -105,10 +107,10 @@ build_kubectl() {
 }
 
 case "${1:-all}" in
-  all) build_etcd; build_kube_apiserver; build_helm; build_kubectl ;;
-  kube-apiserver) build_kube_apiserver ;;
+  all) build_etcd; build_k8s_binary kube-apiserver; build_k8s_binary kube-controller-manager; build_helm; build_kubectl ;;
+  kube-apiserver|kube-controller-manager) build_k8s_binary "$1" ;;
   etcd) build_etcd ;;
   helm) build_helm ;;
   kubectl) build_kubectl ;;
-  *) echo "usage: $0 [all|kube-apiserver|etcd|helm|kubectl|--print-dir]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|kube-apiserver|kube-controller-manager|etcd|helm|kubectl|--print-dir]" >&2; exit 2 ;;
 esac

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use compute_operator::api::{AdminClient, ClientConfig, CredentialSource, Credentials, Secret};
-use compute_operator::controller::{self, ControllerConfig};
+use compute_operator::controllers::instance::{self as controller, ControllerConfig};
 use compute_operator::devenv::{Binaries, ControlPlane};
 use compute_operator::metrics::Metrics;
 use compute_operator::resource::{ComputeInstanceAction, ComputeInstanceActionSpec, DesiredState, Enforcement};

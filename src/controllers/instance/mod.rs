@@ -1,5 +1,4 @@
 //! The ComputeInstanceAction controller: pure planning, a thin reconciler, and the kube-rs wiring.
-pub mod conditions;
 pub mod locks;
 pub mod plan;
 pub mod policy_gate;
@@ -68,7 +67,7 @@ pub struct Context {
     pub locks: InstanceLocks,
     pub error_backoff: ErrorBackoff,
     pub metrics: Arc<Metrics>,
-    pub policy: crate::controller::policy_gate::PolicyGate,
+    pub policy: crate::controllers::instance::policy_gate::PolicyGate,
     /// False on a replica that does not (or no longer) hold the lease: checked right before every POST.
     pub may_act: Arc<AtomicBool>,
     acceptances: AcceptanceMemory,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::conditions::{Verdict, apply_verdict};
+use crate::controllers::conditions::{Verdict, apply_verdict};
 use crate::api::{ApiError, Instance, InstanceStatus, PowerAction};
 use crate::resource::{
     ActionRecord, ActionState, ComputeInstanceActionSpec, ComputeInstanceActionStatus, DesiredState, Enforcement,
