@@ -423,6 +423,7 @@ pub fn new_object(
             enforcement: Enforcement::Continuous,
             dry_run: false,
             suspend: false,
+            not_after: None,
         },
     )
 }

@@ -75,6 +75,11 @@ pub struct ComputeInstanceActionSpec {
     /// Make no admin API calls at all until set back to false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
+
+    /// For `restarted`/`reset`: a one-shot not sent by this time (RFC 3339) is never sent; the object ends
+    /// `Ready` with reason `Expired`. Protects against a re-created object (GitOps rebuild, restore) running again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<DateTime<Utc>>,
 }
 
 fn default_timeout_seconds() -> u32 {

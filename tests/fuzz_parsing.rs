@@ -448,6 +448,7 @@ fn planner_never_panics_and_never_resends_a_one_shot() {
             enforcement: pick(&mut rng, &[Enforcement::Continuous, Enforcement::Once]),
             dry_run: rng.random_bool(0.1),
             suspend: rng.random_bool(0.05),
+            not_after: None,
         };
         let generation = pick(&mut rng, &[0, 1, 2, 3, i64::MAX, -1]);
         let st = status(&mut rng, now);

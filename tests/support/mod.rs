@@ -165,6 +165,7 @@ pub fn cia(name: &str, instance: &str, desired: DesiredState, request_id: Option
             enforcement: Enforcement::Continuous,
             dry_run: false,
             suspend: false,
+            not_after: None,
         },
     )
 }

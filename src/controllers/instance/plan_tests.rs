@@ -19,6 +19,7 @@ fn spec(desired: DesiredState) -> ComputeInstanceActionSpec {
         enforcement: Enforcement::Continuous,
         dry_run: false,
         suspend: false,
+        not_after: None,
     }
 }
 
