@@ -100,10 +100,7 @@ impl RunArgs {
     /// Checks every setting; the first bad one is reported.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         let url = reqwest::Url::parse(&self.api_url).map_err(|e| invalid("--api-url", e.to_string()))?;
-        let loopback = url
-            .host_str()
-            .is_some_and(|h| h == "localhost" || h.starts_with("127.") || h == "[::1]");
-        if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+        if !crate::api::client::scheme_allowed(&url) {
             return Err(invalid(
                 "--api-url",
                 "must be https (plain http is allowed only for loopback)",
@@ -214,6 +211,8 @@ impl RunArgs {
             error_backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(300)),
             reporter: "compute-operator".into(),
             policy_mode: self.policy_mode,
+            // A quarter of the budget: new work and open actions keep the rest.
+            view_rate: self.api_rate / 4.0,
         }
     }
 }

@@ -63,6 +63,12 @@ pub struct Metrics {
     pub status_writes: Counter,
     pub objects_by_phase: Family<PhaseLabel, Gauge>,
     pub leader: Gauge,
+    /// Instances in the shared view from the list endpoint.
+    pub view_instances: Gauge,
+    /// Admin API requests the last view round made.
+    pub view_round_requests: Gauge,
+    /// 1 while view rounds do not fit the budget in one resync interval and are stretched.
+    pub view_round_stretched: Gauge,
     /// Set once the watches have listed everything (readiness).
     pub watching: AtomicBool,
     /// Leadership known (or not needed).
@@ -92,6 +98,9 @@ impl Metrics {
         let status_writes = Counter::default();
         let objects_by_phase = Family::<PhaseLabel, Gauge>::default();
         let leader = Gauge::default();
+        let view_instances = Gauge::default();
+        let view_round_requests = Gauge::default();
+        let view_round_stretched = Gauge::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -127,6 +136,21 @@ impl Metrics {
         registry.register("objects", "ComputeInstanceActions by phase", objects_by_phase.clone());
         registry.register("leader", "1 on the replica that holds the lease", leader.clone());
         registry.register(
+            "view_instances",
+            "Instances in the shared view refreshed from the list endpoint",
+            view_instances.clone(),
+        );
+        registry.register(
+            "view_round_requests",
+            "Admin API requests made by the last refresh round of the instance view",
+            view_round_requests.clone(),
+        );
+        registry.register(
+            "view_round_stretched",
+            "1 while refresh rounds of the instance view exceed their budget and take longer than the resync interval",
+            view_round_stretched.clone(),
+        );
+        registry.register(
             "build",
             "Build information",
             Info::new(vec![("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned())]),
@@ -143,6 +167,9 @@ impl Metrics {
             status_writes,
             objects_by_phase,
             leader,
+            view_instances,
+            view_round_requests,
+            view_round_stretched,
             watching: AtomicBool::new(false),
             leadership_known: AtomicBool::new(false),
         })
