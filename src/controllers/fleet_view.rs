@@ -141,8 +141,14 @@ impl Refresher {
             };
             self.metrics.view_instances.set(self.view.len() as i64);
             self.metrics.view_round_requests.set(requests as i64);
-            // A round that finished early (nothing named, or an error) waits for the rest of the interval.
-            tokio::time::sleep(self.interval.saturating_sub(started.elapsed())).await;
+            // Nothing named yet (the caches are still listing): look again soon. Otherwise a round that
+            // finished early (or failed) waits for the rest of the interval.
+            let rest = if requests == 0 && self.index.is_empty() {
+                self.interval.min(Duration::from_secs(2))
+            } else {
+                self.interval.saturating_sub(started.elapsed())
+            };
+            tokio::time::sleep(rest).await;
         }
     }
 
