@@ -44,6 +44,7 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     args.validate()?;
     let metrics = Metrics::new();
+    metrics.health.set_thresholds(args.health_thresholds());
     let observer_metrics = metrics.clone();
     let api = AdminClient::new(args.client_config(), credentials)
         .context("admin API client")?
@@ -59,6 +60,8 @@ pub async fn run_with(
         run_elected(&args, client, api, metrics, shutdown).await
     } else {
         metrics.leadership_known.store(true, Ordering::SeqCst);
+        // Without election this replica is the one that acts: the "no leader" alert must not fire.
+        metrics.leader.set(1);
         let fence = crate::leader::Fence::always_open();
         controller::run(client, api, args.controller_config(), metrics, fence, shutdown)
             .await

@@ -188,6 +188,7 @@ pub async fn run(
     // single waker inside kube-runtime, so a second waiter next to the Controller's own would sleep for ever.
     let scopes_total = scopes.len();
     let synced = Arc::new(AtomicUsize::new(0));
+    let mut probes = Vec::new();
     // The stores first: the index that every stream feeds reads objects from them.
     for scope in scopes {
         let (reader, writer) = reflector::store();
@@ -200,6 +201,11 @@ pub async fn run(
         let synced = synced.clone();
         let metrics = metrics.clone();
         let index = index.clone();
+        // Liveness (/healthz): what the watch shows, before any filtering.
+        let probe = metrics
+            .health
+            .watch(scope.namespace().unwrap_or("all namespaces").to_owned());
+        probes.push(probe.clone());
         // The cache keeps only what the controller reads: managedFields and annotations are dropped (after
         // noting whether anyone but this controller wrote the status: such records never block a peer).
         let stream = watcher(scope, watcher::Config::default().any_semantic())
@@ -215,8 +221,12 @@ pub async fn run(
             })
             .reflect(writer)
             .inspect(move |event| {
-                if let Ok(e) = event {
-                    index.observe(n, e);
+                match event {
+                    Ok(e) => {
+                        probe.event();
+                        index.observe(n, e);
+                    }
+                    Err(e) => probe.error(e),
                 }
                 if !seen_init && matches!(event, Ok(watcher::Event::InitDone)) {
                     seen_init = true;
@@ -284,19 +294,35 @@ pub async fn run(
         })
     };
     let shutdown = shutdown.shared();
-    let runs = controllers.into_iter().map(|c| {
+    let runs = controllers.into_iter().zip(probes).map(|(c, probe)| {
+        let stopping = shutdown.clone();
         c.with_config(controller::Config::default().concurrency(config.concurrency))
             .graceful_shutdown_on(shutdown.clone())
-            .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+            .run(
+                |obj, ctx: Arc<Context>| {
+                    // Liveness: a reconcile counts as running until its future completes or is dropped.
+                    let running = ctx.metrics.health.reconcile_started();
+                    reconcile::reconcile(obj, ctx).inspect(move |_| drop(running))
+                },
+                reconcile::error_policy,
+                ctx.clone(),
+            )
             .for_each(|r| {
                 if let Err(e) = r {
                     tracing::debug!(error = %e, "controller event");
                 }
                 futures::future::ready(())
             })
+            .inspect(move |()| {
+                if stopping.peek().is_none() {
+                    tracing::error!("a controller stopped without being asked to");
+                    probe.ended();
+                }
+            })
     });
     tracing::info!(namespaces = ?config.namespaces, concurrency = config.concurrency, "controller started");
     futures::future::join_all(runs).await;
+    metrics.health.clear_watches();
     gauges.abort();
     refresher.abort();
     // Let Events already decided reach the API server (bounded).
@@ -310,7 +336,11 @@ pub async fn run(
 
 /// Refreshes the objects-by-phase gauge from the caches.
 pub fn count_phases(stores: &[Store<ComputeInstanceAction>], metrics: &Metrics) {
-    let mut counts = std::collections::BTreeMap::<String, i64>::new();
+    // Every phase is set, to 0 when no object has it: a series left at its last value would never clear.
+    let mut counts: std::collections::BTreeMap<String, i64> = ["None", "Pending", "InProgress", "Succeeded", "Failed"]
+        .into_iter()
+        .map(|p| (p.to_owned(), 0))
+        .collect();
     for s in stores {
         for o in s.state() {
             let phase = o
@@ -327,4 +357,30 @@ pub fn count_phases(stores: &[Store<ComputeInstanceAction>], metrics: &Metrics) 
             .get_or_create(&crate::metrics::PhaseLabel { phase })
             .set(n);
     }
+    count_conditions(stores, metrics);
+}
+
+/// Refreshes the Ready/Stalled-by-reason gauges and the age of the oldest Stalled condition per reason.
+fn count_conditions(stores: &[Store<ComputeInstanceAction>], metrics: &Metrics) {
+    use crate::controllers::conditions::{READY, STALLED};
+    let now = Utc::now();
+    let mut counts = std::collections::BTreeMap::<(String, String), i64>::new();
+    let mut oldest = std::collections::BTreeMap::<String, f64>::new();
+    for s in stores {
+        for o in s.state() {
+            let conditions = o.status.as_ref().map(|st| st.conditions.as_slice()).unwrap_or_default();
+            for c in conditions
+                .iter()
+                .filter(|c| c.status == "True" && (c.type_ == READY || c.type_ == STALLED))
+            {
+                *counts.entry((c.type_.clone(), c.reason.clone())).or_default() += 1;
+                if c.type_ == STALLED {
+                    let age = (now - c.last_transition_time).num_milliseconds().max(0) as f64 / 1000.0;
+                    let entry = oldest.entry(c.reason.clone()).or_default();
+                    *entry = entry.max(age);
+                }
+            }
+        }
+    }
+    metrics.set_condition_counts(&counts, &oldest);
 }
