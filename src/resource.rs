@@ -247,6 +247,10 @@ pub fn crds() -> Vec<(
     vec![
         ("computeinstanceactions.yaml", ComputeInstanceAction::crd()),
         ("computeaccesspolicies.yaml", crate::policy::ComputeAccessPolicy::crd()),
+        (
+            "computepowerschedules.yaml",
+            crate::controllers::schedule::resource::ComputePowerSchedule::crd(),
+        ),
     ]
 }
 

@@ -287,6 +287,26 @@ fn controller_grants() -> BTreeSet<Grant> {
             "computeinstanceactions/status",
             &["patch", "update"],
         ),
+        (
+            "compute.threatwinds.com",
+            "computepowerschedules",
+            &["get", "list", "watch"],
+        ),
+        (
+            "compute.threatwinds.com",
+            "computepowerschedules/status",
+            &["patch", "update"],
+        ),
+        (
+            "compute.threatwinds.com",
+            "computepowerschedules/finalizers",
+            &["update"],
+        ),
+        (
+            "compute.threatwinds.com",
+            "computefleetactions",
+            &["get", "list", "watch", "create", "patch", "delete"],
+        ),
         ("events.k8s.io", "events", &["create", "patch"]),
         ("", "events", &["create", "patch"]),
     ])
@@ -1221,7 +1241,8 @@ fn deploy_base_is_what_render_deploy_sh_produces() {
         crds,
         [
             "computeaccesspolicies.compute.threatwinds.com",
-            "computeinstanceactions.compute.threatwinds.com"
+            "computeinstanceactions.compute.threatwinds.com",
+            "computepowerschedules.compute.threatwinds.com"
         ]
         .into_iter()
         .collect()
@@ -1258,8 +1279,11 @@ fn examples_cover_every_desired_state_for_the_demo_instances() {
         assert_eq!(docs.len(), 1, "{file}: one object per file");
         let o = &docs[0];
         assert_eq!(str_at(o, &["apiVersion"]), "compute.threatwinds.com/v1alpha1", "{file}");
-        assert_eq!(kind(o), "ComputeInstanceAction", "{file}");
         assert!(namespace(o).is_none(), "{file}: no namespace, kubectl chooses");
+        // Other kinds (schedules, fleets) are checked against their own CRD below.
+        if kind(o) != "ComputeInstanceAction" {
+            continue;
+        }
         let id = str_at(o, &["spec", "instanceId"]);
         assert!(
             DEMO_INSTANCES.contains(&id),
@@ -1297,20 +1321,31 @@ fn examples_match_the_crd_schema() {
         root().join(CRD_SOURCE).is_file(),
         "{CRD_SOURCE} does not exist yet (generated from the Rust types)"
     );
-    let crd: Value = serde_yaml::from_str(&read(CRD_SOURCE)).unwrap();
-    let versions = s(&crd, &["spec", "versions"])
-        .and_then(Value::as_sequence)
-        .expect("versions");
-    let v1alpha1 = versions
-        .iter()
-        .find(|v| str_at(v, &["name"]) == "v1alpha1")
-        .expect("v1alpha1 in the CRD");
-    let spec_schema = s(v1alpha1, &["schema", "openAPIV3Schema", "properties", "spec"]).expect("spec schema");
-    let props = s(spec_schema, &["properties"])
-        .and_then(Value::as_mapping)
-        .expect("spec properties");
+    // The spec schema of every kind in crds/, by kind.
+    let mut spec_schemas = BTreeMap::new();
+    for (file, bytes) in files(&root().join("crds")) {
+        let crd: Value = serde_yaml::from_slice(&bytes).unwrap_or_else(|e| panic!("crds/{file}: {e}"));
+        let versions = s(&crd, &["spec", "versions"])
+            .and_then(Value::as_sequence)
+            .expect("versions");
+        let v1alpha1 = versions
+            .iter()
+            .find(|v| str_at(v, &["name"]) == "v1alpha1")
+            .expect("v1alpha1 in the CRD");
+        let spec_schema = s(v1alpha1, &["schema", "openAPIV3Schema", "properties", "spec"]).expect("spec schema");
+        spec_schemas.insert(
+            str_at(&crd, &["spec", "names", "kind"]).to_string(),
+            spec_schema.clone(),
+        );
+    }
     for (file, bytes) in files(&root().join("deploy/examples")) {
         let o: Value = serde_yaml::from_slice(&bytes).unwrap();
+        let spec_schema = spec_schemas
+            .get(kind(&o))
+            .unwrap_or_else(|| panic!("{file}: kind {} has no CRD in crds/", kind(&o)));
+        let props = s(spec_schema, &["properties"])
+            .and_then(Value::as_mapping)
+            .expect("spec properties");
         for (k, v) in s(&o, &["spec"]).and_then(Value::as_mapping).unwrap() {
             let key = k.as_str().unwrap();
             let prop = props

@@ -3,3 +3,4 @@
 //! `instance` acts on one instance per ComputeInstanceAction; fleets and schedules compose it.
 pub mod conditions;
 pub mod instance;
+pub mod schedule;
