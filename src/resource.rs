@@ -247,6 +247,10 @@ pub fn crds() -> Vec<(
     vec![
         ("computeinstanceactions.yaml", ComputeInstanceAction::crd()),
         ("computeaccesspolicies.yaml", crate::policy::ComputeAccessPolicy::crd()),
+        (
+            "computefleetactions.yaml",
+            crate::controllers::fleet::ComputeFleetAction::crd(),
+        ),
     ]
 }
 

@@ -2,4 +2,5 @@
 //!
 //! `instance` acts on one instance per ComputeInstanceAction; fleets and schedules compose it.
 pub mod conditions;
+pub mod fleet;
 pub mod instance;
