@@ -248,6 +248,10 @@ pub fn crds() -> Vec<(
         ("computeinstanceactions.yaml", ComputeInstanceAction::crd()),
         ("computeaccesspolicies.yaml", crate::policy::ComputeAccessPolicy::crd()),
         (
+            "computefleetactions.yaml",
+            crate::controllers::fleet::ComputeFleetAction::crd(),
+        ),
+        (
             "computepowerschedules.yaml",
             crate::controllers::schedule::resource::ComputePowerSchedule::crd(),
         ),

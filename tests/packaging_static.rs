@@ -1241,6 +1241,7 @@ fn deploy_base_is_what_render_deploy_sh_produces() {
         crds,
         [
             "computeaccesspolicies.compute.threatwinds.com",
+            "computefleetactions.compute.threatwinds.com",
             "computeinstanceactions.compute.threatwinds.com",
             "computepowerschedules.compute.threatwinds.com"
         ]

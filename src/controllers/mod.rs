@@ -2,5 +2,6 @@
 //!
 //! `instance` acts on one instance per ComputeInstanceAction; fleets and schedules compose it.
 pub mod conditions;
+pub mod fleet;
 pub mod instance;
 pub mod schedule;

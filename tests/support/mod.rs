@@ -263,3 +263,31 @@ pub fn audit_for(sim: &SimServer, instance: &str) -> Vec<String> {
 pub fn name_of(o: &ComputeInstanceAction) -> String {
     o.name_any()
 }
+
+/// The schedule controller for one namespace with a clock tests may shift; stops when dropped.
+pub async fn start_schedule_controller(
+    ns: &str,
+    clock: compute_operator::controllers::schedule::Clock,
+) -> RunningController {
+    let client = client().await;
+    let config = compute_operator::controllers::schedule::ScheduleConfig {
+        namespaces: vec![ns.to_owned()],
+        clock,
+        error_backoff: compute_operator::api::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2)),
+        ..Default::default()
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = rx.await;
+        };
+        if let Err(e) = compute_operator::controllers::schedule::run(client, config, shutdown).await {
+            panic!("schedule controller failed: {e}");
+        }
+    });
+    RunningController {
+        metrics: Metrics::new(),
+        stop: Some(tx),
+        task: Some(task),
+    }
+}
