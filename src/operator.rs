@@ -60,9 +60,7 @@ pub async fn run_with(
     } else {
         metrics.leadership_known.store(true, Ordering::SeqCst);
         let may_act = Arc::new(AtomicBool::new(true));
-        controller::run(client, api, args.controller_config(), metrics, may_act, shutdown)
-            .await
-            .map_err(Into::into)
+        run_controllers(client, api, args.controller_config(), metrics, may_act, shutdown).await
     };
     metrics_task.abort();
     result
@@ -70,7 +68,7 @@ pub async fn run_with(
 
 /// How the leader's run ended.
 enum LeaderEnd {
-    Controller(Result<(), controller::StartError>),
+    Controller(anyhow::Result<()>),
     Lost(Result<(), crate::leader::LeaseError>),
     GraceExpired,
 }
@@ -140,7 +138,7 @@ async fn run_elected(
             futures::future::select(shutdown, stop_rx).await;
         }
     };
-    let mut controller = Box::pin(controller::run(client, api, config, metrics, may_act, stop));
+    let mut controller = Box::pin(run_controllers(client, api, config, metrics, may_act, stop));
     let mut grace_until: Option<tokio::time::Instant> = None;
     let end = loop {
         let grace = async {
@@ -163,7 +161,7 @@ async fn run_elected(
         LeaderEnd::Controller(result) => {
             drop(election);
             release(&elector).await;
-            result.map_err(Into::into)
+            result
         }
         LeaderEnd::GraceExpired => {
             tracing::warn!(grace = ?GRACE, "in-flight reconciles did not finish in time; stopping anyway");
@@ -181,6 +179,32 @@ async fn run_elected(
             Err(lost(end))
         }
     }
+}
+
+/// The instance and fleet controllers side by side, under the same leadership and shutdown; a start-up error of
+/// either ends both.
+async fn run_controllers(
+    client: kube::Client,
+    api: AdminClient,
+    config: controller::ControllerConfig,
+    metrics: Arc<Metrics>,
+    may_act: Arc<AtomicBool>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let shutdown = shutdown.shared();
+    let fleet_config = crate::controllers::fleet::FleetConfig::following(&config);
+    let instances = controller::run(
+        client.clone(),
+        api.clone(),
+        config,
+        metrics,
+        may_act.clone(),
+        shutdown.clone(),
+    )
+    .map(|r| r.map_err(anyhow::Error::from));
+    let fleets = crate::controllers::fleet::run(client, api, fleet_config, may_act, shutdown)
+        .map(|r| r.map_err(anyhow::Error::from));
+    tokio::try_join!(instances, fleets).map(|_| ())
 }
 
 fn lost(end: Result<(), crate::leader::LeaseError>) -> anyhow::Error {
