@@ -181,8 +181,8 @@ async fn run_elected(
     }
 }
 
-/// The instance and schedule controllers side by side, under the same leadership and shutdown; a start-up error
-/// of either ends both.
+/// The instance, fleet and schedule controllers side by side, under the same leadership and shutdown; a start-up
+/// error of any ends all.
 async fn run_controllers(
     client: kube::Client,
     api: AdminClient,
@@ -192,12 +192,22 @@ async fn run_controllers(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     let shutdown = shutdown.shared();
+    let fleet_config = crate::controllers::fleet::FleetConfig::following(&config);
     let schedule_config = crate::controllers::schedule::ScheduleConfig::following(&config);
-    let instances = controller::run(client.clone(), api, config, metrics, may_act, shutdown.clone())
+    let instances = controller::run(
+        client.clone(),
+        api.clone(),
+        config,
+        metrics,
+        may_act.clone(),
+        shutdown.clone(),
+    )
+    .map(|r| r.map_err(anyhow::Error::from));
+    let fleets = crate::controllers::fleet::run(client.clone(), api, fleet_config, may_act, shutdown.clone())
         .map(|r| r.map_err(anyhow::Error::from));
     let schedules =
         crate::controllers::schedule::run(client, schedule_config, shutdown).map(|r| r.map_err(anyhow::Error::from));
-    tokio::try_join!(instances, schedules).map(|_| ())
+    tokio::try_join!(instances, fleets, schedules).map(|_| ())
 }
 
 fn lost(end: Result<(), crate::leader::LeaseError>) -> anyhow::Error {

@@ -280,11 +280,23 @@ fn controller_grants() -> BTreeSet<Grant> {
         (
             "compute.threatwinds.com",
             "computeinstanceactions",
-            &["get", "list", "watch"],
+            // create/delete/patch: the fleet controller's children.
+            &["get", "list", "watch", "create", "delete", "patch"],
         ),
         (
             "compute.threatwinds.com",
             "computeinstanceactions/status",
+            &["patch", "update"],
+        ),
+        (
+            "compute.threatwinds.com",
+            "computefleetactions",
+            // create/delete/patch: the schedule controller's children.
+            &["get", "list", "watch", "create", "patch", "delete"],
+        ),
+        (
+            "compute.threatwinds.com",
+            "computefleetactions/status",
             &["patch", "update"],
         ),
         (
@@ -301,11 +313,6 @@ fn controller_grants() -> BTreeSet<Grant> {
             "compute.threatwinds.com",
             "computepowerschedules/finalizers",
             &["update"],
-        ),
-        (
-            "compute.threatwinds.com",
-            "computefleetactions",
-            &["get", "list", "watch", "create", "patch", "delete"],
         ),
         ("events.k8s.io", "events", &["create", "patch"]),
         ("", "events", &["create", "patch"]),
@@ -1237,17 +1244,13 @@ fn deploy_base_is_what_render_deploy_sh_produces() {
         .into_iter()
         .map(name)
         .collect();
-    assert_eq!(
-        crds,
-        [
-            "computeaccesspolicies.compute.threatwinds.com",
-            "computefleetactions.compute.threatwinds.com",
-            "computeinstanceactions.compute.threatwinds.com",
-            "computepowerschedules.compute.threatwinds.com"
-        ]
-        .into_iter()
-        .collect()
-    );
+    // Every CRD of crds/, no other.
+    let generated: BTreeSet<String> = files(&root().join("crds"))
+        .into_values()
+        .map(|bytes| name(&parse_stream(&String::from_utf8(bytes).unwrap())[0]).to_string())
+        .collect();
+    assert!(generated.contains("computefleetactions.compute.threatwinds.com"));
+    assert_eq!(crds, generated.iter().map(String::as_str).collect());
     let objects: Vec<Value> = docs
         .iter()
         .filter(|d| !matches!(kind(d), "Namespace" | "CustomResourceDefinition"))
@@ -1281,7 +1284,7 @@ fn examples_cover_every_desired_state_for_the_demo_instances() {
         let o = &docs[0];
         assert_eq!(str_at(o, &["apiVersion"]), "compute.threatwinds.com/v1alpha1", "{file}");
         assert!(namespace(o).is_none(), "{file}: no namespace, kubectl chooses");
-        // Other kinds (schedules, fleets) are checked against their own CRD below.
+        // Fleets (and other kinds) are checked against their own CRD in examples_match_the_crd_schema.
         if kind(o) != "ComputeInstanceAction" {
             continue;
         }
@@ -1322,10 +1325,15 @@ fn examples_match_the_crd_schema() {
         root().join(CRD_SOURCE).is_file(),
         "{CRD_SOURCE} does not exist yet (generated from the Rust types)"
     );
-    // The spec schema of every kind in crds/, by kind.
-    let mut spec_schemas = BTreeMap::new();
-    for (file, bytes) in files(&root().join("crds")) {
-        let crd: Value = serde_yaml::from_slice(&bytes).unwrap_or_else(|e| panic!("crds/{file}: {e}"));
+    for (file, bytes) in files(&root().join("deploy/examples")) {
+        let o: Value = serde_yaml::from_slice(&bytes).unwrap();
+        // The CRD of the example's kind: crds/<lowercase kind>s.yaml.
+        let crd_file = format!("crds/{}s.yaml", kind(&o).to_lowercase());
+        assert!(
+            root().join(&crd_file).is_file(),
+            "{file}: no CRD {crd_file} for its kind"
+        );
+        let crd: Value = serde_yaml::from_str(&read(&crd_file)).unwrap();
         let versions = s(&crd, &["spec", "versions"])
             .and_then(Value::as_sequence)
             .expect("versions");
@@ -1334,16 +1342,6 @@ fn examples_match_the_crd_schema() {
             .find(|v| str_at(v, &["name"]) == "v1alpha1")
             .expect("v1alpha1 in the CRD");
         let spec_schema = s(v1alpha1, &["schema", "openAPIV3Schema", "properties", "spec"]).expect("spec schema");
-        spec_schemas.insert(
-            str_at(&crd, &["spec", "names", "kind"]).to_string(),
-            spec_schema.clone(),
-        );
-    }
-    for (file, bytes) in files(&root().join("deploy/examples")) {
-        let o: Value = serde_yaml::from_slice(&bytes).unwrap();
-        let spec_schema = spec_schemas
-            .get(kind(&o))
-            .unwrap_or_else(|| panic!("{file}: kind {} has no CRD in crds/", kind(&o)));
         let props = s(spec_schema, &["properties"])
             .and_then(Value::as_mapping)
             .expect("spec properties");
@@ -1621,21 +1619,41 @@ fn argocd_health_failed_phase_without_stalled_is_degraded() {
 }
 
 #[test]
+fn argocd_health_covers_fleets() {
+    let fleet = |status: serde_json::Value| {
+        json!({
+            "apiVersion": "compute.threatwinds.com/v1alpha1",
+            "kind": "ComputeFleetAction",
+            "metadata": {"name": "f", "namespace": "default", "generation": 2, "uid": "0001"},
+            "spec": {"selector": {"zone": "z"}, "desiredState": "restarted", "requestId": "r1"},
+            "status": status,
+        })
+    };
+    let over_budget = fleet(json!({"observedGeneration": 2, "conditions": [
+        cond("Ready", "False", "FailureBudgetExceeded", "2 failed", 2),
+        cond("Stalled", "True", "FailureBudgetExceeded", "2 failed", 2)]}));
+    assert_eq!(health(over_budget), ("Degraded".into(), "2 failed".into()));
+    let paused = fleet(json!({"observedGeneration": 2, "conditions": [
+        cond("Ready", "False", "Paused", "paused", 2), cond("Reconciling", "True", "Paused", "paused", 2)]}));
+    assert_eq!(health(paused).0, "Suspended");
+    let done =
+        fleet(json!({"observedGeneration": 2, "conditions": [cond("Ready", "True", "Succeeded", "12 succeeded", 2)]}));
+    assert_eq!(health(done), ("Healthy".into(), "12 succeeded".into()));
+}
+
+#[test]
 fn argocd_cm_patch_embeds_health_lua_verbatim() {
     let patch: Value = serde_yaml::from_str(&read("deploy/argocd/argocd-cm-patch.yaml")).expect("patch YAML");
     assert_eq!(kind(&patch), "ConfigMap");
     assert_eq!(name(&patch), "argocd-cm");
-    let script = str_at(
-        &patch,
-        &[
-            "data",
-            "resource.customizations.health.compute.threatwinds.com_ComputeInstanceAction",
-        ],
-    );
-    assert!(
-        script == read("deploy/argocd/health.lua"),
-        "deploy/argocd/argocd-cm-patch.yaml does not carry deploy/argocd/health.lua verbatim; run tests/packaging/render-deploy.sh"
-    );
+    for kind in ["ComputeInstanceAction", "ComputeFleetAction"] {
+        let key = format!("resource.customizations.health.compute.threatwinds.com_{kind}");
+        let script = str_at(&patch, &["data", key.as_str()]);
+        assert!(
+            script == read("deploy/argocd/health.lua"),
+            "deploy/argocd/argocd-cm-patch.yaml does not carry deploy/argocd/health.lua verbatim for {kind}; run tests/packaging/render-deploy.sh"
+        );
+    }
     let readme = read("deploy/argocd/README.md");
     assert!(readme.contains("resource.customizations.health.compute.threatwinds.com_ComputeInstanceAction"));
 }

@@ -264,6 +264,43 @@ pub fn name_of(o: &ComputeInstanceAction) -> String {
     o.name_any()
 }
 
+/// Fleet controller settings for tests: fast relisting and polling.
+pub fn test_fleet_config(ns: &str) -> compute_operator::controllers::fleet::FleetConfig {
+    compute_operator::controllers::fleet::FleetConfig {
+        namespaces: vec![ns.to_owned()],
+        settings: compute_operator::controllers::fleet::plan::FleetSettings {
+            relist: Duration::from_secs(2),
+            poll: Duration::from_secs(2),
+        },
+        ..Default::default()
+    }
+}
+
+/// The fleet controller running in this process (next to an instance controller from `start_controller`).
+pub async fn start_fleet_controller(
+    sim: &SimServer,
+    token: &str,
+    config: compute_operator::controllers::fleet::FleetConfig,
+) -> RunningController {
+    let api = admin_client_for(sim, token);
+    let client = client().await;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = rx.await;
+        };
+        let may_act = Arc::new(AtomicBool::new(true));
+        if let Err(e) = compute_operator::controllers::fleet::run(client, api, config, may_act, shutdown).await {
+            panic!("fleet controller failed: {e}");
+        }
+    });
+    RunningController {
+        metrics: Metrics::new(),
+        stop: Some(tx),
+        task: Some(task),
+    }
+}
+
 /// The schedule controller for one namespace with a clock tests may shift; stops when dropped.
 pub async fn start_schedule_controller(
     ns: &str,
