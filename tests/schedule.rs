@@ -526,6 +526,15 @@ async fn continuous_enforcement_corrects_a_manual_start() {
     api.create(&PostParams::default(), &s).await.expect("create schedule");
     wait_instance(&sim, "i-sched-1", InstanceStatus::Stopped, Duration::from_secs(20)).await;
 
+    // Converged and reported: the child fleet is Ready, so the schedule's last event succeeded.
+    wait_schedule(&api, "hold", Duration::from_secs(20), "succeeded", |o| {
+        o.status
+            .as_ref()
+            .and_then(|s| s.last_event.as_ref())
+            .is_some_and(|l| l.result == EventResult::Succeeded)
+    })
+    .await;
+
     // Someone starts it by hand: the schedule's continuous child stops it again.
     assert!(sim.set_status("i-sched-1", InstanceStatus::Running));
     wait_instance(&sim, "i-sched-1", InstanceStatus::Stopped, Duration::from_secs(20)).await;
