@@ -458,9 +458,18 @@ fn grant_set(list: &[(&str, &str, &[&str])]) -> BTreeSet<Grant> {
 
 /// What the controller needs in a namespace it serves.
 fn controller_grants() -> BTreeSet<Grant> {
+    const CFA: &str = "computefleetactions.compute.threatwinds.com";
+    const CPS: &str = "computepowerschedules.compute.threatwinds.com";
     grant_set(&[
-        (CIA, "", &["get", "list", "watch"]),
+        // create/delete/patch: the fleet controller's children.
+        (CIA, "", &["get", "list", "watch", "create", "delete", "patch"]),
         (&format!("{CIA}/status"), "", &["patch", "update"]),
+        // create/delete/patch: the schedule controller's children.
+        (CFA, "", &["get", "list", "watch", "create", "delete", "patch"]),
+        (&format!("{CFA}/status"), "", &["patch", "update"]),
+        (CPS, "", &["get", "list", "watch"]),
+        (&format!("{CPS}/status"), "", &["patch", "update"]),
+        (&format!("{CPS}/finalizers"), "", &["update"]),
         ("events", "", &["create", "patch"]),
         ("events.events.k8s.io", "", &["create", "patch"]),
     ])
@@ -595,8 +604,10 @@ fn no(args: &[&str]) -> (bool, Vec<String>) {
     (false, args.iter().map(|s| (*s).to_owned()).collect())
 }
 
-/// What no install grants: Secrets, a wildcard, creating or deleting the resource (or writing its spec).
+/// What no install grants: Secrets, a wildcard, creating, deleting or rewriting what users declare (instance
+/// actions are created and deleted only as a fleet's children; schedules and policies only ever read).
 fn never(ns: &str) -> Vec<(bool, Vec<String>)> {
+    const CPS: &str = "computepowerschedules.compute.threatwinds.com";
     vec![
         no(&["list", "secrets", "--all-namespaces"]),
         no(&["watch", "secrets", "--all-namespaces"]),
@@ -605,9 +616,11 @@ fn never(ns: &str) -> Vec<(bool, Vec<String>)> {
         no(&["get", "secrets", "-n", ns]),
         no(&["*", "*", "--all-namespaces"]),
         no(&["*", "*", "-n", ns]),
-        no(&["create", CIA, "-n", ns]),
-        no(&["delete", CIA, "-n", ns]),
         no(&["update", CIA, "-n", ns]),
+        no(&["create", CPS, "-n", ns]),
+        no(&["delete", CPS, "-n", ns]),
+        no(&["patch", CPS, "-n", ns]),
+        no(&["update", CPS, "-n", ns]),
     ]
 }
 
@@ -703,7 +716,11 @@ async fn cluster_wide_install_is_enough_and_no_more() {
     let mut cases = never(&work);
     cases.extend([
         no(&["list", "secrets", "-n", &r.namespace]),
-        no(&["delete", CIA, "--all-namespaces"]),
+        no(&[
+            "delete",
+            "computepowerschedules.compute.threatwinds.com",
+            "--all-namespaces",
+        ]),
         no(&["create", "leases", "-n", &r.namespace]),
         no(&["update", "leases", "-n", &r.namespace]),
         no(&["get", "leases", "--all-namespaces"]),
