@@ -154,6 +154,24 @@ async fn an_event_seconds_ahead_creates_its_child_fleet_at_the_event() {
         ready_reason(&api.get("office").await.unwrap()),
         Some(("Ready".into(), "Waiting".into()))
     );
+    // `kubectl get cps` shows the next event.
+    let out = tokio::process::Command::new("kubectl")
+        .args(["--kubeconfig", &control_plane().kubeconfig.display().to_string()])
+        .args(["-n", &ns, "get", "cps", "office"])
+        .output()
+        .await
+        .expect("kubectl is on PATH");
+    let table = String::from_utf8_lossy(&out.stdout);
+    let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "ZONE", "NEXT", "NEXT", "AT", "LAST", "RESULT", "AGE"],
+        "{table}"
+    );
+    assert!(
+        table.contains("stopped") && table.contains("2030-01-07T10:00:00Z"),
+        "{table}"
+    );
     while Instant::now() + Duration::from_millis(500) < event_real {
         assert!(children(&fleets, "office").await.is_empty(), "a child before the event");
         tokio::time::sleep(Duration::from_millis(200)).await;
