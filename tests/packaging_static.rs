@@ -1642,11 +1642,38 @@ fn argocd_health_covers_fleets() {
 }
 
 #[test]
+fn argocd_health_covers_schedules() {
+    let schedule = |status: serde_json::Value| {
+        json!({
+            "apiVersion": "compute.threatwinds.com/v1alpha1",
+            "kind": "ComputePowerSchedule",
+            "metadata": {"name": "s", "namespace": "default", "generation": 1, "uid": "0002"},
+            "spec": {"selector": {"zone": "z"}, "timeZone": "Europe/Madrid",
+                     "events": [{"at": "07:00", "state": "running"}]},
+            "status": status,
+        })
+    };
+    let waiting = schedule(json!({"observedGeneration": 1, "conditions": [
+        cond("Ready", "True", "Waiting", "next: running at 2026-12-02T06:00:00+00:00", 1)]}));
+    assert_eq!(health(waiting).0, "Healthy");
+    let rolling = schedule(json!({"observedGeneration": 1, "conditions": [
+        cond("Ready", "False", "EventInProgress", "rolling out", 1),
+        cond("Reconciling", "True", "EventInProgress", "rolling out", 1)]}));
+    assert_eq!(health(rolling).0, "Progressing");
+    let bad_zone = schedule(json!({"observedGeneration": 1, "conditions": [
+        cond("Ready", "False", "InvalidTimeZone", "timeZone \"Europe/Madird\" is not a known IANA time zone", 1),
+        cond("Stalled", "True", "InvalidTimeZone", "timeZone \"Europe/Madird\" is not a known IANA time zone", 1)]}));
+    let (status, message) = health(bad_zone);
+    assert_eq!(status, "Degraded");
+    assert!(message.contains("Europe/Madird"), "{message}");
+}
+
+#[test]
 fn argocd_cm_patch_embeds_health_lua_verbatim() {
     let patch: Value = serde_yaml::from_str(&read("deploy/argocd/argocd-cm-patch.yaml")).expect("patch YAML");
     assert_eq!(kind(&patch), "ConfigMap");
     assert_eq!(name(&patch), "argocd-cm");
-    for kind in ["ComputeInstanceAction", "ComputeFleetAction"] {
+    for kind in ["ComputeInstanceAction", "ComputeFleetAction", "ComputePowerSchedule"] {
         let key = format!("resource.customizations.health.compute.threatwinds.com_{kind}");
         let script = str_at(&patch, &["data", key.as_str()]);
         assert!(
