@@ -1230,8 +1230,8 @@ fn deploy_base_is_what_render_deploy_sh_produces() {
         .collect();
     // Every CRD of crds/, no other.
     let generated: BTreeSet<String> = files(&root().join("crds"))
-        .into_iter()
-        .map(|(_, bytes)| name(&parse_stream(&String::from_utf8(bytes).unwrap())[0]).to_string())
+        .into_values()
+        .map(|bytes| name(&parse_stream(&String::from_utf8(bytes).unwrap())[0]).to_string())
         .collect();
     assert!(generated.contains("computefleetactions.compute.threatwinds.com"));
     assert_eq!(crds, generated.iter().map(String::as_str).collect());
