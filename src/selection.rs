@@ -42,6 +42,8 @@ pub struct InstanceSelector {
     pub status: Option<String>,
     /// Explicit instance IDs (each a safe path segment). With filters set too, an ID must also match them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    // Items are bounded too: without maxLength the API server estimates the CEL rule's cost as too high and
+    // refuses the CRD.
     #[schemars(length(max = 500), inner(length(min = 1, max = 128)))]
     #[x_kube(
         validation = Rule::new("self.all(id, id.matches('^[A-Za-z0-9]([A-Za-z0-9_:-]|[.][A-Za-z0-9_:-])*$') && size(id) <= 128)")

@@ -48,6 +48,8 @@ use support::*;
 
 const CHART: &str = "charts/compute-operator";
 const CIA: &str = "computeinstanceactions.compute.threatwinds.com";
+const CFA: &str = "computefleetactions.compute.threatwinds.com";
+const CPS: &str = "computepowerschedules.compute.threatwinds.com";
 const POLICY_CRD: &str = "computeaccesspolicies.compute.threatwinds.com";
 const SIM_TOKEN: &str = "dev-admin-token";
 
@@ -458,13 +460,11 @@ fn grant_set(list: &[(&str, &str, &[&str])]) -> BTreeSet<Grant> {
 
 /// What the controller needs in a namespace it serves.
 fn controller_grants() -> BTreeSet<Grant> {
-    const CFA: &str = "computefleetactions.compute.threatwinds.com";
-    const CPS: &str = "computepowerschedules.compute.threatwinds.com";
     grant_set(&[
-        // create/delete/patch: the fleet controller's children.
+        // create/delete/patch: a fleet's children.
         (CIA, "", &["get", "list", "watch", "create", "delete", "patch"]),
         (&format!("{CIA}/status"), "", &["patch", "update"]),
-        // create/delete/patch: the schedule controller's children.
+        // create/delete/patch: a schedule's children.
         (CFA, "", &["get", "list", "watch", "create", "delete", "patch"]),
         (&format!("{CFA}/status"), "", &["patch", "update"]),
         (CPS, "", &["get", "list", "watch"]),
@@ -604,10 +604,10 @@ fn no(args: &[&str]) -> (bool, Vec<String>) {
     (false, args.iter().map(|s| (*s).to_owned()).collect())
 }
 
-/// What no install grants: Secrets, a wildcard, creating, deleting or rewriting what users declare (instance
-/// actions are created and deleted only as a fleet's children; schedules and policies only ever read).
+/// What no install grants: Secrets, a wildcard, replacing an instance action's or fleet's spec, creating, deleting
+/// or writing a schedule (the operator creates and deletes only children: instance actions of a fleet, fleets of a
+/// schedule).
 fn never(ns: &str) -> Vec<(bool, Vec<String>)> {
-    const CPS: &str = "computepowerschedules.compute.threatwinds.com";
     vec![
         no(&["list", "secrets", "--all-namespaces"]),
         no(&["watch", "secrets", "--all-namespaces"]),
@@ -617,10 +617,11 @@ fn never(ns: &str) -> Vec<(bool, Vec<String>)> {
         no(&["*", "*", "--all-namespaces"]),
         no(&["*", "*", "-n", ns]),
         no(&["update", CIA, "-n", ns]),
+        no(&["update", CFA, "-n", ns]),
         no(&["create", CPS, "-n", ns]),
         no(&["delete", CPS, "-n", ns]),
-        no(&["patch", CPS, "-n", ns]),
         no(&["update", CPS, "-n", ns]),
+        no(&["patch", CPS, "-n", ns]),
     ]
 }
 
@@ -716,11 +717,7 @@ async fn cluster_wide_install_is_enough_and_no_more() {
     let mut cases = never(&work);
     cases.extend([
         no(&["list", "secrets", "-n", &r.namespace]),
-        no(&[
-            "delete",
-            "computepowerschedules.compute.threatwinds.com",
-            "--all-namespaces",
-        ]),
+        no(&["delete", CPS, "--all-namespaces"]),
         no(&["create", "leases", "-n", &r.namespace]),
         no(&["update", "leases", "-n", &r.namespace]),
         no(&["get", "leases", "--all-namespaces"]),
