@@ -594,3 +594,64 @@ async fn deleting_a_schedule_deletes_its_children_and_leaves_the_instances_alone
     );
     ctl.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_newest_child_acts_and_the_history_is_bounded() {
+    let (ns, api, fleets) = setup("sched-history").await;
+    let clock = clock_before_event(Duration::from_secs(600));
+    let ctl = start_schedule_controller(&ns, clock).await;
+    let until1 = event_at() + TimeDelta::hours(1);
+    let until2 = event_at() + TimeDelta::hours(2);
+    let mut s = schedule("hist", vec![at("09:00", ScheduledState::Stopped)]);
+    s.spec.power_override = Some(PowerOverride {
+        state: ScheduledState::Running,
+        until: until1,
+    });
+    api.create(&PostParams::default(), &s).await.expect("create schedule");
+    let a = format!("hist-o{}-running", until1.timestamp());
+    wait_child(&fleets, &a, Duration::from_secs(5)).await;
+
+    // Each override change makes a new child; removing the override resumes the calendar (stopped).
+    let steps = [
+        (
+            serde_json::json!({"state": "stopped", "until": until1.to_rfc3339()}),
+            format!("hist-o{}-stopped", until1.timestamp()),
+        ),
+        (
+            serde_json::json!({"state": "running", "until": until2.to_rfc3339()}),
+            format!("hist-o{}-running", until2.timestamp()),
+        ),
+        (serde_json::Value::Null, format!("hist-r{}-stopped", until2.timestamp())),
+    ];
+    for (over, child) in &steps {
+        let patch = Patch::Merge(serde_json::json!({"spec": {"override": over}}));
+        api.patch("hist", &PatchParams::default(), &patch).await.unwrap();
+        wait_child(&fleets, child, Duration::from_secs(5)).await;
+    }
+    // Three kept (the oldest deleted), and every one but the newest suspended.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut kids: Vec<(String, bool)> = children(&fleets, "hist")
+            .await
+            .into_iter()
+            .map(|f| (f.name_any(), f.spec.suspend))
+            .collect();
+        kids.sort();
+        let mut want: Vec<(String, bool)> = vec![
+            (steps[0].1.clone(), true),
+            (steps[1].1.clone(), true),
+            (steps[2].1.clone(), false),
+        ];
+        want.sort();
+        if kids == want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "children {kids:?}, want {want:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let o = api.get("hist").await.unwrap();
+    let status = o.status.unwrap();
+    assert_eq!(status.power_override, None);
+    assert_eq!(status.last_event.unwrap().child.as_deref(), Some(steps[2].1.as_str()));
+    ctl.stop().await;
+}
