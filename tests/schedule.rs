@@ -528,7 +528,7 @@ async fn at_the_event_the_instances_reach_its_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continuous_enforcement_corrects_a_manual_start() {
-    let (ns, api, _fleets) = setup("sched-cont").await;
+    let (ns, api, fleets) = setup("sched-cont").await;
     let (sim, _instances, _fleets_ctl) = chain(&ns, Duration::from_secs(3)).await;
     add_instance(&sim, "i-sched-1", InstanceStatus::Running);
     // The calendar's last event (09:00) says stopped: a continuous schedule holds that at once.
@@ -561,6 +561,20 @@ async fn continuous_enforcement_corrects_a_manual_start() {
         vec!["stop", "stop"],
         "corrected once, by one child"
     );
+
+    // The child that holds the state is deleted by hand: continuous enforcement creates it again.
+    let holder = children(&fleets, "hold").await.remove(0);
+    let uid = holder.uid();
+    fleets.delete(&holder.name_any(), &Default::default()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let again = fleets.get_opt(&holder.name_any()).await.unwrap();
+        if again.as_ref().is_some_and(|f| f.uid() != uid) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the deleted holder was not created again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     ctl.stop().await;
 }
 

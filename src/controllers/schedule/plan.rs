@@ -192,6 +192,9 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         plan.requeue_at = next.map(|o| o.at);
     }
 
+    if input.spec.enforcement == ScheduleEnforcement::Continuous && plan.create.is_none() {
+        recreate_missing_holder(&mut plan, input);
+    }
     housekeeping(&mut plan, input);
     refresh_result(&mut plan.status, input.children);
     let verdict = verdict(&plan.status, input.spec.starting_deadline.as_str());
@@ -260,6 +263,41 @@ fn due_event(
         state: last.state,
         scheduled_at: last.at,
         cause: ChildCause::Event,
+    });
+}
+
+/// `continuous` holds the state at all times: a child that holds it and was deleted (by hand, by a cleanup) is
+/// created again under its own name. (`events` children converge once; deleting one is the user's call.)
+fn recreate_missing_holder(plan: &mut Plan, input: &PlanInput<'_>) {
+    let holder = match (&plan.status.power_override, &plan.status.last_event) {
+        (Some(o), _) => o
+            .child
+            .clone()
+            .map(|name| (name, o.state, input.now, ChildCause::OverrideStart)),
+        (None, Some(l)) if l.result != EventResult::Skipped => {
+            l.child.clone().map(|name| (name, l.state, l.time, ChildCause::Event))
+        }
+        _ => None,
+    };
+    let Some((name, state, scheduled_at, cause)) = holder else {
+        return;
+    };
+    if input.children.iter().any(|c| c.name == name) {
+        return;
+    }
+    plan.notes.push(Note {
+        warning: true,
+        reason: "ChildRecreated",
+        message: format!(
+            "{name}, which holds {} (continuous enforcement), was missing: created again",
+            state.as_str()
+        ),
+    });
+    plan.create = Some(ChildRequest {
+        name,
+        state,
+        scheduled_at,
+        cause,
     });
 }
 

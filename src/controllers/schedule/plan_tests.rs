@@ -248,6 +248,20 @@ fn continuous_holds_the_last_state_however_late() {
 }
 
 #[test]
+fn continuous_recreates_a_deleted_holder_and_events_does_not() {
+    let status = last("2026-12-01T06:00:00Z", Running, EventResult::Succeeded, Some("c1"));
+    let p = run(&continuous(), &status, &[], "2026-12-01T09:00:00Z");
+    assert_eq!(created(&p), Some(("c1", Running, ChildCause::Event)));
+    assert_eq!(p.notes[0].reason, "ChildRecreated");
+    let present = [child("c1", "2026-12-01T06:00:00Z", true, false, Succeeded)];
+    assert_eq!(
+        run(&continuous(), &status, &present, "2026-12-01T09:00:00Z").create,
+        None
+    );
+    assert_eq!(run(&spec(), &status, &[], "2026-12-01T09:00:00Z").create, None);
+}
+
+#[test]
 fn suspend_creates_nothing_and_resumes_within_the_deadline() {
     let monday = last("2026-11-30T18:00:00Z", Stopped, EventResult::Succeeded, Some("x"));
     let suspended = ComputePowerScheduleSpec {

@@ -94,6 +94,10 @@ pub fn error_policy(obj: Arc<ComputePowerSchedule>, err: &Error, ctx: Arc<Contex
 }
 
 async fn reconcile_inner(obj: &ComputePowerSchedule, ctx: &Context) -> Result<Action, Error> {
+    // Being deleted: its children go with it (garbage collection); nothing may be created for it any more.
+    if obj.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
     let ns = obj.namespace().ok_or(Error::NoNamespace)?;
     let schedules: Api<ComputePowerSchedule> = Api::namespaced(ctx.kube.clone(), &ns);
     let fleets: Api<ComputeFleetAction> = Api::namespaced(ctx.kube.clone(), &ns);
