@@ -11,10 +11,10 @@ use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Resource, ResourceExt};
 use tracing::Instrument;
 
-use super::Context;
 use super::fleet_child::{child_fleet, child_view, is_child_of, schedule_label_value, to_chrono};
 use super::plan::{self, Note, Plan, PlanInput};
 use super::resource::{ComputePowerSchedule, ComputePowerScheduleStatus};
+use super::{Context, key_of};
 use crate::controllers::fleet::resource::ComputeFleetAction;
 use crate::controllers::schedule::children::SCHEDULE_LABEL;
 
@@ -80,14 +80,14 @@ async fn bounded<T>(fut: impl std::future::Future<Output = Result<T, kube::Error
 
 /// The reconcile entry point handed to kube-rs.
 pub async fn reconcile(obj: Arc<ComputePowerSchedule>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let key = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
+    let key = key_of(&obj);
     let span = tracing::info_span!("reconcile", schedule = %key);
     reconcile_inner(&obj, &ctx).instrument(span).await
 }
 
 /// kube-rs error policy: jittered exponential backoff per object.
 pub fn error_policy(obj: Arc<ComputePowerSchedule>, err: &Error, ctx: Arc<Context>) -> Action {
-    let key = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
+    let key = key_of(&obj);
     let delay = ctx.error_backoff.next(&key, &ctx.config.error_backoff, None);
     tracing::warn!(schedule = %key, error = %err, delay_ms = delay.as_millis() as u64, "reconcile failed; backing off");
     Action::requeue(delay)
@@ -139,7 +139,7 @@ async fn reconcile_inner(obj: &ComputePowerSchedule, ctx: &Context) -> Result<Ac
         }
         publish(ctx, obj, &plan.notes).await;
     }
-    ctx.error_backoff.reset(&format!("{ns}/{name}"));
+    ctx.error_backoff.reset(&key_of(obj));
     Ok(match plan.requeue_at {
         // Exactly at the next event (or the override's end); a timer that fires a hair early finds nothing
         // due and comes back for the rest.
