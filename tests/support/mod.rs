@@ -2,6 +2,8 @@
 //! per test. If the control plane cannot start, tests fail with the reason (they never skip).
 #![allow(dead_code)]
 
+pub mod fleet;
+
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
