@@ -1,178 +1,20 @@
 //! ComputeFleetAction on the real API server (with kube-controller-manager for garbage collection) and the
 //! simulator: selection by filters, snapshot vs follow, pacing, failure budget, pause, restart, policy, dry
-//! run, deletion.
+//! run, deletion. Helpers: tests/support/fleet.rs.
 mod support;
 
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
-use compute_operator::api::{Instance, InstanceStatus, PowerAction};
+use compute_operator::api::InstanceStatus;
 use compute_operator::controllers::fleet::ComputeFleetAction;
-use compute_operator::controllers::fleet::children::FLEET_LABEL;
 use compute_operator::policy::{
     ComputeAccessPolicy, ComputeAccessPolicySpec, InstanceMatch, NamespaceMatch, PolicyMode,
 };
-use compute_operator::resource::{ComputeInstanceAction, DesiredState};
-use compute_operator::sim::{SimConfig, SimServer};
+use compute_operator::resource::DesiredState;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use support::fleet::*;
 use support::*;
-
-const TOKEN: &str = "dev-admin-token";
-
-fn inst(id: &str, customer: &str, user: &str, zone: &str, template: &str, status: &str) -> Instance {
-    serde_json::from_value(serde_json::json!({
-        "id": id, "customerId": customer, "userId": user, "zone": zone, "templateId": template,
-        "status": status, "name": id,
-    }))
-    .unwrap()
-}
-
-/// `count` running instances `<prefix>-00..` in `zone`.
-fn zone_fleet(prefix: &str, zone: &str, count: usize) -> Vec<Instance> {
-    (0..count)
-        .map(|n| inst(&format!("{prefix}-{n:02}"), "c1", "u1", zone, "t1", "running"))
-        .collect()
-}
-
-struct Env {
-    client: Client,
-    ns: String,
-    sim: SimServer,
-    fleets: Api<ComputeFleetAction>,
-    cias: Api<ComputeInstanceAction>,
-    controllers: Vec<RunningController>,
-}
-
-async fn env(prefix: &str, instances: Vec<Instance>, transition_ms: u64, mode: PolicyMode) -> Env {
-    let client = client().await;
-    let ns = namespace(&client, prefix).await;
-    let sim = simulator(SimConfig {
-        fleet: Some(instances),
-        transition: Duration::from_millis(transition_ms),
-        ..SimConfig::default()
-    })
-    .await;
-    let mut env = Env {
-        fleets: Api::namespaced(client.clone(), &ns),
-        cias: Api::namespaced(client.clone(), &ns),
-        client,
-        ns,
-        sim,
-        controllers: Vec::new(),
-    };
-    env.start(mode).await;
-    env
-}
-
-impl Env {
-    async fn start(&mut self, mode: PolicyMode) {
-        let mut config = test_controller_config(&self.ns);
-        config.policy_mode = mode;
-        self.controllers.push(start_controller(&self.sim, TOKEN, config).await);
-        let mut fleet_config = test_fleet_config(&self.ns);
-        fleet_config.policy_mode = mode;
-        self.controllers
-            .push(start_fleet_controller(&self.sim, TOKEN, fleet_config).await);
-    }
-
-    async fn create(&self, name: &str, spec: serde_json::Value) -> ComputeFleetAction {
-        let obj: ComputeFleetAction = serde_json::from_value(serde_json::json!({
-            "apiVersion": "compute.threatwinds.com/v1alpha1", "kind": "ComputeFleetAction",
-            "metadata": {"name": name}, "spec": spec,
-        }))
-        .unwrap();
-        self.fleets
-            .create(&PostParams::default(), &obj)
-            .await
-            .unwrap_or_else(|e| panic!("create {name}: {e}"))
-    }
-
-    async fn patch_spec(&self, name: &str, spec: serde_json::Value) {
-        self.fleets
-            .patch(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({ "spec": spec })),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("patch {name}: {e}"));
-    }
-
-    async fn wait(
-        &self,
-        name: &str,
-        limit: Duration,
-        what: &str,
-        check: impl Fn(&ComputeFleetAction) -> bool,
-    ) -> ComputeFleetAction {
-        let deadline = Instant::now() + limit;
-        loop {
-            let f = self.fleets.get(name).await.expect("get fleet");
-            if check(&f) {
-                return f;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "{name}: not {what} within {limit:?}; status: {}",
-                    serde_json::to_string_pretty(&f.status).unwrap_or_default()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn wait_reason(&self, name: &str, type_: &str, reason: &str, limit: Duration) -> ComputeFleetAction {
-        self.wait(name, limit, &format!("{type_}={reason}"), |f| has(f, type_, reason))
-            .await
-    }
-
-    async fn children(&self, fleet: &str) -> Vec<ComputeInstanceAction> {
-        self.cias
-            .list(&ListParams::default().labels(&format!("{FLEET_LABEL}={fleet}")))
-            .await
-            .expect("list children")
-            .items
-    }
-
-    fn actions(&self) -> Vec<(String, PowerAction, DateTime<Utc>)> {
-        self.sim
-            .audit()
-            .into_iter()
-            .map(|e| (e.instance_id, e.action, e.at))
-            .collect()
-    }
-
-    fn acted_on(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.actions().into_iter().map(|(id, _, _)| id).collect();
-        ids.sort();
-        ids
-    }
-}
-
-fn has(f: &ComputeFleetAction, type_: &str, reason: &str) -> bool {
-    f.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == type_ && c.status == "True" && c.reason == reason)
-    })
-}
-
-fn status(f: &ComputeFleetAction) -> compute_operator::controllers::fleet::ComputeFleetActionStatus {
-    f.status.clone().unwrap_or_default()
-}
-
-/// The most actions accepted within any window of `transition` (each keeps its instance busy that long, and
-/// its child in flight at least that long): a lower bound of what was in flight at once.
-fn max_in_flight(actions: &[(String, PowerAction, DateTime<Utc>)], transition: Duration) -> usize {
-    let window = chrono::Duration::from_std(transition).unwrap() - chrono::Duration::milliseconds(20);
-    let mut times: Vec<DateTime<Utc>> = actions.iter().map(|(_, _, at)| *at).collect();
-    times.sort();
-    (0..times.len())
-        .map(|i| times[..=i].iter().filter(|t| **t > times[i] - window).count())
-        .max()
-        .unwrap_or(0)
-}
 
 const LONG: Duration = Duration::from_secs(90);
 
@@ -576,73 +418,4 @@ async fn deleting_a_fleet_garbage_collects_its_children_and_acts_on_nothing() {
     for i in e.sim.instances() {
         assert_eq!(i.status, InstanceStatus::Running, "{}", i.id);
     }
-}
-
-/// The fleet figure of the benchmark: restart 1,000 instances, maxConcurrent 50, 1 s transitions. Ideal time is
-/// 1,000 / 50 x 1 s = 20 s. Run on purpose only (about a minute):
-/// `cargo test --test fleet fleet_benchmark -- --ignored --nocapture`
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "benchmark: run with --ignored"]
-async fn fleet_benchmark_restart_1000_at_50() {
-    let (count, cap, transition) = (1000usize, 50u32, Duration::from_secs(1));
-    let client = client().await;
-    let ns = namespace(&client, "fleet-bench").await;
-    let sim = simulator(SimConfig {
-        fleet: Some(zone_fleet("b", "bench", count)),
-        transition,
-        ..SimConfig::default()
-    })
-    .await;
-    let mut config = test_controller_config(&ns);
-    config.concurrency = 32;
-    let _instances = start_controller(&sim, TOKEN, config).await;
-    let _fleets = start_fleet_controller(&sim, TOKEN, test_fleet_config(&ns)).await;
-    let fleets: Api<ComputeFleetAction> = Api::namespaced(client.clone(), &ns);
-    let obj: ComputeFleetAction = serde_json::from_value(serde_json::json!({
-        "apiVersion": "compute.threatwinds.com/v1alpha1", "kind": "ComputeFleetAction",
-        "metadata": {"name": "bench"},
-        "spec": {"selector": {"zone": "bench"}, "desiredState": "restarted", "requestId": "r1",
-            "strategy": {"maxConcurrent": cap}},
-    }))
-    .unwrap();
-    let started = Instant::now();
-    fleets.create(&PostParams::default(), &obj).await.unwrap();
-    let mut max_reported = 0;
-    loop {
-        let f = fleets.get("bench").await.unwrap();
-        max_reported = max_reported.max(status(&f).in_progress);
-        if has(&f, "Ready", "Succeeded") {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "not Ready in 10 minutes: {:?}",
-            f.status
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let took = started.elapsed();
-    let ideal = transition * (count as u32 / cap);
-    let stats = sim.stats();
-    let actions: Vec<(String, PowerAction, DateTime<Utc>)> = sim
-        .audit()
-        .into_iter()
-        .map(|e| (e.instance_id, e.action, e.at))
-        .collect();
-    let overlap = max_in_flight(&actions, transition);
-    println!(
-        "fleet benchmark: restart {count} instances, maxConcurrent {cap}, {}s transitions: {:.1}s (ideal {:.0}s, x{:.2}); \
-         admin API requests {} ({:.2} per instance: list {}, get {}, restart {}); max in flight from audit {overlap}, reported {max_reported}",
-        transition.as_secs(),
-        took.as_secs_f64(),
-        ideal.as_secs_f64(),
-        took.as_secs_f64() / ideal.as_secs_f64(),
-        stats.total,
-        stats.total as f64 / count as f64,
-        stats.requests.list,
-        stats.requests.get,
-        stats.requests.restart,
-    );
-    assert_eq!(actions.len(), count, "each instance restarted once");
-    assert!(overlap <= cap as usize && max_reported <= cap);
 }

@@ -2,6 +2,7 @@
 //! per test. If the control plane cannot start, tests fail with the reason (they never skip).
 #![allow(dead_code)]
 
+pub mod fleet;
 pub mod schedule;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

@@ -32,6 +32,8 @@ pub struct FleetConfig {
     pub concurrency: u16,
     pub settings: FleetSettings,
     pub policy_mode: crate::policy::PolicyMode,
+    /// The operator's `--dry-run`: every fleet reports as if `spec.dryRun` were set and creates no child.
+    pub dry_run: bool,
 }
 
 impl Default for FleetConfig {
@@ -41,6 +43,7 @@ impl Default for FleetConfig {
             concurrency: 4,
             settings: FleetSettings::default(),
             policy_mode: crate::policy::PolicyMode::Off,
+            dry_run: false,
         }
     }
 }
@@ -51,6 +54,7 @@ impl FleetConfig {
         Self {
             namespaces: instance.namespaces.clone(),
             policy_mode: instance.policy_mode,
+            dry_run: instance.plan.dry_run,
             ..Self::default()
         }
     }
@@ -178,4 +182,23 @@ pub async fn run(
     futures::future::join_all(runs).await;
     tracing::info!("fleet controller stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fleet_settings_follow_the_operator() {
+        let mut instance = crate::controllers::instance::ControllerConfig {
+            namespaces: vec!["a".into()],
+            policy_mode: crate::policy::PolicyMode::Enforce,
+            ..Default::default()
+        };
+        instance.plan.dry_run = true;
+        let fleet = FleetConfig::following(&instance);
+        assert_eq!(fleet.namespaces, ["a"]);
+        assert_eq!(fleet.policy_mode, crate::policy::PolicyMode::Enforce);
+        assert!(fleet.dry_run, "--dry-run: fleets create no children");
+    }
 }

@@ -105,10 +105,14 @@ async fn reconcile_inner(cached: &ComputeFleetAction, ctx: &Context) -> Result<A
 
     let status = fleet.status.clone().unwrap_or_default();
     let now = Utc::now();
+    // The operator-wide `--dry-run` reads as the fleet's own.
+    let mut spec = fleet.spec.clone();
+    spec.dry_run |= ctx.config.dry_run;
+    let spec = &spec;
     let settings = ctx.config.settings;
     let remembered = ctx.cached_selection(&uid, &fleet.spec.selector);
     let selection = if plan::needs_selection(
-        &fleet.spec,
+        spec,
         &status,
         remembered.as_ref().map(|(listed_at, _)| *listed_at),
         now,
@@ -129,7 +133,7 @@ async fn reconcile_inner(cached: &ComputeFleetAction, ctx: &Context) -> Result<A
         fleet_name: &name,
         fleet_uid: &uid,
         generation: fleet.meta().generation,
-        spec: &fleet.spec,
+        spec,
         status: &status,
         selection: selection.as_ref(),
         children: &children,
@@ -145,7 +149,7 @@ async fn reconcile_inner(cached: &ComputeFleetAction, ctx: &Context) -> Result<A
         }
     }
     if !planned.sync.is_empty() {
-        let fields = SyncedFields::of_fleet(&fleet.spec);
+        let fields = SyncedFields::of_fleet(spec);
         let patch = serde_json::json!({ "spec": fields });
         let pp = PatchParams {
             field_manager: Some(FIELD_MANAGER.into()),
