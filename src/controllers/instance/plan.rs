@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::api::{ApiError, Instance, InstanceStatus, PowerAction};
 use crate::controllers::conditions::{Verdict, apply_verdict};
+use crate::api::{ApiError, Instance, InstanceStatus, PowerAction};
 use crate::resource::{
     ActionRecord, ActionState, ComputeInstanceActionSpec, ComputeInstanceActionStatus, DesiredState, Enforcement,
     HISTORY_LIMIT, ObservedInstance, Phase,
