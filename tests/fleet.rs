@@ -267,6 +267,8 @@ async fn failures_beyond_max_failures_stop_the_rollout() {
     let st = status(&f);
     assert_eq!((st.failed, st.succeeded), (2, 1), "{st:?}");
     assert_eq!(st.failed_ids, ["f-00", "f-02"]);
+    e.wait_event("fail", "RunStarted").await;
+    e.wait_event("fail", "FailureBudgetExceeded").await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(e.acted_on(), ["f-01"], "nothing started after the budget was spent");
     assert_eq!(e.children("fail").await.len(), 3);

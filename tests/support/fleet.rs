@@ -170,3 +170,23 @@ pub fn max_in_flight(actions: &[(String, PowerAction, DateTime<Utc>)], transitio
         .max()
         .unwrap_or(0)
 }
+
+impl Env {
+    /// Waits (briefly: Events are published in the background) for an Event with `reason` about `name`.
+    pub async fn wait_event(&self, name: &str, reason: &str) {
+        let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), &self.ns);
+        for _ in 0..50 {
+            let seen = api.list(&Default::default()).await.is_ok_and(|l| {
+                l.items.iter().any(|e| {
+                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                        && e.reason.as_deref() == Some(reason)
+                })
+            });
+            if seen {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no {reason} Event about {name}");
+    }
+}

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use futures::{FutureExt, StreamExt};
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{self, Controller};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 use kube::{Client, ResourceExt};
 
@@ -66,6 +67,7 @@ pub struct Context {
     pub api: AdminClient,
     pub config: FleetConfig,
     pub policy: PolicyGate,
+    pub recorder: Recorder,
     /// False on a replica that does not (or no longer) hold the lease: no child is created then.
     pub may_act: Arc<AtomicBool>,
     /// The last listing per fleet UID, with the selector it answered: a listing is reused until it is older
@@ -144,6 +146,13 @@ pub async fn run(
         api,
         config: config.clone(),
         policy,
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "compute-operator-fleet".into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
         may_act,
         selections: Mutex::default(),
     });

@@ -67,9 +67,19 @@ pub struct NewChild {
     pub instance_id: String,
 }
 
+/// An Event to publish about the fleet (a run started, finished or stopped).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FleetEvent {
+    pub warning: bool,
+    pub reason: String,
+    pub note: String,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     pub status: ComputeFleetActionStatus,
+    /// Published only when the status that carries the change is written.
+    pub events: Vec<FleetEvent>,
     pub create: Vec<NewChild>,
     /// Children of an earlier run or desired state, finished: removed (deleting a child never acts).
     pub delete: Vec<String>,
@@ -168,6 +178,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     let blocked: BTreeSet<&str> = stale_in_flight.iter().map(|c| c.instance_id.as_str()).collect();
     let mut plan = Plan {
         status: ComputeFleetActionStatus::default(),
+        events: Vec::new(),
         create: Vec::new(),
         delete,
         sync,
@@ -190,6 +201,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 status.failed_ids.clear();
                 status.message = Some(verdict.message().to_owned());
                 apply_verdict(&mut status.conditions, &verdict, input.generation, input.now);
+                plan.events = events_between(input.status, &status);
                 plan.status = status;
                 plan.requeue = input.settings.relist;
                 return plan;
@@ -460,7 +472,54 @@ fn set_counts(
 fn finish(plan: &mut Plan, mut status: ComputeFleetActionStatus, verdict: &Verdict, input: &PlanInput<'_>) {
     status.message = Some(verdict.message().to_owned());
     apply_verdict(&mut status.conditions, verdict, input.generation, input.now);
+    plan.events = events_between(input.status, &status);
     plan.status = status;
+}
+
+/// The Events a status change deserves: a new run's snapshot, and a run that finished or stopped.
+pub fn events_between(old: &ComputeFleetActionStatus, new: &ComputeFleetActionStatus) -> Vec<FleetEvent> {
+    let mut events = Vec::new();
+    if let Some(snap) = new.snapshot.as_ref()
+        && old.snapshot.as_ref().map(|s| (&s.request_id, s.desired_state))
+            != Some((&snap.request_id, snap.desired_state))
+    {
+        events.push(FleetEvent {
+            warning: false,
+            reason: "RunStarted".into(),
+            note: format!(
+                "requestId {}: {} instances selected ({} denied by policy)",
+                snap.request_id,
+                snap.instance_ids.len(),
+                snap.denied
+            ),
+        });
+    }
+    let reason_of = |s: &ComputeFleetActionStatus, type_: &str| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == "True")
+            .map(|c| c.reason.clone())
+    };
+    let message = new.message.clone().unwrap_or_default();
+    let became = |type_: &str| {
+        let now = reason_of(new, type_);
+        (now.is_some() && now != reason_of(old, type_)).then_some(now).flatten()
+    };
+    if let Some(reason) = became(crate::controllers::conditions::READY) {
+        events.push(FleetEvent {
+            warning: reason == "CompletedWithFailures",
+            reason,
+            note: message.clone(),
+        });
+    }
+    if let Some(reason) = became(crate::controllers::conditions::STALLED) {
+        events.push(FleetEvent {
+            warning: true,
+            reason,
+            note: message,
+        });
+    }
+    events
 }
 
 /// Records children that were created (after the create calls succeeded) in the run's `startedIds`.

@@ -478,3 +478,23 @@ fn empty_selection_is_ready_and_enforcement_is_synced() {
     );
     assert_eq!(p.sync, [c.name]);
 }
+
+#[test]
+fn events_mark_a_new_run_its_end_and_a_spent_budget_once() {
+    let s = spec("restarted", serde_json::json!({"strategy": {"maxConcurrent": 5}}));
+    let first = run(&s, &Default::default(), Some(&selection(&FIVE)), &[], t(1));
+    let reasons = |p: &Plan| p.events.iter().map(|e| e.reason.clone()).collect::<Vec<_>>();
+    assert_eq!(reasons(&first), ["RunStarted"]);
+    let children: Vec<ChildView> = FIVE.iter().map(|id| child(&s, id, Outcome::Succeeded)).collect();
+    let done = run(&s, &first.status, None, &children, t(2));
+    assert_eq!(reasons(&done), ["Succeeded"]);
+    let again = run(&s, &done.status, None, &children, t(3));
+    assert!(again.events.is_empty(), "nothing new, no Event");
+    let mut failing = children.clone();
+    failing[0].outcome = Outcome::Failed {
+        reason: "Timeout".into(),
+    };
+    let stalled = run(&s, &first.status, None, &failing, t(2));
+    assert_eq!(reasons(&stalled), ["FailureBudgetExceeded"]);
+    assert!(stalled.events[0].warning);
+}

@@ -10,6 +10,7 @@ use chrono::Utc;
 use futures::TryStreamExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Resource, ResourceExt};
 use tracing::Instrument;
 
@@ -191,23 +192,56 @@ async fn reconcile_inner(cached: &ComputeFleetAction, ctx: &Context) -> Result<A
     let not_created = (planned.create.len() - created.len()) as u32;
     new_status.in_progress -= not_created;
     new_status.pending += not_created;
-    write_status(&fleets, fleet, &status, new_status).await?;
+    if write_status(&fleets, fleet, &status, new_status).await? {
+        publish(ctx, fleet, &planned.events);
+    }
     if let Some(e) = create_error {
         return Err(e);
     }
     Ok(Action::requeue(planned.requeue))
 }
 
+/// Publishes the plan's Events in the background (best effort: they cost API server round trips).
+fn publish(ctx: &Context, fleet: &ComputeFleetAction, events: &[plan::FleetEvent]) {
+    if events.is_empty() {
+        return;
+    }
+    let reference = fleet.object_ref(&());
+    let recorder = ctx.recorder.clone();
+    let events: Vec<KubeEvent> = events
+        .iter()
+        .map(|e| KubeEvent {
+            type_: if e.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: e.reason.clone(),
+            note: Some(e.note.chars().take(1000).collect()),
+            action: "Rollout".into(),
+            secondary: None,
+        })
+        .collect();
+    tokio::spawn(async move {
+        for event in &events {
+            let sent = tokio::time::timeout(KUBE_TIMEOUT, recorder.publish(event, &reference)).await;
+            if !matches!(sent, Ok(Ok(()))) {
+                tracing::warn!(reason = %event.reason, "could not publish a fleet Event");
+            }
+        }
+    });
+}
+
 /// PUT on the status subresource carrying the object's resourceVersion (fails with 409 if it is stale);
-/// nothing is written when nothing changed.
+/// nothing is written when nothing changed. True when a new status was written.
 async fn write_status(
     api: &Api<ComputeFleetAction>,
     fleet: &ComputeFleetAction,
     old: &ComputeFleetActionStatus,
     new: ComputeFleetActionStatus,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     if fleet.status.is_some() && *old == new {
-        return Ok(());
+        return Ok(false);
     }
     let mut body = ComputeFleetAction::new(&fleet.name_any(), fleet.spec.clone());
     body.metadata.namespace = fleet.namespace();
@@ -218,9 +252,9 @@ async fn write_status(
         field_manager: Some(FIELD_MANAGER.into()),
     };
     match bounded("writing status", api.replace_status(&fleet.name_any(), &pp, &body)).await? {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(true),
         // Stale: the fleet changed meanwhile; the change wakes another reconcile.
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
         Err(e) => Err(Error::WriteStatus(e)),
     }
 }
