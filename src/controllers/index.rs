@@ -152,7 +152,9 @@ impl InstanceIndex {
             }
             watcher::Event::Delete(obj) => {
                 let key = key_of(obj);
-                if let Some(previous) = self.maps().remove(&key) {
+                // Bound first: the lock must be released before waking (which takes it again).
+                let removed = self.maps().remove(&key);
+                if let Some(previous) = removed {
                     self.wake_peers(&previous.instance_id, &key);
                 }
             }
