@@ -1,8 +1,13 @@
 //! compute-operator: declare the power state of compute instances from Kubernetes.
+//!
+//! The simulator, the local control plane and the benchmark harness are behind the `dev-tools` feature (on by
+//! default); the production image is built without it.
 pub mod api;
+#[cfg(feature = "dev-tools")]
 pub mod benchkit;
 pub mod config;
 pub mod controllers;
+#[cfg(feature = "dev-tools")]
 pub mod devenv;
 pub mod leader;
 pub mod metrics;
@@ -10,5 +15,6 @@ pub mod operator;
 pub mod policy;
 pub mod resource;
 pub mod selection;
+#[cfg(feature = "dev-tools")]
 pub mod sim;
 pub mod telemetry;
