@@ -12,6 +12,7 @@ pub mod devenv;
 pub mod leader;
 pub mod metrics;
 pub mod operator;
+pub mod plugin;
 pub mod policy;
 pub mod resource;
 pub mod selection;
