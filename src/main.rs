@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use compute_operator::{config, devenv, operator, resource, sim, telemetry};
+use compute_operator::{config, operator, resource, telemetry};
+#[cfg(feature = "dev-tools")]
+use compute_operator::{devenv, sim};
 
 #[derive(Parser)]
 #[command(
@@ -25,8 +27,10 @@ enum Command {
     /// Write the CRDs to crds/ and the Helm chart's crds/ (run from the repository root).
     CrdFiles,
     /// Run the admin API simulator on loopback.
+    #[cfg(feature = "dev-tools")]
     Sim(sim::SimArgs),
     /// Run the whole stack locally: control plane, CRDs, simulator, controller.
+    #[cfg(feature = "dev-tools")]
     Dev(devenv::dev::DevArgs),
 }
 
@@ -48,6 +52,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Crd => resource::crd_yaml().map(|y| print!("{y}")).map_err(Into::into),
         Command::CrdFiles => write_crd_files(),
+        #[cfg(feature = "dev-tools")]
         Command::Sim(args) => {
             telemetry::init("info", config::LogFormat::Text);
             sim::run(args).await
@@ -66,6 +71,7 @@ async fn main() -> ExitCode {
                 )),
             }
         }
+        #[cfg(feature = "dev-tools")]
         Command::Dev(args) => {
             telemetry::init("info", config::LogFormat::Text);
             devenv::dev::run(args).await

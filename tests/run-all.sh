@@ -12,6 +12,8 @@ missing=()
 command -v lua5.4 >/dev/null || missing+=(lua5.4)
 # promtool (tests/monitoring.rs: `promtool test rules` on the chart's alerts) ships in Debian's prometheus.
 command -v promtool >/dev/null || missing+=(prometheus)
+# deploy/image/build.sh (tests/image.rs) puts the system CA bundle into the image.
+[[ -f /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
 command -v go >/dev/null || { echo "Go is required to build kube-apiserver and etcd (go >= 1.25)" >&2; exit 1; }
 command -v cargo >/dev/null || { echo "Rust (cargo) is required" >&2; exit 1; }
 if ((${#missing[@]})); then
