@@ -124,10 +124,7 @@ async fn reconcile_inner(cached: &ComputeFleetAction, ctx: &Context) -> Result<A
     } else {
         remembered
     };
-    let selection = match selection {
-        Some(raw) => Some(judge(ctx, fleet, raw)),
-        None => None,
-    };
+    let selection = selection.map(|raw| judge(ctx, fleet, raw));
 
     let planned = plan::plan(&PlanInput {
         fleet_name: &name,

@@ -74,7 +74,7 @@ pub fn one_shot_digest(action: PowerAction, request_id: Option<&str>) -> String 
 /// Was this (action, requestId) ever sent (or possibly sent) by the object?
 pub fn one_shot_was_sent(status: &ComputeInstanceActionStatus, action: PowerAction, request_id: Option<&str>) -> bool {
     let digest = one_shot_digest(action, request_id);
-    status.sent_one_shots.iter().any(|d| *d == digest)
+    status.sent_one_shots.contains(&digest)
 }
 
 /// Remembers a one-shot as sent, keeping the newest [`SENT_ONE_SHOTS_LIMIT`].
@@ -175,7 +175,8 @@ mod tests {
         let late = Duration::from_secs(20);
         let failed = || C::Failed("instance reports error".into());
         // (action, fromStatus, sawTransition, now, since accept, expected)
-        let rows: Vec<(A, Option<&str>, bool, &str, Duration, C)> = vec![
+        type Row<'a> = (A, Option<&'a str>, bool, &'a str, Duration, C);
+        let rows: Vec<Row> = vec![
             // Queued start/reset of an instance in error: still error is not a failure.
             (A::Start, Some("error"), false, "error", early, C::Pending),
             (A::Start, Some("error"), false, "error", late, C::Pending),
