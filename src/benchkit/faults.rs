@@ -1,0 +1,623 @@
+//! The fault run, top to bottom: start the stack, drive actions while injecting faults on a schedule, let
+//! everything settle, then judge (duplicates, unresolved objects, OutcomeUnknown, leftover processes).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use kube::ResourceExt as _;
+use kube::api::{Api, ListParams};
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use serde::Serialize;
+
+use super::SIM_TOKEN;
+use super::controller::{ControllerSpec, local_http};
+use super::faults_drive::{Controllers, Issue, Tracked, drive};
+use super::measure::process_present;
+use super::objects::{Settled, create_namespace, instance, settled};
+use crate::api::{Instance, InstanceStatus};
+use crate::devenv::{Binaries, ControlPlane};
+use crate::resource::{ActionState, ComputeInstanceAction};
+use crate::sim::{self, Faults, SimConfig, SimServer};
+
+#[derive(Clone, Debug)]
+pub struct FaultsOptions {
+    /// Spec changes in all (object creations included).
+    pub actions: usize,
+    /// Objects (each on its own instance); half one-shot (restart/reset), half levels (start/stop).
+    pub objects: usize,
+    pub seed: u64,
+    pub transition: Duration,
+    /// kill -9 of the controller at random moments.
+    pub kills: usize,
+    pub apiserver_restart: bool,
+    /// Drops after accept, 503 bursts, latency.
+    pub sim_faults: bool,
+    /// Two controllers with leader election; a graceful and a hard leader change.
+    pub leader_change: bool,
+    /// How long each simulator fault phase lasts.
+    pub phase: Duration,
+    pub operator_binary: PathBuf,
+    /// How long objects may take to settle after the last action.
+    pub settle_deadline: Duration,
+    pub log_level: String,
+}
+
+impl FaultsOptions {
+    pub fn new(actions: usize, operator_binary: PathBuf) -> Self {
+        Self {
+            actions,
+            objects: (actions / 8).clamp(4, 32),
+            seed: 1,
+            transition: Duration::from_millis(300),
+            kills: (actions / 15).clamp(3, 20),
+            apiserver_restart: true,
+            sim_faults: true,
+            leader_change: true,
+            phase: Duration::from_secs(4),
+            operator_binary,
+            settle_deadline: Duration::from_secs(120),
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// Faults injected, by kind.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FaultCounts {
+    pub controller_kills: usize,
+    pub apiserver_restarts: usize,
+    pub drop_phases: usize,
+    /// Accepted actions whose connection the simulator closed without an answer.
+    pub dropped_connections: u64,
+    pub error_bursts: usize,
+    /// Injected 503 answers.
+    pub injected_errors: u64,
+    pub latency_phases: usize,
+    pub leader_changes: usize,
+    pub total: usize,
+}
+
+/// One object's record of an OutcomeUnknown, and what explains it.
+#[derive(Clone, Debug, Serialize)]
+pub struct UnknownOutcome {
+    pub object: String,
+    pub request_id: Option<String>,
+    pub action: String,
+    pub intent_at: DateTime<Utc>,
+    /// Whether the simulator carried it out (an accepted restart/reset attributed to this requestId).
+    pub executed: bool,
+    /// `lost-answer` (the controller logged that the POST's answer was lost: a dropped connection or a
+    /// timeout), `kill` (a controller was killed while the intent was open), or `unexplained`.
+    pub explained_by: String,
+}
+
+/// A one-shot executed more often than requested.
+#[derive(Clone, Debug, Serialize)]
+pub struct Duplicate {
+    pub object: String,
+    pub instance: String,
+    pub request_id: String,
+    pub executed: usize,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FaultsReport {
+    pub actions: usize,
+    pub objects: usize,
+    pub seed: u64,
+    pub faults_injected: FaultCounts,
+    /// "ok", "unavailable", "not-observed", "skipped" or "failed: ...".
+    pub leader_change: String,
+    pub one_shot_requests: usize,
+    pub one_shot_executed: usize,
+    pub level_actions_executed: usize,
+    /// One-shots run more than once for one (object, requestId).
+    pub duplicates: usize,
+    pub duplicate_details: Vec<Duplicate>,
+    /// Objects neither Ready nor Stalled (with a reason) for their last generation at the deadline.
+    pub unresolved: usize,
+    pub unresolved_objects: Vec<String>,
+    pub ready: usize,
+    pub stalled_by_reason: BTreeMap<String, usize>,
+    pub outcome_unknown: usize,
+    pub outcome_unknown_after_kill: usize,
+    pub outcome_unknown_lost_answer: usize,
+    pub outcome_unknown_unexplained: usize,
+    pub outcome_unknown_details: Vec<UnknownOutcome>,
+    /// Controller exits we did not cause (lease losses excluded).
+    pub unexpected_controller_exits: usize,
+    /// Controllers (re)started while the API server was away, which gave up at once.
+    pub controller_startup_exits: Vec<String>,
+    /// Leader-elected replicas that exited after losing the lease (expected, restarted as followers).
+    pub lease_loss_exits: usize,
+    pub processes_started: usize,
+    /// Controller, etcd or kube-apiserver processes still present at the end.
+    pub leftover_processes: Vec<u32>,
+    pub elapsed_s: f64,
+    pub logs: String,
+    pub passed: bool,
+}
+
+/// One spec change the driver made.
+
+#[derive(Clone, Copy, Debug)]
+enum FaultEvent {
+    Kill,
+    Drops,
+    ErrorBursts,
+    Latency,
+    ApiServerRestart,
+    LeaderElection,
+    GracefulLeaderChange,
+    HardLeaderChange,
+}
+
+/// Runs the fault scenario; see the module documentation.
+pub async fn run_faults(opts: &FaultsOptions) -> anyhow::Result<FaultsReport> {
+    crate::api::client::install_crypto_provider();
+    anyhow::ensure!(opts.actions > 0, "--actions must be at least 1");
+    let started = Instant::now();
+    let http = local_http()?;
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    let logs = tempfile::Builder::new()
+        .prefix("compute-operator-faults-")
+        .tempdir()?
+        .keep();
+    let binaries = Binaries::locate()?;
+    let mut cp = ControlPlane::start(&binaries).await?;
+    let mut cp_pids: Vec<(u32, &'static str)> = cp.pids().into_iter().zip(["etcd", "kube-apiserver"]).collect();
+    let client = cp.client().await?;
+    let ns = "faults";
+    create_namespace(&client, ns).await?;
+    let api: Api<ComputeInstanceAction> = Api::namespaced(client.clone(), ns);
+
+    let objects = opts.objects.clamp(1, opts.actions);
+    let fleet: Vec<Instance> = (0..objects)
+        .map(|i| instance(&format!("flt-{i:03}"), InstanceStatus::Running))
+        .collect();
+    let sim = Arc::new(
+        sim::start(SimConfig {
+            instances: 0,
+            fleet: Some(fleet),
+            seed: opts.seed,
+            transition: opts.transition,
+            ..SimConfig::default()
+        })
+        .await?,
+    );
+    let spec = ControllerSpec {
+        binary: opts.operator_binary.clone(),
+        kubeconfig: cp.kubeconfig.clone(),
+        api_url: sim.base_url().to_owned(),
+        token: SIM_TOKEN.into(),
+        concurrency: 8,
+        api_rate: 200.0,
+        api_max_in_flight: 16,
+        api_timeout: "2s".into(),
+        resync: "30s".into(),
+        restart_settle: "3s".into(),
+        namespaces: vec![ns.into()],
+        lease_namespace: None,
+        lease_duration: "2s".into(),
+        log_level: opts.log_level.clone(),
+        log_dir: logs.clone(),
+    };
+    let mut ctls = Controllers {
+        spec,
+        procs: Vec::new(),
+        spawned: 0,
+        pids: Vec::new(),
+        kills: Vec::new(),
+        unexpected_exits: 0,
+        lease_loss_exits: 0,
+        startup_exits: Vec::new(),
+    };
+    ctls.spawn()?;
+    ctls.procs[0].wait_ready(&http, Duration::from_secs(60)).await?;
+
+    // The schedule: each fault fires once the driver has issued this fraction of the actions.
+    let mut schedule: Vec<(f64, FaultEvent)> = Vec::new();
+    for _ in 0..opts.kills {
+        schedule.push((rng.random_range(0.05..0.95), FaultEvent::Kill));
+    }
+    if opts.sim_faults {
+        schedule.push((0.2, FaultEvent::Drops));
+        schedule.push((0.35, FaultEvent::ErrorBursts));
+        schedule.push((0.5, FaultEvent::Latency));
+    }
+    if opts.apiserver_restart {
+        schedule.push((0.62, FaultEvent::ApiServerRestart));
+    }
+    if opts.leader_change {
+        schedule.push((0.72, FaultEvent::LeaderElection));
+        schedule.push((0.8, FaultEvent::GracefulLeaderChange));
+        schedule.push((0.9, FaultEvent::HardLeaderChange));
+    }
+    schedule.sort_by(|a, b| a.0.total_cmp(&b.0));
+
+    let tracked: Vec<Tracked> = (0..objects)
+        .map(|i| Tracked {
+            name: format!("obj-{i:03}"),
+            instance: format!("flt-{i:03}"),
+            one_shot: i % 2 == 0,
+            issues: Vec::new(),
+        })
+        .collect();
+    let progress = Arc::new(AtomicUsize::new(0));
+    let driver = tokio::spawn(drive(api.clone(), tracked, opts.actions, progress.clone(), opts.seed));
+
+    let mut counts = FaultCounts::default();
+    let mut leader_change = if opts.leader_change {
+        "pending".to_owned()
+    } else {
+        "skipped".to_owned()
+    };
+    let transition_ms = opts.transition.as_millis() as u64;
+    let mut leader_mode = false;
+    let mut leader_problems: Vec<String> = Vec::new();
+    for (threshold, event) in schedule {
+        // Wait for the moment, keeping the controllers alive.
+        while (progress.load(Ordering::SeqCst) as f64) < threshold * opts.actions as f64 && !driver.is_finished() {
+            ctls.reap()?;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ctls.reap()?;
+        match event {
+            FaultEvent::Kill => {
+                // A random moment inside the action that was just issued.
+                tokio::time::sleep(Duration::from_millis(rng.random_range(0..transition_ms + 300))).await;
+                let pause = Duration::from_millis(rng.random_range(0..1000));
+                ctls.kill_leader(&http, pause).await?;
+                counts.controller_kills += 1;
+                eprintln!("faults: killed the controller (kill -9)");
+            }
+            FaultEvent::Drops => {
+                let drops = Faults {
+                    drop_after_accept_rate: 0.3,
+                    ..Faults::default()
+                };
+                fault_phase(&sim, &mut ctls, drops, opts.phase).await?;
+                counts.drop_phases += 1;
+                eprintln!("faults: dropped connections after accept for {:?}", opts.phase);
+            }
+            FaultEvent::ErrorBursts => {
+                for _ in 0..2 {
+                    let burst = Faults {
+                        error_rate: 0.6,
+                        error_status: 503,
+                        retry_after_seconds: Some(1),
+                        ..Faults::default()
+                    };
+                    fault_phase(&sim, &mut ctls, burst, opts.phase / 2).await?;
+                    sleep_reaping(&mut ctls, Duration::from_millis(500)).await?;
+                    counts.error_bursts += 1;
+                }
+                eprintln!("faults: two 503 bursts");
+            }
+            FaultEvent::Latency => {
+                let slow = Faults {
+                    latency_ms: 400,
+                    ..Faults::default()
+                };
+                fault_phase(&sim, &mut ctls, slow, opts.phase).await?;
+                counts.latency_phases += 1;
+                eprintln!("faults: 400 ms latency for {:?}", opts.phase);
+            }
+            FaultEvent::ApiServerRestart => {
+                eprintln!("faults: restarting kube-apiserver ...");
+                cp.restart_apiserver().await?;
+                for pid in cp.pids() {
+                    if !cp_pids.iter().any(|(p, _)| *p == pid) {
+                        cp_pids.push((pid, "kube-apiserver"));
+                    }
+                }
+                counts.apiserver_restarts += 1;
+            }
+            FaultEvent::LeaderElection => {
+                // Two replicas with leader election replace the single controller (stopped first, so that
+                // never two act without a lease).
+                ctls.stop_all();
+                ctls.spec.lease_namespace = Some(ns.into());
+                ctls.spawn()?;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                if let Some(status) = ctls.procs[0].exited() {
+                    let tail = ctls.procs[0].log_tail(20);
+                    ctls.procs.clear();
+                    ctls.spec.lease_namespace = None;
+                    leader_change = if tail.contains("not available") {
+                        "unavailable".into()
+                    } else {
+                        format!("failed: exited ({status}): {}", tail.lines().last().unwrap_or(""))
+                    };
+                    eprintln!("faults: leader election {leader_change}; continuing with one controller");
+                    ctls.spawn()?;
+                    continue;
+                }
+                ctls.spawn()?;
+                match ctls.wait_leader(&http, Duration::from_secs(30)).await {
+                    Some(leader) => {
+                        leader_mode = true;
+                        eprintln!("faults: two replicas with leader election; {leader} leads");
+                    }
+                    None => {
+                        leader_problems.push("no replica became leader within 30s".into());
+                    }
+                }
+            }
+            FaultEvent::GracefulLeaderChange | FaultEvent::HardLeaderChange if leader_mode => {
+                // A kill may just have left the lease vacant: wait for the current leader first.
+                ctls.wait_leader(&http, Duration::from_secs(30)).await;
+                let Some(i) = ctls.leader_index(&http).await else {
+                    leader_problems.push(format!("no leader before {event:?}"));
+                    continue;
+                };
+                let old = ctls.procs[i].name.clone();
+                if matches!(event, FaultEvent::HardLeaderChange) {
+                    ctls.procs[i].kill_now();
+                    ctls.kills.push(Utc::now());
+                    counts.controller_kills += 1;
+                } else {
+                    ctls.procs[i].stop(Duration::from_secs(10));
+                }
+                ctls.procs.remove(i);
+                ctls.spawn()?;
+                match ctls.wait_leader(&http, Duration::from_secs(30)).await {
+                    Some(new) if new != old => {
+                        counts.leader_changes += 1;
+                        eprintln!("faults: leader change {old} -> {new} ({event:?})");
+                    }
+                    _ => leader_problems.push(format!("no new leader within 30s after {event:?}")),
+                }
+            }
+            FaultEvent::GracefulLeaderChange | FaultEvent::HardLeaderChange => {}
+        }
+    }
+    if leader_change == "pending" {
+        leader_change = if !leader_problems.is_empty() {
+            format!("failed: {}", leader_problems.join("; "))
+        } else if counts.leader_changes == 0 {
+            "not-observed".into()
+        } else {
+            "ok".into()
+        };
+    }
+    // Every action issued.
+    while !driver.is_finished() {
+        ctls.reap()?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let tracked = driver.await.context("the driver task failed")?;
+    sim.set_faults(Faults::default());
+
+    // Settle: every object Ready or Stalled for its last generation.
+    let deadline = Instant::now() + opts.settle_deadline;
+    let mut last: HashMap<String, ComputeInstanceAction> = HashMap::new();
+    loop {
+        ctls.reap()?;
+        if let Ok(list) = api.list(&ListParams::default()).await {
+            last = list.items.into_iter().map(|o| (o.name_any(), o)).collect();
+            let open = tracked.iter().filter(|t| !is_settled_for(&last, t)).count();
+            if open == 0 {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let audit = sim.audit();
+    let stats = sim.stats();
+    counts.dropped_connections = stats.dropped;
+    counts.injected_errors = stats.responses_with(503);
+    counts.total = counts.controller_kills
+        + counts.apiserver_restarts
+        + counts.drop_phases
+        + counts.error_bursts
+        + counts.latency_phases
+        + counts.leader_changes;
+    let mut report = FaultsReport {
+        actions: tracked.iter().map(|t| t.issues.len()).sum(),
+        objects,
+        seed: opts.seed,
+        leader_change,
+        unexpected_controller_exits: ctls.unexpected_exits,
+        controller_startup_exits: ctls.startup_exits.clone(),
+        lease_loss_exits: ctls.lease_loss_exits,
+        logs: logs.display().to_string(),
+        ..FaultsReport::default()
+    };
+
+    // POSTs whose answer the controller lost (it logs `outcome="unknown"`), from every controller's log.
+    let lost_answers = lost_answers_in_logs(&logs);
+
+    // At most once: attribute each accepted restart/reset to the requestId in force when it was accepted.
+    for t in &tracked {
+        let entries: Vec<_> = audit.iter().filter(|e| e.instance_id == t.instance).collect();
+        let one_shots: Vec<_> = entries.iter().filter(|e| e.action.is_one_shot()).collect();
+        report.level_actions_executed += entries.len() - one_shots.len();
+        report.one_shot_executed += one_shots.len();
+        let requested: Vec<&Issue> = t.issues.iter().filter(|i| i.request_id.is_some()).collect();
+        report.one_shot_requests += requested.len();
+        let mut per_request: BTreeMap<String, usize> = BTreeMap::new();
+        for e in &one_shots {
+            let rid = t
+                .issues
+                .iter()
+                .rev()
+                .find(|i| i.at <= e.at)
+                .and_then(|i| i.request_id.clone())
+                .unwrap_or_else(|| "<before any request>".into());
+            *per_request.entry(rid).or_default() += 1;
+        }
+        let by_rid: usize = per_request.values().map(|n| n.saturating_sub(1)).sum();
+        let by_count = one_shots.len().saturating_sub(requested.len());
+        if by_rid.max(by_count) > 0 {
+            for (rid, n) in per_request.iter().filter(|(_, n)| **n > 1) {
+                report.duplicate_details.push(Duplicate {
+                    object: t.name.clone(),
+                    instance: t.instance.clone(),
+                    request_id: rid.clone(),
+                    executed: *n,
+                });
+            }
+        }
+        report.duplicates += by_rid.max(by_count);
+
+        // Final state.
+        match last.get(&t.name) {
+            Some(o) if is_settled_for(&last, t) => match settled(o) {
+                Some(Settled::Ready(_)) => report.ready += 1,
+                Some(Settled::Stalled(reason)) => {
+                    *report.stalled_by_reason.entry(reason).or_default() += 1;
+                }
+                None => {}
+            },
+            _ => {
+                report.unresolved += 1;
+                let status = last
+                    .get(&t.name)
+                    .and_then(|o| o.status.as_ref())
+                    .and_then(|s| s.message.clone())
+                    .unwrap_or_else(|| "no status".into());
+                report.unresolved_objects.push(format!("{}: {status}", t.name));
+            }
+        }
+        // OutcomeUnknown records, and what explains them.
+        if let Some(st) = last.get(&t.name).and_then(|o| o.status.as_ref()) {
+            for rec in st.history.iter().chain(st.action.iter()) {
+                if rec.state != ActionState::OutcomeUnknown {
+                    continue;
+                }
+                // From the intent until the answer could have been recorded: the API timeout (2 s), the
+                // injected latency and two status writes.
+                let window = |at: DateTime<Utc>| {
+                    at >= rec.intent_at - chrono::Duration::milliseconds(200)
+                        && at <= rec.intent_at + chrono::Duration::seconds(4)
+                };
+                let lost_answer = lost_answers.iter().any(|(object, at)| object == &t.name && window(*at));
+                let explained_by = if lost_answer {
+                    report.outcome_unknown_lost_answer += 1;
+                    "lost-answer"
+                } else if ctls.kills.iter().any(|k| window(*k)) {
+                    report.outcome_unknown_after_kill += 1;
+                    "kill"
+                } else {
+                    report.outcome_unknown_unexplained += 1;
+                    "unexplained"
+                };
+                report.outcome_unknown += 1;
+                report.outcome_unknown_details.push(UnknownOutcome {
+                    object: t.name.clone(),
+                    request_id: rec.request_id.clone(),
+                    action: rec.action.as_str().into(),
+                    intent_at: rec.intent_at,
+                    executed: rec
+                        .request_id
+                        .as_ref()
+                        .is_some_and(|rid| per_request.get(rid).is_some_and(|n| *n > 0)),
+                    explained_by: explained_by.into(),
+                });
+            }
+        }
+    }
+    report.faults_injected = counts;
+
+    // Tear down, then nothing may be left.
+    ctls.stop_all();
+    report.processes_started = ctls.pids.len() + cp_pids.len();
+    drop(api);
+    drop(client);
+    if let Ok(sim) = Arc::try_unwrap(sim) {
+        sim.shutdown().await;
+    }
+    cp.stop();
+    drop(cp);
+    let mut leftover: Vec<u32> = ctls
+        .pids
+        .iter()
+        .filter(|p| process_present(**p, "compute-operator"))
+        .copied()
+        .collect();
+    leftover.extend(
+        cp_pids
+            .iter()
+            .filter(|(p, name)| process_present(*p, name))
+            .map(|(p, _)| *p),
+    );
+    report.leftover_processes = leftover;
+    report.elapsed_s = started.elapsed().as_secs_f64();
+    report.passed = report.duplicates == 0 && report.unresolved == 0 && report.leftover_processes.is_empty();
+    if report.passed {
+        let _ = std::fs::remove_dir_all(&logs);
+    }
+    Ok(report)
+}
+
+/// (object name, time) of every `action sent ... outcome="unknown"` line in the controllers' logs.
+fn lost_answers_in_logs(dir: &Path) -> Vec<(String, DateTime<Utc>)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        for line in text.lines() {
+            if !(line.contains("action sent") && line.contains("outcome=\"unknown\"")) {
+                continue;
+            }
+            let at = line
+                .split_whitespace()
+                .next()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc));
+            let object = line
+                .split("object=")
+                .nth(2)
+                .or_else(|| line.split("object=").nth(1))
+                .and_then(|rest| rest.split([' ', '}', ':']).next())
+                .and_then(|key| key.rsplit('/').next())
+                .map(str::to_owned);
+            if let (Some(at), Some(object)) = (at, object) {
+                out.push((object, at));
+            }
+        }
+    }
+    out
+}
+
+fn is_settled_for(last: &HashMap<String, ComputeInstanceAction>, t: &Tracked) -> bool {
+    let Some(o) = last.get(&t.name) else {
+        return false;
+    };
+    let Some(issue) = t.issues.last() else {
+        return true;
+    };
+    o.metadata.generation == Some(issue.generation) && settled(o).is_some()
+}
+
+/// Injects `faults` for `d` (watching the controllers meanwhile), then clears them.
+async fn fault_phase(sim: &SimServer, ctls: &mut Controllers, faults: Faults, d: Duration) -> anyhow::Result<()> {
+    sim.set_faults(faults);
+    let result = sleep_reaping(ctls, d).await;
+    sim.set_faults(Faults::default());
+    result
+}
+
+async fn sleep_reaping(ctls: &mut Controllers, d: Duration) -> anyhow::Result<()> {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        ctls.reap()?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
