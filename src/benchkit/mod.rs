@@ -17,6 +17,7 @@
 pub mod controller;
 pub mod faults;
 pub mod faults_drive;
+pub mod faults_judge;
 pub mod limit;
 pub mod measure;
 pub mod objects;
