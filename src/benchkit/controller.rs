@@ -32,6 +32,8 @@ pub struct ControllerSpec {
     pub lease_namespace: Option<String>,
     pub lease_duration: String,
     pub log_level: String,
+    /// `--policy-mode` (`off` or `enforce`) for builds that know the flag.
+    pub policy_mode: String,
     /// Where each process's stdout/stderr go (`<name>.log`).
     pub log_dir: PathBuf,
 }
@@ -121,11 +123,11 @@ impl ControllerProcess {
         if !spec.namespaces.is_empty() {
             cmd.arg("--namespaces").arg(spec.namespaces.join(","));
         }
-        // Flags newer builds have: no access policies in this single-tenant harness, and no loop protection
-        // (these runs restart one instance many times on purpose).
+        // Flags newer builds have: the access policy mode the run asks for, and no loop protection (these runs
+        // restart one instance many times on purpose).
         let help = run_help(&spec.binary);
         if help.contains("--policy-mode") {
-            cmd.arg("--policy-mode").arg("off");
+            cmd.arg("--policy-mode").arg(&spec.policy_mode);
         }
         if help.contains("--max-one-shots") {
             cmd.arg("--max-one-shots").arg("100000");

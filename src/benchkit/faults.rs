@@ -207,6 +207,8 @@ pub async fn run_faults(opts: &FaultsOptions) -> anyhow::Result<FaultsReport> {
         lease_namespace: None,
         lease_duration: "2s".into(),
         log_level: opts.log_level.clone(),
+        // Single-tenant: no access policies in this run.
+        policy_mode: "off".into(),
         log_dir: logs.clone(),
     };
     let mut ctls = Controllers {

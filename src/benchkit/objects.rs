@@ -64,6 +64,9 @@ pub fn new_object(
     )
 }
 
+/// The zone of every bench instance (but those the policy change denies).
+pub const BENCH_ZONE: &str = "us-central1-a";
+
 /// An instance record for the simulator's fleet.
 pub fn instance(id: &str, status: InstanceStatus) -> Instance {
     Instance {
@@ -71,7 +74,7 @@ pub fn instance(id: &str, status: InstanceStatus) -> Instance {
         user_id: "5f35d2c4-5633-4b16-bbf0-5ca22ef8ea2e".into(),
         customer_id: "a1b2c3d4-5633-4b16-bbf0-5ca22ef8ea2e".into(),
         name: format!("vm-{id}"),
-        zone: "us-central1-a".into(),
+        zone: BENCH_ZONE.into(),
         machine_type: "n2-standard-4".into(),
         external_ip: "203.0.113.10".into(),
         internal_ip: "10.128.0.10".into(),
@@ -124,8 +127,11 @@ pub(super) async fn create_all(
 /// Watches a namespace and records when each object is first seen settled for its current generation.
 #[derive(Default)]
 pub(super) struct Tracker {
+    /// First time seen Ready.
     pub(super) ready_at: HashMap<String, Instant>,
+    /// Stalled now, with the reason, and since when (with that reason).
     pub(super) stalled: HashMap<String, String>,
+    pub(super) stalled_at: HashMap<String, Instant>,
 }
 
 pub(super) fn spawn_tracker(api: Api<ComputeInstanceAction>) -> (Arc<Mutex<Tracker>>, tokio::task::JoinHandle<()>) {
@@ -144,9 +150,14 @@ pub(super) fn spawn_tracker(api: Api<ComputeInstanceAction>) -> (Arc<Mutex<Track
                 Some(Settled::Ready(_)) => {
                     t.ready_at.entry(o.name_any()).or_insert(now);
                     t.stalled.remove(&o.name_any());
+                    t.stalled_at.remove(&o.name_any());
                 }
                 Some(Settled::Stalled(reason)) => {
-                    t.stalled.insert(o.name_any(), reason);
+                    // Since when stalled for this reason.
+                    let changed = t.stalled.insert(o.name_any(), reason.clone()) != Some(reason);
+                    if changed {
+                        t.stalled_at.insert(o.name_any(), now);
+                    }
                 }
                 None => {}
             }
