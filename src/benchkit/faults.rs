@@ -1,24 +1,24 @@
 //! The fault run, top to bottom: start the stack, drive actions while injecting faults on a schedule, let
 //! everything settle, then judge (duplicates, unresolved objects, OutcomeUnknown, leftover processes).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use kube::ResourceExt as _;
 use kube::api::{Api, ListParams};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
-use serde::Serialize;
 
 use super::SIM_TOKEN;
 use super::controller::{ControllerSpec, local_http};
 use super::faults_drive::{Controllers, Tracked, drive};
 use super::faults_judge::{is_settled_for, judge};
+use super::faults_report::{FaultCounts, FaultsReport};
 use super::measure::process_present;
 use super::objects::{create_namespace, instance};
 use crate::api::{Instance, InstanceStatus};
@@ -68,85 +68,7 @@ impl FaultsOptions {
     }
 }
 
-/// Faults injected, by kind.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct FaultCounts {
-    pub controller_kills: usize,
-    pub apiserver_restarts: usize,
-    pub drop_phases: usize,
-    /// Accepted actions whose connection the simulator closed without an answer.
-    pub dropped_connections: u64,
-    pub error_bursts: usize,
-    /// Injected 503 answers.
-    pub injected_errors: u64,
-    pub latency_phases: usize,
-    pub leader_changes: usize,
-    pub total: usize,
-}
-
-/// One object's record of an OutcomeUnknown, and what explains it.
-#[derive(Clone, Debug, Serialize)]
-pub struct UnknownOutcome {
-    pub object: String,
-    pub request_id: Option<String>,
-    pub action: String,
-    pub intent_at: DateTime<Utc>,
-    /// Whether the simulator carried it out (an accepted restart/reset attributed to this requestId).
-    pub executed: bool,
-    /// `lost-answer` (the controller logged that the POST's answer was lost: a dropped connection or a
-    /// timeout), `kill` (a controller was killed while the intent was open), or `unexplained`.
-    pub explained_by: String,
-}
-
-/// A one-shot executed more often than requested.
-#[derive(Clone, Debug, Serialize)]
-pub struct Duplicate {
-    pub object: String,
-    pub instance: String,
-    pub request_id: String,
-    pub executed: usize,
-}
-
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct FaultsReport {
-    pub actions: usize,
-    pub objects: usize,
-    pub seed: u64,
-    pub faults_injected: FaultCounts,
-    /// "ok", "unavailable", "not-observed", "skipped" or "failed: ...".
-    pub leader_change: String,
-    pub one_shot_requests: usize,
-    pub one_shot_executed: usize,
-    pub level_actions_executed: usize,
-    /// One-shots run more than once for one (object, requestId).
-    pub duplicates: usize,
-    pub duplicate_details: Vec<Duplicate>,
-    /// Objects neither Ready nor Stalled (with a reason) for their last generation at the deadline.
-    pub unresolved: usize,
-    pub unresolved_objects: Vec<String>,
-    pub ready: usize,
-    pub stalled_by_reason: BTreeMap<String, usize>,
-    pub outcome_unknown: usize,
-    pub outcome_unknown_after_kill: usize,
-    pub outcome_unknown_lost_answer: usize,
-    pub outcome_unknown_unexplained: usize,
-    pub outcome_unknown_details: Vec<UnknownOutcome>,
-    /// Controller exits we did not cause (lease losses excluded).
-    pub unexpected_controller_exits: usize,
-    /// Controllers (re)started while the API server was away, which gave up at once.
-    pub controller_startup_exits: Vec<String>,
-    /// Leader-elected replicas that exited after losing the lease (expected, restarted as followers).
-    pub lease_loss_exits: usize,
-    pub processes_started: usize,
-    /// Controller, etcd or kube-apiserver processes still present at the end.
-    pub leftover_processes: Vec<u32>,
-    pub elapsed_s: f64,
-    pub logs: String,
-    pub passed: bool,
-}
-
-/// One spec change the driver made.
-
+/// A fault the schedule injects.
 #[derive(Clone, Copy, Debug)]
 enum FaultEvent {
     Kill,

@@ -16,6 +16,7 @@ use super::controller::{ControllerProcess, ControllerSpec};
 use super::objects::{new_object, settled};
 use crate::resource::{ComputeInstanceAction, DesiredState};
 
+/// One spec change the driver made.
 #[derive(Clone, Debug)]
 pub(super) struct Issue {
     pub(super) desired: DesiredState,

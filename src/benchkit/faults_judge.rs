@@ -6,8 +6,8 @@ use std::path::Path;
 
 use chrono::{DateTime, Utc};
 
-use super::faults::{Duplicate, FaultsReport, UnknownOutcome};
 use super::faults_drive::{Issue, Tracked};
+use super::faults_report::{Duplicate, FaultsReport, UnknownOutcome};
 use super::objects::{Settled, settled};
 use crate::resource::{ActionState, ComputeInstanceAction};
 use crate::sim::AuditEntry;

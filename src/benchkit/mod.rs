@@ -22,6 +22,7 @@ pub mod controller;
 pub mod faults;
 pub mod faults_drive;
 pub mod faults_judge;
+pub mod faults_report;
 pub mod limit;
 pub mod load;
 pub mod measure;
@@ -38,7 +39,8 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 pub use controller::{ControllerProcess, ControllerSpec, local_http, sibling_operator_binary};
-pub use faults::{FaultCounts, FaultsOptions, FaultsReport, run_faults};
+pub use faults::{FaultsOptions, run_faults};
+pub use faults_report::{FaultCounts, FaultsReport};
 pub use load::DesiredMix;
 pub use measure::{Spread, clock_ticks, cpu_seconds, metric_sum, percentile, process_present, status_kib};
 pub use objects::{Settled, instance, new_object, settled};
