@@ -78,9 +78,10 @@ pub fn resting_object(i: usize) -> (ComputeInstanceAction, Instance) {
     (new_object(&id, &id, desired, None, 600), inst)
 }
 
-/// What an open-loop run created: (name, when its create returned), and how long arrivals lasted.
+/// What an open-loop run created: (name, desired state, when its create returned), and how long arrivals
+/// lasted.
 pub struct Arrivals {
-    pub created: Vec<(String, Instant)>,
+    pub created: Vec<(String, DesiredState, Instant)>,
     pub failed: usize,
     pub seconds: f64,
 }
@@ -109,7 +110,7 @@ pub async fn open_loop(
             api.create(&PostParams::default(), &obj)
                 .await
                 .with_context(|| format!("creating {name}"))?;
-            Ok::<_, anyhow::Error>((name, Instant::now()))
+            Ok::<_, anyhow::Error>((name, obj.spec.desired_state, Instant::now()))
         });
     }
     let seconds = started.elapsed().as_secs_f64();

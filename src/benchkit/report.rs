@@ -107,6 +107,7 @@ pub struct BenchReport {
     pub open_loop_p95_s: Option<f64>,
     pub open_loop_p99_s: Option<f64>,
     pub open_loop_max_s: Option<f64>,
+    pub open_loop_by_desired: BTreeMap<String, Spread>,
     pub open_loop_api_requests_per_action: Option<f64>,
     pub open_loop_status_writes_per_action: Option<f64>,
 
@@ -132,6 +133,7 @@ pub struct BenchReport {
     /// Admin API requests from the update until 2 s after the last denial.
     pub policy_change_api_requests: Option<u64>,
     pub policy_change_api_requests_per_100_objects: Option<f64>,
+    pub policy_change_api_requests_by_endpoint: BTreeMap<String, u64>,
     /// What the rest traffic alone would have made in the same time (included above).
     pub policy_change_background_api_requests: Option<f64>,
     pub policy_change_denied: Option<usize>,
@@ -460,6 +462,13 @@ impl BenchReport {
                 self.rest_api_requests_by_endpoint
             );
         }
+        if !self.policy_change_api_requests_by_endpoint.is_empty() {
+            let _ = writeln!(
+                out,
+                "admin API requests by endpoint (policy change): {:?}",
+                self.policy_change_api_requests_by_endpoint
+            );
+        }
         let _ = writeln!(
             out,
             "kube-apiserver requests during the burst: {:?}",
@@ -477,6 +486,16 @@ impl BenchReport {
                 "  {k:10} n={:5} p50={:.3} p95={:.3} p99={:.3} max={:.3}",
                 v.n, v.p50, v.p95, v.p99, v.max
             );
+        }
+        if !self.open_loop_by_desired.is_empty() {
+            let _ = writeln!(out, "open-loop latency by desired state (s):");
+            for (k, v) in &self.open_loop_by_desired {
+                let _ = writeln!(
+                    out,
+                    "  {k:10} n={:5} p50={:.3} p95={:.3} p99={:.3} max={:.3}",
+                    v.n, v.p50, v.p95, v.p99, v.max
+                );
+            }
         }
         let _ = writeln!(
             out,

@@ -91,7 +91,7 @@ pub(super) async fn policy_change(stack: &Stack, to_deny: &[String], report: &mu
     let policies: Api<ComputeAccessPolicy> = Api::all(stack.client.clone());
     let total = report.rest_total_objects.unwrap_or(0).max(1) as f64;
     let rest_rate = report.rest_api_requests.unwrap_or(0) as f64 / report.rest_seconds.unwrap_or(f64::NAN);
-    let req0 = stack.api_requests();
+    let stats0 = stack.sim.stats();
     let reconciles0 = stack.metric("compute_operator_reconciles_total").await;
     let writes0 = stack.metric("compute_operator_status_writes_total").await;
     let t0 = Instant::now();
@@ -132,7 +132,9 @@ pub(super) async fn policy_change(stack: &Stack, to_deny: &[String], report: &mu
     };
     // Stragglers: requests the change still causes right after the last denial.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let requests = stack.api_requests().saturating_sub(req0);
+    let stats1 = stack.sim.stats();
+    let requests = stats1.total.saturating_sub(stats0.total);
+    report.policy_change_api_requests_by_endpoint = requests_between(&stats0, &stats1);
     report.policy_change_s = Some(done);
     report.policy_change_denied = Some(to_deny.len());
     report.policy_change_api_requests = Some(requests);

@@ -283,7 +283,7 @@ async fn measure_open_loop(
         stack.metric("compute_operator_status_writes_total").await,
     );
     let arrivals = open_loop(&stack.api, &stack.sim, opts.desired, rate, opts.open_loop).await?;
-    let names: Vec<String> = arrivals.created.iter().map(|(n, _)| n.clone()).collect();
+    let names: Vec<String> = arrivals.created.iter().map(|(n, _, _)| n.clone()).collect();
     if !wait_settled(&stack.tracker, &names, opts.ready_timeout).await {
         report.notes.push("not every open-loop object settled".into());
     }
@@ -293,14 +293,19 @@ async fn measure_open_loop(
             .push(format!("{} open-loop creates failed", arrivals.failed));
     }
     let n = names.len().max(1) as f64;
-    let latencies: Vec<f64> = {
+    let mut latencies = Vec::with_capacity(names.len());
+    let mut by_desired: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    {
         let t = lock(&stack.tracker);
-        arrivals
-            .created
-            .iter()
-            .filter_map(|(name, made)| Some(t.ready_at.get(name)?.saturating_duration_since(*made).as_secs_f64()))
-            .collect()
-    };
+        for (name, desired, made) in &arrivals.created {
+            if let Some(ready) = t.ready_at.get(name) {
+                let latency = ready.saturating_duration_since(*made).as_secs_f64();
+                latencies.push(latency);
+                by_desired.entry(desired.as_str().to_owned()).or_default().push(latency);
+            }
+        }
+    }
+    report.open_loop_by_desired = by_desired.into_iter().map(|(k, v)| (k, Spread::of(v))).collect();
     let spread = Spread::of(latencies);
     report.open_loop_rate_per_s = Some(names.len() as f64 / opts.open_loop.as_secs_f64());
     report.open_loop_seconds = Some(arrivals.seconds);
