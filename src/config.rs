@@ -76,6 +76,13 @@ pub struct RunArgs {
     pub max_one_shots: u32,
     #[arg(long, env = "COMPUTE_OPERATOR_ONE_SHOT_WINDOW", default_value = "1h", value_parser = humantime::parse_duration)]
     pub one_shot_window: Duration,
+    /// Liveness: `/healthz` fails once a watch has reported only errors for this long.
+    #[arg(long, env = "COMPUTE_OPERATOR_HEALTH_WATCH_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub health_watch_timeout: Duration,
+    /// Liveness: `/healthz` fails once reconciles are running and none has finished for this long. Keep it
+    /// above the longest reconcile (a few --api-timeout).
+    #[arg(long, env = "COMPUTE_OPERATOR_HEALTH_RECONCILE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub health_reconcile_timeout: Duration,
     /// Report what would be done; never call an action endpoint.
     #[arg(long, env = "COMPUTE_OPERATOR_DRY_RUN", default_value_t = false)]
     pub dry_run: bool,
@@ -100,10 +107,7 @@ impl RunArgs {
     /// Checks every setting; the first bad one is reported.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         let url = reqwest::Url::parse(&self.api_url).map_err(|e| invalid("--api-url", e.to_string()))?;
-        let loopback = url
-            .host_str()
-            .is_some_and(|h| h == "localhost" || h.starts_with("127.") || h == "[::1]");
-        if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+        if !crate::api::client::scheme_allowed(&url) {
             return Err(invalid(
                 "--api-url",
                 "must be https (plain http is allowed only for loopback)",
@@ -144,6 +148,14 @@ impl RunArgs {
         }
         if self.lease_duration < Duration::from_secs(2) {
             return Err(invalid("--lease-duration", "must be at least 2s"));
+        }
+        for (setting, value) in [
+            ("--health-watch-timeout", self.health_watch_timeout),
+            ("--health-reconcile-timeout", self.health_reconcile_timeout),
+        ] {
+            if value < Duration::from_secs(1) {
+                return Err(invalid(setting, "must be at least 1s"));
+            }
         }
         if let Some(dir) = &self.credentials_dir
             && !dir.is_dir()
@@ -199,6 +211,14 @@ impl RunArgs {
         }
     }
 
+    pub fn health_thresholds(&self) -> crate::health::Thresholds {
+        crate::health::Thresholds {
+            watch_failing: self.health_watch_timeout,
+            reconcile_stalled: self.health_reconcile_timeout,
+            ..Default::default()
+        }
+    }
+
     pub fn controller_config(&self) -> ControllerConfig {
         ControllerConfig {
             namespaces: self.namespaces(),
@@ -214,6 +234,8 @@ impl RunArgs {
             error_backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(300)),
             reporter: "compute-operator".into(),
             policy_mode: self.policy_mode,
+            // A quarter of the budget: new work and open actions keep the rest.
+            view_rate: self.api_rate / 4.0,
         }
     }
 }

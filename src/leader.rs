@@ -2,9 +2,11 @@
 //!
 //! The rules, the same as client-go's `leaderelection` with the times derived from one setting, the lease
 //! duration `d`:
-//! - A candidate takes the lease when it is free (no holder) or expired: `renewTime + leaseDurationSeconds`
-//!   lies in the past. Every write carries the resourceVersion it read, so of two candidates racing for the
-//!   same lease exactly one wins; the other gets 409 and stays a follower.
+//! - A candidate takes the lease when it is free (no holder) or expired. Expiry is judged by this process's
+//!   own monotonic clock, as client-go does: the lease is expired when the same lease record (same
+//!   resourceVersion) has been observed unchanged for `leaseDurationSeconds`. Other machines' timestamps are
+//!   never compared with this machine's clock. Every write carries the resourceVersion it read, so of two
+//!   candidates racing for the same lease exactly one wins; the other gets 409 and stays a follower.
 //! - The leader renews every `d/3`. If it cannot renew for `2d/3` (the renew deadline) it steps down at once:
 //!   the leading flag drops to false before any other replica can consider the lease expired (`d`), leaving
 //!   `d/3` for clock skew and in-flight work. A leader that finds another holder steps down immediately.
@@ -12,21 +14,70 @@
 //! - [`LeaderElector::release`] (graceful shutdown) clears the holder and sets `leaseDurationSeconds` to 1,
 //!   so a successor takes over at its next retry instead of waiting for the lease to expire.
 //!
-//! Expiry is judged on this replica's clock against the holder's `renewTime`; clocks are assumed to be
-//! synchronised to well within `d/3`.
+//! - The [`Fence`] is what actions check, right before each POST: it is open only while this replica leads
+//!   AND its last successful renewal started less than the renew deadline ago on the monotonic clock. A leader
+//!   that was paused (GC pause, SIGSTOP, a frozen node) past that finds its fence closed the instant it
+//!   resumes, before its renew loop has even run, so it cannot act after a successor took over.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PostParams};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
+
+/// May this replica act on the admin API right now? Checked right before every POST.
+#[derive(Debug)]
+pub struct Fence {
+    /// No leader election: always open.
+    always: bool,
+    origin: std::time::Instant,
+    /// Open until this many nanoseconds after `origin` (monotonic clock); 0 = closed.
+    open_until_ns: AtomicU64,
+}
+
+impl Fence {
+    /// For a single replica without leader election.
+    pub fn always_open() -> Arc<Self> {
+        Arc::new(Self {
+            always: true,
+            origin: std::time::Instant::now(),
+            open_until_ns: AtomicU64::new(0),
+        })
+    }
+
+    /// Closed until a leader opens it.
+    pub fn closed() -> Arc<Self> {
+        Arc::new(Self {
+            always: false,
+            origin: std::time::Instant::now(),
+            open_until_ns: AtomicU64::new(0),
+        })
+    }
+
+    pub fn may_act(&self) -> bool {
+        self.always || self.nanos(std::time::Instant::now()) < self.open_until_ns.load(Ordering::SeqCst)
+    }
+
+    fn nanos(&self, at: std::time::Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Opens the fence until `until` (never shortens an open fence by a late, older renewal).
+    fn open_until(&self, until: std::time::Instant) {
+        self.open_until_ns.fetch_max(self.nanos(until).max(1), Ordering::SeqCst);
+    }
+
+    fn close(&self) {
+        self.open_until_ns.store(0, Ordering::SeqCst);
+    }
+}
 
 /// Where this replica stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,8 +147,8 @@ pub enum Decision {
     Held { holder: String },
 }
 
-/// Pure decision on a lease spec read at `now`.
-pub fn decide(spec: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Decision {
+/// Pure decision on a lease spec that this process has seen unchanged for `unchanged_for` (its own clock).
+pub fn decide(spec: Option<&LeaseSpec>, me: &str, unchanged_for: Duration) -> Decision {
     let Some(spec) = spec else {
         return Decision::Acquire;
     };
@@ -108,15 +159,13 @@ pub fn decide(spec: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Decision {
     if holder == me {
         return Decision::Renew;
     }
-    let Some(renewed) = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()) else {
-        return Decision::Acquire;
-    };
-    let duration = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(0).max(0)));
-    match renewed.0.checked_add(duration) {
-        Ok(expires) if expires >= now => Decision::Held {
+    let duration = Duration::from_secs(u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0));
+    if unchanged_for <= duration {
+        Decision::Held {
             holder: holder.to_owned(),
-        },
-        _ => Decision::Acquire,
+        }
+    } else {
+        Decision::Acquire
     }
 }
 
@@ -145,6 +194,9 @@ pub struct LeaderElector {
     renew_deadline: Duration,
     retry_every: Duration,
     leading: Arc<AtomicBool>,
+    fence: Arc<Fence>,
+    /// The lease record last read (resourceVersion) and when this process first saw it.
+    observed: Mutex<Option<(String, std::time::Instant)>>,
     metrics: Option<Arc<Metrics>>,
     state: watch::Sender<Leadership>,
     /// Serialises attempts and release, so a renew can never follow a release.
@@ -182,6 +234,8 @@ impl LeaderElector {
             renew_deadline: duration * 2 / 3,
             retry_every: (duration / 3).min(Duration::from_secs(2)),
             leading: Arc::new(AtomicBool::new(false)),
+            fence: Fence::closed(),
+            observed: Mutex::new(None),
             metrics: None,
             state: watch::Sender::new(Leadership::Unknown),
             op: tokio::sync::Mutex::new(()),
@@ -196,11 +250,16 @@ impl LeaderElector {
         self
     }
 
-    /// Use `flag` as the leading flag (e.g. the controller's `may_act`); it is set to false now.
-    pub fn with_flag(mut self, flag: Arc<AtomicBool>) -> Self {
-        flag.store(false, Ordering::SeqCst);
-        self.leading = flag;
+    /// Use `fence` as the gate actions check (e.g. the controller's); it is closed now.
+    pub fn with_fence(mut self, fence: Arc<Fence>) -> Self {
+        fence.close();
+        self.fence = fence;
         self
+    }
+
+    /// The gate actions check right before each POST.
+    pub fn fence(&self) -> Arc<Fence> {
+        self.fence.clone()
     }
 
     /// True exactly while this replica holds the lease and is within its renew deadline.
@@ -232,6 +291,9 @@ impl LeaderElector {
     fn set_state(&self, state: Leadership) {
         let leading = state == Leadership::Leading;
         // Stop acting first; everything else follows.
+        if !leading {
+            self.fence.close();
+        }
         self.leading.store(leading, Ordering::SeqCst);
         if let Some(m) = &self.metrics {
             m.leader.set(i64::from(leading));
@@ -294,7 +356,18 @@ impl LeaderElector {
             };
         };
         let now = Timestamp::now();
-        let decision = decide(current.spec.as_ref(), &self.identity, now);
+        let record = current.metadata.resource_version.clone().unwrap_or_default();
+        let unchanged_for = {
+            let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+            match observed.as_ref() {
+                Some((seen, since)) if *seen == record => since.elapsed(),
+                _ => {
+                    *observed = Some((record, std::time::Instant::now()));
+                    Duration::ZERO
+                }
+            }
+        };
+        let decision = decide(current.spec.as_ref(), &self.identity, unchanged_for);
         if let Decision::Held { holder } = decision {
             return Ok(Attempt::Following { holder: Some(holder) });
         }
@@ -343,6 +416,8 @@ impl LeaderElector {
             };
             let pause = match (result, renewed_at) {
                 (Ok(Attempt::Leading), previous) => {
+                    // No other replica can take over before `renew_deadline` after this attempt started.
+                    self.fence.open_until(started.into_std() + self.renew_deadline);
                     if previous.is_none() {
                         tracing::info!(lease = %lease, identity = %self.identity, "became the leader");
                         self.set_state(Leadership::Leading);
@@ -466,7 +541,9 @@ mod tests {
     #[test]
     fn decisions() {
         let held = |h: &str| Decision::Held { holder: h.into() };
-        let table: [(Option<LeaseSpec>, i64, Decision); 8] = [
+        // (lease, seen unchanged for s, decision). The holder's renewTime is never compared with our clock:
+        // a renewTime far in the past or future changes nothing.
+        let table: [(Option<LeaseSpec>, u64, Decision); 9] = [
             (None, 0, Decision::Acquire),
             (Some(spec(None, Some(0), 15)), 1, Decision::Acquire),
             (Some(spec(Some(""), Some(0), 15)), 1, Decision::Acquire),
@@ -474,16 +551,39 @@ mod tests {
             (Some(spec(Some("other"), Some(0), 15)), 10, held("other")),
             (Some(spec(Some("other"), Some(0), 15)), 15, held("other")),
             (Some(spec(Some("other"), Some(0), 15)), 16, Decision::Acquire),
-            (Some(spec(Some("other"), None, 15)), 0, Decision::Acquire),
+            (Some(spec(Some("other"), Some(-1_000_000), 15)), 0, held("other")),
+            (Some(spec(Some("other"), Some(1_000_000), 15)), 16, Decision::Acquire),
         ];
-        for (s, now, want) in table {
-            assert_eq!(decide(s.as_ref(), "me", at(now)), want, "{s:?} at {now}");
+        for (s, seen, want) in table {
+            assert_eq!(
+                decide(s.as_ref(), "me", Duration::from_secs(seen)),
+                want,
+                "{s:?} seen {seen}s"
+            );
         }
         // A released lease (duration 1) is free a second later even if a holder were left in it.
         assert_eq!(
-            decide(Some(&spec(Some("other"), Some(0), 1)), "me", at(2)),
+            decide(Some(&spec(Some("other"), Some(0), 1)), "me", Duration::from_secs(2)),
             Decision::Acquire
         );
+    }
+
+    #[test]
+    fn fence_opens_for_a_while_and_closes_on_its_own() {
+        let always = Fence::always_open();
+        assert!(always.may_act());
+        let f = Fence::closed();
+        assert!(!f.may_act());
+        f.open_until(std::time::Instant::now() + Duration::from_secs(60));
+        assert!(f.may_act());
+        // An older renewal never shortens it; an expired deadline closes it without anyone calling close().
+        f.open_until(std::time::Instant::now());
+        assert!(f.may_act());
+        f.close();
+        f.open_until(std::time::Instant::now() + Duration::from_millis(20));
+        assert!(f.may_act());
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(!f.may_act(), "a paused leader finds its fence closed when it resumes");
     }
 
     #[test]

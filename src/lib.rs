@@ -4,6 +4,7 @@ pub mod benchkit;
 pub mod config;
 pub mod controllers;
 pub mod devenv;
+pub mod health;
 pub mod leader;
 pub mod metrics;
 pub mod operator;

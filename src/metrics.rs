@@ -50,6 +50,13 @@ pub struct PhaseLabel {
     pub phase: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConditionLabels {
+    /// `Ready` or `Stalled`.
+    pub condition: String,
+    pub reason: String,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
@@ -62,7 +69,21 @@ pub struct Metrics {
     pub api_latency: Family<EndpointLabel, Histogram>,
     pub status_writes: Counter,
     pub objects_by_phase: Family<PhaseLabel, Gauge>,
+    /// Objects whose `Ready` or `Stalled` condition is True, by reason (what alerts page on).
+    pub objects_by_condition: Family<ConditionLabels, Gauge>,
+    /// Seconds since the oldest object still Stalled for that reason became Stalled (0: none).
+    pub stalled_oldest: Family<ReasonLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub leader: Gauge,
+    /// Instances in the shared view from the list endpoint.
+    pub view_instances: Gauge,
+    /// Admin API requests the last view round made.
+    pub view_round_requests: Gauge,
+    /// 1 while view rounds do not fit the budget in one resync interval and are stretched.
+    pub view_round_stretched: Gauge,
+    /// Heartbeats behind `/healthz`.
+    pub health: Arc<crate::health::Health>,
+    /// Condition series set before, so that one that disappears is set to 0 rather than left stale.
+    condition_series: std::sync::Mutex<(Vec<ConditionLabels>, Vec<ReasonLabel>)>,
     /// Set once the watches have listed everything (readiness).
     pub watching: AtomicBool,
     /// Leadership known (or not needed).
@@ -91,7 +112,12 @@ impl Metrics {
         });
         let status_writes = Counter::default();
         let objects_by_phase = Family::<PhaseLabel, Gauge>::default();
+        let objects_by_condition = Family::<ConditionLabels, Gauge>::default();
+        let stalled_oldest = Family::<ReasonLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let leader = Gauge::default();
+        let view_instances = Gauge::default();
+        let view_round_requests = Gauge::default();
+        let view_round_stretched = Gauge::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -125,7 +151,32 @@ impl Metrics {
             status_writes.clone(),
         );
         registry.register("objects", "ComputeInstanceActions by phase", objects_by_phase.clone());
+        registry.register(
+            "objects_by_condition",
+            "ComputeInstanceActions whose Ready or Stalled condition is True, by reason",
+            objects_by_condition.clone(),
+        );
+        registry.register(
+            "stalled_oldest_seconds",
+            "Age of the oldest Stalled condition, by reason",
+            stalled_oldest.clone(),
+        );
         registry.register("leader", "1 on the replica that holds the lease", leader.clone());
+        registry.register(
+            "view_instances",
+            "Instances in the shared view refreshed from the list endpoint",
+            view_instances.clone(),
+        );
+        registry.register(
+            "view_round_requests",
+            "Admin API requests made by the last refresh round of the instance view",
+            view_round_requests.clone(),
+        );
+        registry.register(
+            "view_round_stretched",
+            "1 while refresh rounds of the instance view exceed their budget and take longer than the resync interval",
+            view_round_stretched.clone(),
+        );
         registry.register(
             "build",
             "Build information",
@@ -142,7 +193,14 @@ impl Metrics {
             api_latency,
             status_writes,
             objects_by_phase,
+            objects_by_condition,
+            stalled_oldest,
             leader,
+            view_instances,
+            view_round_requests,
+            view_round_stretched,
+            health: Arc::default(),
+            condition_series: Default::default(),
             watching: AtomicBool::new(false),
             leadership_known: AtomicBool::new(false),
         })
@@ -171,6 +229,44 @@ impl Metrics {
                 result: result.into(),
             })
             .inc();
+    }
+
+    /// Replaces the condition gauges: `counts` by (condition, reason), `stalled_oldest` in seconds by reason.
+    /// A series counted before and absent now reads 0 (a vanished series would reset an alert's `for`).
+    pub fn set_condition_counts(
+        &self,
+        counts: &std::collections::BTreeMap<(String, String), i64>,
+        stalled_oldest: &std::collections::BTreeMap<String, f64>,
+    ) {
+        let mut seen = self.condition_series.lock().unwrap_or_else(|p| p.into_inner());
+        let (conditions, reasons) = &mut *seen;
+        for ((condition, reason), n) in counts {
+            let label = ConditionLabels {
+                condition: condition.clone(),
+                reason: reason.clone(),
+            };
+            self.objects_by_condition.get_or_create(&label).set(*n);
+            if !conditions.contains(&label) {
+                conditions.push(label);
+            }
+        }
+        for label in conditions.iter() {
+            if !counts.contains_key(&(label.condition.clone(), label.reason.clone())) {
+                self.objects_by_condition.get_or_create(label).set(0);
+            }
+        }
+        for (reason, secs) in stalled_oldest {
+            let label = ReasonLabel { reason: reason.clone() };
+            self.stalled_oldest.get_or_create(&label).set(*secs);
+            if !reasons.contains(&label) {
+                reasons.push(label);
+            }
+        }
+        for label in reasons.iter() {
+            if !stalled_oldest.contains_key(&label.reason) {
+                self.stalled_oldest.get_or_create(label).set(0.0);
+            }
+        }
     }
 
     pub fn encode(&self) -> String {
@@ -206,9 +302,18 @@ pub async fn serve(
             (StatusCode::SERVICE_UNAVAILABLE, "not ready")
         }
     }
+    async fn healthz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+        match m.health.check() {
+            crate::health::Verdict::Healthy => (StatusCode::OK, "ok".to_owned()),
+            crate::health::Verdict::Unhealthy(reason) => {
+                tracing::warn!(%reason, "liveness check failed");
+                (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {reason}"))
+            }
+        }
+    }
     let app = Router::new()
         .route("/metrics", get(metrics_text))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(metrics);
     let listener = tokio::net::TcpListener::bind(addr).await?;

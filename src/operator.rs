@@ -1,13 +1,13 @@
 //! `compute-operator run`: wires settings, metrics, the admin client, leader election and the controller.
 //!
 //! With `--leader-election` every replica serves metrics and health and takes part in the election; only the
-//! leader runs the controller. Leadership gates every admin API action through `may_act`, which drops the
+//! leader runs the controller. Leadership gates every admin API action through the lease's `Fence`, which closes the
 //! moment the lease is lost; the process then exits with an error so that Kubernetes restarts it as a
 //! follower (what controller-runtime does). On SIGTERM the controller stops gracefully (in-flight reconciles
 //! finish their status writes), then the lease is released so a follower takes over at once.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -44,6 +44,7 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     args.validate()?;
     let metrics = Metrics::new();
+    metrics.health.set_thresholds(args.health_thresholds());
     let observer_metrics = metrics.clone();
     let api = AdminClient::new(args.client_config(), credentials)
         .context("admin API client")?
@@ -59,8 +60,10 @@ pub async fn run_with(
         run_elected(&args, client, api, metrics, shutdown).await
     } else {
         metrics.leadership_known.store(true, Ordering::SeqCst);
-        let may_act = Arc::new(AtomicBool::new(true));
-        controller::run(client, api, args.controller_config(), metrics, may_act, shutdown)
+        // Without election this replica is the one that acts: the "no leader" alert must not fire.
+        metrics.leader.set(1);
+        let fence = crate::leader::Fence::always_open();
+        controller::run(client, api, args.controller_config(), metrics, fence, shutdown)
             .await
             .map_err(Into::into)
     };
@@ -87,7 +90,7 @@ async fn run_elected(
         .lease_namespace()
         .context("invalid setting --lease-namespace: required with --leader-election (or set POD_NAMESPACE)")?;
     let config = args.controller_config();
-    let may_act = Arc::new(AtomicBool::new(false));
+    let fence = crate::leader::Fence::closed();
     let elector = LeaderElector::new(
         client.clone(),
         &namespace,
@@ -96,7 +99,7 @@ async fn run_elected(
         args.lease_duration,
     )
     .with_metrics(metrics.clone())
-    .with_flag(may_act.clone());
+    .with_fence(fence.clone());
     tracing::info!(
         lease = %format!("{namespace}/{}", args.lease_name),
         identity = elector.identity(),
@@ -140,7 +143,7 @@ async fn run_elected(
             futures::future::select(shutdown, stop_rx).await;
         }
     };
-    let mut controller = Box::pin(controller::run(client, api, config, metrics, may_act, stop));
+    let mut controller = Box::pin(controller::run(client, api, config, metrics, fence, stop));
     let mut grace_until: Option<tokio::time::Instant> = None;
     let end = loop {
         let grace = async {
@@ -173,7 +176,7 @@ async fn run_elected(
             Ok(())
         }
         LeaderEnd::Lost(end) => {
-            // `may_act` is already false: nothing more is sent. Let in-flight reconciles record what they did.
+            // The fence is already closed: nothing more is sent. Let in-flight reconciles record what they did.
             let _ = stop_tx.send(());
             if tokio::time::timeout(GRACE, &mut controller).await.is_err() {
                 tracing::warn!("in-flight reconciles did not finish in time after losing the lease");

@@ -42,6 +42,8 @@ pub struct ComputeAccessPolicySpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.names) || has(self.selector)").message("namespaces must give names or a selector"))]
+#[x_kube(validation = Rule::new("!has(self.selector) || (has(self.selector.matchLabels) && size(self.selector.matchLabels) > 0) || (has(self.selector.matchExpressions) && size(self.selector.matchExpressions) > 0)")
+    .message("namespaces.selector must not be empty: {} would match every namespace. Give matchLabels or matchExpressions (to grant every namespace on purpose, use matchExpressions: [{key: kubernetes.io/metadata.name, operator: Exists}])"))]
 pub struct NamespaceMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
@@ -94,6 +96,12 @@ pub struct NamespaceView<'a> {
 }
 
 fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    // An empty selector would match every namespace; the CRD rejects it, and it never grants here either.
+    let empty = selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
+        && selector.match_expressions.as_ref().is_none_or(|e| e.is_empty());
+    if empty {
+        return false;
+    }
     let labels_ok = selector
         .match_labels
         .as_ref()
@@ -174,22 +182,46 @@ pub fn evaluate(
             near_miss = Some(format!("policy {name} covers this namespace but not this instance"));
         }
     }
-    let attributes = instance
-        .map(|i| {
-            format!(
-                " (customer {}, user {}, zone {}, template {})",
-                i.customer_id, i.user_id, i.zone, i.template_id
-            )
-        })
-        .unwrap_or_default();
-    let hint = near_miss.map(|m| format!("; {m}")).unwrap_or_default();
     Verdict::Denied {
-        message: format!(
-            "no ComputeAccessPolicy allows namespace {} to set instance {instance_id}{attributes} to `{}`{hint}; a cluster administrator must add or widen one",
-            ns.name,
-            desired.as_str()
-        ),
+        message: denial_message(ns.name, instance_id, desired, near_miss.as_deref()),
     }
+}
+
+/// The denial names what the object asked for, never what the instance is (no name, zone, owner or
+/// template), so a tenant learns nothing about instances it may not touch, not even whether one exists.
+fn denial_message(ns: &str, instance_id: &str, desired: DesiredState, hint: Option<&str>) -> String {
+    let hint = hint.map(|m| format!("; {m}")).unwrap_or_default();
+    format!(
+        "no ComputeAccessPolicy allows namespace {ns} to set instance {instance_id} to `{}`{hint}; a cluster administrator must add or widen one",
+        desired.as_str()
+    )
+}
+
+/// Denied whatever the instance's attributes turn out to be: no policy covers this namespace and desired state
+/// (and, for policies listing IDs, this ID). Then there is nothing to ask the admin API.
+pub fn evaluate_for_any_instance(
+    mode: PolicyMode,
+    policies: &[(String, ComputeAccessPolicySpec)],
+    ns: &NamespaceView<'_>,
+    instance_id: &str,
+    desired: DesiredState,
+) -> Verdict {
+    if mode == PolicyMode::Off {
+        return Verdict::Allowed { by: None };
+    }
+    let could_allow = policies.iter().any(|(_, p)| {
+        p.namespaces.matches(ns)
+            && p.desired_states.contains(&desired)
+            && p.instances
+                .ids
+                .as_ref()
+                .is_none_or(|ids| ids.iter().any(|x| x == instance_id))
+    });
+    if could_allow {
+        return Verdict::Allowed { by: None };
+    }
+    // The same words as the full evaluation with an unknown instance, so the two cannot be told apart.
+    evaluate(mode, policies, ns, instance_id, None, desired)
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ pub const MAX_INSTANCE_ID_LEN: usize = crate::api::client::MAX_INSTANCE_ID_LEN;
 pub const DEFAULT_TIMEOUT_SECONDS: u32 = 600;
 /// How many finished actions `status.history` keeps.
 pub const HISTORY_LIMIT: usize = 16;
+/// How many (action, requestId) digests `status.sentOneShots` keeps.
+pub const SENT_ONE_SHOTS_LIMIT: usize = 1024;
 
 /// Declares the power state of one compute instance.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -151,6 +153,10 @@ pub struct ComputeInstanceActionStatus {
     /// Finished actions, newest last, at most 16.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<ActionRecord>,
+    /// Every restart/reset this object ever sent (or may have sent), as short digests of (action, requestId),
+    /// oldest first, at most 1024: an old requestId never runs again, however long ago it ran.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sent_one_shots: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -159,6 +165,10 @@ pub enum Phase {
     InProgress,
     Succeeded,
     Failed,
+    /// Nothing was done on purpose: a dry run, an expired one-shot, a requestId that already ran.
+    Skipped,
+    /// `spec.suspend` is true.
+    Suspended,
 }
 
 /// A Kubernetes condition (`metav1.Condition`).
@@ -228,7 +238,11 @@ pub struct ActionRecord {
     pub completed_at: Option<DateTime<Utc>>,
     /// POSTs sent for this action (a level may be sent again after a refusal).
     pub attempts: u32,
-    /// A transitional status was observed after acceptance (proof that restart/reset ran).
+    /// The instance's status when the intent was written: the action is judged by a departure from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_status: Option<String>,
+    /// The instance was seen departing from `fromStatus` (or in a transitional status) after the request:
+    /// proof that the action ran.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub saw_transition: bool,
     /// Short reason of the last refusal or failure.

@@ -98,7 +98,12 @@ impl MaxConcurrent {
         match self {
             Self::Count(n) => Some((*n as usize).max(1)),
             Self::Percent(p) => {
-                let pct: u64 = p.strip_suffix('%')?.trim().parse().ok().filter(|v| (1..=100).contains(v))?;
+                let pct: u64 = p
+                    .strip_suffix('%')?
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|v| (1..=100).contains(v))?;
                 let n = (selected as u64 * pct).div_ceil(100);
                 Some((n as usize).max(1))
             }

@@ -254,6 +254,7 @@ async fn intent_without_outcome_is_reported_not_resent() {
             accepted_at: None,
             completed_at: None,
             attempts: 1,
+            from_status: None,
             saw_transition: false,
             reason: None,
             drift: false,

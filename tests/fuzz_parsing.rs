@@ -333,6 +333,7 @@ fn record(rng: &mut StdRng, now: DateTime<Utc>) -> ActionRecord {
         accepted_at: rng.random_bool(0.5).then(|| time_near(rng, now)),
         completed_at: rng.random_bool(0.3).then(|| time_near(rng, now)),
         attempts: pick(rng, &[0, 1, 2, 7, 1000]),
+        from_status: rng.random_bool(0.7).then(|| status_value(rng).as_str().to_owned()),
         saw_transition: rng.random_bool(0.5),
         reason: rng.random_bool(0.5).then(|| random_string(rng, 20)),
         drift: rng.random_bool(0.2),
@@ -363,6 +364,8 @@ fn status(rng: &mut StdRng, now: DateTime<Utc>) -> ComputeInstanceActionStatus {
                 Some(Phase::InProgress),
                 Some(Phase::Succeeded),
                 Some(Phase::Failed),
+                Some(Phase::Skipped),
+                Some(Phase::Suspended),
             ],
         ),
         message: rng.random_bool(0.5).then(|| random_string(rng, 40)),
@@ -377,6 +380,7 @@ fn status(rng: &mut StdRng, now: DateTime<Utc>) -> ComputeInstanceActionStatus {
         history: (0..pick(rng, &[0, 0, 1, 3, 16, 20]))
             .map(|_| record(rng, now))
             .collect(),
+        sent_one_shots: (0..pick(rng, &[0, 0, 1, 5])).map(|_| random_string(rng, 16)).collect(),
     }
 }
 

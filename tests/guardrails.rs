@@ -341,6 +341,14 @@ async fn bad_policies_are_rejected_with_readable_messages() {
             "instances must give ids or at least one of",
         ),
         (
+            serde_json::json!({"namespaces": {"selector": {}}, "instances": {"ids": ["i"]}, "desiredStates": ["running"]}),
+            "namespaces.selector must not be empty",
+        ),
+        (
+            serde_json::json!({"namespaces": {"selector": {"matchLabels": {}}}, "instances": {"ids": ["i"]}, "desiredStates": ["running"]}),
+            "would match every namespace",
+        ),
+        (
             serde_json::json!({"namespaces": {"names": ["a"]}, "instances": {"ids": ["i"]}, "desiredStates": ["explode"]}),
             "Unsupported value: \"explode\"",
         ),
@@ -355,5 +363,159 @@ async fn bad_policies_are_rejected_with_readable_messages() {
             .await
             .expect_err("rejected");
         assert!(err.to_string().contains(want), "{spec}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_cannot_see_block_or_spend_for_each_other() {
+    let client = client().await;
+    let allowed_ns = namespace(&client, "tenant-a").await;
+    let other_ns = namespace(&client, "tenant-b").await;
+    let allowed: Api<ComputeInstanceAction> = Api::namespaced(client.clone(), &allowed_ns);
+    let other: Api<ComputeInstanceAction> = Api::namespaced(client.clone(), &other_ns);
+    let policies: Api<ComputeAccessPolicy> = Api::all(client.clone());
+    let sim = simulator(SimConfig {
+        instances: 0,
+        transition: Duration::from_millis(300),
+        ..SimConfig::default()
+    })
+    .await;
+    let mut shared = compute_operator::devenv::dev::demo_instances().remove(0);
+    shared.id = "i-shared".into();
+    shared.name = "secret-name-7".into();
+    shared.zone = "secret-zone-7".into();
+    shared.customer_id = "secret-customer-7".into();
+    shared.user_id = "secret-user-7".into();
+    shared.template_id = "secret-template-7".into();
+    shared.status = InstanceStatus::Stopped;
+    sim.upsert_instance(shared.clone());
+    let mut foreign = shared;
+    foreign.id = "i-foreign".into();
+    sim.upsert_instance(foreign);
+    let secrets = [
+        "secret-name-7",
+        "secret-zone-7",
+        "secret-customer-7",
+        "secret-user-7",
+        "secret-template-7",
+    ];
+    let grant = policy(
+        &format!("{allowed_ns}-grant"),
+        names(&allowed_ns),
+        InstanceMatch {
+            ids: strings(&["i-shared"]),
+            ..Default::default()
+        },
+        &[DesiredState::Running, DesiredState::Restarted],
+    );
+    policies.create(&PostParams::default(), &grant).await.expect("policy");
+    // The other tenant may restart the shared instance too (and nothing else).
+    let grant_other = policy(
+        &format!("{other_ns}-grant"),
+        names(&other_ns),
+        InstanceMatch {
+            ids: strings(&["i-shared"]),
+            ..Default::default()
+        },
+        &[DesiredState::Restarted],
+    );
+    policies
+        .create(&PostParams::default(), &grant_other)
+        .await
+        .expect("policy");
+    let mut config = test_controller_config(&allowed_ns);
+    config.namespaces = vec![allowed_ns.clone(), other_ns.clone()];
+    config.policy_mode = PolicyMode::Enforce;
+    let ctl = start_controller(&sim, TOKEN, config).await;
+
+    // The other tenant names the same instance with the opposite level first, and an instance that does not exist.
+    create(&other, &cia("deny-stop", "i-shared", DesiredState::Stopped, None)).await;
+    create(
+        &other,
+        &cia("missing", "i-does-not-exist", DesiredState::Restarted, Some("m1")),
+    )
+    .await;
+    create(
+        &other,
+        &cia("deny-foreign", "i-foreign", DesiredState::Restarted, Some("m1")),
+    )
+    .await;
+    wait_reason(&other, "deny-stop", "Stalled", "PolicyDenied").await;
+    let missing = wait_reason(&other, "missing", "Stalled", "PolicyDenied").await;
+    let existing = wait_reason(&other, "deny-foreign", "Stalled", "PolicyDenied").await;
+    // No enumeration: a missing instance and an existing one it may not touch look the same.
+    let words = |o: &ComputeInstanceAction, id: &str| condition(o, "Stalled").unwrap().message.replace(id, "ID");
+    assert_eq!(words(&existing, "i-foreign"), words(&missing, "i-does-not-exist"));
+    // No blocking: the allowed object starts the instance although a denied `stopped` object contradicts it.
+    create(&allowed, &cia("run", "i-shared", DesiredState::Running, None)).await;
+    wait_ready(&allowed, "run").await;
+    assert_eq!(audit_for(&sim, "i-shared"), vec!["start"]);
+
+    // No disclosure: nothing about the instance in the denied objects' status or Events.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for name in ["deny-stop", "missing", "deny-foreign"] {
+        let o = other.get(name).await.unwrap();
+        let status = serde_json::to_string(&o.status).unwrap();
+        assert!(o.status.as_ref().unwrap().instance.is_none(), "{name}: {status}");
+        for secret in secrets {
+            assert!(!status.contains(secret), "{name} status shows {secret}: {status}");
+        }
+    }
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &other_ns);
+    for e in events.list(&Default::default()).await.unwrap() {
+        let note = e.note.unwrap_or_default();
+        for secret in secrets {
+            assert!(!note.contains(secret), "an Event shows {secret}: {note}");
+        }
+    }
+
+    // The other tenant's allowed restart runs; then a tenant who can write status forges an action in flight
+    // on it: the forged record blocks nobody.
+    create(
+        &other,
+        &cia("b-restart", "i-shared", DesiredState::Restarted, Some("b1")),
+    )
+    .await;
+    wait_ready(&other, "b-restart").await;
+    assert_eq!(audit_for(&sim, "i-shared"), vec!["start", "restart"]);
+    let mut forged = other.get_status("b-restart").await.unwrap();
+    let status = forged.status.get_or_insert_with(Default::default);
+    status.action = Some(compute_operator::resource::ActionRecord {
+        action: compute_operator::api::PowerAction::Restart,
+        request_id: Some("forged".into()),
+        generation: 1,
+        state: compute_operator::resource::ActionState::Accepted,
+        intent_at: chrono::Utc::now(),
+        accepted_at: Some(chrono::Utc::now()),
+        completed_at: None,
+        attempts: 1,
+        from_status: Some("running".into()),
+        saw_transition: false,
+        reason: None,
+        drift: false,
+    });
+    let pp = PostParams {
+        field_manager: Some("tenant-b".into()),
+        ..Default::default()
+    };
+    other
+        .replace_status("b-restart", &pp, &forged)
+        .await
+        .expect("forge status");
+    create(
+        &allowed,
+        &cia("restart", "i-shared", DesiredState::Restarted, Some("r1")),
+    )
+    .await;
+    wait_ready(&allowed, "restart").await;
+    assert_eq!(audit_for(&sim, "i-shared"), vec!["start", "restart", "restart"]);
+
+    // No spending: settled and denied objects make no admin API requests between resyncs.
+    let before = sim.stats().requests.get;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(sim.stats().requests.get, before, "denied objects do not poll");
+    ctl.stop().await;
+    for name in [format!("{allowed_ns}-grant"), format!("{other_ns}-grant")] {
+        let _ = policies.delete(&name, &DeleteParams::default()).await;
     }
 }

@@ -474,12 +474,12 @@ fn policy_grants(args: &RunArgs) -> BTreeSet<Grant> {
     grant_set(&[(POLICY_CRD, "", &["get", "list", "watch"])])
 }
 
-/// The guardrails' read of namespace labels: every namespace (`names` empty) or only the one served.
+/// The guardrails' watch of namespace labels: every namespace (`names` empty) or only the one served.
 fn namespace_grants(args: &RunArgs, names: &str) -> BTreeSet<Grant> {
     if args.policy_mode != PolicyMode::Enforce {
         return BTreeSet::new();
     }
-    grant_set(&[("namespaces", names, &["get"])])
+    grant_set(&[("namespaces", names, &["get", "list", "watch"])])
 }
 
 fn union(sets: &[&BTreeSet<Grant>]) -> BTreeSet<Grant> {

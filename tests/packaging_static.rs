@@ -301,9 +301,9 @@ fn policy_grants() -> BTreeSet<Grant> {
     )])
 }
 
-/// With `policyMode: enforce`: read namespace labels (policies select namespaces by label).
+/// With `policyMode: enforce`: watch namespace labels (policies select namespaces by label).
 fn namespace_grants() -> BTreeSet<Grant> {
-    grant_set(&[("", "namespaces", &["get"])])
+    grant_set(&[("", "namespaces", &["get", "list", "watch"])])
 }
 
 fn lease_grants() -> BTreeSet<Grant> {
@@ -324,6 +324,7 @@ fn assert_invariants(docs: &[Value], what: &str) {
     let cluster_wide = !env(docs).contains_key("COMPUTE_OPERATOR_NAMESPACES");
     let mut policy_roles = 0;
     let mut lease_roles = 0;
+    let mut tenant_roles = 0;
     for role in docs.iter().filter(|d| kind(d) == "Role" || kind(d) == "ClusterRole") {
         for rule in s(role, &["rules"])
             .and_then(Value::as_sequence)
@@ -367,6 +368,31 @@ fn assert_invariants(docs: &[Value], what: &str) {
                 "{what}: the leader election Role grants exactly get/create/update on leases"
             );
             lease_roles += 1;
+        } else if name(role).ends_with("-tenant-edit") || name(role).ends_with("-tenant-view") {
+            // Aggregated into the built-in roles; never the status subresource, never bound to the operator.
+            assert_eq!(kind(role), "ClusterRole", "{what}: tenant roles aggregate cluster-wide");
+            let labels = s(role, &["metadata", "labels"]).cloned().unwrap_or_default();
+            let aggregates = |to: &str| {
+                labels
+                    .get(format!("rbac.authorization.k8s.io/aggregate-to-{to}"))
+                    .and_then(Value::as_str)
+                    == Some("true")
+            };
+            let edit = name(role).ends_with("-tenant-edit");
+            assert!(
+                if edit {
+                    aggregates("edit") && aggregates("admin")
+                } else {
+                    aggregates("view")
+                },
+                "{what}: {}",
+                name(role)
+            );
+            assert!(
+                g.iter().all(|(_, r, _)| !r.contains('/')),
+                "{what}: tenants never get a subresource (no status writes): {g:?}"
+            );
+            tenant_roles += 1;
         } else if name(role).ends_with("-policies") {
             assert_eq!(kind(role), "ClusterRole", "{what}: policies are cluster-scoped");
             assert!(enforce, "{what}: policy permissions although policies are off");
@@ -411,6 +437,7 @@ fn assert_invariants(docs: &[Value], what: &str) {
         usize::from(leader),
         "{what}: one lease Role exactly when leader election is on"
     );
+    assert_eq!(tenant_roles, 2, "{what}: the aggregated tenant edit and view roles");
 
     // Every binding binds a role rendered here to the operator's ServiceAccount.
     let sa = str_at(
@@ -1480,6 +1507,37 @@ fn argocd_health_stopped_and_ready_is_healthy() {
         "Healthy",
         "a declared `stopped` that is stopped is healthy"
     );
+}
+
+#[test]
+fn argocd_health_suspended_and_dry_run() {
+    let mut obj = cia(
+        1,
+        "restarted",
+        json!({
+            "observedGeneration": 1, "phase": "Suspended",
+            "conditions": [cond("Ready", "True", "Suspended", "spec.suspend is true: no admin API calls until it is false", 1),
+                           cond("Reconciling", "False", "Idle", "", 1),
+                           cond("Stalled", "False", "Progressing", "", 1)],
+        }),
+    );
+    obj["spec"]["suspend"] = json!(true);
+    assert_eq!(
+        health(obj).0,
+        "Suspended",
+        "a suspended object is Suspended, not Progressing"
+    );
+    let obj = cia(
+        1,
+        "restarted",
+        json!({
+            "observedGeneration": 1, "phase": "Skipped",
+            "conditions": [cond("Ready", "True", "DryRun", "dry run: would restart instance i (now running); nothing was sent", 1),
+                           cond("Reconciling", "False", "Idle", "", 1),
+                           cond("Stalled", "False", "Progressing", "", 1)],
+        }),
+    );
+    assert_eq!(health(obj).0, "Healthy", "a dry run settles");
 }
 
 #[test]

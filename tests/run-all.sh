@@ -10,6 +10,8 @@ step() { printf '\n==> %s (%ss)\n' "$*" "$(( $(date +%s) - started ))"; }
 step "tools"
 missing=()
 command -v lua5.4 >/dev/null || missing+=(lua5.4)
+# promtool (tests/monitoring.rs: `promtool test rules` on the chart's alerts) ships in Debian's prometheus.
+command -v promtool >/dev/null || missing+=(prometheus)
 command -v go >/dev/null || { echo "Go is required to build kube-apiserver and etcd (go >= 1.25)" >&2; exit 1; }
 command -v cargo >/dev/null || { echo "Rust (cargo) is required" >&2; exit 1; }
 if ((${#missing[@]})); then

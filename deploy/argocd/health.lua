@@ -3,6 +3,7 @@
 -- (see README.md). Plain Lua 5.1 (Argo CD runs gopher-lua); `obj` is the live object.
 --
 --   status.observedGeneration < metadata.generation  -> Progressing (the operator has not seen the spec yet)
+--   spec.suspend with Ready reason Suspended           -> Suspended
 --   Stalled=True                                      -> Degraded (message from the condition)
 --   Reconciling=True                                  -> Progressing
 --   Ready=True                                        -> Healthy (also for a declared `stopped` that is stopped)
@@ -67,6 +68,11 @@ if reconciling ~= nil and reconciling.status == "True" then
 end
 
 local ready = condition(conditions, "Ready")
+if ready ~= nil and ready.reason == "Suspended" and obj.spec ~= nil and obj.spec.suspend == true then
+  hs.status = "Suspended"
+  hs.message = describe(ready, "Suspended")
+  return hs
+end
 if ready ~= nil and ready.status == "True" then
   -- A Ready condition written for an older generation says nothing about the current spec.
   if generation ~= nil and ready.observedGeneration ~= nil and ready.observedGeneration < generation then

@@ -119,14 +119,31 @@ pub fn encode_instance_id(id: &str) -> Result<String, ApiError> {
     Ok(utf8_percent_encode(id, PATH_SEGMENT).to_string())
 }
 
+/// Is the host a loopback address? Parsed, not prefix-matched: `127.evil.example` is a domain, not loopback.
+pub fn is_loopback_host(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+/// The one rule for the admin API URL's scheme: https, or plain http to a loopback host.
+pub fn scheme_allowed(url: &reqwest::Url) -> bool {
+    url.scheme() == "https" || (url.scheme() == "http" && is_loopback_host(url))
+}
+
+/// Longest wait the client spends inside one call before retrying; a longer `Retry-After` is returned to the
+/// caller, which requeues instead of holding a reconcile slot while it waits.
+pub const MAX_INLINE_WAIT: Duration = Duration::from_secs(1);
+
 impl AdminClient {
     pub fn new(config: ClientConfig, credentials: CredentialSource) -> Result<Self, ApiError> {
         install_crypto_provider();
         let base = config.base_url.trim_end_matches('/');
         let parsed = reqwest::Url::parse(base).map_err(|e| ApiError::Malformed(format!("base URL: {e}")))?;
-        let loopback = matches!(parsed.host_str(), Some("localhost" | "127.0.0.1" | "[::1]" | "::1"))
-            || parsed.host_str().is_some_and(|h| h.starts_with("127."));
-        if parsed.scheme() != "https" && !(parsed.scheme() == "http" && loopback) {
+        if !scheme_allowed(&parsed) {
             return Err(ApiError::Malformed(format!(
                 "base URL must be https (plain http only for loopback), got {}://{}",
                 parsed.scheme(),
@@ -248,7 +265,8 @@ impl AdminClient {
                 // The server said it did not process it, or it never got there.
                 (true, Repeat::Never) => err.is_transient() && !err.may_have_reached_server(),
             };
-            if !retry_allowed || attempt >= self.config.max_attempts {
+            let long_wait = err.retry_after().is_some_and(|d| d > MAX_INLINE_WAIT);
+            if !retry_allowed || long_wait || attempt >= self.config.max_attempts {
                 return Err(err);
             }
             let delay = self
@@ -409,5 +427,24 @@ mod tests {
         assert!(AdminClient::new(cfg("http://localhost:1/api"), creds()).is_ok());
         assert!(AdminClient::new(cfg("https://example.com/api"), creds()).is_ok());
         assert!(AdminClient::new(cfg("http://example.com/api"), creds()).is_err());
+        let table = [
+            ("http://127.0.0.1:1/api", true),
+            ("http://127.1.2.3/api", true),
+            ("http://[::1]:8080/api", true),
+            ("http://localhost/api", true),
+            ("http://LOCALHOST/api", true),
+            ("https://anything.example/api", true),
+            ("http://127.evil.example/api", false),
+            ("http://127.0.0.1.nip.io/api", false),
+            ("http://localhost.evil.example/api", false),
+            ("http://[::ffff:127.0.0.1]/api", false),
+            ("http://10.0.0.1/api", false),
+            ("ftp://127.0.0.1/api", false),
+        ];
+        for (url, allowed) in table {
+            let parsed = reqwest::Url::parse(url).unwrap();
+            assert_eq!(scheme_allowed(&parsed), allowed, "{url}");
+            assert_eq!(AdminClient::new(cfg(url), creds()).is_ok(), allowed, "{url}");
+        }
     }
 }

@@ -53,9 +53,9 @@ impl ApiError {
     pub fn may_have_reached_server(&self) -> bool {
         match self {
             Self::Timeout { sent } | Self::Transport { sent, .. } => *sent,
-            // 503 means the service did not take the request (RFC 9110 15.6.4); other 5xx, for example a
-            // gateway timing out in front of the service, may hide an action that was carried out.
-            Self::Server { status, .. } => *status != 503,
+            // Any 5xx, 503 included, may come from a gateway in front of the service after the action was
+            // carried out: it proves nothing about the action. Only the service's own 4xx answers do.
+            Self::Server { .. } => true,
             // 429 and every other answer say the request was refused, not half-done.
             _ => false,
         }

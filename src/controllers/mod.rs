@@ -1,5 +1,8 @@
-//! The controllers, one folder each, and what they share (kstatus conditions).
+//! The controllers, one folder each, and what they share (kstatus conditions, the instance index, the fleet view
+//! from the list endpoint).
 //!
 //! `instance` acts on one instance per ComputeInstanceAction; fleets and schedules compose it.
 pub mod conditions;
+pub mod fleet_view;
+pub mod index;
 pub mod instance;

@@ -23,6 +23,11 @@ pub struct Faults {
     pub drop_after_accept_rate: f64,
     /// Accepted actions stay in their transitional status until this is lifted or the status is set.
     pub never_finish: bool,
+    /// Queued actions: an accepted action shows nothing (the status does not move) for this long, then runs.
+    pub queue_ms: u64,
+    /// A gateway that loses answers: the first restart/reset on each instance is carried out and then
+    /// answered 503 (with `Retry-After`, default 1 s), as a gateway in front of the admin API may do.
+    pub gateway503_first_one_shot: bool,
 }
 
 impl Default for Faults {
@@ -34,6 +39,8 @@ impl Default for Faults {
             latency_ms: 0,
             drop_after_accept_rate: 0.0,
             never_finish: false,
+            queue_ms: 0,
+            gateway503_first_one_shot: false,
         }
     }
 }
@@ -126,6 +133,8 @@ mod tests {
             "latencyMs",
             "dropAfterAcceptRate",
             "neverFinish",
+            "queueMs",
+            "gateway503FirstOneShot",
         ] {
             assert!(v.get(key).is_some(), "{key}");
         }

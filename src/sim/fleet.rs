@@ -58,14 +58,26 @@ pub struct TransitionOpts {
     pub invisible: bool,
     /// The transition never completes on its own (see [`Fleet::release_stuck`]).
     pub never_finish: bool,
+    /// Queued actions: for this long after acceptance nothing is visible (the instance is busy all the same).
+    pub queue: Duration,
 }
 
 #[derive(Clone, Debug)]
 struct Pending {
     action: PowerAction,
     settle_to: InstanceStatus,
-    /// `None`: stuck until released or cancelled.
+    /// When the next step is due (the key in `Fleet::due`); `None`: stuck until released or cancelled.
     due: Option<Instant>,
+    /// A queued action: at `due` the instance starts showing this status and the transition itself begins.
+    queued: Option<QueuedStart>,
+}
+
+/// The rest of a queued action, started when its queue time ends.
+#[derive(Clone, Debug)]
+struct QueuedStart {
+    shown: Option<InstanceStatus>,
+    duration: Duration,
+    never_finish: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -142,13 +154,33 @@ impl Fleet {
             if *due > now {
                 break;
             }
-            let Some((_, id)) = self.due.pop_first() else {
+            let Some((due, id)) = self.due.pop_first() else {
                 break;
             };
-            if let Some(slot) = self.slots.get_mut(&id)
-                && let Some(pending) = slot.pending.take()
-            {
-                slot.set_status(pending.settle_to);
+            let Some(slot) = self.slots.get_mut(&id) else {
+                continue;
+            };
+            let Some(mut pending) = slot.pending.take() else {
+                continue;
+            };
+            match pending.queued.take() {
+                // The queue time ended: the action starts now (as of `due`).
+                Some(start) => {
+                    if let Some(shown) = start.shown {
+                        slot.set_status(shown);
+                    }
+                    pending.due = if start.never_finish {
+                        None
+                    } else {
+                        due.checked_add(start.duration)
+                    };
+                    match pending.due {
+                        Some(next) => self.due.insert((next, id.clone())),
+                        None => self.stuck.insert(id.clone()),
+                    };
+                    slot.pending = Some(pending);
+                }
+                None => slot.set_status(pending.settle_to),
             }
         }
     }
@@ -187,19 +219,35 @@ impl Fleet {
         let (shown, settle_to) = transition(&slot.instance.status, action).ok_or_else(|| ActionError::NotAllowed {
             status: slot.instance.status.clone(),
         })?;
-        if !(opts.invisible && action.is_one_shot()) {
-            slot.set_status(shown);
-        }
-        let due = if opts.never_finish {
-            None
+        let shown = (!(opts.invisible && action.is_one_shot())).then_some(shown);
+        let (due, queued) = if opts.queue.is_zero() {
+            if let Some(shown) = shown {
+                slot.set_status(shown);
+            }
+            let due = if opts.never_finish {
+                None
+            } else {
+                now.checked_add(opts.duration)
+            };
+            (due, None)
         } else {
-            now.checked_add(opts.duration)
+            let start = QueuedStart {
+                shown,
+                duration: opts.duration,
+                never_finish: opts.never_finish,
+            };
+            (now.checked_add(opts.queue), Some(start))
         };
         match due {
             Some(due) => self.due.insert((due, slot.instance.id.clone())),
             None => self.stuck.insert(slot.instance.id.clone()),
         };
-        slot.pending = Some(Pending { action, settle_to, due });
+        slot.pending = Some(Pending {
+            action,
+            settle_to,
+            due,
+            queued,
+        });
         Ok(())
     }
 
@@ -582,6 +630,7 @@ mod tests {
         duration: Duration::from_millis(100),
         invisible: false,
         never_finish: false,
+        queue: Duration::ZERO,
     };
 
     #[test]
@@ -697,6 +746,49 @@ mod tests {
             }
         );
         assert_eq!(ListQuery::parse(None).unwrap(), ListQuery::default());
+    }
+
+    #[test]
+    fn queued_actions_show_nothing_until_the_queue_time_ends() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let queued = TransitionOpts {
+            queue: Duration::from_millis(500),
+            ..OPTS
+        };
+        let mut f = Fleet::new(vec![inst("a", S::Error), inst("b", S::Running)]).unwrap();
+        f.apply("a", A::Start, t0, queued).unwrap();
+        f.apply("b", A::Restart, t0, queued).unwrap();
+        // (at, status of a, status of b): error/running while queued, then the transition, then settled.
+        let table = [
+            (ms(1), S::Error, S::Running),
+            (ms(499), S::Error, S::Running),
+            (ms(500), S::Starting, S::Restarting),
+            (ms(599), S::Starting, S::Restarting),
+            (ms(600), S::Running, S::Running),
+        ];
+        for (at, a, b) in table {
+            assert_eq!(f.get("a", at).unwrap().status, a);
+            assert_eq!(f.get("b", at).unwrap().status, b);
+        }
+        // Busy while queued: a second action is refused.
+        let mut f = Fleet::new(vec![inst("a", S::Running)]).unwrap();
+        f.apply("a", A::Stop, t0, queued).unwrap();
+        assert_eq!(
+            f.apply("a", A::Stop, ms(10), OPTS),
+            Err(ActionError::Busy { action: A::Stop })
+        );
+        // Queued and never finishing: shows the transition after the queue time, then stays.
+        let stuck = TransitionOpts {
+            never_finish: true,
+            ..queued
+        };
+        f.set_status("a", S::Running);
+        f.apply("a", A::Stop, t0, stuck).unwrap();
+        assert_eq!(f.get("a", ms(499)).unwrap().status, S::Running);
+        assert_eq!(f.get("a", ms(10_000)).unwrap().status, S::Stopping);
+        f.release_stuck(ms(10_000), Duration::from_millis(100));
+        assert_eq!(f.get("a", ms(10_100)).unwrap().status, S::Stopped);
     }
 
     #[test]

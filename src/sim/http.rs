@@ -231,6 +231,13 @@ async fn act(
                 // Never answer: the connection task drops the connection.
                 std::future::pending::<()>().await;
             }
+            if action.is_one_shot() && sh.faults().gateway503_first_one_shot && sh.first_one_shot_answer_lost(&id) {
+                // Carried out, but the gateway in front answers as if it had not been.
+                let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, "upstream unavailable");
+                let secs = sh.faults().retry_after_seconds.unwrap_or(1);
+                resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+                return resp;
+            }
             StatusCode::ACCEPTED.into_response()
         }
         Err(ActionError::NotFound) => error(StatusCode::NOT_FOUND, "instance not found"),

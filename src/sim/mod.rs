@@ -98,6 +98,12 @@ pub struct SimArgs {
     /// Accepted actions never leave their transitional status (until faults change).
     #[arg(long, env = "COMPUTE_SIM_NEVER_FINISH", value_parser = clap::builder::BoolishValueParser::new())]
     pub never_finish: bool,
+    /// Queued actions: after the 202 nothing is visible for this many milliseconds, then the action runs.
+    #[arg(long, env = "COMPUTE_SIM_QUEUE_MS", default_value_t = 0)]
+    pub queue_ms: u64,
+    /// The first restart/reset on each instance is carried out, then answered 503 with Retry-After.
+    #[arg(long, env = "COMPUTE_SIM_GATEWAY_503_FIRST_ONE_SHOT", value_parser = clap::builder::BoolishValueParser::new())]
+    pub gateway_503_first_one_shot: bool,
 }
 
 impl fmt::Debug for SimArgs {
@@ -189,6 +195,8 @@ impl From<SimArgs> for SimConfig {
                 latency_ms: a.latency_ms,
                 drop_after_accept_rate: a.drop_after_accept_rate,
                 never_finish: a.never_finish,
+                queue_ms: a.queue_ms,
+                gateway503_first_one_shot: a.gateway_503_first_one_shot,
             },
         }
     }
@@ -203,6 +211,8 @@ pub(crate) struct Shared {
     auth: http::Auth,
     transition: Duration,
     invisible: bool,
+    /// Instances whose first restart/reset answer was already lost (fault `gateway503FirstOneShot`).
+    lost_answers: Mutex<std::collections::HashSet<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -231,13 +241,20 @@ impl Shared {
         }
     }
 
+    /// True the first time it is asked for `id`: that one-shot's answer is lost by the gateway.
+    fn first_one_shot_answer_lost(&self, id: &str) -> bool {
+        lock(&self.lost_answers).insert(id.to_owned())
+    }
+
     /// Accept an action and audit it, or say why not.
     fn apply(&self, id: &str, action: PowerAction) -> Result<(), ActionError> {
         let mut fleet = self.fleet();
+        let faults = self.faults();
         let opts = TransitionOpts {
             duration: self.transition,
             invisible: self.invisible,
-            never_finish: self.faults().never_finish,
+            never_finish: faults.never_finish,
+            queue: Duration::from_millis(faults.queue_ms),
         };
         fleet.apply(id, action, Instant::now(), opts)?;
         // Kept at millisecond precision, as served by `/_sim/audit`.
@@ -391,6 +408,7 @@ pub async fn start(config: SimConfig) -> anyhow::Result<SimServer> {
         auth: http::Auth::new(config.admin_token, config.user_token, api_key),
         transition: config.transition,
         invisible: config.invisible_transitions,
+        lost_answers: Mutex::default(),
     });
     let router = http::router(shared.clone());
     let task = tokio::spawn(http::serve(listener, router));
@@ -516,7 +534,9 @@ mod tests {
                 retry_after_seconds: Some(2),
                 latency_ms: 9,
                 drop_after_accept_rate: 1.0,
-                never_finish: true
+                never_finish: true,
+                queue_ms: 0,
+                gateway503_first_one_shot: false,
             }
         );
         for bad in [

@@ -2,7 +2,7 @@
 //! per test. If the control plane cannot start, tests fail with the reason (they never skip).
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -143,7 +143,16 @@ pub async fn start_controller(sim: &SimServer, token: &str, config: ControllerCo
         let shutdown = async move {
             let _ = rx.await;
         };
-        if let Err(e) = controller::run(client, api, config, m, Arc::new(AtomicBool::new(true)), shutdown).await {
+        if let Err(e) = controller::run(
+            client,
+            api,
+            config,
+            m,
+            compute_operator::leader::Fence::always_open(),
+            shutdown,
+        )
+        .await
+        {
             panic!("controller failed: {e}");
         }
     });

@@ -1,11 +1,14 @@
 //! The ComputeInstanceAction controller: pure planning, a thin reconciler, and the kube-rs wiring.
+pub mod after_post;
+pub mod judge;
 pub mod locks;
+pub mod memory;
 pub mod plan;
 pub mod policy_gate;
 pub mod reconcile;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -19,6 +22,7 @@ use kube::{Client, ResourceExt};
 
 use crate::api::AdminClient;
 use crate::api::backoff::Backoff;
+use crate::controllers::index;
 use crate::metrics::Metrics;
 use crate::resource::ComputeInstanceAction;
 use locks::InstanceLocks;
@@ -40,6 +44,8 @@ pub struct ControllerConfig {
     /// Name reported on Events.
     pub reporter: String,
     pub policy_mode: crate::policy::PolicyMode,
+    /// Admin API requests per second the shared instance view may use (a share of the client's rate limit).
+    pub view_rate: f64,
 }
 
 impl Default for ControllerConfig {
@@ -51,6 +57,7 @@ impl Default for ControllerConfig {
             error_backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(300)),
             reporter: "compute-operator".into(),
             policy_mode: crate::policy::PolicyMode::Off,
+            view_rate: 5.0,
         }
     }
 }
@@ -68,8 +75,16 @@ pub struct Context {
     pub error_backoff: ErrorBackoff,
     pub metrics: Arc<Metrics>,
     pub policy: crate::controllers::instance::policy_gate::PolicyGate,
-    /// False on a replica that does not (or no longer) hold the lease: checked right before every POST.
-    pub may_act: Arc<AtomicBool>,
+    /// Which objects name which instance (peers, locks, loop protection, waking peers).
+    pub index: Arc<crate::controllers::index::InstanceIndex>,
+    /// One concurrency limit for every watched namespace together.
+    pub slots: Arc<tokio::sync::Semaphore>,
+    /// Statuses this controller wrote or holds back (read your writes, progress of open actions).
+    pub memory: memory::StatusMemory,
+    /// What settled objects are checked against, instead of a GET each.
+    pub view: Arc<crate::controllers::fleet_view::FleetView>,
+    /// Closed on a replica that does not (or no longer) hold the lease: checked right before every POST.
+    pub fence: Arc<crate::leader::Fence>,
     acceptances: AcceptanceMemory,
 }
 
@@ -151,7 +166,7 @@ pub async fn run(
     api: AdminClient,
     config: ControllerConfig,
     metrics: Arc<Metrics>,
-    may_act: Arc<AtomicBool>,
+    fence: Arc<crate::leader::Fence>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), StartError> {
     check_crd(&client, &config.namespaces).await?;
@@ -166,24 +181,53 @@ pub async fn run(
     };
     let mut controllers = Vec::new();
     let mut stores = Vec::new();
+    let mut streams = Vec::new();
+    let (wakers, wake_streams): (Vec<_>, Vec<_>) =
+        (0..scopes.len()).map(|_| futures::channel::mpsc::channel(1024)).unzip();
     // Readiness: every cache has listed once, seen on the stream itself. `Store::wait_until_ready` keeps a
     // single waker inside kube-runtime, so a second waiter next to the Controller's own would sleep for ever.
     let scopes_total = scopes.len();
     let synced = Arc::new(AtomicUsize::new(0));
+    let mut probes = Vec::new();
+    // The stores first: the index that every stream feeds reads objects from them.
     for scope in scopes {
+        let (reader, writer) = reflector::store();
+        stores.push(reader.clone());
+        streams.push((scope, writer, reader));
+    }
+    let index = Arc::new(index::InstanceIndex::new(stores.clone(), wakers));
+    for (n, ((scope, writer, reader), wake)) in streams.into_iter().zip(wake_streams).enumerate() {
         let mut seen_init = false;
         let synced = synced.clone();
         let metrics = metrics.clone();
-        let (reader, writer) = reflector::store();
-        // The cache keeps only what the controller reads: managedFields and annotations are dropped.
+        let index = index.clone();
+        // Liveness (/healthz): what the watch shows, before any filtering.
+        let probe = metrics
+            .health
+            .watch(scope.namespace().unwrap_or("all namespaces").to_owned());
+        probes.push(probe.clone());
+        // The cache keeps only what the controller reads: managedFields and annotations are dropped (after
+        // noting whether anyone but this controller wrote the status: such records never block a peer).
         let stream = watcher(scope, watcher::Config::default().any_semantic())
             .default_backoff()
             .modify(|o: &mut ComputeInstanceAction| {
+                let foreign = reconcile::status_written_by_others(o);
                 o.managed_fields_mut().clear();
                 o.annotations_mut().clear();
+                if foreign {
+                    o.annotations_mut()
+                        .insert(reconcile::FOREIGN_STATUS.into(), "true".into());
+                }
             })
             .reflect(writer)
             .inspect(move |event| {
+                match event {
+                    Ok(e) => {
+                        probe.event();
+                        index.observe(n, e);
+                    }
+                    Err(e) => probe.error(e),
+                }
                 if !seen_init && matches!(event, Ok(watcher::Event::InitDone)) {
                     seen_init = true;
                     if synced.fetch_add(1, Ordering::SeqCst) + 1 == scopes_total {
@@ -194,11 +238,10 @@ pub async fn run(
             })
             .touched_objects()
             .predicate_filter(predicates::generation, Default::default());
-        stores.push(reader.clone());
-        controllers.push(Controller::for_stream(stream, reader));
+        controllers.push(Controller::for_stream(stream, reader).reconcile_on(wake));
     }
     let (policy, policy_changes) =
-        policy_gate::PolicyGate::start(&client, config.policy_mode, controllers.len()).await?;
+        policy_gate::PolicyGate::start(&client, config.policy_mode, &config.namespaces, controllers.len()).await?;
     let controllers: Vec<_> = controllers
         .into_iter()
         .zip(policy_changes)
@@ -208,6 +251,18 @@ pub async fn run(
         controller: config.reporter.clone(),
         instance: std::env::var("POD_NAME").ok(),
     };
+    let view = Arc::new(crate::controllers::fleet_view::FleetView::default());
+    let refresher = tokio::spawn(
+        crate::controllers::fleet_view::Refresher {
+            view: view.clone(),
+            api: api.clone(),
+            index: index.clone(),
+            interval: config.plan.resync,
+            max_rate: config.view_rate,
+            metrics: metrics.clone(),
+        }
+        .run(),
+    );
     let ctx = Arc::new(Context {
         kube: client.clone(),
         api,
@@ -218,8 +273,12 @@ pub async fn run(
         locks: InstanceLocks::default(),
         error_backoff: ErrorBackoff::default(),
         metrics: metrics.clone(),
-        may_act,
+        fence,
         policy,
+        index: index.clone(),
+        memory: memory::StatusMemory::default(),
+        view: view.clone(),
+        slots: Arc::new(tokio::sync::Semaphore::new(usize::from(config.concurrency.max(1)))),
         acceptances: Default::default(),
     });
     // The phase gauge is refreshed periodically.
@@ -235,20 +294,37 @@ pub async fn run(
         })
     };
     let shutdown = shutdown.shared();
-    let runs = controllers.into_iter().map(|c| {
+    let runs = controllers.into_iter().zip(probes).map(|(c, probe)| {
+        let stopping = shutdown.clone();
         c.with_config(controller::Config::default().concurrency(config.concurrency))
             .graceful_shutdown_on(shutdown.clone())
-            .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+            .run(
+                |obj, ctx: Arc<Context>| {
+                    // Liveness: a reconcile counts as running until its future completes or is dropped.
+                    let running = ctx.metrics.health.reconcile_started();
+                    reconcile::reconcile(obj, ctx).inspect(move |_| drop(running))
+                },
+                reconcile::error_policy,
+                ctx.clone(),
+            )
             .for_each(|r| {
                 if let Err(e) = r {
                     tracing::debug!(error = %e, "controller event");
                 }
                 futures::future::ready(())
             })
+            .inspect(move |()| {
+                if stopping.peek().is_none() {
+                    tracing::error!("a controller stopped without being asked to");
+                    probe.ended();
+                }
+            })
     });
     tracing::info!(namespaces = ?config.namespaces, concurrency = config.concurrency, "controller started");
     futures::future::join_all(runs).await;
+    metrics.health.clear_watches();
     gauges.abort();
+    refresher.abort();
     // Let Events already decided reach the API server (bounded).
     let flushed = tokio::time::timeout(Duration::from_secs(5), ctx.event_slots.acquire_many(EVENT_SLOTS as u32)).await;
     if flushed.is_err() {
@@ -260,7 +336,11 @@ pub async fn run(
 
 /// Refreshes the objects-by-phase gauge from the caches.
 pub fn count_phases(stores: &[Store<ComputeInstanceAction>], metrics: &Metrics) {
-    let mut counts = std::collections::BTreeMap::<String, i64>::new();
+    // Every phase is set, to 0 when no object has it: a series left at its last value would never clear.
+    let mut counts: std::collections::BTreeMap<String, i64> = ["None", "Pending", "InProgress", "Succeeded", "Failed"]
+        .into_iter()
+        .map(|p| (p.to_owned(), 0))
+        .collect();
     for s in stores {
         for o in s.state() {
             let phase = o
@@ -277,4 +357,30 @@ pub fn count_phases(stores: &[Store<ComputeInstanceAction>], metrics: &Metrics) 
             .get_or_create(&crate::metrics::PhaseLabel { phase })
             .set(n);
     }
+    count_conditions(stores, metrics);
+}
+
+/// Refreshes the Ready/Stalled-by-reason gauges and the age of the oldest Stalled condition per reason.
+fn count_conditions(stores: &[Store<ComputeInstanceAction>], metrics: &Metrics) {
+    use crate::controllers::conditions::{READY, STALLED};
+    let now = Utc::now();
+    let mut counts = std::collections::BTreeMap::<(String, String), i64>::new();
+    let mut oldest = std::collections::BTreeMap::<String, f64>::new();
+    for s in stores {
+        for o in s.state() {
+            let conditions = o.status.as_ref().map(|st| st.conditions.as_slice()).unwrap_or_default();
+            for c in conditions
+                .iter()
+                .filter(|c| c.status == "True" && (c.type_ == READY || c.type_ == STALLED))
+            {
+                *counts.entry((c.type_.clone(), c.reason.clone())).or_default() += 1;
+                if c.type_ == STALLED {
+                    let age = (now - c.last_transition_time).num_milliseconds().max(0) as f64 / 1000.0;
+                    let entry = oldest.entry(c.reason.clone()).or_default();
+                    *entry = entry.max(age);
+                }
+            }
+        }
+    }
+    metrics.set_condition_counts(&counts, &oldest);
 }

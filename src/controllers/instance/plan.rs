@@ -1,20 +1,20 @@
 //! The pure decision: (spec, status, observed instance, peers, now) -> the next step. No I/O here.
 //!
-//! Completion rule for `restart`/`reset` (the admin API may report `running` throughout):
-//! after the 202, completion is claimed when the instance reports `running` AND either a transitional
-//! status (`restarting`, `resetting`, `stopping`, `starting`, `provisioning`, unknown) was observed since
-//! acceptance, or at least `settle` has passed since acceptance with every poll reporting `running`.
-//! So the first poll after the 202 never claims completion unless it saw a transition.
+//! How an action is judged (departure from the starting status, evidence for unclear answers, the settle
+//! rule for invisible restarts) lives in [`super::judge`]; what follows a POST in [`super::after_post`].
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::controllers::conditions::{Verdict, apply_verdict};
+pub use super::after_post::{after_post, merge_action_record, not_sent};
+pub use super::judge::count_recent_one_shots;
+use super::judge::{self, Completion, completion, departed, push_history, remember_one_shot};
 use crate::api::{ApiError, Instance, InstanceStatus, PowerAction};
+use crate::controllers::conditions::{Verdict, apply_verdict};
 use crate::resource::{
     ActionRecord, ActionState, ComputeInstanceActionSpec, ComputeInstanceActionStatus, DesiredState, Enforcement,
-    HISTORY_LIMIT, ObservedInstance, Phase,
+    ObservedInstance, Phase,
 };
 
 /// What the GET of the instance gave, if one was made.
@@ -123,26 +123,28 @@ pub fn plan_suspended(
     now: DateTime<Utc>,
 ) -> ComputeInstanceActionStatus {
     let mut status = input_status.clone();
-    let verdict = Verdict::reconciling(
+    // Settled on purpose, so `kubectl wait` and GitOps health checks do not hang on it; Argo CD's health check
+    // reads the reason and answers `Suspended`.
+    let verdict = Verdict::ready(
         "Suspended",
         "spec.suspend is true: no admin API calls until it is false",
     );
-    let phase = status.phase.unwrap_or(Phase::Pending);
-    finish(&mut status, &verdict, phase, generation, now);
+    finish(&mut status, &verdict, Phase::Suspended, generation, now);
     status
 }
 
 /// Decides the next step.
 pub fn plan(input: &PlanInput<'_>) -> Plan {
     let mut b = Builder::new(input);
+    // Before anything about the instance is recorded: a denied object shows nothing of it.
+    if let Some(denial) = input.policy_denial {
+        return b.denied(denial);
+    }
     let instance = match input.observation {
         Observation::Failed(err) => return b.observation_failed(err),
         Observation::Instance(i) => i,
     };
     b.observe(instance);
-    if let Some(denial) = input.policy_denial {
-        return b.denied(denial);
-    }
     if let Some(conflict) = contradicting_peer(input) {
         return b.stalled(
             "Conflict",
@@ -270,6 +272,7 @@ impl<'i, 'a> Builder<'i, 'a> {
 
     fn denied(mut self, message: &str) -> Plan {
         self.close_open_action(ActionState::Failed, "PolicyDenied");
+        self.status.instance = None;
         let was_denied = self
             .input
             .status
@@ -279,7 +282,8 @@ impl<'i, 'a> Builder<'i, 'a> {
         if !was_denied {
             self.event(true, "PolicyDenied", message.to_owned());
         }
-        let retry = self.input.settings.slow_retry;
+        // Denied objects do not poll: a policy or spec change wakes them, else the resync.
+        let retry = self.input.settings.resync;
         self.stalled("PolicyDenied", message.to_owned(), Requeue::After(retry))
     }
 
@@ -357,16 +361,7 @@ impl<'i, 'a> Builder<'i, 'a> {
         let still_wanted = open.action == spec.desired_state.action()
             && (!open.action.is_one_shot() || open.request_id == spec.request_id);
         match open.state {
-            ActionState::Requested if open.action.is_one_shot() => {
-                // Intent persisted, outcome never recorded: the POST may or may not have been carried out.
-                self.close_open_action(ActionState::OutcomeUnknown, "OutcomeUnknown");
-                let message = format!(
-                    "{} of instance {} was requested but its outcome was never recorded (the operator stopped or lost the answer); it is not resent: set a new spec.requestId to run it again",
-                    open.action, spec.instance_id
-                );
-                self.event(true, "OutcomeUnknown", message.clone());
-                self.stalled("OutcomeUnknown", message, Requeue::After(s.resync))
-            }
+            ActionState::Requested if open.action.is_one_shot() => self.confirm_by_evidence(open, instance),
             ActionState::Requested | ActionState::Rejected if !still_wanted => {
                 // Never happened (or a level we may redo): drop it and decide afresh.
                 self.close_open_action(ActionState::Failed, "Superseded");
@@ -380,7 +375,7 @@ impl<'i, 'a> Builder<'i, 'a> {
                 self.start_if_needed(instance)
             }
             ActionState::Accepted => {
-                if instance.status.is_transitional()
+                if departed(open.from_status.as_deref(), &instance.status)
                     && let Some(a) = self.status.action.as_mut()
                 {
                     a.saw_transition = true;
@@ -389,23 +384,24 @@ impl<'i, 'a> Builder<'i, 'a> {
                 let accepted_at = record.accepted_at.unwrap_or(record.intent_at);
                 let elapsed = since(now, accepted_at);
                 match completion(&record, &instance.status, elapsed, s.settle) {
-                    Completion::Done => {
-                        self.close_open_action(ActionState::Succeeded, "Completed");
+                    Completion::Done { assumed } => {
+                        let reason = if assumed { COMPLETED_ASSUMED } else { "Completed" };
+                        self.close_open_action(ActionState::Succeeded, reason);
                         let took = since(now, record.intent_at);
-                        self.event(
-                            false,
-                            "ActionCompleted",
-                            format!(
-                                "{} of instance {} completed in {:.1}s",
-                                record.action,
-                                spec.instance_id,
-                                took.as_secs_f64()
-                            ),
+                        let mut note = format!(
+                            "{} of instance {} completed in {:.1}s",
+                            record.action,
+                            spec.instance_id,
+                            took.as_secs_f64()
                         );
+                        if assumed {
+                            note.push_str(&assumed_suffix(s.settle));
+                        }
+                        self.event(false, "ActionCompleted", note);
                         if !still_wanted {
                             return self.start_if_needed(instance);
                         }
-                        let verdict = Verdict::ready("Succeeded", success_message(&spec, &instance.status));
+                        let verdict = Verdict::ready("Succeeded", success_message(&spec, &instance.status, assumed, s));
                         self.done(verdict, Phase::Succeeded, None, Requeue::After(s.resync))
                     }
                     Completion::Failed(why) => {
@@ -418,10 +414,15 @@ impl<'i, 'a> Builder<'i, 'a> {
                         if let Some(message) = self.timed_out_action() {
                             return self.stalled("Timeout", message, Requeue::After(s.resync));
                         }
+                        let waiting = if record.saw_transition {
+                            ""
+                        } else {
+                            " (queued: no change visible yet)"
+                        };
                         let verdict = Verdict::reconciling(
                             "ActionAccepted",
                             format!(
-                                "{} of instance {} accepted; instance is {}",
+                                "{} of instance {} accepted; instance is {}{waiting}",
                                 record.action, spec.instance_id, instance.status
                             ),
                         );
@@ -439,6 +440,62 @@ impl<'i, 'a> Builder<'i, 'a> {
                 self.start_if_needed(instance)
             }
         }
+    }
+
+    /// A one-shot whose POST may have run (no clear answer, or the operator stopped after the intent): never
+    /// resent. A departure from the starting status counts as acceptance; none within the settle time means
+    /// the outcome is unknown.
+    fn confirm_by_evidence(mut self, open: ActionRecord, instance: &Instance) -> Plan {
+        let s = self.input.settings;
+        let now = self.input.now;
+        let id = self.spec().instance_id.clone();
+        if departed(open.from_status.as_deref(), &instance.status) {
+            if let Some(a) = self.status.action.as_mut() {
+                a.state = ActionState::Accepted;
+                a.accepted_at = Some(now);
+                a.saw_transition = true;
+                a.reason = None;
+            }
+            self.event(
+                false,
+                "ActionAccepted",
+                format!(
+                    "{} of instance {id} got no clear answer, but the instance moved from {} to {}: counted as accepted",
+                    open.action,
+                    open.from_status.as_deref().unwrap_or("its status"),
+                    instance.status
+                ),
+            );
+            let accepted = self.status.action.clone().unwrap_or(open);
+            return self.continue_action(accepted, instance);
+        }
+        let waited = since(now, open.intent_at);
+        if waited < s.settle {
+            let why = open
+                .reason
+                .as_deref()
+                .unwrap_or("the operator stopped before recording the answer");
+            let message = format!(
+                "{} of instance {id} got no clear answer ({why}); it is not resent: watching for evidence that it ran ({}s left)",
+                open.action,
+                (s.settle - waited).as_secs()
+            );
+            let next = poll_delay(s, waited).min((s.settle - waited).max(s.poll_min));
+            return self.done(
+                Verdict::reconciling("ConfirmingAction", message),
+                Phase::InProgress,
+                None,
+                Requeue::After(next),
+            );
+        }
+        self.close_open_action(ActionState::OutcomeUnknown, "OutcomeUnknown");
+        let message = format!(
+            "{} of instance {id} may or may not have run: no clear answer and no change of the instance within {}s; it is not resent. To run it (again), set a new spec.requestId",
+            open.action,
+            s.settle.as_secs()
+        );
+        self.event(true, "OutcomeUnknown", message.clone());
+        self.stalled("OutcomeUnknown", message, Requeue::After(s.resync))
     }
 
     /// No action open: decide whether one is needed.
@@ -464,7 +521,7 @@ impl<'i, 'a> Builder<'i, 'a> {
         if instance.status == target {
             // A re-read intent (crash, lost answer) whose level is reached is done.
             self.close_open_action(ActionState::Succeeded, "Completed");
-            let verdict = Verdict::ready("Succeeded", success_message(&spec, &instance.status));
+            let verdict = Verdict::ready("Succeeded", success_message(&spec, &instance.status, false, s));
             return self.done(verdict, Phase::Succeeded, None, Requeue::After(s.resync));
         }
         if instance.status.is_transitional() {
@@ -518,21 +575,41 @@ impl<'i, 'a> Builder<'i, 'a> {
         let s = self.input.settings;
         let spec = self.spec().clone();
         let action = spec.desired_state.action();
-        // At most once per (object, requestId): look for any record that already answered this requestId.
+        // At most once per (object, action, requestId): any record that already answered it, then the digests
+        // of every one-shot this object ever sent (the history is short, the digests are not).
         let answered = self
             .status
             .action
             .iter()
             .chain(self.status.history.iter())
             .rev()
-            .find(|a| a.action.is_one_shot() && a.request_id == spec.request_id && a.state.is_terminal())
+            .find(|a| a.action == action && a.request_id == spec.request_id && a.state.is_terminal())
             .cloned();
+        let rid = spec.request_id.as_deref().unwrap_or("<none>");
+        // A refused attempt of this very request (409, not sent) is renewed, not "already run".
+        let renewing = self
+            .status
+            .action
+            .as_ref()
+            .is_some_and(|a| !a.state.is_terminal() && a.action == action && a.request_id == spec.request_id);
+        if !renewing && answered.is_none() && judge::one_shot_was_sent(&self.status, action, spec.request_id.as_deref())
+        {
+            let message = format!(
+                "{action} for requestId {rid} already ran on this object (or may have); it never runs twice: set a new spec.requestId to run it again"
+            );
+            return self.done(
+                Verdict::ready("AlreadyRun", message),
+                Phase::Skipped,
+                None,
+                Requeue::After(s.resync),
+            );
+        }
         if let Some(record) = answered {
-            let rid = spec.request_id.as_deref().unwrap_or("<none>");
             return match record.state {
                 ActionState::Succeeded => {
                     // The same message as at completion, so a resync finds nothing to write.
-                    let verdict = Verdict::ready("Succeeded", success_message(&spec, &instance.status));
+                    let assumed = record.reason.as_deref() == Some(COMPLETED_ASSUMED);
+                    let verdict = Verdict::ready("Succeeded", success_message(&spec, &instance.status, assumed, s));
                     self.done(verdict, Phase::Succeeded, None, Requeue::After(s.resync))
                 }
                 ActionState::OutcomeUnknown => self.stalled(
@@ -588,6 +665,34 @@ impl<'i, 'a> Builder<'i, 'a> {
         let s = self.input.settings;
         let spec = self.spec().clone();
         let now = self.input.now;
+        if action.is_one_shot()
+            && let Some(not_after) = spec.not_after.filter(|t| now > *t)
+        {
+            // Never sent, and too late now: a re-created object (GitOps rebuild, restore) does not run again.
+            self.close_open_action(ActionState::Failed, "Expired");
+            let message = expired_message(action, &spec, not_after);
+            return self.done(
+                Verdict::ready("Expired", message),
+                Phase::Skipped,
+                None,
+                Requeue::After(s.resync),
+            );
+        }
+        if spec.dry_run || s.dry_run {
+            let message = format!(
+                "dry run: would {action} instance {} (now {}); nothing was sent",
+                spec.instance_id, instance.status
+            );
+            if self.status.message.as_deref() != Some(message.as_str()) {
+                self.event(false, "DryRun", message.clone());
+            }
+            return self.done(
+                Verdict::ready("DryRun", message),
+                Phase::Skipped,
+                None,
+                Requeue::After(s.resync),
+            );
+        }
         if let Some(peer) = self.input.peers.iter().find(|p| p.acting) {
             let verdict = Verdict::reconciling(
                 "WaitingForOtherAction",
@@ -597,21 +702,6 @@ impl<'i, 'a> Builder<'i, 'a> {
                 ),
             );
             return self.done(verdict, Phase::Pending, None, Requeue::After(s.poll_max));
-        }
-        if spec.dry_run || s.dry_run {
-            let message = format!(
-                "dry run: would {action} instance {} (now {})",
-                spec.instance_id, instance.status
-            );
-            if self.status.message.as_deref() != Some(message.as_str()) {
-                self.event(false, "DryRun", message.clone());
-            }
-            return self.done(
-                Verdict::reconciling("DryRun", message),
-                Phase::Pending,
-                None,
-                Requeue::After(s.resync),
-            );
         }
         // Renew a refused/re-read intent of the same kind; otherwise start a new record.
         let renew = self
@@ -624,6 +714,7 @@ impl<'i, 'a> Builder<'i, 'a> {
                 a.state = ActionState::Requested;
                 a.attempts = a.attempts.saturating_add(1);
                 a.reason = None;
+                a.from_status = Some(instance.status.as_str().to_owned());
             }
         } else {
             if let Some(prev) = self.status.action.take() {
@@ -642,10 +733,15 @@ impl<'i, 'a> Builder<'i, 'a> {
                 accepted_at: None,
                 completed_at: None,
                 attempts: 1,
+                from_status: Some(instance.status.as_str().to_owned()),
                 saw_transition: false,
                 reason: None,
                 drift,
             });
+        }
+        if action.is_one_shot() {
+            // From the intent on, it may run: remembered for good (bounded), so this requestId never runs again.
+            remember_one_shot(&mut self.status, action, spec.request_id.as_deref());
         }
         let note = if drift {
             format!(
@@ -672,79 +768,51 @@ impl<'i, 'a> Builder<'i, 'a> {
     }
 }
 
-/// Restart/reset actions that were (or may have been) carried out since `now - window`, from status records.
-pub fn count_recent_one_shots<'s>(
-    statuses: impl IntoIterator<Item = &'s ComputeInstanceActionStatus>,
-    now: DateTime<Utc>,
-    window: Duration,
-) -> u32 {
-    let since = chrono::Duration::from_std(window)
-        .ok()
-        .and_then(|w| now.checked_sub_signed(w))
-        .unwrap_or(DateTime::<Utc>::MIN_UTC);
-    let mut n = 0;
-    for st in statuses {
-        for a in st.action.iter().chain(st.history.iter()) {
-            let sent = matches!(
-                a.state,
-                ActionState::Accepted | ActionState::Succeeded | ActionState::OutcomeUnknown
-            ) || (a.state == ActionState::Failed && a.accepted_at.is_some());
-            if a.action.is_one_shot() && sent && a.intent_at >= since {
-                n += 1;
-            }
-        }
-    }
-    n
+fn expired_message(action: PowerAction, spec: &ComputeInstanceActionSpec, not_after: DateTime<Utc>) -> String {
+    format!(
+        "{action} of instance {} was not run: spec.notAfter ({}) passed before it was sent; set a new spec.requestId and notAfter to run it",
+        spec.instance_id,
+        not_after.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    )
 }
 
-fn push_history(history: &mut Vec<ActionRecord>, record: ActionRecord) {
-    history.push(record);
-    if history.len() > HISTORY_LIMIT {
-        let excess = history.len() - HISTORY_LIMIT;
-        history.drain(..excess);
-    }
+/// Closing reason of a restart/reset judged complete by the settle rule (no departure was ever visible).
+const COMPLETED_ASSUMED: &str = "CompletedAssumed";
+
+fn assumed_suffix(settle: Duration) -> String {
+    format!(
+        "; no status change was visible, so completion was assumed after the settle time ({}s of `running`)",
+        settle.as_secs()
+    )
 }
 
-fn success_message(spec: &ComputeInstanceActionSpec, status: &InstanceStatus) -> String {
+fn success_message(
+    spec: &ComputeInstanceActionSpec,
+    status: &InstanceStatus,
+    assumed: bool,
+    settings: &PlanSettings,
+) -> String {
     match spec.desired_state {
         DesiredState::Running | DesiredState::Stopped => {
             format!("instance {} is {status}", spec.instance_id)
         }
-        d => format!("instance {} was {} and is {status}", spec.instance_id, d.as_str()),
-    }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Completion {
-    Done,
-    Pending,
-    Failed(String),
-}
-
-/// Has an accepted action completed, given what the instance reports now?
-fn completion(record: &ActionRecord, now: &InstanceStatus, since_accept: Duration, settle: Duration) -> Completion {
-    use InstanceStatus as S;
-    match (record.action, now) {
-        (_, S::Deleting) => Completion::Failed("instance is being deleted".into()),
-        (_, s) if s.is_transitional() => Completion::Pending,
-        (PowerAction::Stop, S::Stopped) | (PowerAction::Start, S::Running) => Completion::Done,
-        (PowerAction::Restart | PowerAction::Reset, S::Running) => {
-            if record.saw_transition || since_accept >= settle {
-                Completion::Done
+        d => {
+            let suffix = if assumed {
+                assumed_suffix(settings.settle)
             } else {
-                Completion::Pending
-            }
+                String::new()
+            };
+            format!(
+                "instance {} was {} and is {status}{suffix}",
+                spec.instance_id,
+                d.as_str()
+            )
         }
-        (PowerAction::Start | PowerAction::Restart | PowerAction::Reset, S::Error) => {
-            Completion::Failed("instance reports error".into())
-        }
-        // Accepted but not moved yet (e.g. a stop seen as still running): keep polling until the timeout.
-        _ => Completion::Pending,
     }
 }
 
 /// Fills in phase, message, conditions and observed generation.
-fn finish(
+pub(crate) fn finish(
     status: &mut ComputeInstanceActionStatus,
     verdict: &Verdict,
     phase: Phase,
@@ -755,162 +823,6 @@ fn finish(
     status.message = Some(verdict.message().to_owned());
     status.observed_generation = Some(generation);
     apply_verdict(&mut status.conditions, verdict, Some(generation), now);
-}
-
-/// What follows the answer to a POST whose intent was persisted.
-pub fn after_post(
-    status: &ComputeInstanceActionStatus,
-    spec: &ComputeInstanceActionSpec,
-    generation: i64,
-    result: &Result<(), ApiError>,
-    now: DateTime<Utc>,
-    settings: &PlanSettings,
-) -> Plan {
-    let mut status = status.clone();
-    let mut events = Vec::new();
-    let Some(action) = status.action.clone() else {
-        let verdict = Verdict::reconciling("ActionRequested", "no action record");
-        finish(&mut status, &verdict, Phase::Pending, generation, now);
-        return Plan {
-            status,
-            post: None,
-            requeue: Requeue::After(settings.poll_min),
-            events,
-        };
-    };
-    let id = &spec.instance_id;
-    let set = |status: &mut ComputeInstanceActionStatus, state: ActionState, reason: Option<&str>| {
-        if let Some(a) = status.action.as_mut() {
-            a.state = state;
-            a.reason = reason.map(str::to_owned);
-            match state {
-                ActionState::Accepted => a.accepted_at = Some(now),
-                s if s.is_terminal() => a.completed_at = Some(now),
-                _ => {}
-            }
-        }
-    };
-    let (verdict, phase, requeue) = match result {
-        Ok(()) => {
-            set(&mut status, ActionState::Accepted, None);
-            let note = format!("{} of instance {id} accepted by the admin API", action.action);
-            events.push(EventNote {
-                warning: false,
-                reason: "ActionAccepted",
-                note: note.clone(),
-            });
-            (
-                Verdict::reconciling("ActionAccepted", note),
-                Phase::InProgress,
-                Requeue::After(settings.poll_min),
-            )
-        }
-        Err(ApiError::NotFound) => {
-            set(&mut status, ActionState::Failed, Some("InstanceNotFound"));
-            let note = format!("instance {id} does not exist in the admin API");
-            events.push(EventNote {
-                warning: true,
-                reason: "ActionFailed",
-                note: note.clone(),
-            });
-            (
-                Verdict::stalled("InstanceNotFound", note),
-                Phase::Failed,
-                Requeue::After(settings.resync),
-            )
-        }
-        Err(ApiError::BadRequest(_) | ApiError::InvalidInstanceId(_)) => {
-            let err = result.as_ref().err().map(ToString::to_string).unwrap_or_default();
-            set(&mut status, ActionState::Failed, Some("BadRequest"));
-            events.push(EventNote {
-                warning: true,
-                reason: "ActionFailed",
-                note: err.clone(),
-            });
-            (
-                Verdict::stalled("BadRequest", err),
-                Phase::Failed,
-                Requeue::After(settings.resync),
-            )
-        }
-        Err(e @ (ApiError::Unauthorized | ApiError::Forbidden | ApiError::Credentials(_))) => {
-            set(&mut status, ActionState::Rejected, Some(e.reason()));
-            let note = format!(
-                "{} of instance {id} refused: {e}; retrying every {}s",
-                action.action,
-                settings.slow_retry.as_secs()
-            );
-            events.push(EventNote {
-                warning: true,
-                reason: "ActionFailed",
-                note: note.clone(),
-            });
-            (
-                Verdict::stalled(e.reason(), note),
-                Phase::Failed,
-                Requeue::After(settings.slow_retry),
-            )
-        }
-        Err(ApiError::Conflict) => {
-            // 409: look again. Not carried out, so it may be tried again after a fresh read.
-            set(&mut status, ActionState::Rejected, Some("Conflict"));
-            let note = format!(
-                "admin API answered 409 to {} of instance {id}; re-reading the instance",
-                action.action
-            );
-            (
-                Verdict::reconciling("InstanceBusy", note),
-                Phase::InProgress,
-                Requeue::Backoff { retry_after: None },
-            )
-        }
-        Err(e) if !e.may_have_reached_server() => {
-            set(&mut status, ActionState::Rejected, Some(e.reason()));
-            let note = format!("{} of instance {id} not carried out: {e}; retrying", action.action);
-            (
-                Verdict::reconciling("AdminApiUnavailable", note),
-                Phase::InProgress,
-                Requeue::Backoff {
-                    retry_after: e.retry_after(),
-                },
-            )
-        }
-        Err(e) if action.action.is_one_shot() => {
-            set(&mut status, ActionState::OutcomeUnknown, Some("OutcomeUnknown"));
-            let note = format!(
-                "{} of instance {id} may or may not have been carried out ({e}); it is not resent: set a new spec.requestId to run it again",
-                action.action
-            );
-            events.push(EventNote {
-                warning: true,
-                reason: "OutcomeUnknown",
-                note: note.clone(),
-            });
-            (
-                Verdict::stalled("OutcomeUnknown", note),
-                Phase::Failed,
-                Requeue::After(settings.resync),
-            )
-        }
-        Err(e) => {
-            // A level: the instance will tell. Keep the intent open and re-read it.
-            let note = format!("{} of instance {id}: {e}; re-reading the instance", action.action);
-            (
-                Verdict::reconciling("AdminApiUnavailable", note),
-                Phase::InProgress,
-                Requeue::Backoff {
-                    retry_after: e.retry_after(),
-                },
-            )
-        }
-    };
-    finish(&mut status, &verdict, phase, generation, now);
-    Plan {
-        status,
-        post: None,
-        requeue,
-        events,
-    }
 }
 
 #[cfg(test)]

@@ -49,6 +49,7 @@ fn record(action: PowerAction, state: ActionState, request_id: Option<&str>) -> 
         accepted_at: (state != ActionState::Requested && state != ActionState::Rejected).then(|| t(100)),
         completed_at: state.is_terminal().then(|| t(2000)),
         attempts: 1,
+        from_status: Some("running".into()),
         saw_transition: false,
         reason: None,
         drift: false,
@@ -371,13 +372,47 @@ fn decision_table() {
             reason: "InvalidInstanceState",
             record_after: None,
         },
-        // One-shots: crash between intent and answer -> OutcomeUnknown, never resent.
+        // One-shots: no clear answer (crash, lost answer) -> never resent; evidence is looked for during the
+        // settle time (5 s here): none yet -> keep looking; a departure -> accepted; none by then -> unknown.
         Row {
             desired: D::Restarted,
             observed: "running",
             state: Some(A::Requested),
             saw_transition: false,
             now: 500,
+            post: false,
+            ready: "False",
+            reason: "ConfirmingAction",
+            record_after: Some(A::Requested),
+        },
+        Row {
+            desired: D::Restarted,
+            observed: "restarting",
+            state: Some(A::Requested),
+            saw_transition: false,
+            now: 1500,
+            post: false,
+            ready: "False",
+            reason: "ActionAccepted",
+            record_after: Some(A::Accepted),
+        },
+        Row {
+            desired: D::Reset,
+            observed: "stopped",
+            state: Some(A::Requested),
+            saw_transition: false,
+            now: 1500,
+            post: false,
+            ready: "False",
+            reason: "ActionAccepted",
+            record_after: Some(A::Accepted),
+        },
+        Row {
+            desired: D::Restarted,
+            observed: "running",
+            state: Some(A::Requested),
+            saw_transition: false,
+            now: 5_001,
             post: false,
             ready: "False",
             reason: "OutcomeUnknown",
@@ -605,8 +640,74 @@ fn dry_run_never_posts() {
     sp.dry_run = true;
     let p = run(&sp, &status_with(None), &instance("running"), 1);
     assert!(p.post.is_none());
-    assert_eq!(ready(&p).1, "DryRun");
+    assert_eq!(ready(&p), ("True", "DryRun"), "a dry run settles");
+    assert_eq!(p.status.phase, Some(Phase::Skipped));
+    assert!(p.status.message.as_deref().unwrap_or_default().contains("would reset"));
     assert!(p.events.iter().any(|e| e.reason == "DryRun"));
+}
+
+#[test]
+fn a_one_shot_past_not_after_is_expired_not_sent() {
+    let mut sp = spec(DesiredState::Restarted);
+    sp.not_after = Some(t(1000));
+    let before = run(&sp, &status_with(None), &instance("running"), 999);
+    assert_eq!(before.post, Some(PowerAction::Restart), "before notAfter it runs");
+    let after = run(&sp, &status_with(None), &instance("running"), 1001);
+    assert!(after.post.is_none());
+    assert_eq!(ready(&after), ("True", "Expired"));
+    assert_eq!(after.status.phase, Some(Phase::Skipped));
+    // A refused attempt is not retried past notAfter either.
+    let refused = status_with(Some(record(PowerAction::Restart, ActionState::Rejected, Some("r1"))));
+    let p = run(&sp, &refused, &instance("running"), 1001);
+    assert!(p.post.is_none());
+    assert_eq!(ready(&p).1, "Expired");
+    // Levels ignore notAfter (they are safe to apply at any time).
+    let mut lvl = spec(DesiredState::Stopped);
+    lvl.not_after = Some(t(0));
+    assert_eq!(
+        run(&lvl, &status_with(None), &instance("running"), 1001).post,
+        Some(PowerAction::Stop)
+    );
+}
+
+#[test]
+fn a_sent_request_id_never_runs_again_even_without_its_record() {
+    let sp = spec(DesiredState::Restarted);
+    let mut st = status_with(None);
+    super::super::judge::remember_one_shot(&mut st, PowerAction::Restart, Some("r1"));
+    let p = run(&sp, &st, &instance("running"), 1);
+    assert!(p.post.is_none());
+    assert_eq!(ready(&p), ("True", "AlreadyRun"));
+    // The key is (action, requestId): a reset with the same requestId is new.
+    let reset = spec(DesiredState::Reset);
+    let p = run(&reset, &st, &instance("running"), 1);
+    assert_eq!(p.post, Some(PowerAction::Reset));
+    assert_eq!(p.status.sent_one_shots.len(), 2, "remembered from the intent on");
+    // A refused attempt of the very same request is renewed, not "already run".
+    let mut refused = status_with(Some(record(PowerAction::Restart, ActionState::Rejected, Some("r1"))));
+    super::super::judge::remember_one_shot(&mut refused, PowerAction::Restart, Some("r1"));
+    assert_eq!(
+        run(&sp, &refused, &instance("running"), 1).post,
+        Some(PowerAction::Restart)
+    );
+}
+
+#[test]
+fn a_queued_start_from_error_is_not_judged_by_the_first_polls() {
+    let sp = spec(DesiredState::Running);
+    let mut rec = record(PowerAction::Start, ActionState::Accepted, None);
+    rec.from_status = Some("error".into());
+    let st = status_with(Some(rec));
+    for now in [400, 5_000, 30_000] {
+        let p = run(&sp, &st, &instance("error"), now);
+        assert_eq!(ready(&p), ("False", "ActionAccepted"), "at {now} ms");
+        assert_eq!(p.status.action.as_ref().map(|a| a.state), Some(ActionState::Accepted));
+    }
+    let p = run(&sp, &st, &instance("running"), 30_000);
+    assert_eq!(ready(&p), ("True", "Succeeded"));
+    // Past the timeout, still in error: Failed with Timeout, not InstanceError.
+    let p = run(&sp, &st, &instance("error"), 61_000);
+    assert_eq!(stalled_reason(&p), Some("Timeout"));
 }
 
 #[test]
@@ -684,6 +785,7 @@ fn after_post_table() {
             ActionState::Rejected,
             "AdminApiUnavailable",
         ),
+        // A gateway may answer 503 after the action ran: kept open and confirmed by evidence, never resent.
         (
             &sp,
             PowerAction::Restart,
@@ -691,8 +793,8 @@ fn after_post_table() {
                 status: 503,
                 retry_after: None,
             }),
-            ActionState::Rejected,
-            "AdminApiUnavailable",
+            ActionState::Requested,
+            "ConfirmingAction",
         ),
         (
             &sp,
@@ -701,15 +803,15 @@ fn after_post_table() {
                 status: 502,
                 retry_after: None,
             }),
-            ActionState::OutcomeUnknown,
-            "OutcomeUnknown",
+            ActionState::Requested,
+            "ConfirmingAction",
         ),
         (
             &sp,
             PowerAction::Restart,
             Err(ApiError::Timeout { sent: true }),
-            ActionState::OutcomeUnknown,
-            "OutcomeUnknown",
+            ActionState::Requested,
+            "ConfirmingAction",
         ),
         (
             &sp,
@@ -763,6 +865,22 @@ fn policy_denial_stalls_without_posting_and_tells_once() {
         policy_denial: Some("no ComputeAccessPolicy allows it"),
         recent_one_shots: 0,
     };
+    let mut seen = status_with(None);
+    seen.instance = Some(ObservedInstance {
+        status: "running".into(),
+        name: "secret-name".into(),
+        zone: "secret-zone".into(),
+        last_seen: None,
+    });
+    let p = plan(&PlanInput {
+        status: &seen,
+        ..input.clone()
+    });
+    assert!(
+        p.status.instance.is_none(),
+        "a denied object shows nothing of the instance"
+    );
+    assert_eq!(p.requeue, Requeue::After(settings.resync), "denied objects do not poll");
     let p = plan(&input);
     assert!(p.post.is_none());
     assert_eq!(stalled_reason(&p), Some("PolicyDenied"));

@@ -1,15 +1,16 @@
-//! The access policy as the reconciler sees it: a watched cache of ComputeAccessPolicies, namespace labels
-//! cached briefly, and a nudge to re-evaluate every object when a policy changes.
+//! The access policy as the reconciler sees it: watched caches of ComputeAccessPolicies and of namespace
+//! labels, and a nudge to re-evaluate every object when a policy or a namespace's labels change. Evaluation
+//! is in memory: no request per reconcile.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams};
-use kube::runtime::reflector::{self, Store};
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 
 use kube::{Client, ResourceExt};
@@ -19,24 +20,44 @@ use crate::api::Instance;
 use crate::policy::{self, ComputeAccessPolicy, NamespaceView, PolicyMode, Verdict};
 use crate::resource::ComputeInstanceAction;
 
-/// How long namespace labels are trusted.
-const NAMESPACE_TTL: Duration = Duration::from_secs(30);
-
-/// A namespace's labels and when they were read.
-type CachedLabels = (BTreeMap<String, String>, Instant);
-
 pub struct PolicyGate {
     mode: PolicyMode,
     store: Option<Store<ComputeAccessPolicy>>,
-    namespaces: Mutex<HashMap<String, CachedLabels>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    /// One store per watched namespace (each watched by name), or one for all namespaces.
+    namespaces: Vec<Store<PartialObjectMeta<Namespace>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for PolicyGate {
     fn drop(&mut self) {
-        if let Some(t) = self.task.take() {
+        for t in self.tasks.drain(..) {
             t.abort();
         }
+    }
+}
+
+/// Lists a watch stream into its store before returning (no `Store::wait_until_ready`: it wakes one waiter).
+async fn listed<S, E>(stream: &mut S) -> bool
+where
+    S: futures::Stream<Item = Result<watcher::Event<E>, watcher::Error>> + Unpin,
+{
+    let first_list = async {
+        while let Some(event) = stream.next().await {
+            if matches!(event, Ok(watcher::Event::InitDone)) {
+                return true;
+            }
+        }
+        false
+    };
+    tokio::time::timeout(Duration::from_secs(30), first_list)
+        .await
+        .unwrap_or(false)
+}
+
+fn nudge(senders: &mut [mpsc::Sender<()>]) {
+    for s in senders {
+        // A full channel already carries a pending nudge; that is enough.
+        let _ = s.try_send(());
     }
 }
 
@@ -45,6 +66,7 @@ impl PolicyGate {
     pub async fn start(
         client: &Client,
         mode: PolicyMode,
+        watched: &[String],
         listeners: usize,
     ) -> Result<(Self, Vec<mpsc::Receiver<()>>), StartError> {
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..listeners).map(|_| mpsc::channel::<()>(1)).unzip();
@@ -52,8 +74,8 @@ impl PolicyGate {
             let gate = Self {
                 mode,
                 store: None,
-                namespaces: Mutex::default(),
-                task: None,
+                namespaces: Vec::new(),
+                tasks: Vec::new(),
             };
             return Ok((gate, receivers));
         }
@@ -62,57 +84,117 @@ impl PolicyGate {
             .await
             .map_err(StartError::PolicyCrdMissing)?;
         let (reader, writer) = reflector::store();
-        // List the policies before the first reconcile (no Store::wait_until_ready: it wakes only one waiter).
-        let mut stream = Box::pin(
-            watcher(api, watcher::Config::default().any_semantic())
-                .default_backoff()
-                .modify(|p: &mut ComputeAccessPolicy| p.managed_fields_mut().clear())
-                .reflect(writer),
-        );
-        let listed = async {
-            while let Some(event) = stream.next().await {
-                if matches!(event, Ok(watcher::Event::InitDone)) {
-                    return true;
-                }
-            }
-            false
-        };
-        if !tokio::time::timeout(Duration::from_secs(30), listed)
-            .await
-            .unwrap_or(false)
-        {
+        let mut policies = watcher(api, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .modify(|p: &mut ComputeAccessPolicy| p.managed_fields_mut().clear())
+            .reflect(writer)
+            .boxed();
+        if !listed(&mut policies).await {
             return Err(StartError::PolicyCrdMissing(kube::Error::Service(
                 "listing policies timed out".into(),
             )));
         }
-        let task = tokio::spawn(async move {
-            let mut senders = senders;
-            while let Some(event) = stream.next().await {
+        // Namespace labels, for policies that select namespaces by label; only labels are kept. Watching only
+        // some namespaces, each is watched by name (RBAC can then grant exactly those).
+        let selectors: Vec<watcher::Config> = if watched.is_empty() {
+            vec![watcher::Config::default().any_semantic()]
+        } else {
+            watched
+                .iter()
+                .map(|ns| watcher::Config::default().fields(&format!("metadata.name={ns}")))
+                .collect()
+        };
+        let mut ns_stores = Vec::new();
+        let mut ns_streams = Vec::new();
+        for config in selectors {
+            let (ns_reader, ns_writer) = reflector::store();
+            let mut stream = watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), config)
+                .default_backoff()
+                .modify(|n: &mut PartialObjectMeta<Namespace>| {
+                    n.managed_fields_mut().clear();
+                    n.annotations_mut().clear();
+                })
+                .reflect(ns_writer)
+                .boxed();
+            if !listed(&mut stream).await {
+                return Err(StartError::PolicyCrdMissing(kube::Error::Service(
+                    "listing namespaces timed out (with --policy-mode enforce the controller needs list/watch on the namespaces it serves)".into(),
+                )));
+            }
+            ns_stores.push(ns_reader);
+            ns_streams.push(stream);
+        }
+        let mut namespaces = futures::stream::select_all(ns_streams);
+        let mut policy_senders = senders.clone();
+        let policy_task = tokio::spawn(async move {
+            while let Some(event) = policies.next().await {
                 if matches!(
                     event,
                     Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone)
                 ) {
-                    for s in &mut senders {
-                        // A full channel already carries a pending nudge; that is enough.
-                        let _ = s.try_send(());
-                    }
+                    nudge(&mut policy_senders);
                 }
             }
-            for s in &mut senders {
+            for s in &mut policy_senders {
                 let _ = s.close().await;
+            }
+        });
+        let mut ns_senders = senders;
+        let ns_task = tokio::spawn(async move {
+            // Only a change of labels matters (namespaces change status and annotations too).
+            let mut labels: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+            while let Some(event) = namespaces.next().await {
+                let changed = match event {
+                    Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => {
+                        let name = n.name_any();
+                        let new = n.labels().clone();
+                        labels.insert(name, new.clone()).is_some_and(|old| old != new)
+                    }
+                    Ok(watcher::Event::Delete(n)) => labels.remove(&n.name_any()).is_some(),
+                    _ => false,
+                };
+                if changed {
+                    nudge(&mut ns_senders);
+                }
             }
         });
         let gate = Self {
             mode,
             store: Some(reader),
-            namespaces: Mutex::default(),
-            task: Some(task),
+            namespaces: ns_stores,
+            tasks: vec![policy_task, ns_task],
         };
         Ok((gate, receivers))
     }
 
-    /// Why the object may not act on this instance, or `None` when it may.
-    pub async fn denial(&self, client: &Client, obj: &ComputeInstanceAction, instance: &Instance) -> Option<String> {
+    /// Why the object may not act on this instance, or `None` when it may. `instance` is `None` when only
+    /// the ID is known (a missing instance): then only a policy naming the ID can allow it.
+    pub fn denial(&self, obj: &ComputeInstanceAction, instance: Option<&Instance>) -> Option<String> {
+        self.evaluate(obj, |policies, view| {
+            policy::evaluate(
+                self.mode,
+                policies,
+                view,
+                &obj.spec.instance_id,
+                instance,
+                obj.spec.desired_state,
+            )
+        })
+    }
+
+    /// Denied whatever the instance turns out to be (no policy covers the namespace and the desired state):
+    /// then the admin API need not be asked at all.
+    pub fn denial_for_any_instance(&self, obj: &ComputeInstanceAction) -> Option<String> {
+        self.evaluate(obj, |policies, view| {
+            policy::evaluate_for_any_instance(self.mode, policies, view, &obj.spec.instance_id, obj.spec.desired_state)
+        })
+    }
+
+    fn evaluate(
+        &self,
+        obj: &ComputeInstanceAction,
+        judge: impl FnOnce(&[(String, policy::ComputeAccessPolicySpec)], &NamespaceView<'_>) -> Verdict,
+    ) -> Option<String> {
         let store = match (self.mode, &self.store) {
             (PolicyMode::Off, _) => return None,
             (PolicyMode::Enforce, Some(store)) => store,
@@ -120,51 +202,20 @@ impl PolicyGate {
         };
         let policies: Vec<_> = store.state().iter().map(|p| (p.name_any(), p.spec.clone())).collect();
         let ns = obj.namespace().unwrap_or_default();
-        let labels = self.namespace_labels(client, &ns).await;
+        // Unknown labels match no selector: a namespace not (yet) cached can only be denied, never granted.
+        let labels = self
+            .namespaces
+            .iter()
+            .find_map(|s| s.get(&ObjectRef::new(&ns)))
+            .map(|n| n.labels().clone())
+            .unwrap_or_default();
         let view = NamespaceView {
             name: &ns,
             labels: &labels,
         };
-        match policy::evaluate(
-            self.mode,
-            &policies,
-            &view,
-            &obj.spec.instance_id,
-            Some(instance),
-            obj.spec.desired_state,
-        ) {
+        match judge(&policies, &view) {
             Verdict::Allowed { .. } => None,
             Verdict::Denied { message } => Some(message),
         }
-    }
-
-    async fn namespace_labels(&self, client: &Client, ns: &str) -> BTreeMap<String, String> {
-        if let Some((labels, at)) = self.namespaces.lock().unwrap_or_else(|p| p.into_inner()).get(ns)
-            && at.elapsed() < NAMESPACE_TTL
-        {
-            return labels.clone();
-        }
-        let api: Api<Namespace> = Api::all(client.clone());
-        let labels = match tokio::time::timeout(Duration::from_secs(10), api.get(ns)).await {
-            Ok(Ok(n)) => n.labels().clone(),
-            // Unknown labels match no selector: a lookup failure can only deny, never grant. Say why, since the
-            // denial message alone would point at the policies.
-            Ok(Err(e)) => {
-                tracing::warn!(namespace = ns, error = %e, "cannot read namespace labels; label selectors in policies will not match");
-                BTreeMap::new()
-            }
-            Err(_) => {
-                tracing::warn!(
-                    namespace = ns,
-                    "reading namespace labels timed out; label selectors in policies will not match"
-                );
-                BTreeMap::new()
-            }
-        };
-        self.namespaces
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(ns.to_owned(), (labels.clone(), Instant::now()));
-        labels
     }
 }

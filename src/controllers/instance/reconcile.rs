@@ -1,7 +1,6 @@
 //! Carries out one planned step: GET the instance, persist the intent, POST, record the answer. Thin on purpose.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -9,12 +8,11 @@ use chrono::{DateTime, Utc};
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use tracing::Instrument;
 
-use super::Context;
 use super::plan::{self, EventNote, Observation, Peer, Plan, PlanInput, Requeue};
+use super::{Context, memory};
 use crate::api::{ApiError, PowerAction, Repeat};
 use crate::resource::{ActionState, ComputeInstanceAction, ComputeInstanceActionStatus};
 
@@ -74,6 +72,10 @@ pub(crate) fn object_key(obj: &ComputeInstanceAction) -> String {
 pub async fn reconcile(obj: Arc<ComputeInstanceAction>, ctx: Arc<Context>) -> Result<Action, Error> {
     let key = object_key(&obj);
     let span = tracing::info_span!("reconcile", object = %key, instance = %obj.spec.instance_id);
+    // One concurrency limit across every watched namespace.
+    let Ok(_slot) = ctx.slots.clone().acquire_owned().await else {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    };
     let started = std::time::Instant::now();
     ctx.metrics.reconciles.inc();
     let result = reconcile_inner(&obj, &ctx, &key).instrument(span).await;
@@ -99,9 +101,13 @@ pub fn error_policy(obj: Arc<ComputeInstanceAction>, err: &Error, ctx: Arc<Conte
     Action::requeue(delay)
 }
 
-async fn reconcile_inner(obj: &ComputeInstanceAction, ctx: &Context, key: &str) -> Result<Action, Error> {
-    let ns = obj.namespace().ok_or(Error::NoNamespace)?;
+async fn reconcile_inner(cached: &ComputeInstanceAction, ctx: &Context, key: &str) -> Result<Action, Error> {
+    let ns = cached.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<ComputeInstanceAction> = Api::namespaced(ctx.kube.clone(), &ns);
+    // Read your writes: the cache may not show our last write yet, nor progress we chose not to write.
+    let base_rv = cached.resource_version().unwrap_or_default();
+    let recalled = ctx.memory.recall(cached);
+    let obj = &recalled;
     let generation = obj.metadata.generation.unwrap_or(0);
     let now = Utc::now();
     let mut status = obj.status.clone().unwrap_or_default();
@@ -109,7 +115,7 @@ async fn reconcile_inner(obj: &ComputeInstanceAction, ctx: &Context, key: &str) 
 
     if obj.spec.suspend {
         let next = plan::plan_suspended(&status, generation, now);
-        if write_if_changed(&api, obj, &status, &next, ctx).await? == StatusWrite::Stale {
+        if write_if_changed(&api, obj, &base_rv, &status, &next, ctx).await? == StatusWrite::Stale {
             return Ok(Action::requeue(STALE_RETRY));
         }
         ctx.locks.release(&instance_id, key);
@@ -119,15 +125,24 @@ async fn reconcile_inner(obj: &ComputeInstanceAction, ctx: &Context, key: &str) 
     // An acceptance this process saw but could not persist (e.g. the API server was briefly away).
     recall_acceptance(&mut status, obj, ctx);
 
-    let observation = match ctx.api.get_instance(&instance_id).await {
-        Ok(i) => Observation::Instance(i),
-        Err(e) => Observation::Failed(e),
+    // Denied whatever the instance is (no policy covers this namespace and state): no request at all.
+    let early_denial = ctx.policy.denial_for_any_instance(obj);
+    let observation = match &early_denial {
+        Some(_) => Observation::Failed(crate::api::ApiError::Forbidden),
+        None => observe(ctx, obj, &status, generation).await,
     };
-    let (peers, recent_one_shots) = peers_of(&ctx.stores, obj, &status, now, ctx.config.plan.one_shot_window);
-    let denial = match &observation {
-        Observation::Instance(i) => ctx.policy.denial(&ctx.kube, obj, i).await,
+    let instance = match &observation {
+        Observation::Instance(i) => Some(i),
         Observation::Failed(_) => None,
     };
+    let denial = match (&early_denial, &observation) {
+        (Some(d), _) => Some(d.clone()),
+        (None, Observation::Instance(i)) => ctx.policy.denial(obj, Some(i)),
+        // Under enforce a missing instance looks the same as a denied one, unless a policy names its ID.
+        (None, Observation::Failed(crate::api::ApiError::NotFound)) => ctx.policy.denial(obj, None),
+        (None, Observation::Failed(_)) => None,
+    };
+    let (peers, recent_one_shots) = peers_of(ctx, obj, &status, instance, now);
     let plan = plan::plan(&PlanInput {
         spec: &obj.spec,
         generation,
@@ -141,7 +156,7 @@ async fn reconcile_inner(obj: &ComputeInstanceAction, ctx: &Context, key: &str) 
     });
 
     let Some(action) = plan.post else {
-        if write_if_changed(&api, obj, &status, &plan.status, ctx).await? == StatusWrite::Stale {
+        if write_if_changed(&api, obj, &base_rv, &status, &plan.status, ctx).await? == StatusWrite::Stale {
             tracing::debug!("stale object in the cache; deciding again shortly");
             return Ok(Action::requeue(STALE_RETRY));
         }
@@ -152,10 +167,44 @@ async fn reconcile_inner(obj: &ComputeInstanceAction, ctx: &Context, key: &str) 
         }
         return Ok(requeue(ctx, key, plan.requeue));
     };
-    act(obj, ctx, key, &api, plan, action, generation).await
+    act(obj, ctx, key, &api, plan, action, generation, &base_rv).await
+}
+
+/// The instance as this reconcile sees it: a settled object (nothing open, this generation already judged) is
+/// checked against the shared view with no request of its own; anything else GETs (and feeds the view).
+async fn observe(
+    ctx: &Context,
+    obj: &ComputeInstanceAction,
+    status: &ComputeInstanceActionStatus,
+    generation: i64,
+) -> Observation {
+    let id = &obj.spec.instance_id;
+    let settled = status.observed_generation == Some(generation)
+        && !holds_open_action(status)
+        && !matches!(
+            status.phase,
+            None | Some(crate::resource::Phase::InProgress) | Some(crate::resource::Phase::Pending)
+        );
+    if settled && let Some(seen) = ctx.view.fresh(id, ctx.config.plan.resync * 2) {
+        return Observation::Instance(seen);
+    }
+    match ctx.api.get_instance(id).await {
+        Ok(i) => {
+            ctx.view.record(&i);
+            Observation::Instance(i)
+        }
+        Err(e) => {
+            if matches!(e, crate::api::ApiError::NotFound) {
+                ctx.view.forget(id);
+            }
+            Observation::Failed(e)
+        }
+    }
 }
 
 /// Write-ahead intent, POST, record the answer.
+// The steps of one action in order; splitting it would only scatter them.
+#[allow(clippy::too_many_arguments)]
 async fn act(
     obj: &ComputeInstanceAction,
     ctx: &Context,
@@ -164,27 +213,32 @@ async fn act(
     plan: Plan,
     action: PowerAction,
     generation: i64,
+    base_rv: &str,
 ) -> Result<Action, Error> {
     let instance_id = &obj.spec.instance_id;
-    let stores = ctx.stores.clone();
     if !ctx
         .locks
-        .try_acquire(instance_id, key, |holder| object_exists(&stores, holder))
+        .try_acquire(instance_id, key, |holder| ctx.index.contains(holder))
     {
         tracing::debug!(holder = ?ctx.locks.holder(instance_id), "instance busy in this process; waiting");
         return Ok(Action::requeue(ctx.config.plan.poll_min));
     }
-    // A replica that lost its lease must not act.
-    if !ctx.may_act.load(Ordering::SeqCst) {
+    // A replica that lost its lease must not act (checked again right before the POST).
+    if !ctx.fence.may_act() {
         ctx.locks.release(instance_id, key);
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     // The intent write fails if the object changed since we read it (resourceVersion precondition).
     let written = match replace_status(api, obj, &plan.status, ctx).await {
-        Ok(o) => o,
+        Ok(o) => {
+            ctx.memory
+                .hold(&o, base_rv, &o.resource_version().unwrap_or_default(), &plan.status);
+            o
+        }
         Err(kube::Error::Api(s)) if s.code == 409 => {
+            ctx.memory.forget(obj);
             ctx.locks.release(instance_id, key);
-            tracing::debug!("stale object; not acting on it");
+            tracing::debug!("the object changed meanwhile; not acting on it");
             return Ok(Action::requeue(Duration::from_millis(100)));
         }
         Err(e) => {
@@ -193,6 +247,24 @@ async fn act(
         }
     };
     publish(ctx, obj, &plan.events).await;
+    // Last look right before the POST: the lease (a paused leader resumes here with its fence closed) and
+    // notAfter. Not sent, so the record says so, written only over our own intent (never a successor's).
+    if let Some(why) = not_sending_now(ctx, obj) {
+        let not_sent = plan::not_sent(&plan.status, why, Utc::now());
+        match replace_status(api, &written, &not_sent, ctx).await {
+            Ok(o) => ctx.memory.hold(
+                &o,
+                &written.resource_version().unwrap_or_default(),
+                &o.resource_version().unwrap_or_default(),
+                &not_sent,
+            ),
+            Err(kube::Error::Api(s)) if s.code == 409 => ctx.memory.forget(obj),
+            Err(e) => tracing::warn!(error = %e, "could not record an action that was not sent"),
+        }
+        ctx.locks.release(instance_id, key);
+        tracing::info!(action = action.as_str(), reason = why, "action not sent");
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let repeat = if action.is_one_shot() {
         Repeat::Never
     } else {
@@ -225,7 +297,13 @@ async fn act(
         Utc::now(),
         &ctx.config.plan,
     );
-    write_after_post(api, &written, &next.status, ctx).await?;
+    // A level's acceptance stays in memory (resending a level is harmless); a one-shot's is written.
+    if action.is_one_shot() || !matches!(result, Ok(())) {
+        write_after_post(api, &written, &next.status, ctx).await?;
+    } else {
+        let rv = written.resource_version().unwrap_or_default();
+        ctx.memory.hold(&written, &rv, &rv, &next.status);
+    }
     publish(ctx, obj, &next.events).await;
     if !holds_open_action(&next.status) {
         ctx.locks.release(instance_id, key);
@@ -233,8 +311,20 @@ async fn act(
     Ok(requeue(ctx, key, next.requeue))
 }
 
-/// After a POST the answer must be recorded even if the object changed meanwhile (a spec edit): re-read and
-/// retry a few times, since status is ours alone.
+/// Why an action planned a moment ago must not be sent now, if it must not.
+fn not_sending_now(ctx: &Context, obj: &ComputeInstanceAction) -> Option<&'static str> {
+    if !ctx.fence.may_act() {
+        return Some("NotLeader");
+    }
+    if obj.spec.desired_state.action().is_one_shot() && obj.spec.not_after.is_some_and(|t| Utc::now() > t) {
+        return Some("Expired");
+    }
+    None
+}
+
+/// After a POST the answer must be recorded even if the object changed meanwhile (a spec edit). On a
+/// conflict the object is re-read and only this action's record is merged, and only if nobody (a successor
+/// after a lease change) recorded an outcome for it meanwhile: their record is never overwritten.
 async fn write_after_post(
     api: &Api<ComputeInstanceAction>,
     written: &ComputeInstanceAction,
@@ -242,11 +332,26 @@ async fn write_after_post(
     ctx: &Context,
 ) -> Result<(), Error> {
     let mut base = written.clone();
+    let mut next = status.clone();
     for attempt in 0..5 {
-        match replace_status(api, &base, status, ctx).await {
-            Ok(_) => return Ok(()),
+        match replace_status(api, &base, &next, ctx).await {
+            Ok(o) => {
+                let rv = o.resource_version().unwrap_or_default();
+                ctx.memory
+                    .hold(&o, &base.resource_version().unwrap_or_default(), &rv, &next);
+                return Ok(());
+            }
             Err(kube::Error::Api(s)) if s.code == 409 && attempt < 4 => {
                 base = api.get_status(&base.name_any()).await.map_err(Error::ReadObject)?;
+                let current = base.status.clone().unwrap_or_default();
+                match plan::merge_action_record(&current, status) {
+                    Some(merged) => next = merged,
+                    None => {
+                        tracing::info!("the action's record was updated by someone else meanwhile; leaving it");
+                        ctx.memory.forget(written);
+                        return Ok(());
+                    }
+                }
             }
             Err(e) => return Err(Error::WriteStatus(e)),
         }
@@ -270,16 +375,29 @@ const STALE_RETRY: Duration = Duration::from_millis(250);
 async fn write_if_changed(
     api: &Api<ComputeInstanceAction>,
     obj: &ComputeInstanceAction,
+    base_rv: &str,
     old: &ComputeInstanceActionStatus,
     new: &ComputeInstanceActionStatus,
     ctx: &Context,
 ) -> Result<StatusWrite, Error> {
-    if old == new && obj.status.is_some() {
+    let rv = obj.resource_version().unwrap_or_default();
+    if obj.status.is_some() && !memory::needs_write(old, new) {
+        if old != new {
+            ctx.memory.hold(obj, base_rv, &rv, new);
+        }
         return Ok(StatusWrite::Unchanged);
     }
     match replace_status(api, obj, new, ctx).await {
-        Ok(_) => Ok(StatusWrite::Written),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(StatusWrite::Stale),
+        Ok(o) => {
+            ctx.memory
+                .hold(&o, base_rv, &o.resource_version().unwrap_or_default(), new);
+            Ok(StatusWrite::Written)
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            // Not our stale cache (we read our writes): someone else changed the object. Decide again.
+            ctx.memory.forget(obj);
+            Ok(StatusWrite::Stale)
+        }
         Err(e) => Err(Error::WriteStatus(e)),
     }
 }
@@ -408,34 +526,34 @@ async fn publish(ctx: &Context, obj: &ComputeInstanceAction, events: &[EventNote
     });
 }
 
-/// Does `namespace/name` still exist in any watched store?
-fn object_exists(stores: &[kube::runtime::reflector::Store<ComputeInstanceAction>], key: &str) -> bool {
-    let Some((ns, name)) = key.split_once('/') else {
-        return false;
-    };
-    let r = ObjectRef::<ComputeInstanceAction>::new(name).within(ns);
-    stores.iter().any(|s| s.get(&r).is_some())
-}
-
-/// Other objects naming the same instance, from the caches, and the restart/reset actions sent to the
-/// instance (by this object or its peers) within the loop-protection window.
+/// Other objects naming the same instance that count as peers, from the caches, and the restart/reset
+/// actions sent to the instance (by this object or its peers) within the loop-protection window.
+///
+/// Denied, suspended and dry-run objects are not peers: they cannot block, conflict with or rate-limit an
+/// allowed object. A record claiming an action in flight counts only if this controller wrote the status
+/// (see [`FOREIGN_STATUS`]), so a tenant who can write status cannot forge a block.
 pub(crate) fn peers_of(
-    stores: &[kube::runtime::reflector::Store<ComputeInstanceAction>],
+    ctx: &Context,
     obj: &ComputeInstanceAction,
     own_status: &ComputeInstanceActionStatus,
+    instance: Option<&crate::api::Instance>,
     now: DateTime<Utc>,
-    window: Duration,
 ) -> (Vec<Peer>, u32) {
     let uid = obj.uid();
-    let others: Vec<_> = stores
-        .iter()
-        .flat_map(|s| s.state_filter(|o| o.spec.instance_id == obj.spec.instance_id && o.uid() != uid))
+    let others: Vec<_> = ctx
+        .index
+        .on_instance(&obj.spec.instance_id)
+        .into_iter()
+        .filter(|o| o.uid() != uid && !o.spec.suspend && !o.spec.dry_run && !ctx.config.plan.dry_run)
+        .filter(|o| ctx.policy.denial(o, instance).is_none())
         .collect();
+    let trusted = |o: &ComputeInstanceAction| !o.annotations().contains_key(FOREIGN_STATUS);
     let statuses = others
         .iter()
+        .filter(|o| trusted(o))
         .filter_map(|o| o.status.as_ref())
         .chain(std::iter::once(own_status));
-    let recent = plan::count_recent_one_shots(statuses, now, window);
+    let recent = plan::count_recent_one_shots(statuses, now, ctx.config.plan.one_shot_window);
     let peers = others
         .iter()
         .map(|o| Peer {
@@ -443,10 +561,20 @@ pub(crate) fn peers_of(
             desired: o.spec.desired_state,
             enforcement: o.spec.enforcement,
             suspended: o.spec.suspend,
-            acting: o.status.as_ref().is_some_and(holds_open_action),
+            acting: trusted(o) && o.status.as_ref().is_some_and(holds_open_action),
         })
         .collect();
     (peers, recent)
+}
+
+/// Marks, in the controller's cache only, an object whose status was written by another field manager.
+pub const FOREIGN_STATUS: &str = "compute-operator.internal/foreign-status";
+
+/// Whether a field manager other than this controller wrote any part of the object's status.
+pub fn status_written_by_others(obj: &ComputeInstanceAction) -> bool {
+    obj.managed_fields().iter().any(|m| {
+        m.subresource.as_deref() == Some("status") && m.manager.as_deref().is_some_and(|who| who != FIELD_MANAGER)
+    })
 }
 
 pub(crate) type AcceptanceMemory = Mutex<HashMap<(String, DateTime<Utc>), DateTime<Utc>>>;

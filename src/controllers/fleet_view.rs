@@ -1,0 +1,273 @@
+//! One shared view of the instances the objects name, kept fresh by walking the admin API's list pages (or,
+//! when the platform holds far more instances than the objects name, by GETting just those), spread over the
+//! resync interval. A settled object is checked against this view with no request of its own; objects with
+//! an action open keep polling with GET (their answers update the view too).
+//!
+//! The resting cost is therefore proportional to the number of pages (or named instances, if fewer), not to
+//! the number of objects, and a changed instance wakes the objects on it within one interval.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::api::{AdminClient, ApiError, Instance, ListFilter};
+use crate::controllers::index::InstanceIndex;
+
+/// Page size of the list walk (the API's maximum).
+pub const PAGE_SIZE: u32 = 100;
+
+/// How a round refreshes the view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoundMode {
+    /// Walk every list page (`pages` requests).
+    ListPages { pages: u64 },
+    /// GET each named instance (`named` requests): cheaper when the platform is much larger than the objects.
+    GetEach { named: u64 },
+}
+
+impl RoundMode {
+    pub fn requests(self) -> u64 {
+        match self {
+            Self::ListPages { pages } => pages,
+            Self::GetEach { named } => named,
+        }
+    }
+}
+
+/// The cheaper way to see `named` instances on a platform of `total` instances. The first list page, which
+/// told us `total`, is already paid for, so pages win ties.
+pub fn choose_round(named: u64, total: u64) -> RoundMode {
+    let pages = total.div_ceil(u64::from(PAGE_SIZE)).max(1);
+    if named < pages {
+        RoundMode::GetEach { named }
+    } else {
+        RoundMode::ListPages { pages }
+    }
+}
+
+/// The pause between requests of a round: spread over `interval`, but never faster than `max_rate` per second
+/// (the share of the client's budget the view may use). Also says whether the round is stretched past the
+/// interval because it does not fit the budget.
+pub fn pace(interval: Duration, requests: u64, max_rate: f64) -> (Duration, bool) {
+    if requests == 0 {
+        return (interval, false);
+    }
+    let spread = interval.div_f64(requests as f64);
+    let floor = if max_rate > 0.0 {
+        Duration::from_secs_f64(1.0 / max_rate)
+    } else {
+        Duration::ZERO
+    };
+    (spread.max(floor), floor > spread)
+}
+
+#[derive(Clone, Debug)]
+struct Seen {
+    instance: Instance,
+    at: Instant,
+}
+
+/// The view itself: bounded to the instances objects name (pruned each round).
+#[derive(Default)]
+pub struct FleetView {
+    seen: Mutex<HashMap<String, Seen>>,
+}
+
+impl FleetView {
+    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, Seen>> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The instance as last seen, if seen within `max_age`.
+    pub fn fresh(&self, id: &str, max_age: Duration) -> Option<Instance> {
+        self.seen()
+            .get(id)
+            .filter(|s| s.at.elapsed() <= max_age)
+            .map(|s| s.instance.clone())
+    }
+
+    /// Records what a GET (or a list page) showed; true when the status changed from what the view held.
+    pub fn record(&self, instance: &Instance) -> bool {
+        let previous = self.seen().insert(
+            instance.id.clone(),
+            Seen {
+                instance: instance.clone(),
+                at: Instant::now(),
+            },
+        );
+        previous.is_some_and(|p| p.instance.status != instance.status)
+    }
+
+    pub fn forget(&self, id: &str) {
+        self.seen().remove(id);
+    }
+
+    /// Keeps only the instances some object names.
+    pub fn retain(&self, wanted: &HashSet<String>) {
+        self.seen().retain(|id, _| wanted.contains(id));
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What the refresh loop needs.
+pub struct Refresher {
+    pub view: Arc<FleetView>,
+    pub api: AdminClient,
+    pub index: Arc<InstanceIndex>,
+    pub interval: Duration,
+    /// Requests per second the view may use at most (a share of the client's rate limit).
+    pub max_rate: f64,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Refresher {
+    /// Refreshes the view round after round until the task is dropped.
+    pub async fn run(self) {
+        loop {
+            let started = Instant::now();
+            let requests = match self.round().await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "refreshing the instance view failed; objects fall back to GET");
+                    0
+                }
+            };
+            self.metrics.view_instances.set(self.view.len() as i64);
+            self.metrics.view_round_requests.set(requests as i64);
+            // Nothing named yet (the caches are still listing): look again soon. Otherwise a round that
+            // finished early (or failed) waits for the rest of the interval.
+            let rest = if requests == 0 && self.index.is_empty() {
+                self.interval.min(Duration::from_secs(2))
+            } else {
+                self.interval.saturating_sub(started.elapsed())
+            };
+            tokio::time::sleep(rest).await;
+        }
+    }
+
+    /// One round: learn the platform's size from the first page, then walk the pages or GET the named
+    /// instances, spread over the interval. Returns the requests made.
+    async fn round(&self) -> Result<u64, ApiError> {
+        let wanted = self.index.instance_ids();
+        self.view.retain(&wanted);
+        if wanted.is_empty() {
+            return Ok(0);
+        }
+        let first = self.api.list_page(&ListFilter::default(), 1, PAGE_SIZE).await?;
+        let mode = choose_round(wanted.len() as u64, first.pagination.total_count);
+        let (pause, stretched) = pace(self.interval, mode.requests(), self.max_rate);
+        self.metrics.view_round_stretched.set(i64::from(stretched));
+        if stretched {
+            tracing::warn!(
+                requests = mode.requests(),
+                interval_s = self.interval.as_secs(),
+                stretched_to_s = (pause * mode.requests() as u32).as_secs(),
+                "the instance view does not fit the request budget in one resync interval; the round is stretched"
+            );
+        }
+        let mut made = 1;
+        match mode {
+            RoundMode::ListPages { pages } => {
+                self.absorb(first.instances.iter(), &wanted);
+                let mut page = 2;
+                let mut more = first.pagination.has_next && !first.instances.is_empty();
+                while more && u64::from(page) <= pages.saturating_add(1) {
+                    tokio::time::sleep(pause).await;
+                    let got = self.api.list_page(&ListFilter::default(), page, PAGE_SIZE).await?;
+                    made += 1;
+                    self.absorb(got.instances.iter(), &wanted);
+                    more = got.pagination.has_next && !got.instances.is_empty();
+                    page += 1;
+                }
+            }
+            RoundMode::GetEach { .. } => {
+                for id in &wanted {
+                    tokio::time::sleep(pause).await;
+                    made += 1;
+                    match self.api.get_instance(id).await {
+                        Ok(i) => self.absorb(std::iter::once(&i), &wanted),
+                        Err(ApiError::NotFound) => {
+                            self.view.forget(id);
+                            self.index.wake_instance(id);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        Ok(made)
+    }
+
+    /// Takes what a page or GET showed; objects on an instance whose status changed are woken.
+    fn absorb<'a>(&self, instances: impl Iterator<Item = &'a Instance>, wanted: &HashSet<String>) {
+        for i in instances.filter(|i| wanted.contains(&i.id)) {
+            if self.view.record(i) {
+                self.index.wake_instance(&i.id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cheaper_round_is_chosen() {
+        // (instances named by objects, instances on the platform, expected)
+        let rows = [
+            (10_000, 10_000, RoundMode::ListPages { pages: 100 }),
+            (100, 10_000, RoundMode::ListPages { pages: 100 }),
+            (99, 10_000, RoundMode::GetEach { named: 99 }),
+            (5, 1_000_000, RoundMode::GetEach { named: 5 }),
+            (1, 1, RoundMode::ListPages { pages: 1 }),
+            (3, 0, RoundMode::ListPages { pages: 1 }),
+            (2_000, 812, RoundMode::ListPages { pages: 9 }),
+        ];
+        for (named, total, want) in rows {
+            assert_eq!(choose_round(named, total), want, "{named} named of {total}");
+        }
+    }
+
+    #[test]
+    fn rounds_spread_over_the_interval_and_stretch_when_over_budget() {
+        let five_min = Duration::from_secs(300);
+        // (interval, requests, max rate, pause, stretched)
+        let rows = [
+            (five_min, 100, 5.0, Duration::from_secs(3), false),
+            (five_min, 3000, 5.0, Duration::from_millis(200), true),
+            (five_min, 1500, 5.0, Duration::from_millis(200), false),
+            (five_min, 0, 5.0, five_min, false),
+            (Duration::from_secs(60), 1, 5.0, Duration::from_secs(60), false),
+        ];
+        for (interval, requests, rate, pause, stretched) in rows {
+            assert_eq!(
+                pace(interval, requests, rate),
+                (pause, stretched),
+                "{requests} in {interval:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_view_reports_changes_and_ages() {
+        let view = FleetView::default();
+        let mut i: Instance = serde_json::from_value(serde_json::json!({"id": "i-1", "status": "running"})).unwrap();
+        assert!(!view.record(&i), "first sighting is no change");
+        assert!(!view.record(&i));
+        i.status = crate::api::InstanceStatus::Stopped;
+        assert!(view.record(&i), "a status change is reported");
+        assert!(view.fresh("i-1", Duration::from_secs(60)).is_some());
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(view.fresh("i-1", Duration::from_millis(1)).is_none(), "too old");
+        view.retain(&HashSet::new());
+        assert!(view.is_empty(), "bounded to what objects name");
+    }
+}

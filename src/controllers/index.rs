@@ -1,0 +1,294 @@
+//! The instance index: which ComputeInstanceActions name which instance, kept from the watch streams, so a
+//! reconcile finds its peers without scanning every cached object, and peers are woken when a neighbour
+//! appears, changes its spec, finishes acting, or goes away.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use futures::channel::mpsc;
+use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+
+use crate::resource::{ActionState, ComputeInstanceAction};
+
+/// What the index remembers of one object: enough to tell whether its peers must be woken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    instance_id: String,
+    scope: usize,
+    generation: Option<i64>,
+    acting: bool,
+}
+
+#[derive(Default)]
+struct Maps {
+    /// `namespace/name` -> what we know of it.
+    objects: HashMap<String, Entry>,
+    /// instance ID -> `namespace/name` of every object naming it.
+    by_instance: HashMap<String, BTreeSet<String>>,
+}
+
+impl Maps {
+    fn insert(&mut self, key: String, entry: Entry) -> Option<Entry> {
+        let previous = self.remove(&key);
+        self.by_instance
+            .entry(entry.instance_id.clone())
+            .or_default()
+            .insert(key.clone());
+        self.objects.insert(key, entry);
+        previous
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Entry> {
+        let previous = self.objects.remove(key)?;
+        if let Some(keys) = self.by_instance.get_mut(&previous.instance_id) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.by_instance.remove(&previous.instance_id);
+            }
+        }
+        Some(previous)
+    }
+}
+
+/// Shared by every reconcile; fed by one [`InstanceIndex::observe`] per watched scope.
+pub struct InstanceIndex {
+    maps: Mutex<Maps>,
+    /// Objects listed during a scope's (re)list, swapped in at its `InitDone`.
+    relisting: Mutex<BTreeMap<usize, Vec<(String, Entry)>>>,
+    stores: Vec<Store<ComputeInstanceAction>>,
+    wakers: Vec<mpsc::Sender<ObjectRef<ComputeInstanceAction>>>,
+}
+
+/// `namespace/name`.
+pub fn key_of(obj: &ComputeInstanceAction) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+fn entry_of(obj: &ComputeInstanceAction, scope: usize) -> Entry {
+    Entry {
+        instance_id: obj.spec.instance_id.clone(),
+        scope,
+        generation: obj.metadata.generation,
+        acting: obj
+            .status
+            .as_ref()
+            .and_then(|s| s.action.as_ref())
+            .is_some_and(|a| matches!(a.state, ActionState::Requested | ActionState::Accepted)),
+    }
+}
+
+/// Does a change from `before` to `after` concern the other objects on the instance?
+fn concerns_peers(before: Option<&Entry>, after: Option<&Entry>) -> bool {
+    match (before, after) {
+        (None, Some(_)) | (Some(_), None) => true,
+        (Some(b), Some(a)) => b.generation != a.generation || (b.acting && !a.acting) || b.instance_id != a.instance_id,
+        (None, None) => false,
+    }
+}
+
+impl InstanceIndex {
+    /// One store and one waker channel per watched scope, in the same order as the scopes.
+    pub fn new(
+        stores: Vec<Store<ComputeInstanceAction>>,
+        wakers: Vec<mpsc::Sender<ObjectRef<ComputeInstanceAction>>>,
+    ) -> Self {
+        Self {
+            maps: Mutex::default(),
+            relisting: Mutex::default(),
+            stores,
+            wakers,
+        }
+    }
+
+    fn maps(&self) -> std::sync::MutexGuard<'_, Maps> {
+        self.maps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Feeds one watch event of scope `scope`.
+    pub fn observe(&self, scope: usize, event: &watcher::Event<ComputeInstanceAction>) {
+        match event {
+            watcher::Event::Init => {
+                self.relisting
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(scope, Vec::new());
+            }
+            watcher::Event::InitApply(obj) => {
+                if let Some(list) = self.relisting.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&scope) {
+                    list.push((key_of(obj), entry_of(obj, scope)));
+                }
+            }
+            watcher::Event::InitDone => {
+                let listed = self
+                    .relisting
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&scope)
+                    .unwrap_or_default();
+                let mut maps = self.maps();
+                let stale: Vec<String> = maps
+                    .objects
+                    .iter()
+                    .filter(|(_, e)| e.scope == scope)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for key in stale {
+                    maps.remove(&key);
+                }
+                for (key, entry) in listed {
+                    maps.insert(key, entry);
+                }
+            }
+            watcher::Event::Apply(obj) => {
+                let key = key_of(obj);
+                let entry = entry_of(obj, scope);
+                let instance = entry.instance_id.clone();
+                let previous = self.maps().insert(key.clone(), entry.clone());
+                if concerns_peers(previous.as_ref(), Some(&entry)) {
+                    self.wake_peers(&instance, &key);
+                }
+            }
+            watcher::Event::Delete(obj) => {
+                let key = key_of(obj);
+                if let Some(previous) = self.maps().remove(&key) {
+                    self.wake_peers(&previous.instance_id, &key);
+                }
+            }
+        }
+    }
+
+    /// Asks for a reconcile of every other object on `instance_id`.
+    fn wake_peers(&self, instance_id: &str, except: &str) {
+        let targets: Vec<(usize, String)> = {
+            let maps = self.maps();
+            maps.by_instance
+                .get(instance_id)
+                .into_iter()
+                .flatten()
+                .filter(|k| k.as_str() != except)
+                .filter_map(|k| maps.objects.get(k).map(|e| (e.scope, k.clone())))
+                .collect()
+        };
+        for (scope, key) in targets {
+            let Some((ns, name)) = key.split_once('/') else {
+                continue;
+            };
+            if let Some(waker) = self.wakers.get(scope) {
+                // A full channel means reconciles are already queued; the resync catches anything dropped.
+                let _ = waker.clone().try_send(ObjectRef::new(name).within(ns));
+            }
+        }
+    }
+
+    /// Asks for a reconcile of every object on `instance_id` (the instance changed under them).
+    pub fn wake_instance(&self, instance_id: &str) {
+        self.wake_peers(instance_id, "");
+    }
+
+    /// Every instance ID some object names.
+    pub fn instance_ids(&self) -> std::collections::HashSet<String> {
+        self.maps().by_instance.keys().cloned().collect()
+    }
+
+    /// Every cached object naming `instance_id`.
+    pub fn on_instance(&self, instance_id: &str) -> Vec<Arc<ComputeInstanceAction>> {
+        let refs: Vec<(usize, String)> = {
+            let maps = self.maps();
+            maps.by_instance
+                .get(instance_id)
+                .into_iter()
+                .flatten()
+                .filter_map(|k| maps.objects.get(k).map(|e| (e.scope, k.clone())))
+                .collect()
+        };
+        refs.into_iter()
+            .filter_map(|(scope, key)| {
+                let (ns, name) = key.split_once('/')?;
+                self.stores.get(scope)?.get(&ObjectRef::new(name).within(ns))
+            })
+            .collect()
+    }
+
+    /// Whether `namespace/name` is still known.
+    pub fn contains(&self, key: &str) -> bool {
+        self.maps().objects.contains_key(key)
+    }
+
+    /// How many objects the index holds.
+    pub fn len(&self) -> usize {
+        self.maps().objects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::{ComputeInstanceActionSpec, DesiredState, Enforcement};
+
+    fn obj(name: &str, instance: &str, generation: i64) -> ComputeInstanceAction {
+        let mut o = ComputeInstanceAction::new(
+            name,
+            ComputeInstanceActionSpec {
+                instance_id: instance.into(),
+                desired_state: DesiredState::Running,
+                request_id: None,
+                timeout_seconds: 60,
+                enforcement: Enforcement::Continuous,
+                dry_run: false,
+                suspend: false,
+                not_after: None,
+            },
+        );
+        o.metadata.namespace = Some("ns".into());
+        o.metadata.generation = Some(generation);
+        o
+    }
+
+    fn index() -> (InstanceIndex, mpsc::Receiver<ObjectRef<ComputeInstanceAction>>) {
+        let (tx, rx) = mpsc::channel(16);
+        let (reader, _writer) = kube::runtime::reflector::store();
+        (InstanceIndex::new(vec![reader], vec![tx]), rx)
+    }
+
+    fn woken(rx: &mut mpsc::Receiver<ObjectRef<ComputeInstanceAction>>) -> Vec<String> {
+        let mut names = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            names.push(r.name);
+        }
+        names
+    }
+
+    #[test]
+    fn peers_are_woken_by_creation_spec_change_and_deletion_only() {
+        let (idx, mut rx) = index();
+        idx.observe(0, &watcher::Event::Apply(obj("a", "i-1", 1)));
+        idx.observe(0, &watcher::Event::Apply(obj("other", "i-2", 1)));
+        assert!(woken(&mut rx).is_empty(), "alone on its instance");
+        idx.observe(0, &watcher::Event::Apply(obj("b", "i-1", 1)));
+        assert_eq!(woken(&mut rx), vec!["a"], "a newcomer wakes its peer");
+        idx.observe(0, &watcher::Event::Apply(obj("b", "i-1", 1)));
+        assert!(woken(&mut rx).is_empty(), "a status-only change wakes nobody");
+        idx.observe(0, &watcher::Event::Apply(obj("b", "i-1", 2)));
+        assert_eq!(woken(&mut rx), vec!["a"], "a spec change wakes the peer");
+        idx.observe(0, &watcher::Event::Delete(obj("a", "i-1", 1)));
+        assert_eq!(woken(&mut rx), vec!["b"], "a deletion wakes the survivor");
+        assert_eq!(idx.len(), 2);
+    }
+
+    #[test]
+    fn a_relist_replaces_the_scope() {
+        let (idx, _rx) = index();
+        idx.observe(0, &watcher::Event::Apply(obj("gone", "i-1", 1)));
+        idx.observe(0, &watcher::Event::Init);
+        idx.observe(0, &watcher::Event::InitApply(obj("kept", "i-2", 1)));
+        assert!(idx.contains("ns/gone"), "the old view holds until the relist is done");
+        idx.observe(0, &watcher::Event::InitDone);
+        assert!(!idx.contains("ns/gone") && idx.contains("ns/kept"));
+    }
+}
