@@ -63,9 +63,7 @@ pub async fn run_with(
         // Without election this replica is the one that acts: the "no leader" alert must not fire.
         metrics.leader.set(1);
         let fence = crate::leader::Fence::always_open();
-        controller::run(client, api, args.controller_config(), metrics, fence, shutdown)
-            .await
-            .map_err(Into::into)
+        run_controllers(client, api, args.controller_config(), metrics, fence, shutdown).await
     };
     metrics_task.abort();
     result
@@ -73,7 +71,7 @@ pub async fn run_with(
 
 /// How the leader's run ended.
 enum LeaderEnd {
-    Controller(Result<(), controller::StartError>),
+    Controller(anyhow::Result<()>),
     Lost(Result<(), crate::leader::LeaseError>),
     GraceExpired,
 }
@@ -143,7 +141,7 @@ async fn run_elected(
             futures::future::select(shutdown, stop_rx).await;
         }
     };
-    let mut controller = Box::pin(controller::run(client, api, config, metrics, fence, stop));
+    let mut controller = Box::pin(run_controllers(client, api, config, metrics, fence, stop));
     let mut grace_until: Option<tokio::time::Instant> = None;
     let end = loop {
         let grace = async {
@@ -166,7 +164,7 @@ async fn run_elected(
         LeaderEnd::Controller(result) => {
             drop(election);
             release(&elector).await;
-            result.map_err(Into::into)
+            result
         }
         LeaderEnd::GraceExpired => {
             tracing::warn!(grace = ?GRACE, "in-flight reconciles did not finish in time; stopping anyway");
@@ -184,6 +182,35 @@ async fn run_elected(
             Err(lost(end))
         }
     }
+}
+
+/// The instance, fleet and schedule controllers side by side, under the same leadership and shutdown; a start-up
+/// error of any ends all.
+async fn run_controllers(
+    client: kube::Client,
+    api: AdminClient,
+    config: controller::ControllerConfig,
+    metrics: Arc<Metrics>,
+    fence: Arc<crate::leader::Fence>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let shutdown = shutdown.shared();
+    let fleet_config = crate::controllers::fleet::FleetConfig::following(&config);
+    let schedule_config = crate::controllers::schedule::ScheduleConfig::following(&config);
+    let instances = controller::run(
+        client.clone(),
+        api.clone(),
+        config,
+        metrics,
+        fence.clone(),
+        shutdown.clone(),
+    )
+    .map(|r| r.map_err(anyhow::Error::from));
+    let fleets = crate::controllers::fleet::run(client.clone(), api, fleet_config, fence, shutdown.clone())
+        .map(|r| r.map_err(anyhow::Error::from));
+    let schedules =
+        crate::controllers::schedule::run(client, schedule_config, shutdown).map(|r| r.map_err(anyhow::Error::from));
+    tokio::try_join!(instances, fleets, schedules).map(|_| ())
 }
 
 fn lost(end: Result<(), crate::leader::LeaseError>) -> anyhow::Error {

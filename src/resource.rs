@@ -261,6 +261,14 @@ pub fn crds() -> Vec<(
     vec![
         ("computeinstanceactions.yaml", ComputeInstanceAction::crd()),
         ("computeaccesspolicies.yaml", crate::policy::ComputeAccessPolicy::crd()),
+        (
+            "computefleetactions.yaml",
+            crate::controllers::fleet::ComputeFleetAction::crd(),
+        ),
+        (
+            "computepowerschedules.yaml",
+            crate::controllers::schedule::resource::ComputePowerSchedule::crd(),
+        ),
     ]
 }
 

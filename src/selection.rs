@@ -42,7 +42,9 @@ pub struct InstanceSelector {
     pub status: Option<String>,
     /// Explicit instance IDs (each a safe path segment). With filters set too, an ID must also match them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 500))]
+    // Items are bounded too: without maxLength the API server estimates the CEL rule's cost as too high and
+    // refuses the CRD.
+    #[schemars(length(max = 500), inner(length(min = 1, max = 128)))]
     #[x_kube(
         validation = Rule::new("self.all(id, id.matches('^[A-Za-z0-9]([A-Za-z0-9_:-]|[.][A-Za-z0-9_:-])*$') && size(id) <= 128)")
             .message("each of instanceIds must start with a letter or digit, contain only letters, digits, '.', '_', ':' or '-' (no '..'), and be at most 128 characters")

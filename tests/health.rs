@@ -162,7 +162,16 @@ async fn run_controller(
     config.concurrency = concurrency;
     let controller = tokio::spawn(async move {
         let never = std::future::pending::<()>();
-        if let Err(e) = controller::run(client, api, config, metrics, compute_operator::leader::Fence::always_open(), never).await {
+        if let Err(e) = controller::run(
+            client,
+            api,
+            config,
+            metrics,
+            compute_operator::leader::Fence::always_open(),
+            never,
+        )
+        .await
+        {
             panic!("controller failed: {e}");
         }
     });

@@ -48,6 +48,8 @@ use support::*;
 
 const CHART: &str = "charts/compute-operator";
 const CIA: &str = "computeinstanceactions.compute.threatwinds.com";
+const CFA: &str = "computefleetactions.compute.threatwinds.com";
+const CPS: &str = "computepowerschedules.compute.threatwinds.com";
 const POLICY_CRD: &str = "computeaccesspolicies.compute.threatwinds.com";
 const SIM_TOKEN: &str = "dev-admin-token";
 
@@ -459,8 +461,15 @@ fn grant_set(list: &[(&str, &str, &[&str])]) -> BTreeSet<Grant> {
 /// What the controller needs in a namespace it serves.
 fn controller_grants() -> BTreeSet<Grant> {
     grant_set(&[
-        (CIA, "", &["get", "list", "watch"]),
+        // create/delete/patch: a fleet's children.
+        (CIA, "", &["get", "list", "watch", "create", "delete", "patch"]),
         (&format!("{CIA}/status"), "", &["patch", "update"]),
+        // create/delete/patch: a schedule's children.
+        (CFA, "", &["get", "list", "watch", "create", "delete", "patch"]),
+        (&format!("{CFA}/status"), "", &["patch", "update"]),
+        (CPS, "", &["get", "list", "watch"]),
+        (&format!("{CPS}/status"), "", &["patch", "update"]),
+        (&format!("{CPS}/finalizers"), "", &["update"]),
         ("events", "", &["create", "patch"]),
         ("events.events.k8s.io", "", &["create", "patch"]),
     ])
@@ -595,7 +604,9 @@ fn no(args: &[&str]) -> (bool, Vec<String>) {
     (false, args.iter().map(|s| (*s).to_owned()).collect())
 }
 
-/// What no install grants: Secrets, a wildcard, creating or deleting the resource (or writing its spec).
+/// What no install grants: Secrets, a wildcard, replacing an instance action's or fleet's spec, creating, deleting
+/// or writing a schedule (the operator creates and deletes only children: instance actions of a fleet, fleets of a
+/// schedule).
 fn never(ns: &str) -> Vec<(bool, Vec<String>)> {
     vec![
         no(&["list", "secrets", "--all-namespaces"]),
@@ -605,9 +616,12 @@ fn never(ns: &str) -> Vec<(bool, Vec<String>)> {
         no(&["get", "secrets", "-n", ns]),
         no(&["*", "*", "--all-namespaces"]),
         no(&["*", "*", "-n", ns]),
-        no(&["create", CIA, "-n", ns]),
-        no(&["delete", CIA, "-n", ns]),
         no(&["update", CIA, "-n", ns]),
+        no(&["update", CFA, "-n", ns]),
+        no(&["create", CPS, "-n", ns]),
+        no(&["delete", CPS, "-n", ns]),
+        no(&["update", CPS, "-n", ns]),
+        no(&["patch", CPS, "-n", ns]),
     ]
 }
 
@@ -703,7 +717,7 @@ async fn cluster_wide_install_is_enough_and_no_more() {
     let mut cases = never(&work);
     cases.extend([
         no(&["list", "secrets", "-n", &r.namespace]),
-        no(&["delete", CIA, "--all-namespaces"]),
+        no(&["delete", CPS, "--all-namespaces"]),
         no(&["create", "leases", "-n", &r.namespace]),
         no(&["update", "leases", "-n", &r.namespace]),
         no(&["get", "leases", "--all-namespaces"]),

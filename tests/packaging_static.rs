@@ -280,12 +280,39 @@ fn controller_grants() -> BTreeSet<Grant> {
         (
             "compute.threatwinds.com",
             "computeinstanceactions",
-            &["get", "list", "watch"],
+            // create/delete/patch: the fleet controller's children.
+            &["get", "list", "watch", "create", "delete", "patch"],
         ),
         (
             "compute.threatwinds.com",
             "computeinstanceactions/status",
             &["patch", "update"],
+        ),
+        (
+            "compute.threatwinds.com",
+            "computefleetactions",
+            // create/delete/patch: the schedule controller's children.
+            &["get", "list", "watch", "create", "patch", "delete"],
+        ),
+        (
+            "compute.threatwinds.com",
+            "computefleetactions/status",
+            &["patch", "update"],
+        ),
+        (
+            "compute.threatwinds.com",
+            "computepowerschedules",
+            &["get", "list", "watch"],
+        ),
+        (
+            "compute.threatwinds.com",
+            "computepowerschedules/status",
+            &["patch", "update"],
+        ),
+        (
+            "compute.threatwinds.com",
+            "computepowerschedules/finalizers",
+            &["update"],
         ),
         ("events.k8s.io", "events", &["create", "patch"]),
         ("", "events", &["create", "patch"]),
@@ -1244,15 +1271,13 @@ fn deploy_base_is_what_render_deploy_sh_produces() {
         .into_iter()
         .map(name)
         .collect();
-    assert_eq!(
-        crds,
-        [
-            "computeaccesspolicies.compute.threatwinds.com",
-            "computeinstanceactions.compute.threatwinds.com"
-        ]
-        .into_iter()
-        .collect()
-    );
+    // Every CRD of crds/, no other.
+    let generated: BTreeSet<String> = files(&root().join("crds"))
+        .into_values()
+        .map(|bytes| name(&parse_stream(&String::from_utf8(bytes).unwrap())[0]).to_string())
+        .collect();
+    assert!(generated.contains("computefleetactions.compute.threatwinds.com"));
+    assert_eq!(crds, generated.iter().map(String::as_str).collect());
     let objects: Vec<Value> = docs
         .iter()
         .filter(|d| !matches!(kind(d), "Namespace" | "CustomResourceDefinition"))
@@ -1285,8 +1310,11 @@ fn examples_cover_every_desired_state_for_the_demo_instances() {
         assert_eq!(docs.len(), 1, "{file}: one object per file");
         let o = &docs[0];
         assert_eq!(str_at(o, &["apiVersion"]), "compute.threatwinds.com/v1alpha1", "{file}");
-        assert_eq!(kind(o), "ComputeInstanceAction", "{file}");
         assert!(namespace(o).is_none(), "{file}: no namespace, kubectl chooses");
+        // Fleets (and other kinds) are checked against their own CRD in examples_match_the_crd_schema.
+        if kind(o) != "ComputeInstanceAction" {
+            continue;
+        }
         let id = str_at(o, &["spec", "instanceId"]);
         assert!(
             DEMO_INSTANCES.contains(&id),
@@ -1324,20 +1352,26 @@ fn examples_match_the_crd_schema() {
         root().join(CRD_SOURCE).is_file(),
         "{CRD_SOURCE} does not exist yet (generated from the Rust types)"
     );
-    let crd: Value = serde_yaml::from_str(&read(CRD_SOURCE)).unwrap();
-    let versions = s(&crd, &["spec", "versions"])
-        .and_then(Value::as_sequence)
-        .expect("versions");
-    let v1alpha1 = versions
-        .iter()
-        .find(|v| str_at(v, &["name"]) == "v1alpha1")
-        .expect("v1alpha1 in the CRD");
-    let spec_schema = s(v1alpha1, &["schema", "openAPIV3Schema", "properties", "spec"]).expect("spec schema");
-    let props = s(spec_schema, &["properties"])
-        .and_then(Value::as_mapping)
-        .expect("spec properties");
     for (file, bytes) in files(&root().join("deploy/examples")) {
         let o: Value = serde_yaml::from_slice(&bytes).unwrap();
+        // The CRD of the example's kind: crds/<lowercase kind>s.yaml.
+        let crd_file = format!("crds/{}s.yaml", kind(&o).to_lowercase());
+        assert!(
+            root().join(&crd_file).is_file(),
+            "{file}: no CRD {crd_file} for its kind"
+        );
+        let crd: Value = serde_yaml::from_str(&read(&crd_file)).unwrap();
+        let versions = s(&crd, &["spec", "versions"])
+            .and_then(Value::as_sequence)
+            .expect("versions");
+        let v1alpha1 = versions
+            .iter()
+            .find(|v| str_at(v, &["name"]) == "v1alpha1")
+            .expect("v1alpha1 in the CRD");
+        let spec_schema = s(v1alpha1, &["schema", "openAPIV3Schema", "properties", "spec"]).expect("spec schema");
+        let props = s(spec_schema, &["properties"])
+            .and_then(Value::as_mapping)
+            .expect("spec properties");
         for (k, v) in s(&o, &["spec"]).and_then(Value::as_mapping).unwrap() {
             let key = k.as_str().unwrap();
             let prop = props
@@ -1643,21 +1677,68 @@ fn argocd_health_failed_phase_without_stalled_is_degraded() {
 }
 
 #[test]
+fn argocd_health_covers_fleets() {
+    let fleet = |status: serde_json::Value| {
+        json!({
+            "apiVersion": "compute.threatwinds.com/v1alpha1",
+            "kind": "ComputeFleetAction",
+            "metadata": {"name": "f", "namespace": "default", "generation": 2, "uid": "0001"},
+            "spec": {"selector": {"zone": "z"}, "desiredState": "restarted", "requestId": "r1"},
+            "status": status,
+        })
+    };
+    let over_budget = fleet(json!({"observedGeneration": 2, "conditions": [
+        cond("Ready", "False", "FailureBudgetExceeded", "2 failed", 2),
+        cond("Stalled", "True", "FailureBudgetExceeded", "2 failed", 2)]}));
+    assert_eq!(health(over_budget), ("Degraded".into(), "2 failed".into()));
+    let paused = fleet(json!({"observedGeneration": 2, "conditions": [
+        cond("Ready", "False", "Paused", "paused", 2), cond("Reconciling", "True", "Paused", "paused", 2)]}));
+    assert_eq!(health(paused).0, "Suspended");
+    let done =
+        fleet(json!({"observedGeneration": 2, "conditions": [cond("Ready", "True", "Succeeded", "12 succeeded", 2)]}));
+    assert_eq!(health(done), ("Healthy".into(), "12 succeeded".into()));
+}
+
+#[test]
+fn argocd_health_covers_schedules() {
+    let schedule = |status: serde_json::Value| {
+        json!({
+            "apiVersion": "compute.threatwinds.com/v1alpha1",
+            "kind": "ComputePowerSchedule",
+            "metadata": {"name": "s", "namespace": "default", "generation": 1, "uid": "0002"},
+            "spec": {"selector": {"zone": "z"}, "timeZone": "Europe/Madrid",
+                     "events": [{"at": "07:00", "state": "running"}]},
+            "status": status,
+        })
+    };
+    let waiting = schedule(json!({"observedGeneration": 1, "conditions": [
+        cond("Ready", "True", "Waiting", "next: running at 2026-12-02T06:00:00+00:00", 1)]}));
+    assert_eq!(health(waiting).0, "Healthy");
+    let rolling = schedule(json!({"observedGeneration": 1, "conditions": [
+        cond("Ready", "False", "EventInProgress", "rolling out", 1),
+        cond("Reconciling", "True", "EventInProgress", "rolling out", 1)]}));
+    assert_eq!(health(rolling).0, "Progressing");
+    let bad_zone = schedule(json!({"observedGeneration": 1, "conditions": [
+        cond("Ready", "False", "InvalidTimeZone", "timeZone \"Europe/Madird\" is not a known IANA time zone", 1),
+        cond("Stalled", "True", "InvalidTimeZone", "timeZone \"Europe/Madird\" is not a known IANA time zone", 1)]}));
+    let (status, message) = health(bad_zone);
+    assert_eq!(status, "Degraded");
+    assert!(message.contains("Europe/Madird"), "{message}");
+}
+
+#[test]
 fn argocd_cm_patch_embeds_health_lua_verbatim() {
     let patch: Value = serde_yaml::from_str(&read("deploy/argocd/argocd-cm-patch.yaml")).expect("patch YAML");
     assert_eq!(kind(&patch), "ConfigMap");
     assert_eq!(name(&patch), "argocd-cm");
-    let script = str_at(
-        &patch,
-        &[
-            "data",
-            "resource.customizations.health.compute.threatwinds.com_ComputeInstanceAction",
-        ],
-    );
-    assert!(
-        script == read("deploy/argocd/health.lua"),
-        "deploy/argocd/argocd-cm-patch.yaml does not carry deploy/argocd/health.lua verbatim; run tests/packaging/render-deploy.sh"
-    );
+    for kind in ["ComputeInstanceAction", "ComputeFleetAction", "ComputePowerSchedule"] {
+        let key = format!("resource.customizations.health.compute.threatwinds.com_{kind}");
+        let script = str_at(&patch, &["data", key.as_str()]);
+        assert!(
+            script == read("deploy/argocd/health.lua"),
+            "deploy/argocd/argocd-cm-patch.yaml does not carry deploy/argocd/health.lua verbatim for {kind}; run tests/packaging/render-deploy.sh"
+        );
+    }
     let readme = read("deploy/argocd/README.md");
     assert!(readme.contains("resource.customizations.health.compute.threatwinds.com_ComputeInstanceAction"));
 }

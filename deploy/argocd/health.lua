@@ -1,10 +1,11 @@
--- Argo CD health check for compute.threatwinds.com/ComputeInstanceAction.
--- Register it in argocd-cm under resource.customizations.health.compute.threatwinds.com_ComputeInstanceAction
+-- Argo CD health check for compute.threatwinds.com/ComputeInstanceAction and ComputeFleetAction (both report
+-- kstatus conditions). Register it in argocd-cm under resource.customizations.health.compute.threatwinds.com_<Kind>
 -- (see README.md). Plain Lua 5.1 (Argo CD runs gopher-lua); `obj` is the live object.
 --
 --   status.observedGeneration < metadata.generation  -> Progressing (the operator has not seen the spec yet)
 --   spec.suspend with Ready reason Suspended           -> Suspended
 --   Stalled=True                                      -> Degraded (message from the condition)
+--   Reconciling=True, reason Paused                   -> Suspended (a fleet with spec.paused)
 --   Reconciling=True                                  -> Progressing
 --   Ready=True                                        -> Healthy (also for a declared `stopped` that is stopped)
 --   status.phase Failed (without the above)           -> Degraded (status.message)
@@ -62,6 +63,11 @@ end
 
 local reconciling = condition(conditions, "Reconciling")
 if reconciling ~= nil and reconciling.status == "True" then
+  if reconciling.reason == "Paused" then
+    hs.status = "Suspended"
+    hs.message = describe(reconciling, "Paused")
+    return hs
+  end
   hs.status = "Progressing"
   hs.message = describe(reconciling, "Reconciling")
   return hs

@@ -3,6 +3,8 @@
 //!
 //! `instance` acts on one instance per ComputeInstanceAction; fleets and schedules compose it.
 pub mod conditions;
+pub mod fleet;
 pub mod fleet_view;
 pub mod index;
 pub mod instance;
+pub mod schedule;

@@ -21,6 +21,8 @@ pub fn cache_root() -> PathBuf {
 #[derive(Clone, Debug)]
 pub struct Binaries {
     pub kube_apiserver: PathBuf,
+    /// Runs the garbage collector (owner references) and the namespace controller, as in a real cluster.
+    pub kube_controller_manager: PathBuf,
     pub etcd: PathBuf,
 }
 
@@ -54,7 +56,7 @@ fn is_executable(p: &Path) -> bool {
 }
 
 impl Binaries {
-    /// From env (`KUBE_APISERVER_BIN`, `ETCD_BIN`) or the cache.
+    /// From env (`KUBE_APISERVER_BIN`, `KUBE_CONTROLLER_MANAGER_BIN`, `ETCD_BIN`) or the cache.
     pub fn locate() -> Result<Self, Missing> {
         let root = cache_root();
         Ok(Self {
@@ -62,6 +64,11 @@ impl Binaries {
                 "kube-apiserver",
                 "KUBE_APISERVER_BIN",
                 root.join(format!("k8s-{K8S_VERSION}")).join("kube-apiserver"),
+            )?,
+            kube_controller_manager: locate(
+                "kube-controller-manager",
+                "KUBE_CONTROLLER_MANAGER_BIN",
+                root.join(format!("k8s-{K8S_VERSION}")).join("kube-controller-manager"),
             )?,
             etcd: locate(
                 "etcd",

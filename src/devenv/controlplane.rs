@@ -1,4 +1,6 @@
-//! A real local control plane: etcd and kube-apiserver on free loopback ports, the way envtest runs them.
+//! A real local control plane: etcd and kube-apiserver on free loopback ports, the way envtest runs them, plus
+//! kube-controller-manager running only the garbage collector and the namespace controller (owner references
+//! and namespace deletion behave as in a real cluster).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -22,6 +24,7 @@ pub struct ControlPlane {
     pub dir: PathBuf,
     ca_pem: Vec<u8>,
     apiserver: Option<Guarded>,
+    controller_manager: Option<Guarded>,
     etcd: Option<Guarded>,
     _tmp: Option<tempfile::TempDir>,
     apiserver_cmd: Option<Command>,
@@ -125,6 +128,7 @@ impl ControlPlane {
             dir: dir.to_path_buf(),
             ca_pem: Vec::new(),
             apiserver: Some(apiserver),
+            controller_manager: None,
             etcd: Some(etcd),
             _tmp: None,
             apiserver_cmd: Some(apiserver_cmd),
@@ -133,8 +137,35 @@ impl ControlPlane {
         cp.ca_pem = std::fs::read(dir.join("certs/apiserver.crt")).context("reading the serving certificate")?;
         std::fs::write(&cp.kubeconfig, cp.kubeconfig_yaml())?;
         cp.install_crds().await?;
+        cp.start_controller_manager(binaries)?;
         tracing::info!(url = %cp.url, secs = started.elapsed().as_secs_f64(), "control plane ready");
         Ok(cp)
+    }
+
+    /// Starts kube-controller-manager with the admin kubeconfig: only the garbage collector and the namespace
+    /// controller, no leader election, no serving port (`--secure-port=0`), so several control planes can run
+    /// side by side.
+    fn start_controller_manager(&mut self, binaries: &Binaries) -> anyhow::Result<()> {
+        let log = std::fs::File::create(self.dir.join("kube-controller-manager.log"))?;
+        let mut cmd = Command::new(&binaries.kube_controller_manager);
+        cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .arg("--controllers=garbagecollector,namespace")
+            .arg("--leader-elect=false")
+            .arg("--secure-port=0")
+            .arg("--v=1")
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log));
+        let mut process = Guarded::spawn("kube-controller-manager", cmd).context("starting kube-controller-manager")?;
+        // A bad flag or kubeconfig ends it at once: report that here rather than as missing garbage collection.
+        std::thread::sleep(Duration::from_millis(500));
+        if let Some(status) = process.exited() {
+            bail!(
+                "kube-controller-manager exited ({status}) during start-up:\n{}",
+                self.log_tail("kube-controller-manager")
+            );
+        }
+        self.controller_manager = Some(process);
+        Ok(())
     }
 
     /// Polls `/readyz` until it answers 200; fails with the tail of the logs if a process exits.
@@ -146,10 +177,14 @@ impl ControlPlane {
             .build()?;
         let deadline = Instant::now() + limit;
         loop {
-            let exited = [self.etcd.as_mut(), self.apiserver.as_mut()]
-                .into_iter()
-                .flatten()
-                .find_map(|p| p.exited().map(|status| (p.name, status)));
+            let exited = [
+                self.etcd.as_mut(),
+                self.apiserver.as_mut(),
+                self.controller_manager.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
+            .find_map(|p| p.exited().map(|status| (p.name, status)));
             if let Some((name, status)) = exited {
                 bail!("{name} exited ({status}) during start-up:\n{}", self.log_tail(name));
             }
@@ -244,6 +279,9 @@ impl ControlPlane {
 
     /// Stops both processes (also done on drop).
     pub fn stop(&mut self) {
+        if let Some(mut p) = self.controller_manager.take() {
+            p.stop(Duration::from_secs(5));
+        }
         if let Some(mut p) = self.apiserver.take() {
             p.stop(Duration::from_secs(10));
         }
@@ -253,11 +291,15 @@ impl ControlPlane {
     }
 
     pub fn pids(&self) -> Vec<u32> {
-        [self.etcd.as_ref(), self.apiserver.as_ref()]
-            .into_iter()
-            .flatten()
-            .map(Guarded::pid)
-            .collect()
+        [
+            self.etcd.as_ref(),
+            self.apiserver.as_ref(),
+            self.controller_manager.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(Guarded::pid)
+        .collect()
     }
 }
 

@@ -2,6 +2,9 @@
 //! per test. If the control plane cannot start, tests fail with the reason (they never skip).
 #![allow(dead_code)]
 
+pub mod fleet;
+pub mod schedule;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -271,4 +274,69 @@ pub fn audit_for(sim: &SimServer, instance: &str) -> Vec<String> {
 
 pub fn name_of(o: &ComputeInstanceAction) -> String {
     o.name_any()
+}
+
+/// Fleet controller settings for tests: fast relisting and polling.
+pub fn test_fleet_config(ns: &str) -> compute_operator::controllers::fleet::FleetConfig {
+    compute_operator::controllers::fleet::FleetConfig {
+        namespaces: vec![ns.to_owned()],
+        settings: compute_operator::controllers::fleet::plan::FleetSettings {
+            relist: Duration::from_secs(2),
+            poll: Duration::from_secs(2),
+        },
+        ..Default::default()
+    }
+}
+
+/// The fleet controller running in this process (next to an instance controller from `start_controller`).
+pub async fn start_fleet_controller(
+    sim: &SimServer,
+    token: &str,
+    config: compute_operator::controllers::fleet::FleetConfig,
+) -> RunningController {
+    let api = admin_client_for(sim, token);
+    let client = client().await;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = rx.await;
+        };
+        let fence = compute_operator::leader::Fence::always_open();
+        if let Err(e) = compute_operator::controllers::fleet::run(client, api, config, fence, shutdown).await {
+            panic!("fleet controller failed: {e}");
+        }
+    });
+    RunningController {
+        metrics: Metrics::new(),
+        stop: Some(tx),
+        task: Some(task),
+    }
+}
+
+/// The schedule controller for one namespace with a clock tests may shift; stops when dropped.
+pub async fn start_schedule_controller(
+    ns: &str,
+    clock: compute_operator::controllers::schedule::Clock,
+) -> RunningController {
+    let client = client().await;
+    let config = compute_operator::controllers::schedule::ScheduleConfig {
+        namespaces: vec![ns.to_owned()],
+        clock,
+        error_backoff: compute_operator::api::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2)),
+        ..Default::default()
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = rx.await;
+        };
+        if let Err(e) = compute_operator::controllers::schedule::run(client, config, shutdown).await {
+            panic!("schedule controller failed: {e}");
+        }
+    });
+    RunningController {
+        metrics: Metrics::new(),
+        stop: Some(tx),
+        task: Some(task),
+    }
 }

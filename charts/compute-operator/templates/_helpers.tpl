@@ -104,10 +104,29 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "compute-operator.rules" -}}
 - apiGroups: ["compute.threatwinds.com"]
   resources: ["computeinstanceactions"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get", "list", "watch", "create", "delete", "patch"]
 - apiGroups: ["compute.threatwinds.com"]
   resources: ["computeinstanceactions/status"]
   verbs: ["patch", "update"]
+# Fleets: manage their child ComputeInstanceActions (above), read them, write their status; schedules create,
+# suspend and delete them as their children.
+- apiGroups: ["compute.threatwinds.com"]
+  resources: ["computefleetactions"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["compute.threatwinds.com"]
+  resources: ["computefleetactions/status"]
+  verbs: ["patch", "update"]
+# Power schedules: read them and write their status.
+- apiGroups: ["compute.threatwinds.com"]
+  resources: ["computepowerschedules"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["compute.threatwinds.com"]
+  resources: ["computepowerschedules/status"]
+  verbs: ["patch", "update"]
+# Children carry blockOwnerDeletion, which needs this where OwnerReferencesPermissionEnforcement is on.
+- apiGroups: ["compute.threatwinds.com"]
+  resources: ["computepowerschedules/finalizers"]
+  verbs: ["update"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

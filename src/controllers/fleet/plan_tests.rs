@@ -1,0 +1,500 @@
+//! Table tests of the fleet planner.
+
+use chrono::TimeZone;
+
+use super::*;
+use crate::controllers::conditions::{READY, RECONCILING, STALLED};
+use crate::resource::Enforcement;
+use crate::selection::MaxConcurrent;
+
+fn t(s: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_800_000_000 + s, 0).unwrap()
+}
+
+fn spec(desired: &str, extra: serde_json::Value) -> ComputeFleetActionSpec {
+    let mut v = serde_json::json!({"selector": {"zone": "z1"}, "desiredState": desired});
+    if desired == "restarted" || desired == "reset" {
+        v["requestId"] = "r1".into();
+    }
+    for (k, val) in extra.as_object().unwrap() {
+        v[k] = val.clone();
+    }
+    serde_json::from_value(v).unwrap()
+}
+
+fn selection(ids: &[&str]) -> Selection {
+    Selection {
+        listed_at: t(0),
+        candidates: ids
+            .iter()
+            .map(|id| Candidate {
+                id: id.to_string(),
+                status: Some(InstanceStatus::Running),
+                denied: id.starts_with("deny"),
+            })
+            .collect(),
+    }
+}
+
+fn child(s: &ComputeFleetActionSpec, id: &str, outcome: Outcome) -> ChildView {
+    let one_shot = !s.desired_state.is_level();
+    let rid = if one_shot { s.request_id.clone() } else { None };
+    ChildView {
+        name: child_name(
+            "fleet",
+            &ChildKey {
+                fleet_uid: "uid",
+                instance_id: id,
+                desired_state: s.desired_state,
+                request_id: rid.as_deref(),
+            },
+        ),
+        instance_id: id.into(),
+        desired_state: s.desired_state,
+        request_id: rid,
+        synced: SyncedFields::of_fleet(s),
+        outcome,
+    }
+}
+
+fn run(
+    s: &ComputeFleetActionSpec,
+    status: &ComputeFleetActionStatus,
+    sel: Option<&Selection>,
+    children: &[ChildView],
+    now: DateTime<Utc>,
+) -> Plan {
+    plan(&PlanInput {
+        fleet_name: "fleet",
+        fleet_uid: "uid",
+        generation: Some(1),
+        spec: s,
+        status,
+        selection: sel,
+        children,
+        now,
+        settings: FleetSettings::default(),
+    })
+}
+
+fn created(p: &Plan) -> Vec<&str> {
+    p.create.iter().map(|c| c.instance_id.as_str()).collect()
+}
+
+fn cond<'a>(p: &'a Plan, type_: &str) -> &'a crate::resource::Condition {
+    p.status.conditions.iter().find(|c| c.type_ == type_).unwrap()
+}
+
+fn is_true(p: &Plan, type_: &str, reason: &str) -> bool {
+    let c = cond(p, type_);
+    c.status == "True" && c.reason == reason
+}
+
+const FIVE: [&str; 5] = ["i-1", "i-2", "i-3", "i-4", "i-5"];
+
+#[test]
+fn one_shot_takes_a_snapshot_and_starts_up_to_the_cap() {
+    let s = spec("restarted", serde_json::json!({"strategy": {"maxConcurrent": 2}}));
+    let p = run(&s, &Default::default(), Some(&selection(&FIVE)), &[], t(1));
+    assert_eq!(created(&p), ["i-1", "i-2"]);
+    let snap = p.status.snapshot.as_ref().unwrap();
+    assert_eq!(snap.instance_ids, FIVE);
+    assert_eq!((snap.request_id.as_str(), snap.taken_at), ("r1", t(0)));
+    assert_eq!((p.status.selected, p.status.in_progress, p.status.pending), (5, 2, 3));
+    assert!(is_true(&p, RECONCILING, "RollingOut"));
+    // The reconciler records what it created; the next round does not create them again.
+    let mut status = p.status.clone();
+    record_started(&mut status, &p.create);
+    assert_eq!(status.snapshot.as_ref().unwrap().started_ids, ["i-1", "i-2"]);
+}
+
+#[test]
+fn never_more_than_max_concurrent_in_flight() {
+    let s = spec("restarted", serde_json::json!({"strategy": {"maxConcurrent": 3}}));
+    let first = run(&s, &Default::default(), Some(&selection(&FIVE)), &[], t(1));
+    // (children, expected new ones)
+    let rows: Vec<(Vec<ChildView>, Vec<&str>)> = vec![
+        (vec![], vec!["i-1", "i-2", "i-3"]),
+        (
+            vec![
+                child(&s, "i-1", Outcome::InProgress),
+                child(&s, "i-2", Outcome::InProgress),
+                child(&s, "i-3", Outcome::InProgress),
+            ],
+            vec![],
+        ),
+        (
+            vec![
+                child(&s, "i-1", Outcome::Succeeded),
+                child(&s, "i-2", Outcome::InProgress),
+                child(&s, "i-3", Outcome::InProgress),
+            ],
+            vec!["i-4"],
+        ),
+        (
+            vec![
+                child(&s, "i-1", Outcome::Succeeded),
+                child(&s, "i-2", Outcome::Succeeded),
+                child(&s, "i-3", Outcome::Succeeded),
+            ],
+            vec!["i-4", "i-5"],
+        ),
+    ];
+    for (children, want) in rows {
+        // The snapshot is reused: no selection is passed.
+        let p = run(&s, &first.status, None, &children, t(2));
+        assert_eq!(created(&p), want, "{children:?}");
+        assert!(p.status.in_progress <= 3);
+    }
+}
+
+#[test]
+fn percentage_cap_is_of_the_selection() {
+    let s = spec("stopped", serde_json::json!({"strategy": {"maxConcurrent": "40%"}}));
+    let p = run(&s, &Default::default(), Some(&selection(&FIVE)), &[], t(1));
+    assert_eq!(created(&p).len(), 2);
+    assert_eq!(s.strategy.max_concurrent, MaxConcurrent::Percent("40%".into()));
+}
+
+#[test]
+fn snapshot_ignores_later_instances_but_levels_follow() {
+    let one = spec("restarted", serde_json::json!({"strategy": {"maxConcurrent": 10}}));
+    let first = run(&one, &Default::default(), Some(&selection(&["i-1", "i-2"])), &[], t(1));
+    let children = [
+        child(&one, "i-1", Outcome::Succeeded),
+        child(&one, "i-2", Outcome::Succeeded),
+    ];
+    // A later listing (e.g. cached) with a new instance does not widen the snapshot.
+    let p = run(
+        &one,
+        &first.status,
+        Some(&selection(&["i-1", "i-2", "i-9"])),
+        &children,
+        t(5),
+    );
+    assert!(p.create.is_empty());
+    assert!(is_true(&p, READY, "Succeeded"), "{:?}", p.status.conditions);
+    assert_eq!(p.status.selected, 2);
+    // A new requestId is a new run over a new snapshot.
+    let mut two = one.clone();
+    two.request_id = Some("r2".into());
+    let p = run(
+        &two,
+        &first.status,
+        Some(&selection(&["i-1", "i-2", "i-9"])),
+        &children,
+        t(6),
+    );
+    assert_eq!(created(&p), ["i-1", "i-2", "i-9"]);
+    assert_eq!(p.delete.len(), 2, "the finished children of run r1 go");
+    // Levels follow the selection.
+    let lvl = spec("stopped", serde_json::json!({"strategy": {"maxConcurrent": 10}}));
+    let children = [
+        child(&lvl, "i-1", Outcome::Succeeded),
+        child(&lvl, "i-2", Outcome::Succeeded),
+    ];
+    let p = run(
+        &lvl,
+        &Default::default(),
+        Some(&selection(&["i-1", "i-2"])),
+        &children,
+        t(1),
+    );
+    assert!(p.create.is_empty() && is_true(&p, READY, "Succeeded"));
+    let p = run(
+        &lvl,
+        &p.status,
+        Some(&selection(&["i-1", "i-2", "i-9"])),
+        &children,
+        t(70),
+    );
+    assert_eq!(created(&p), ["i-9"]);
+    // An instance that left a `status: running` selection after being stopped is still counted.
+    let p = run(&lvl, &p.status, Some(&selection(&["i-9"])), &children, t(140));
+    assert_eq!(p.status.selected, 3);
+}
+
+#[test]
+fn failure_budget_stops_the_rollout() {
+    let s = spec(
+        "reset",
+        serde_json::json!({"strategy": {"maxConcurrent": 2, "maxFailures": 1}}),
+    );
+    let first = run(&s, &Default::default(), Some(&selection(&FIVE)), &[], t(1));
+    let failed = |id| {
+        child(
+            &s,
+            id,
+            Outcome::Failed {
+                reason: "InvalidInstanceState".into(),
+            },
+        )
+    };
+    // One failure is within the budget.
+    let p = run(
+        &s,
+        &first.status,
+        None,
+        &[failed("i-1"), child(&s, "i-2", Outcome::InProgress)],
+        t(2),
+    );
+    assert_eq!(created(&p), ["i-3"]);
+    // The second is not: nothing new starts; the one in flight finishes.
+    let p = run(
+        &s,
+        &first.status,
+        None,
+        &[failed("i-1"), failed("i-2"), child(&s, "i-3", Outcome::InProgress)],
+        t(3),
+    );
+    assert!(p.create.is_empty());
+    assert!(is_true(&p, STALLED, "FailureBudgetExceeded"));
+    assert_eq!(p.status.failed_ids, ["i-1", "i-2"]);
+    assert!(cond(&p, READY).status == "False");
+    // With maxFailures 0 the first failure stops it.
+    let strict = spec("reset", serde_json::json!({"strategy": {"maxConcurrent": 2}}));
+    let first = run(&strict, &Default::default(), Some(&selection(&FIVE)), &[], t(1));
+    let p = run(
+        &strict,
+        &first.status,
+        None,
+        &[child(
+            &strict,
+            "i-1",
+            Outcome::Failed {
+                reason: "Timeout".into(),
+            },
+        )],
+        t(2),
+    );
+    assert!(p.create.is_empty() && is_true(&p, STALLED, "FailureBudgetExceeded"));
+}
+
+#[test]
+fn tolerated_failures_end_ready_with_their_reason() {
+    let s = spec(
+        "running",
+        serde_json::json!({"strategy": {"maxConcurrent": 5, "maxFailures": 1}}),
+    );
+    let mut children: Vec<ChildView> = FIVE[..4].iter().map(|id| child(&s, id, Outcome::Succeeded)).collect();
+    children.push(child(
+        &s,
+        "i-5",
+        Outcome::Failed {
+            reason: "Timeout".into(),
+        },
+    ));
+    let p = run(&s, &Default::default(), Some(&selection(&FIVE)), &children, t(1));
+    assert!(is_true(&p, READY, "CompletedWithFailures"));
+    assert_eq!((p.status.succeeded, p.status.failed), (4, 1));
+}
+
+#[test]
+fn paused_and_suspended_start_nothing_and_resume_where_they_stopped() {
+    let s = spec(
+        "restarted",
+        serde_json::json!({"paused": true, "strategy": {"maxConcurrent": 2}}),
+    );
+    let p = run(&s, &Default::default(), Some(&selection(&FIVE)), &[], t(1));
+    assert!(p.create.is_empty());
+    assert!(
+        p.status.snapshot.is_some(),
+        "the run's snapshot is taken even while paused"
+    );
+    assert!(is_true(&p, RECONCILING, "Paused"));
+    let mut resumed = s.clone();
+    resumed.paused = false;
+    let children = [child(&resumed, "i-1", Outcome::Succeeded)];
+    let p = run(&resumed, &p.status, None, &children, t(2));
+    assert_eq!(created(&p), ["i-2", "i-3"]);
+
+    let mut suspended = resumed.clone();
+    suspended.suspend = true;
+    let children = [child(&resumed, "i-1", Outcome::InProgress)];
+    let p = run(&suspended, &p.status, None, &children, t(3));
+    assert!(p.create.is_empty() && is_true(&p, RECONCILING, "Suspended"));
+    assert_eq!(p.sync, [children[0].name.clone()], "children are suspended too");
+}
+
+#[test]
+fn dry_run_reports_and_creates_nothing() {
+    let s = spec("stopped", serde_json::json!({"dryRun": true}));
+    let mut sel = selection(&["i-1", "i-2", "deny-1", "i-3"]);
+    sel.candidates[2].status = Some(InstanceStatus::Running);
+    sel.candidates[1].status = Some(InstanceStatus::Stopped);
+    let p = run(&s, &Default::default(), Some(&sel), &[], t(1));
+    assert!(p.create.is_empty());
+    let report = p.status.dry_run.as_ref().unwrap();
+    assert_eq!((report.would_act, report.denied), (2, 1));
+    assert_eq!(report.first_ids, ["i-1", "i-3"]);
+    assert!(is_true(&p, READY, "DryRun"));
+    assert!(
+        cond(&p, READY).message.contains("would stop 2 of 4"),
+        "{}",
+        cond(&p, READY).message
+    );
+    // A one-shot dry run takes no snapshot.
+    let s = spec("reset", serde_json::json!({"dryRun": true}));
+    let p = run(&s, &Default::default(), Some(&selection(&FIVE)), &[], t(1));
+    assert!(p.status.snapshot.is_none() && p.create.is_empty());
+    assert_eq!(p.status.dry_run.as_ref().unwrap().would_act, 5);
+}
+
+#[test]
+fn denied_instances_are_counted_not_started() {
+    let s = spec("restarted", serde_json::json!({"strategy": {"maxConcurrent": 10}}));
+    let p = run(
+        &s,
+        &Default::default(),
+        Some(&selection(&["i-1", "deny-1", "deny-2"])),
+        &[],
+        t(1),
+    );
+    assert_eq!(created(&p), ["i-1"]);
+    assert_eq!((p.status.selected, p.status.denied), (3, 2));
+    let children = [child(&s, "i-1", Outcome::Succeeded)];
+    let p = run(&s, &p.status, None, &children, t(2));
+    assert!(is_true(&p, READY, "Succeeded"));
+    assert_eq!(p.status.denied, 2);
+    // A child the instance controller denied later counts as denied, not failed.
+    let children = [child(&s, "i-1", Outcome::Denied)];
+    let p = run(&s, &p.status, None, &children, t(3));
+    assert_eq!((p.status.denied, p.status.failed), (3, 0));
+}
+
+#[test]
+fn not_after_expires_a_run_that_has_not_started_and_stops_one_that_has() {
+    let s = spec("restarted", serde_json::json!({"notAfter": "2027-01-15T08:00:00Z"}));
+    let late = s.not_after.unwrap() + chrono::Duration::seconds(1);
+    let p = run(&s, &Default::default(), None, &[], late);
+    assert!(is_true(&p, READY, "Expired") && p.create.is_empty());
+    assert!(p.status.snapshot.is_none());
+    assert!(!needs_selection(
+        &s,
+        &Default::default(),
+        None,
+        late,
+        FleetSettings::default()
+    ));
+    // Started before notAfter: what is pending afterwards is never started.
+    let early = s.not_after.unwrap() - chrono::Duration::seconds(60);
+    let first = run(&s, &Default::default(), Some(&selection(&FIVE)), &[], early);
+    assert_eq!(created(&first), ["i-1"]);
+    let p = run(&s, &first.status, None, &[child(&s, "i-1", Outcome::Succeeded)], late);
+    assert!(p.create.is_empty() && is_true(&p, READY, "Expired"));
+    assert_eq!((p.status.succeeded, p.status.expired, p.status.pending), (1, 4, 0));
+}
+
+#[test]
+fn a_deleted_one_shot_child_is_not_created_again() {
+    let s = spec(
+        "restarted",
+        serde_json::json!({"strategy": {"maxConcurrent": 2, "maxFailures": 1}}),
+    );
+    let first = run(&s, &Default::default(), Some(&selection(&FIVE)), &[], t(1));
+    let mut status = first.status.clone();
+    record_started(&mut status, &first.create);
+    // i-1's child vanished; i-2's is still there.
+    let p = run(&s, &status, None, &[child(&s, "i-2", Outcome::Succeeded)], t(2));
+    assert!(!created(&p).contains(&"i-1"));
+    assert_eq!(created(&p), ["i-3", "i-4"]);
+    assert_eq!(p.status.failed_ids, ["i-1"]);
+}
+
+#[test]
+fn children_of_another_run_finish_before_they_are_replaced() {
+    let old = spec("stopped", serde_json::json!({"strategy": {"maxConcurrent": 2}}));
+    let new = spec("running", serde_json::json!({"strategy": {"maxConcurrent": 2}}));
+    let children = [
+        child(&old, "i-1", Outcome::InProgress),
+        child(&old, "i-2", Outcome::Succeeded),
+    ];
+    let p = run(
+        &new,
+        &Default::default(),
+        Some(&selection(&["i-1", "i-2", "i-3"])),
+        &children,
+        t(1),
+    );
+    // i-2's old child is finished: deleted. i-1's is in flight: it blocks i-1 and takes a slot.
+    assert_eq!(p.delete, [children[1].name.clone()]);
+    assert_eq!(created(&p), ["i-2"]);
+}
+
+#[test]
+fn unchanged_finished_fleet_plans_nothing() {
+    let s = spec("restarted", serde_json::json!({"strategy": {"maxConcurrent": 5}}));
+    let first = run(&s, &Default::default(), Some(&selection(&FIVE)), &[], t(1));
+    let mut status = first.status.clone();
+    record_started(&mut status, &first.create);
+    let children: Vec<ChildView> = FIVE.iter().map(|id| child(&s, id, Outcome::Succeeded)).collect();
+    let p = run(&s, &status, None, &children, t(2));
+    let again = run(&s, &p.status, None, &children, t(500));
+    assert!(again.create.is_empty() && again.delete.is_empty() && again.sync.is_empty());
+    assert_eq!(again.status, p.status, "a resync writes nothing");
+    assert!(!needs_selection(&s, &p.status, None, t(500), FleetSettings::default()));
+}
+
+#[test]
+fn needs_selection_table() {
+    let st = FleetSettings::default();
+    let level = spec("running", serde_json::json!({}));
+    let suspended = spec("running", serde_json::json!({"suspend": true}));
+    let one = spec("reset", serde_json::json!({}));
+    let snap = run(&one, &Default::default(), Some(&selection(&FIVE)), &[], t(1)).status;
+    let rows = [
+        (
+            "level, never listed",
+            &level,
+            ComputeFleetActionStatus::default(),
+            None,
+            true,
+        ),
+        ("level, fresh", &level, Default::default(), Some(t(0)), false),
+        ("level, stale", &level, Default::default(), Some(t(-61)), true),
+        ("suspended", &suspended, Default::default(), None, false),
+        ("one-shot, new run", &one, Default::default(), Some(t(0)), true),
+        ("one-shot with its snapshot", &one, snap, None, false),
+    ];
+    for (case, s, status, listed, want) in rows {
+        assert_eq!(needs_selection(s, &status, listed, t(0), st), want, "{case}");
+    }
+}
+
+#[test]
+fn empty_selection_is_ready_and_enforcement_is_synced() {
+    let s = spec("running", serde_json::json!({"enforcement": "once"}));
+    let p = run(&s, &Default::default(), Some(&selection(&[])), &[], t(1));
+    assert!(is_true(&p, READY, "NothingSelected"));
+    let continuous = spec("running", serde_json::json!({}));
+    let c = child(&continuous, "i-1", Outcome::Succeeded);
+    assert_eq!(c.synced.enforcement, Enforcement::Continuous);
+    let p = run(
+        &s,
+        &Default::default(),
+        Some(&selection(&["i-1"])),
+        std::slice::from_ref(&c),
+        t(1),
+    );
+    assert_eq!(p.sync, [c.name]);
+}
+
+#[test]
+fn events_mark_a_new_run_its_end_and_a_spent_budget_once() {
+    let s = spec("restarted", serde_json::json!({"strategy": {"maxConcurrent": 5}}));
+    let first = run(&s, &Default::default(), Some(&selection(&FIVE)), &[], t(1));
+    let reasons = |p: &Plan| p.events.iter().map(|e| e.reason.clone()).collect::<Vec<_>>();
+    assert_eq!(reasons(&first), ["RunStarted"]);
+    let children: Vec<ChildView> = FIVE.iter().map(|id| child(&s, id, Outcome::Succeeded)).collect();
+    let done = run(&s, &first.status, None, &children, t(2));
+    assert_eq!(reasons(&done), ["Succeeded"]);
+    let again = run(&s, &done.status, None, &children, t(3));
+    assert!(again.events.is_empty(), "nothing new, no Event");
+    let mut failing = children.clone();
+    failing[0].outcome = Outcome::Failed {
+        reason: "Timeout".into(),
+    };
+    let stalled = run(&s, &first.status, None, &failing, t(2));
+    assert_eq!(reasons(&stalled), ["FailureBudgetExceeded"]);
+    assert!(stalled.events[0].warning);
+}

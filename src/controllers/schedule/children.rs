@@ -1,0 +1,113 @@
+//! A schedule's child fleets as the planner sees them: deterministic names, what each child stands for, and
+//! its outcome. Pure (the object building from and to ComputeFleetAction lives here too, without I/O).
+
+use chrono::{DateTime, Utc};
+
+use super::resource::ScheduledState;
+
+/// Label on every child naming its schedule (shortened like child names when too long for a label).
+pub const SCHEDULE_LABEL: &str = "compute.threatwinds.com/schedule";
+/// Annotation on every child: the instant it stands for (its event, or the start of an override), RFC 3339.
+pub const SCHEDULED_AT_ANNOTATION: &str = "compute.threatwinds.com/scheduled-at";
+/// Longest schedule-name part of a child's name; the rest is `-<kind><unix seconds>-<state>`.
+const BASE_MAX: usize = 40;
+
+/// Why a child was created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildCause {
+    /// A calendar event (on time or caught up).
+    Event,
+    /// `spec.override` came into effect.
+    OverrideStart,
+    /// The override ended: the schedule's state again.
+    OverrideEnd,
+}
+
+/// A child to create.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChildRequest {
+    pub name: String,
+    pub state: ScheduledState,
+    pub scheduled_at: DateTime<Utc>,
+    pub cause: ChildCause,
+}
+
+/// Where a child fleet stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChildOutcome {
+    InProgress,
+    /// Ready.
+    Succeeded,
+    /// Stalled, with its reason and message.
+    Failed(String),
+}
+
+/// An existing child fleet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChildView {
+    pub name: String,
+    /// The instant it stands for (annotation; its creation time if the annotation is missing).
+    pub scheduled_at: DateTime<Utc>,
+    /// Enforces its level continuously (so it must be suspended once superseded).
+    pub continuous: bool,
+    pub suspended: bool,
+    pub outcome: ChildOutcome,
+}
+
+/// The deterministic name of a child: the same event always maps to the same name, so a retried create
+/// after a lost status write finds the child instead of making a second one.
+/// Calendar events: `<schedule>-<unix seconds>-<state>`; override start `-o<until>-`; override end `-r<until>-`.
+pub fn child_name(schedule: &str, cause: ChildCause, at: DateTime<Utc>, state: ScheduledState) -> String {
+    let kind = match cause {
+        ChildCause::Event => "",
+        ChildCause::OverrideStart => "o",
+        ChildCause::OverrideEnd => "r",
+    };
+    format!("{}-{kind}{}-{}", short_name(schedule), at.timestamp(), state.as_str())
+}
+
+/// The schedule's name, or a readable prefix plus a hash when it is long (child names and label values stay
+/// within 63 characters).
+pub fn short_name(schedule: &str) -> String {
+    if schedule.len() <= BASE_MAX {
+        return schedule.to_owned();
+    }
+    let prefix: String = schedule.chars().take(BASE_MAX - 9).collect();
+    let prefix = prefix.trim_end_matches(['-', '.']);
+    format!("{prefix}-{:08x}", fnv1a(schedule))
+}
+
+/// FNV-1a, 32 bits: a stable hash (std's hasher may change between releases).
+fn fnv1a(s: &str) -> u32 {
+    s.bytes()
+        .fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn names_are_deterministic_and_short() {
+        let at = Utc.with_ymd_and_hms(2026, 12, 7, 6, 0, 0).unwrap();
+        assert_eq!(
+            child_name("office-hours", ChildCause::Event, at, ScheduledState::Running),
+            "office-hours-1796623200-running"
+        );
+        assert_eq!(
+            child_name("office-hours", ChildCause::OverrideStart, at, ScheduledState::Stopped),
+            "office-hours-o1796623200-stopped"
+        );
+        let long = "a-very-long-schedule-name-for-the-platform-team.of-customer-x";
+        let name = child_name(long, ChildCause::OverrideEnd, at, ScheduledState::Running);
+        assert!(name.len() <= 63, "{name}");
+        assert_eq!(
+            name,
+            child_name(long, ChildCause::OverrideEnd, at, ScheduledState::Running)
+        );
+        assert_ne!(short_name(long), short_name(&format!("{long}2")));
+        assert!(short_name(long).len() <= BASE_MAX);
+        assert!(!short_name("abcdefghijklmnopqrstuvwxyzabcd-efghijklmnopqrs").contains("--"));
+    }
+}

@@ -1,0 +1,166 @@
+//! From and to ComputeFleetAction: the child object a schedule creates for one event, and how an existing
+//! child reads back for the planner. Pure.
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::ObjectMeta;
+use kube::{Resource, ResourceExt};
+
+use super::children::{ChildOutcome, ChildRequest, ChildView, SCHEDULE_LABEL, SCHEDULED_AT_ANNOTATION, short_name};
+use super::resource::{ComputePowerSchedule, ScheduleEnforcement};
+use crate::controllers::conditions::{READY, STALLED};
+use crate::controllers::fleet::resource::{ComputeFleetAction, ComputeFleetActionSpec};
+use crate::resource::Enforcement;
+
+/// The label value that names a schedule on its children.
+pub fn schedule_label_value(schedule: &str) -> String {
+    short_name(schedule)
+}
+
+/// The child fleet for one event: owned by the schedule (controller, blockOwnerDeletion) so deleting the
+/// schedule garbage-collects it; selector and strategy copied; `once` enforcement for `events` schedules and
+/// `continuous` for `continuous` ones.
+pub fn child_fleet(schedule: &ComputePowerSchedule, request: &ChildRequest) -> ComputeFleetAction {
+    let owner = OwnerReference {
+        api_version: ComputePowerSchedule::api_version(&()).into_owned(),
+        kind: ComputePowerSchedule::kind(&()).into_owned(),
+        name: schedule.name_any(),
+        uid: schedule.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+    let enforcement = match schedule.spec.enforcement {
+        ScheduleEnforcement::Events => Enforcement::Once,
+        ScheduleEnforcement::Continuous => Enforcement::Continuous,
+    };
+    ComputeFleetAction {
+        metadata: ObjectMeta {
+            name: Some(request.name.clone()),
+            namespace: schedule.namespace(),
+            labels: Some([(SCHEDULE_LABEL.to_owned(), schedule_label_value(&schedule.name_any()))].into()),
+            annotations: Some([(SCHEDULED_AT_ANNOTATION.to_owned(), request.scheduled_at.to_rfc3339())].into()),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        spec: ComputeFleetActionSpec {
+            selector: schedule.spec.selector.clone(),
+            desired_state: request.state.desired_state(),
+            request_id: None,
+            not_after: None,
+            dry_run: false,
+            suspend: false,
+            paused: false,
+            strategy: schedule.spec.strategy.clone(),
+            enforcement,
+        },
+        status: None,
+    }
+}
+
+/// Whether `fleet` is a child of `schedule` (the owner reference, not only the label, decides).
+pub fn is_child_of(fleet: &ComputeFleetAction, schedule: &ComputePowerSchedule) -> bool {
+    let uid = schedule.uid();
+    uid.is_some() && fleet.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref())
+}
+
+/// A Kubernetes timestamp as chrono time.
+pub fn to_chrono(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond().try_into().unwrap_or(0))
+}
+
+/// An existing child as the planner reads it.
+pub fn child_view(fleet: &ComputeFleetAction) -> ChildView {
+    let scheduled_at = fleet
+        .annotations()
+        .get(SCHEDULED_AT_ANNOTATION)
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .or_else(|| fleet.creation_timestamp().and_then(|t| to_chrono(&t)))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    ChildView {
+        name: fleet.name_any(),
+        scheduled_at,
+        continuous: fleet.spec.enforcement == Enforcement::Continuous,
+        suspended: fleet.spec.suspend,
+        outcome: outcome(fleet),
+    }
+}
+
+/// Ready (for the current generation) is success; Stalled is failure; anything else is still going.
+fn outcome(fleet: &ComputeFleetAction) -> ChildOutcome {
+    let Some(status) = fleet.status.as_ref() else {
+        return ChildOutcome::InProgress;
+    };
+    if status.observed_generation != fleet.metadata.generation {
+        return ChildOutcome::InProgress;
+    }
+    let holds = |t: &str| status.conditions.iter().find(|c| c.type_ == t && c.status == "True");
+    if holds(READY).is_some() {
+        ChildOutcome::Succeeded
+    } else if let Some(c) = holds(STALLED) {
+        ChildOutcome::Failed(format!("{}: {}", c.reason, c.message))
+    } else {
+        ChildOutcome::InProgress
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controllers::schedule::children::ChildCause;
+    use crate::controllers::schedule::resource::{ComputePowerScheduleSpec, ScheduleEvent, ScheduledState};
+    use chrono::TimeZone;
+
+    fn schedule(enforcement: ScheduleEnforcement) -> ComputePowerSchedule {
+        let mut s = ComputePowerSchedule::new(
+            "office",
+            ComputePowerScheduleSpec {
+                selector: crate::selection::InstanceSelector {
+                    zone: Some("eu-1".into()),
+                    ..Default::default()
+                },
+                time_zone: "Europe/Madrid".into(),
+                events: vec![ScheduleEvent {
+                    at: "07:00".into(),
+                    days: vec![],
+                    state: ScheduledState::Running,
+                }],
+                enforcement,
+                starting_deadline: "1h".into(),
+                strategy: Default::default(),
+                power_override: None,
+                suspend: false,
+            },
+        );
+        s.metadata.namespace = Some("team".into());
+        s.metadata.uid = Some("uid-1".into());
+        s
+    }
+
+    #[test]
+    fn the_child_copies_the_target_and_reads_back() {
+        let at = Utc.with_ymd_and_hms(2026, 12, 1, 6, 0, 0).unwrap();
+        let request = ChildRequest {
+            name: "office-1796104800-running".into(),
+            state: ScheduledState::Running,
+            scheduled_at: at,
+            cause: ChildCause::Event,
+        };
+        for (enforcement, want) in [
+            (ScheduleEnforcement::Events, Enforcement::Once),
+            (ScheduleEnforcement::Continuous, Enforcement::Continuous),
+        ] {
+            let s = schedule(enforcement);
+            let child = child_fleet(&s, &request);
+            assert_eq!(child.spec.enforcement, want);
+            assert_eq!(child.spec.selector, s.spec.selector);
+            assert_eq!(child.spec.desired_state, crate::resource::DesiredState::Running);
+            assert_eq!(child.labels()[SCHEDULE_LABEL], "office");
+            assert!(is_child_of(&child, &s));
+            let view = child_view(&child);
+            assert_eq!(view.scheduled_at, at);
+            assert_eq!(view.outcome, ChildOutcome::InProgress);
+            assert_eq!(view.continuous, want == Enforcement::Continuous);
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Carries out one schedule plan: list the children, suspend superseded ones, create the event's child,
+//! trim the history, write the status, come back at the next event. Thin on purpose.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::{Resource, ResourceExt};
+use tracing::Instrument;
+
+use super::fleet_child::{child_fleet, child_view, is_child_of, schedule_label_value, to_chrono};
+use super::plan::{self, Note, Plan, PlanInput};
+use super::resource::{ComputePowerSchedule, ComputePowerScheduleStatus};
+use super::{Context, key_of};
+use crate::controllers::fleet::resource::ComputeFleetAction;
+use crate::controllers::schedule::children::SCHEDULE_LABEL;
+
+/// Field manager of every write: one owner of `.status` and of the children.
+pub const FIELD_MANAGER: &str = "compute-operator-schedule";
+/// Bound on every Kubernetes API call of a reconcile.
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// Retry after a stale read (409 on the status write): the plan was made from old data.
+const STALE_RETRY: Duration = Duration::from_millis(250);
+
+/// Errors of one reconcile, named after the operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("listing the child fleets: {0}")]
+    ListChildren(#[source] kube::Error),
+    #[error("creating the child fleet {name}: {source}")]
+    CreateChild {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("suspending the superseded child fleet {name}: {source}")]
+    SuspendChild {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("deleting the old child fleet {name}: {source}")]
+    DeleteChild {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("writing status: {0}")]
+    WriteStatus(#[source] kube::Error),
+    #[error("object has no namespace")]
+    NoNamespace,
+}
+
+/// The time the controller reads. Production uses the system clock as it is; tests shift it so that "now" can
+/// be seconds before an event of a fixed calendar (the offset is applied to every time the controller reads,
+/// the schedule's creation timestamp included, so the view stays consistent). Not settable from the CLI.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Clock {
+    pub offset: TimeDelta,
+}
+
+impl Clock {
+    pub fn now(&self) -> DateTime<Utc> {
+        Utc::now() + self.offset
+    }
+}
+
+/// Runs `fut` with the call timeout, turning an elapsed timer into a kube error.
+async fn bounded<T>(fut: impl std::future::Future<Output = Result<T, kube::Error>>) -> Result<T, kube::Error> {
+    match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(kube::Error::Service(
+            format!("no answer from the Kubernetes API within {CALL_TIMEOUT:?}").into(),
+        )),
+    }
+}
+
+/// The reconcile entry point handed to kube-rs.
+pub async fn reconcile(obj: Arc<ComputePowerSchedule>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let key = key_of(&obj);
+    let span = tracing::info_span!("reconcile", schedule = %key);
+    reconcile_inner(&obj, &ctx).instrument(span).await
+}
+
+/// kube-rs error policy: jittered exponential backoff per object.
+pub fn error_policy(obj: Arc<ComputePowerSchedule>, err: &Error, ctx: Arc<Context>) -> Action {
+    let key = key_of(&obj);
+    let delay = ctx.error_backoff.next(&key, &ctx.config.error_backoff, None);
+    tracing::warn!(schedule = %key, error = %err, delay_ms = delay.as_millis() as u64, "reconcile failed; backing off");
+    Action::requeue(delay)
+}
+
+async fn reconcile_inner(obj: &ComputePowerSchedule, ctx: &Context) -> Result<Action, Error> {
+    // Being deleted: its children go with it (garbage collection); nothing may be created for it any more.
+    if obj.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = obj.namespace().ok_or(Error::NoNamespace)?;
+    let schedules: Api<ComputePowerSchedule> = Api::namespaced(ctx.kube.clone(), &ns);
+    let fleets: Api<ComputeFleetAction> = Api::namespaced(ctx.kube.clone(), &ns);
+    let selector = format!("{SCHEDULE_LABEL}={}", schedule_label_value(&obj.name_any()));
+    let children: Vec<ComputeFleetAction> = bounded(fleets.list(&ListParams::default().labels(&selector)))
+        .await
+        .map_err(Error::ListChildren)?
+        .items
+        .into_iter()
+        .filter(|f| is_child_of(f, obj))
+        .collect();
+    let views: Vec<_> = children.iter().map(child_view).collect();
+    let now = ctx.config.clock.now();
+    let created_at = obj
+        .creation_timestamp()
+        .and_then(|t| to_chrono(&t))
+        .map_or(now, |t| t + ctx.config.clock.offset);
+    let status = obj.status.clone().unwrap_or_default();
+    let name = obj.name_any();
+    let plan = plan::plan(&PlanInput {
+        name: &name,
+        spec: &obj.spec,
+        status: &status,
+        generation: obj.metadata.generation,
+        created_at,
+        now,
+        children: &views,
+    });
+    execute(obj, &fleets, &plan).await?;
+
+    if obj.status.as_ref() != Some(&plan.status) {
+        match replace_status(&schedules, obj, &plan.status).await {
+            Ok(()) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                tracing::debug!("stale schedule in the cache; deciding again shortly");
+                return Ok(Action::requeue(STALE_RETRY));
+            }
+            Err(e) => return Err(Error::WriteStatus(e)),
+        }
+        publish(ctx, obj, &plan.notes).await;
+    }
+    ctx.error_backoff.reset(&key_of(obj));
+    Ok(match plan.requeue_at {
+        // Exactly at the next event (or the override's end); a timer that fires a hair early finds nothing
+        // due and comes back for the rest.
+        Some(at) => Action::requeue((at - ctx.config.clock.now()).to_std().unwrap_or(Duration::ZERO)),
+        None => Action::await_change(),
+    })
+}
+
+/// Suspend first (so two children never act at once), then create, then trim the history.
+async fn execute(obj: &ComputePowerSchedule, fleets: &Api<ComputeFleetAction>, plan: &Plan) -> Result<(), Error> {
+    let pp = PatchParams::default();
+    for name in &plan.suspend {
+        let patch = Patch::Merge(serde_json::json!({"spec": {"suspend": true}}));
+        match bounded(fleets.patch(name, &pp, &patch)).await {
+            Ok(_) => tracing::info!(child = %name, "suspended a superseded child fleet"),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(source) => {
+                return Err(Error::SuspendChild {
+                    name: name.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    if let Some(request) = &plan.create {
+        let child = child_fleet(obj, request);
+        let pp = PostParams {
+            dry_run: false,
+            field_manager: Some(FIELD_MANAGER.into()),
+        };
+        match bounded(fleets.create(&pp, &child)).await {
+            Ok(_) => tracing::info!(child = %request.name, state = request.state.as_str(), "created a child fleet"),
+            // Deterministic names: it was created by an earlier attempt whose status write was lost.
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                tracing::debug!(child = %request.name, "child fleet exists already")
+            }
+            Err(source) => {
+                return Err(Error::CreateChild {
+                    name: request.name.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    let dp = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..Default::default()
+    };
+    for name in &plan.delete {
+        match bounded(fleets.delete(name, &dp)).await {
+            Ok(_) => tracing::debug!(child = %name, "deleted an old child fleet (history limit)"),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(source) => {
+                return Err(Error::DeleteChild {
+                    name: name.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// PUT on the status subresource carrying the object's resourceVersion: fails with 409 if it is stale.
+async fn replace_status(
+    api: &Api<ComputePowerSchedule>,
+    obj: &ComputePowerSchedule,
+    status: &ComputePowerScheduleStatus,
+) -> Result<(), kube::Error> {
+    let mut body = ComputePowerSchedule::new(&obj.name_any(), obj.spec.clone());
+    body.metadata.namespace = obj.namespace();
+    body.metadata.resource_version = obj.resource_version();
+    body.status = Some(status.clone());
+    let pp = PostParams {
+        dry_run: false,
+        field_manager: Some(FIELD_MANAGER.into()),
+    };
+    bounded(api.replace_status(&obj.name_any(), &pp, &body))
+        .await
+        .map(|_| ())
+}
+
+/// Publishes Events in the background (best effort, bounded by the context's slots).
+async fn publish(ctx: &Context, obj: &ComputePowerSchedule, notes: &[Note]) {
+    if notes.is_empty() {
+        return;
+    }
+    let Ok(permit) = ctx.event_slots.clone().acquire_owned().await else {
+        return;
+    };
+    let reference = obj.object_ref(&());
+    let recorder = ctx.recorder.clone();
+    let events: Vec<KubeEvent> = notes
+        .iter()
+        .map(|n| KubeEvent {
+            type_: if n.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: n.reason.into(),
+            note: Some(n.message.chars().take(1000).collect()),
+            action: "Schedule".into(),
+            secondary: None,
+        })
+        .collect();
+    tokio::spawn(async move {
+        for event in &events {
+            if let Err(err) = bounded(recorder.publish(event, &reference)).await {
+                tracing::warn!(error = %err, reason = %event.reason, "could not publish event");
+            }
+        }
+        drop(permit);
+    });
+}
