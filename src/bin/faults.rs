@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use compute_operator::benchkit::{self, FaultsOptions, FaultsReport};
+use compute_operator::benchkit::{self, FaultsOptions};
 
 #[derive(Parser)]
 #[command(
@@ -53,83 +53,6 @@ struct Args {
     controller_log_level: String,
 }
 
-fn print_report(r: &FaultsReport) {
-    let f = &r.faults_injected;
-    println!(
-        "actions                 {} on {} objects (seed {})",
-        r.actions, r.objects, r.seed
-    );
-    println!(
-        "faults injected         {} (kills {}, API server restarts {}, drop phases {} with {} dropped connections, 503 bursts {} with {} errors, latency phases {}, leader changes {})",
-        f.total,
-        f.controller_kills,
-        f.apiserver_restarts,
-        f.drop_phases,
-        f.dropped_connections,
-        f.error_bursts,
-        f.injected_errors,
-        f.latency_phases,
-        f.leader_changes
-    );
-    println!("leader change           {}", r.leader_change);
-    println!(
-        "one-shots               {} requested, {} executed; level actions executed {}",
-        r.one_shot_requests, r.one_shot_executed, r.level_actions_executed
-    );
-    println!("duplicates              {}", r.duplicates);
-    for d in &r.duplicate_details {
-        println!(
-            "  {} ({}): requestId {} executed {} times",
-            d.object, d.instance, d.request_id, d.executed
-        );
-    }
-    println!("unresolved              {}", r.unresolved);
-    for u in &r.unresolved_objects {
-        println!("  {u}");
-    }
-    println!("ready                   {}", r.ready);
-    println!("stalled by reason       {:?}", r.stalled_by_reason);
-    println!(
-        "OutcomeUnknown          {} (after a kill {}, after a lost answer (dropped connection) {}, unexplained {})",
-        r.outcome_unknown, r.outcome_unknown_after_kill, r.outcome_unknown_lost_answer, r.outcome_unknown_unexplained
-    );
-    println!(
-        "controller exits        {} unexpected, {} after losing the lease, {} at start-up",
-        r.unexpected_controller_exits,
-        r.lease_loss_exits,
-        r.controller_startup_exits.len()
-    );
-    for e in &r.controller_startup_exits {
-        println!("  gave up at start-up (API server away): {e}");
-    }
-    for u in &r.outcome_unknown_details {
-        println!(
-            "  OutcomeUnknown {} {} {} at {}: {} ({})",
-            u.object,
-            u.action,
-            u.request_id.as_deref().unwrap_or("-"),
-            u.intent_at,
-            if u.executed {
-                "was carried out"
-            } else {
-                "was not carried out"
-            },
-            u.explained_by
-        );
-    }
-    println!(
-        "processes               {} started, {} left behind {:?}",
-        r.processes_started,
-        r.leftover_processes.len(),
-        r.leftover_processes
-    );
-    println!("elapsed                 {:.1}s", r.elapsed_s);
-    if !r.passed {
-        println!("controller logs kept in {}", r.logs);
-    }
-    println!("result                  {}", if r.passed { "PASS" } else { "FAIL" });
-}
-
 async fn run(args: Args) -> anyhow::Result<bool> {
     let mut opts = FaultsOptions::new(args.actions, benchkit::sibling_operator_binary()?);
     opts.seed = args.seed;
@@ -146,7 +69,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     opts.settle_deadline = Duration::from_secs(args.settle_seconds);
     opts.log_level = args.controller_log_level;
     let report = benchkit::run_faults(&opts).await?;
-    print_report(&report);
+    print!("{}", report.summary());
     if let Some(path) = &args.json {
         benchkit::write_json(path, &report)?;
         println!("wrote {}", path.display());
