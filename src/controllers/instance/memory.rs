@@ -68,6 +68,16 @@ impl StatusMemory {
         );
     }
 
+    /// The watch delivered `obj`: a held write that it now shows is dropped (nothing is held at rest).
+    pub fn observed(&self, obj: &ComputeInstanceAction) {
+        let uid = obj.uid().unwrap_or_default();
+        let rv = obj.resource_version().unwrap_or_default();
+        let mut held = self.held();
+        if held.get(&uid).is_some_and(|h| h.current == rv && h.base != rv) {
+            held.remove(&uid);
+        }
+    }
+
     pub fn forget(&self, obj: &ComputeInstanceAction) {
         self.held().remove(&obj.uid().unwrap_or_default());
     }

@@ -80,7 +80,7 @@ pub struct Context {
     /// One concurrency limit for every watched namespace together.
     pub slots: Arc<tokio::sync::Semaphore>,
     /// Statuses this controller wrote or holds back (read your writes, progress of open actions).
-    pub memory: memory::StatusMemory,
+    pub memory: Arc<memory::StatusMemory>,
     /// What settled objects are checked against, instead of a GET each.
     pub view: Arc<crate::controllers::fleet_view::FleetView>,
     /// Closed on a replica that does not (or no longer) hold the lease: checked right before every POST.
@@ -196,11 +196,13 @@ pub async fn run(
         streams.push((scope, writer, reader));
     }
     let index = Arc::new(index::InstanceIndex::new(stores.clone(), wakers));
+    let memory = Arc::new(memory::StatusMemory::default());
     for (n, ((scope, writer, reader), wake)) in streams.into_iter().zip(wake_streams).enumerate() {
         let mut seen_init = false;
         let synced = synced.clone();
         let metrics = metrics.clone();
         let index = index.clone();
+        let held = memory.clone();
         // Liveness (/healthz): what the watch shows, before any filtering.
         let probe = metrics
             .health
@@ -225,6 +227,9 @@ pub async fn run(
                     Ok(e) => {
                         probe.event();
                         index.observe(n, e);
+                        if let watcher::Event::Apply(o) = e {
+                            held.observed(o);
+                        }
                     }
                     Err(e) => probe.error(e),
                 }
@@ -276,7 +281,7 @@ pub async fn run(
         fence,
         policy,
         index: index.clone(),
-        memory: memory::StatusMemory::default(),
+        memory: memory.clone(),
         view: view.clone(),
         slots: Arc::new(tokio::sync::Semaphore::new(usize::from(config.concurrency.max(1)))),
         acceptances: Default::default(),
