@@ -25,7 +25,14 @@ use serde_yaml::Value;
 use support::{client, control_plane, namespace};
 
 const CIA_CRD: &str = "computeinstanceactions.compute.threatwinds.com";
-const POLICY_CRD: &str = "computeaccesspolicies.compute.threatwinds.com";
+
+/// Every CRD the chart ships (the same list `crds/` is generated from).
+fn all_crds() -> Vec<String> {
+    compute_operator::resource::crds()
+        .into_iter()
+        .filter_map(|(_, crd)| crd.metadata.name)
+        .collect()
+}
 const CIA_FILE: &str = "crds/computeinstanceactions.yaml";
 /// The field the "older" chart's CRD lacks.
 const NEW_FIELD: &str = "dryRun";
@@ -145,11 +152,13 @@ fn older_chart(dir: &Path) -> std::path::PathBuf {
 
 async fn delete_crds(kube: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(kube.clone());
-    for name in [CIA_CRD, POLICY_CRD] {
+    for name in all_crds() {
+        let name = name.as_str();
         let _ = crds.delete(name, &DeleteParams::default()).await;
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    for name in [CIA_CRD, POLICY_CRD] {
+    for name in all_crds() {
+        let name = name.as_str();
         while crds.get_opt(name).await.expect("get CRD").is_some() {
             assert!(Instant::now() < deadline, "CRD {name} not deleted within 60s");
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -250,7 +259,8 @@ async fn helm_upgrade_updates_templated_crds_and_uninstall_keeps_them() {
     // Uninstall keeps the CRDs, and so the objects.
     let out = helm_cmd(&["uninstall", &ns, "-n", &ns]).await;
     eprintln!("helm uninstall: {out}");
-    for name in [CIA_CRD, POLICY_CRD] {
+    for name in all_crds() {
+        let name = name.as_str();
         assert!(crd(&kube, name).await.is_some(), "{name} was deleted with the release");
     }
     let objects: Api<DynamicObject> = Api::namespaced_with(kube.clone(), &ns, &cia_resource());
@@ -302,7 +312,8 @@ async fn a_release_with_crds_from_the_crds_dir_adopts_them_and_upgrades() {
     assert!(err.contains("invalid ownership metadata"), "{err}");
 
     // The adoption the README documents, then the upgrade.
-    for name in [CIA_CRD, POLICY_CRD] {
+    for name in all_crds() {
+        let name = name.as_str();
         let label = Command::new(kubectl())
             .args([
                 "--kubeconfig",
