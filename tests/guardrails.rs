@@ -257,12 +257,12 @@ async fn dry_run_and_suspend_make_no_post() {
     let mut dry = cia("dry", "i-dry", DesiredState::Reset, Some("1"));
     dry.spec.dry_run = true;
     create(&api, &dry).await;
-    let o = wait_reason(&api, "dry", "Reconciling", "DryRun").await;
+    let o = wait_reason(&api, "dry", "Ready", "DryRun").await;
     assert!(o.status.unwrap().message.unwrap().contains("would reset"));
     let mut sus = cia("sus", "i-sus", DesiredState::Stopped, None);
     sus.spec.suspend = true;
     create(&api, &sus).await;
-    wait_reason(&api, "sus", "Reconciling", "Suspended").await;
+    wait_reason(&api, "sus", "Ready", "Suspended").await;
     let gets_before = sim.stats().requests.get;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
@@ -279,7 +279,8 @@ async fn dry_run_and_suspend_make_no_post() {
     )
     .await
     .unwrap();
-    wait_ready(&api, "sus").await;
+    // (Ready=True/Suspended is already there: wait for the real result.)
+    wait_reason(&api, "sus", "Ready", "Succeeded").await;
     assert_eq!(audit_for(&sim, "i-sus"), vec!["stop"]);
     ctl.stop().await;
 }

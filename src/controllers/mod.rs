@@ -3,6 +3,7 @@
 //!
 //! `instance` acts on one instance per ComputeInstanceAction; fleets and schedules compose it.
 pub mod conditions;
+pub mod events;
 pub mod fleet;
 pub mod fleet_view;
 pub mod index;

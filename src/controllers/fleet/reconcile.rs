@@ -9,7 +9,6 @@ use chrono::Utc;
 use futures::TryStreamExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Resource, ResourceExt};
 use tracing::Instrument;
 
@@ -189,7 +188,7 @@ async fn reconcile_inner(cached: &ComputeFleetAction, ctx: &Context) -> Result<A
     new_status.in_progress -= not_created;
     new_status.pending += not_created;
     if write_status(&fleets, fleet, &status, new_status).await? {
-        publish(ctx, fleet, &planned.events);
+        publish(ctx, fleet, &planned.events).await;
     }
     if let Some(e) = create_error {
         return Err(e);
@@ -197,35 +196,17 @@ async fn reconcile_inner(cached: &ComputeFleetAction, ctx: &Context) -> Result<A
     Ok(Action::requeue(planned.requeue))
 }
 
-/// Publishes the plan's Events in the background (best effort: they cost API server round trips).
-fn publish(ctx: &Context, fleet: &ComputeFleetAction, events: &[plan::FleetEvent]) {
-    if events.is_empty() {
-        return;
-    }
-    let reference = fleet.object_ref(&());
-    let recorder = ctx.recorder.clone();
-    let events: Vec<KubeEvent> = events
+/// Publishes the plan's Events in the background (see [`crate::controllers::events`]).
+async fn publish(ctx: &Context, fleet: &ComputeFleetAction, events: &[plan::FleetEvent]) {
+    let notes = events
         .iter()
-        .map(|e| KubeEvent {
-            type_: if e.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
+        .map(|e| crate::controllers::events::Note {
+            warning: e.warning,
             reason: e.reason.clone(),
-            note: Some(e.note.chars().take(1000).collect()),
-            action: "Rollout".into(),
-            secondary: None,
+            message: e.note.clone(),
         })
         .collect();
-    tokio::spawn(async move {
-        for event in &events {
-            let sent = tokio::time::timeout(KUBE_TIMEOUT, recorder.publish(event, &reference)).await;
-            if !matches!(sent, Ok(Ok(()))) {
-                tracing::warn!(reason = %event.reason, "could not publish a fleet Event");
-            }
-        }
-    });
+    crate::controllers::events::publish(&ctx.recorder, None, fleet.object_ref(&()), "Rollout", notes).await;
 }
 
 /// PUT on the status subresource carrying the object's resourceVersion (fails with 409 if it is stale);

@@ -132,11 +132,12 @@ pub fn after_post(
                 action.action,
                 settings.settle.as_secs()
             );
-            let wait = e.retry_after().unwrap_or_default().max(settings.poll_min);
+            // Look at the instance soon: the evidence (a departure) may be short-lived. The answer's Retry-After
+            // is about resending the POST, which never happens here.
             (
                 Verdict::reconciling("ConfirmingAction", note),
                 Phase::InProgress,
-                Requeue::After(wait),
+                Requeue::After(settings.poll_min),
             )
         }
         Err(e) => {

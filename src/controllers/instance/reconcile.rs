@@ -7,13 +7,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Resource, ResourceExt};
 use tracing::Instrument;
 
 use super::plan::{self, EventNote, Observation, Peer, Plan, PlanInput, Requeue};
 use super::{Context, memory};
 use crate::api::{ApiError, PowerAction, Repeat};
+use crate::controllers::events;
 use crate::resource::{ActionState, ComputeInstanceAction, ComputeInstanceActionStatus};
 
 /// Field manager of every status write: one owner of `.status`.
@@ -501,42 +501,24 @@ fn requeue(ctx: &Context, key: &str, r: Requeue) -> Action {
     }
 }
 
-/// Publishes Events off the reconcile path (they are best-effort and cost API server round trips), in order,
-/// with a bound on how many batches are in flight.
+/// Publishes the plan's Events off the reconcile path (see [`crate::controllers::events`]).
 async fn publish(ctx: &Context, obj: &ComputeInstanceAction, events: &[EventNote]) {
-    if events.is_empty() {
-        return;
-    }
-    let permit = ctx
-        .event_slots
-        .clone()
-        .acquire_owned()
-        .await
-        .expect("the event semaphore is never closed");
-    let reference = obj.object_ref(&());
-    let recorder = ctx.recorder.clone();
-    let events: Vec<KubeEvent> = events
+    let notes = events
         .iter()
-        .map(|e| KubeEvent {
-            type_: if e.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
+        .map(|e| events::Note {
+            warning: e.warning,
             reason: e.reason.into(),
-            note: Some(e.note.chars().take(1000).collect()),
-            action: "Reconcile".into(),
-            secondary: None,
+            message: e.note.clone(),
         })
         .collect();
-    tokio::spawn(async move {
-        for event in &events {
-            if let Err(err) = recorder.publish(event, &reference).await {
-                tracing::warn!(error = %err, reason = %event.reason, "could not publish event");
-            }
-        }
-        drop(permit);
-    });
+    events::publish(
+        &ctx.recorder,
+        Some(&ctx.event_slots),
+        obj.object_ref(&()),
+        "Reconcile",
+        notes,
+    )
+    .await;
 }
 
 /// Other objects naming the same instance that count as peers, from the caches, and the restart/reset

@@ -7,7 +7,6 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Resource, ResourceExt};
 use tracing::Instrument;
 
@@ -222,36 +221,22 @@ async fn replace_status(
         .map(|_| ())
 }
 
-/// Publishes Events in the background (best effort, bounded by the context's slots).
+/// Publishes Events in the background (see [`crate::controllers::events`]).
 async fn publish(ctx: &Context, obj: &ComputePowerSchedule, notes: &[Note]) {
-    if notes.is_empty() {
-        return;
-    }
-    let Ok(permit) = ctx.event_slots.clone().acquire_owned().await else {
-        return;
-    };
-    let reference = obj.object_ref(&());
-    let recorder = ctx.recorder.clone();
-    let events: Vec<KubeEvent> = notes
+    let notes = notes
         .iter()
-        .map(|n| KubeEvent {
-            type_: if n.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
+        .map(|n| crate::controllers::events::Note {
+            warning: n.warning,
             reason: n.reason.into(),
-            note: Some(n.message.chars().take(1000).collect()),
-            action: "Schedule".into(),
-            secondary: None,
+            message: n.message.clone(),
         })
         .collect();
-    tokio::spawn(async move {
-        for event in &events {
-            if let Err(err) = bounded(recorder.publish(event, &reference)).await {
-                tracing::warn!(error = %err, reason = %event.reason, "could not publish event");
-            }
-        }
-        drop(permit);
-    });
+    crate::controllers::events::publish(
+        &ctx.recorder,
+        Some(&ctx.event_slots),
+        obj.object_ref(&()),
+        "Schedule",
+        notes,
+    )
+    .await;
 }
