@@ -640,7 +640,8 @@ async fn cluster_wide_install_is_enough_and_no_more() {
         before.push(crd.resource_version());
     }
 
-    let r = install(&admin, "pkg-cw", &[]).await;
+    // Leader election (on by default) has its own test below; this one checks the rest with it off.
+    let r = install(&admin, "pkg-cw", &["leaderElection.enabled=false"]).await;
 
     // helm skips the CRDs of crds/ that already exist: untouched, not adopted.
     for (name, before) in names.into_iter().zip(before) {
@@ -674,7 +675,7 @@ async fn cluster_wide_install_is_enough_and_no_more() {
             Some(r.namespace.as_str())
         )
     );
-    // Leader election is off by default: no Lease Role.
+    // Leader election off: no Lease Role.
     must_not_exist(
         Api::<Role>::namespaced(admin.clone(), &r.namespace),
         &format!("{}-leader-election", r.fullname),
@@ -737,7 +738,7 @@ async fn namespaced_install_is_enough_and_no_more() {
     let team_b = namespace(&admin, "pkg-team-b").await;
     let other = namespace(&admin, "pkg-other").await;
     let watch = format!("watchNamespaces={{{team_a},{team_b}}}");
-    let r = install(&admin, "pkg-ns", &[&watch]).await;
+    let r = install(&admin, "pkg-ns", &[&watch, "leaderElection.enabled=false"]).await;
 
     let deploy = assert_common_objects(&admin, &r).await;
     for ns in [&team_a, &team_b] {

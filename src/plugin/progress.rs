@@ -70,8 +70,13 @@ impl Tracker {
         let moving = !observed.is_empty() && InstanceStatus::parse(observed).is_transitional();
         if self.accepted && !self.transition && (record.is_some_and(|r| r.saw_transition) || moving) {
             self.transition = true;
-            let shown = if moving { observed } else { "in transition" };
-            lines.push(format!("transition seen: instance is {shown}"));
+            // Progress is not written while an action runs (fewer writes): the record may tell it only at the end.
+            let line = match (moving, record.and_then(|r| r.from_status.as_deref())) {
+                (true, _) => format!("transition seen: instance is {observed}"),
+                (false, Some(from)) => format!("transition seen: instance left {from}"),
+                (false, None) => "transition seen: instance is in transition".to_owned(),
+            };
+            lines.push(line);
         }
         let condition = |type_: &str| {
             status
@@ -272,7 +277,7 @@ mod tests {
         let (lines, _) = t.observe(&done);
         assert_eq!(lines.len(), 3, "{lines:?}");
         assert!(lines[0].starts_with("accepted:"));
-        assert_eq!(lines[1], "transition seen: instance is in transition");
+        assert_eq!(lines[1], "transition seen: instance left running");
         assert_eq!(lines[2], "done: ok");
     }
 
