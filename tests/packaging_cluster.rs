@@ -488,7 +488,13 @@ fn namespace_grants(args: &RunArgs, names: &str) -> BTreeSet<Grant> {
     if args.policy_mode != PolicyMode::Enforce {
         return BTreeSet::new();
     }
-    grant_set(&[("namespaces", names, &["get", "list", "watch"])])
+    // Cluster-wide the labels are watched; a namespaced Role can grant only `get` of its own namespace.
+    let verbs: &[&str] = if names.is_empty() {
+        &["get", "list", "watch"]
+    } else {
+        &["get"]
+    };
+    grant_set(&[("namespaces", names, verbs)])
 }
 
 fn union(sets: &[&BTreeSet<Grant>]) -> BTreeSet<Grant> {

@@ -432,7 +432,8 @@ fn assert_invariants(docs: &[Value], what: &str) {
         } else {
             let mut want = controller_grants();
             if enforce && kind(role) == "Role" {
-                want.extend(namespace_grants());
+                // A Role can grant `get` of its own namespace, never a list or watch of namespaces.
+                want.extend(grant_set(&[("", "namespaces", &["get"])]));
                 // Only the labels of the namespace the Role lives in.
                 for rule in s(role, &["rules"]).and_then(Value::as_sequence).unwrap() {
                     if strings(s(rule, &["resources"])) == ["namespaces"] {
@@ -875,7 +876,10 @@ fn helm_template_namespaced_scope_uses_roles_in_each_watched_namespace_only() {
     for role in of_kind(&docs, "Role") {
         assert_eq!(
             grants(role),
-            controller_grants().union(&namespace_grants()).cloned().collect(),
+            controller_grants()
+                .union(&grant_set(&[("", "namespaces", &["get"])]))
+                .cloned()
+                .collect(),
             "Role in {:?}",
             namespace(role)
         );

@@ -3,6 +3,7 @@
 //! is in memory: no request per reconcile.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::channel::mpsc;
@@ -23,8 +24,10 @@ use crate::resource::ComputeInstanceAction;
 pub struct PolicyGate {
     mode: PolicyMode,
     store: Option<Store<ComputeAccessPolicy>>,
-    /// One store per watched namespace (each watched by name), or one for all namespaces.
+    /// Every namespace's labels, watched (cluster-wide mode).
     namespaces: Vec<Store<PartialObjectMeta<Namespace>>>,
+    /// The served namespaces' labels, read by name (namespaced mode).
+    polled: Polled,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -54,6 +57,44 @@ where
         .unwrap_or(false)
 }
 
+/// Labels of the served namespaces, by name.
+type Polled = Arc<std::sync::Mutex<HashMap<String, BTreeMap<String, String>>>>;
+
+/// How often the served namespaces' labels are read when they cannot be watched.
+const NAMESPACE_POLL: Duration = Duration::from_secs(30);
+
+/// Reads each served namespace by name, for ever; a change of labels nudges every object to be re-evaluated.
+async fn poll_namespaces(client: Client, names: Vec<String>, polled: Polled, mut senders: Vec<mpsc::Sender<()>>) {
+    let api: Api<Namespace> = Api::all(client);
+    loop {
+        let mut changed = false;
+        for name in &names {
+            let labels = match tokio::time::timeout(Duration::from_secs(10), api.get(name)).await {
+                Ok(Ok(n)) => n.labels().clone(),
+                // Unknown labels match no selector: a failed read can only deny, never grant.
+                Ok(Err(e)) => {
+                    tracing::warn!(namespace = %name, error = %e, "cannot read namespace labels");
+                    BTreeMap::new()
+                }
+                Err(_) => {
+                    tracing::warn!(namespace = %name, "reading namespace labels timed out");
+                    BTreeMap::new()
+                }
+            };
+            let mut map = polled.lock().unwrap_or_else(|p| p.into_inner());
+            // The first read counts as a change too: objects decided before it are looked at again.
+            if map.get(name) != Some(&labels) {
+                changed = true;
+                map.insert(name.clone(), labels);
+            }
+        }
+        if changed {
+            nudge(&mut senders);
+        }
+        tokio::time::sleep(NAMESPACE_POLL).await;
+    }
+}
+
 fn nudge(senders: &mut [mpsc::Sender<()>]) {
     for s in senders {
         // A full channel already carries a pending nudge; that is enough.
@@ -75,6 +116,7 @@ impl PolicyGate {
                 mode,
                 store: None,
                 namespaces: Vec::new(),
+                polled: Arc::default(),
                 tasks: Vec::new(),
             };
             return Ok((gate, receivers));
@@ -94,15 +136,13 @@ impl PolicyGate {
                 "listing policies timed out".into(),
             )));
         }
-        // Namespace labels, for policies that select namespaces by label; only labels are kept. Watching only
-        // some namespaces, each is watched by name (RBAC can then grant exactly those).
+        // Namespace labels, for policies that select namespaces by label; only labels are kept. Cluster-wide:
+        // watched. Serving only some namespaces (a Role in each, which can grant `get` on its own namespace but
+        // never a list or watch of namespaces): each is read by name every NAMESPACE_POLL.
         let selectors: Vec<watcher::Config> = if watched.is_empty() {
             vec![watcher::Config::default().any_semantic()]
         } else {
-            watched
-                .iter()
-                .map(|ns| watcher::Config::default().fields(&format!("metadata.name={ns}")))
-                .collect()
+            Vec::new()
         };
         let mut ns_stores = Vec::new();
         let mut ns_streams = Vec::new();
@@ -123,6 +163,16 @@ impl PolicyGate {
             }
             ns_stores.push(ns_reader);
             ns_streams.push(stream);
+        }
+        let polled: Polled = Arc::default();
+        let mut tasks = Vec::new();
+        if !watched.is_empty() {
+            tasks.push(tokio::spawn(poll_namespaces(
+                client.clone(),
+                watched.to_vec(),
+                polled.clone(),
+                senders.clone(),
+            )));
         }
         let mut namespaces = futures::stream::select_all(ns_streams);
         let mut policy_senders = senders.clone();
@@ -162,7 +212,8 @@ impl PolicyGate {
             mode,
             store: Some(reader),
             namespaces: ns_stores,
-            tasks: vec![policy_task, ns_task],
+            polled,
+            tasks: tasks.into_iter().chain([policy_task, ns_task]).collect(),
         };
         Ok((gate, receivers))
     }
@@ -208,6 +259,7 @@ impl PolicyGate {
             .iter()
             .find_map(|s| s.get(&ObjectRef::new(&ns)))
             .map(|n| n.labels().clone())
+            .or_else(|| self.polled.lock().unwrap_or_else(|p| p.into_inner()).get(&ns).cloned())
             .unwrap_or_default();
         let view = NamespaceView {
             name: &ns,
