@@ -790,7 +790,7 @@ async fn control_endpoints() {
     assert_eq!(
         faults,
         json!({"errorRate": 0.0, "errorStatus": 503, "retryAfterSeconds": null, "latencyMs": 0,
-               "dropAfterAcceptRate": 0.0, "neverFinish": false})
+               "dropAfterAcceptRate": 0.0, "neverFinish": false, "queueMs": 0, "gateway503FirstOneShot": false})
     );
     for bad in [
         json!({"errorRate": 2}),
