@@ -196,7 +196,7 @@ async fn stop_dry_run_refusal_and_status_in_the_current_namespace() {
     let first = text.lines().next().unwrap_or_default();
     assert!(
         first.starts_with(&format!(
-            "{ns}/instance-inst-plug02: inst-plug02 running [dryRun] - Reconciling (DryRun)"
+            "{ns}/instance-inst-plug02: inst-plug02 running [dryRun] - Ready (DryRun)"
         )),
         "{text}"
     );

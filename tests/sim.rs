@@ -803,7 +803,7 @@ async fn control_endpoints() {
     let resp = h.put(s.ctl("/_sim/faults")).body("{not json").send().await.unwrap();
     assert_error(resp, StatusCode::BAD_REQUEST).await;
     let set = json!({"errorRate": 0.25, "errorStatus": 500, "retryAfterSeconds": 3, "latencyMs": 5,
-                     "dropAfterAcceptRate": 0.5, "neverFinish": true});
+                     "dropAfterAcceptRate": 0.5, "neverFinish": true, "queueMs": 0, "gateway503FirstOneShot": false});
     assert_eq!(s.put_faults(set.clone()).await, StatusCode::OK);
     let back: Value = h.get(s.ctl("/_sim/faults")).send().await.unwrap().json().await.unwrap();
     assert_eq!(back, set);
