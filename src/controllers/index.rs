@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use futures::channel::mpsc;
-use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
@@ -63,7 +62,7 @@ pub struct InstanceIndex {
 
 /// `namespace/name`.
 pub fn key_of(obj: &ComputeInstanceAction) -> String {
-    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+    super::object_key(obj)
 }
 
 fn entry_of(obj: &ComputeInstanceAction, scope: usize) -> Entry {

@@ -9,3 +9,8 @@ pub mod fleet_view;
 pub mod index;
 pub mod instance;
 pub mod schedule;
+
+/// `namespace/name` of any object: the key every controller uses for logs, backoff, locks and the index.
+pub fn object_key<K: kube::ResourceExt>(obj: &K) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}

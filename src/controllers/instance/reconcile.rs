@@ -65,7 +65,7 @@ impl ErrorBackoff {
 }
 
 pub(crate) fn object_key(obj: &ComputeInstanceAction) -> String {
-    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+    crate::controllers::object_key(obj)
 }
 
 /// The reconcile entry point handed to kube-rs.

@@ -15,7 +15,7 @@ use kube::api::{Api, ListParams};
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
+use kube::Client;
 
 use crate::api::backoff::Backoff;
 use crate::controllers::fleet::resource::ComputeFleetAction;
@@ -157,5 +157,5 @@ pub async fn run(
 
 /// The schedule's key for logs and backoff.
 pub fn key_of(obj: &ComputePowerSchedule) -> String {
-    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+    crate::controllers::object_key(obj)
 }
