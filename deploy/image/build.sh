@@ -48,8 +48,8 @@ esac
 for var in $(compgen -e | grep -E '^(CARGO_(PKG|MANIFEST|CRATE|BIN|PRIMARY|CFG)_|OUT_DIR$|CARGO_TARGET_TMPDIR$)' || true); do
   unset "$var"
 done
-echo "==> cargo build --profile image --no-default-features --bin compute-operator"
-cargo build --locked --profile image --no-default-features --bin compute-operator
+echo "==> cargo build --profile image --no-default-features --features jemalloc --bin compute-operator"
+cargo build --locked --profile image --no-default-features --features jemalloc --bin compute-operator
 binary="$target_dir/image/compute-operator"
 
 work=$(mktemp -d -t compute-operator-image.XXXXXX)

@@ -250,7 +250,10 @@ pub async fn run(
     let controllers: Vec<_> = controllers
         .into_iter()
         .zip(policy_changes)
-        .map(|(c, changes)| c.reconcile_all_on(changes))
+        .map(|(c, changes)| {
+            c.reconcile_all_on(changes)
+                .reconcile_all_on(settled_sweep(config.plan.resync))
+        })
         .collect();
     let reporter = Reporter {
         controller: config.reporter.clone(),
@@ -388,4 +391,14 @@ fn count_conditions(stores: &[Store<ComputeInstanceAction>], metrics: &Metrics) 
         }
     }
     metrics.set_condition_counts(&counts, &oldest);
+}
+
+/// Ticks every [`reconcile::SETTLED_SWEEP_FACTOR`] resync intervals (not at start: the initial list reconciles
+/// everything anyway): every cached object is reconciled once.
+fn settled_sweep(resync: Duration) -> impl futures::Stream<Item = ()> + Send + 'static {
+    let every = resync.saturating_mul(reconcile::SETTLED_SWEEP_FACTOR);
+    futures::stream::unfold((), move |()| async move {
+        tokio::time::sleep(every).await;
+        Some(((), ()))
+    })
 }

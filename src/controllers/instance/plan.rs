@@ -45,7 +45,8 @@ pub struct PlanSettings {
     pub resync: Duration,
     /// How long `running` must be reported after a restart/reset was accepted, when no transition was seen.
     pub settle: Duration,
-    /// First poll delay after an action; doubles each poll up to `poll_max`.
+    /// First poll delay after an action; doubles each poll up to `poll_max`. Short, because a restart or
+    /// reset that ends before the first poll leaves nothing to see and must wait the settle time.
     pub poll_min: Duration,
     pub poll_max: Duration,
     /// Retry delay for refused actions and unreachable credentials.
@@ -62,7 +63,7 @@ impl Default for PlanSettings {
         Self {
             resync: Duration::from_secs(300),
             settle: Duration::from_secs(15),
-            poll_min: Duration::from_millis(250),
+            poll_min: Duration::from_millis(100),
             poll_max: Duration::from_secs(5),
             slow_retry: Duration::from_secs(60),
             dry_run: false,

@@ -842,9 +842,10 @@ fn after_post_table() {
 fn polls_start_fast_then_slow_down() {
     let s = PlanSettings::default();
     let ms = |d: Duration| d.as_millis();
-    assert_eq!(ms(poll_delay(&s, Duration::ZERO)), 250);
-    assert_eq!(ms(poll_delay(&s, Duration::from_millis(300))), 500);
-    assert_eq!(ms(poll_delay(&s, Duration::from_millis(800))), 1000);
+    assert_eq!(ms(poll_delay(&s, Duration::ZERO)), 100);
+    assert_eq!(ms(poll_delay(&s, Duration::from_millis(150))), 200);
+    assert_eq!(ms(poll_delay(&s, Duration::from_millis(300))), 400);
+    assert_eq!(ms(poll_delay(&s, Duration::from_millis(800))), 800);
     assert_eq!(ms(poll_delay(&s, Duration::from_secs(600))), 5000);
 }
 
