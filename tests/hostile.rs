@@ -38,6 +38,47 @@ fn ready_reason(o: &ComputeInstanceAction) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_over_before_the_first_poll_is_seen_by_the_look_right_after_the_202() {
+    // Transitions of 40 ms, the first poll only after 500 ms, and a settle time of 30 s: only the look
+    // right after the 202 can see the restart and reset under way.
+    let (_c, ns, api, sim) = setup(
+        "fastrestart",
+        SimConfig {
+            transition: Duration::from_millis(40),
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    add_instance(&sim, "i-restart", InstanceStatus::Running);
+    add_instance(&sim, "i-reset", InstanceStatus::Running);
+    let mut config = test_controller_config(&ns);
+    config.plan.poll_min = Duration::from_millis(500);
+    config.plan.settle = Duration::from_secs(30);
+    let _ctl = start_controller(&sim, TOKEN, config).await;
+    let started = Instant::now();
+    create(&api, &cia("restart", "i-restart", DesiredState::Restarted, Some("r1"))).await;
+    create(&api, &cia("reset", "i-reset", DesiredState::Reset, Some("r1"))).await;
+    for name in ["restart", "reset"] {
+        let o = wait_ready(&api, name).await;
+        let record = o
+            .status
+            .as_ref()
+            .and_then(|s| s.action.clone())
+            .expect("an action record");
+        assert_eq!(record.state, ActionState::Succeeded, "{name}: {record:?}");
+        assert!(record.saw_transition, "{name}: the transition was seen: {record:?}");
+        assert_ne!(record.reason.as_deref(), Some("CompletedAssumed"), "{name}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "done long before the 30 s settle time: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(audit_for(&sim, "i-restart"), ["restart"]);
+    assert_eq!(audit_for(&sim, "i-reset"), ["reset"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_start_and_reset_of_an_instance_in_error_are_not_judged_early() {
     let (_c, ns, api, sim) = setup(
         "queued",

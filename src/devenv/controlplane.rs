@@ -44,14 +44,45 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Temporary control-plane directories are `<TMP_PREFIX><pid>-<random>`.
+const TMP_PREFIX: &str = "compute-operator-cp-";
+
+/// The directory names (of `names`) that belong to processes no longer alive.
+fn stale_dir_names<'a>(names: impl Iterator<Item = &'a str>, alive: impl Fn(u32) -> bool) -> Vec<&'a str> {
+    names
+        .filter(|name| {
+            let owner = name.strip_prefix(TMP_PREFIX).and_then(|rest| rest.split_once('-'));
+            owner
+                .and_then(|(pid, _)| pid.parse().ok())
+                .is_some_and(|pid| !alive(pid))
+        })
+        .collect()
+}
+
+/// Removes the control-plane directories of dead processes from `tmp` (best effort: etcd data is ~100 MB each).
+fn remove_stale_dirs(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    let names: Vec<String> = entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+    let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
+    for name in stale_dir_names(names.iter().map(String::as_str), alive) {
+        let _ = std::fs::remove_dir_all(tmp.join(name));
+    }
+}
+
 fn random_token() -> String {
     (0..32).map(|_| format!("{:x}", rand::random::<u8>() % 16)).collect()
 }
 
 impl ControlPlane {
-    /// Starts both in a fresh temporary directory.
+    /// Starts both in a fresh temporary directory (named after this process, so that the next start can remove
+    /// what a process that never dropped its control plane, such as a test binary's shared one, left behind).
     pub async fn start(binaries: &Binaries) -> anyhow::Result<Self> {
-        let tmp = tempfile::Builder::new().prefix("compute-operator-cp-").tempdir()?;
+        remove_stale_dirs(&std::env::temp_dir());
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("{TMP_PREFIX}{}-", std::process::id()))
+            .tempdir()?;
         let dir = tmp.path().to_path_buf();
         let mut cp = Self::start_in(binaries, &dir).await?;
         cp._tmp = Some(tmp);
@@ -327,4 +358,30 @@ fn clone_command(cmd: &Command) -> Command {
         c.stdout(f).stderr(f2);
     }
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_directories_of_dead_processes_are_stale() {
+        let alive = |pid: u32| pid == 100;
+        // (directory name, stale)
+        let rows = [
+            ("compute-operator-cp-100-a1b2", false),
+            ("compute-operator-cp-200-a1b2", true),
+            ("compute-operator-cp-abc123", false),
+            ("compute-operator-cp-", false),
+            ("other-200-a1b2", false),
+            (".dev", false),
+        ];
+        for (name, stale) in rows {
+            assert_eq!(
+                stale_dir_names(std::iter::once(name), alive) == vec![name],
+                stale,
+                "{name}"
+            );
+        }
+    }
 }

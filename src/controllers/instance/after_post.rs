@@ -3,10 +3,27 @@
 
 use chrono::{DateTime, Utc};
 
+use super::judge::departed;
 use super::plan::{EventNote, Plan, PlanSettings, Requeue, finish};
-use crate::api::ApiError;
+use crate::api::{ApiError, InstanceStatus};
 use crate::controllers::conditions::Verdict;
 use crate::resource::{ActionState, ComputeInstanceActionSpec, ComputeInstanceActionStatus, Phase};
+
+/// What a look at the instance right after an accepted restart/reset adds: the instance already left
+/// `fromStatus` (a transition under way, or even over) is proof that the action ran. Without it, a transition
+/// shorter than the time to the first poll (a loaded controller, a fast hypervisor) leaves nothing to see and
+/// completion waits for the settle time.
+pub fn first_look(status: &ComputeInstanceActionStatus, seen: &InstanceStatus) -> ComputeInstanceActionStatus {
+    let mut status = status.clone();
+    if let Some(a) = status.action.as_mut()
+        && a.state == ActionState::Accepted
+        && a.action.is_one_shot()
+        && departed(a.from_status.as_deref(), seen)
+    {
+        a.saw_transition = true;
+    }
+    status
+}
 
 /// What follows the answer to a POST whose intent was persisted.
 pub fn after_post(

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-pub use super::after_post::{after_post, merge_action_record, not_sent};
+pub use super::after_post::{after_post, first_look, merge_action_record, not_sent};
 pub use super::judge::count_recent_one_shots;
 use super::judge::{self, Completion, completion, departed, push_history, remember_one_shot};
 use crate::api::{ApiError, Instance, InstanceStatus, PowerAction};

@@ -839,6 +839,45 @@ fn after_post_table() {
 }
 
 #[test]
+fn a_first_look_after_the_202_catches_a_transition_shorter_than_a_poll() {
+    use crate::controllers::instance::plan::first_look;
+    let (restart, start) = (PowerAction::Restart, PowerAction::Start);
+    // (action, record state, fromStatus, seen right after the 202, transition counted as seen)
+    let rows = [
+        (restart, ActionState::Accepted, "running", "restarting", true),
+        (restart, ActionState::Accepted, "running", "stopped", true),
+        (restart, ActionState::Accepted, "running", "running", false),
+        (PowerAction::Reset, ActionState::Accepted, "error", "running", true),
+        (PowerAction::Reset, ActionState::Accepted, "error", "error", false),
+        // Only an accepted one-shot: an unclear answer is confirmed by polls, a level by its target.
+        (restart, ActionState::Requested, "running", "restarting", false),
+        (start, ActionState::Accepted, "stopped", "starting", false),
+    ];
+    for (action, state, from, seen, saw) in rows {
+        let mut r = record(action, state, None);
+        r.from_status = Some(from.into());
+        let status = first_look(&status_with(Some(r)), &InstanceStatus::parse(seen));
+        let got = status.action.as_ref().is_some_and(|a| a.saw_transition);
+        assert_eq!(got, saw, "{action:?} {state:?} from {from}, seen {seen}");
+    }
+    // Seen departing at the first look, then running at the first poll: done, not assumed.
+    let mut r = record(restart, ActionState::Accepted, Some("r1"));
+    r.from_status = Some("running".into());
+    let looked = first_look(&status_with(Some(r)), &InstanceStatus::Restarting);
+    let mut sp = spec(DesiredState::Restarted);
+    sp.request_id = Some("r1".into());
+    let p = run(&sp, &looked, &instance("running"), 300);
+    assert_eq!(
+        ready(&p).0,
+        "True",
+        "done at 0.3 s, long before the settle time: {:?}",
+        p.status.conditions
+    );
+    let reason = p.status.action.as_ref().and_then(|a| a.reason.clone());
+    assert_ne!(reason.as_deref(), Some("CompletedAssumed"));
+}
+
+#[test]
 fn polls_start_fast_then_slow_down() {
     let s = PlanSettings::default();
     let ms = |d: Duration| d.as_millis();

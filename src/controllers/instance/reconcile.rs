@@ -300,7 +300,7 @@ async fn act(
     {
         ctx.remember_acceptance(obj, at, Utc::now());
     }
-    let next = plan::after_post(
+    let mut next = plan::after_post(
         &plan.status,
         &obj.spec,
         generation,
@@ -308,6 +308,14 @@ async fn act(
         Utc::now(),
         &ctx.config.plan,
     );
+    // A restart/reset can be over before the first poll: one look now, before the acceptance is written.
+    if action.is_one_shot()
+        && result.is_ok()
+        && let Ok(seen) = ctx.api.get_instance(instance_id).await
+    {
+        ctx.view.record(&seen);
+        next.status = plan::first_look(&next.status, &seen.status);
+    }
     // A level's acceptance stays in memory (resending a level is harmless); a one-shot's is written.
     if action.is_one_shot() || !matches!(result, Ok(())) {
         write_after_post(api, &written, &next.status, ctx).await?;
