@@ -560,3 +560,53 @@ async fn conflict_409_means_look_again_until_the_instance_is_free() {
     assert!(sim.stats().responses.get(&409).copied().unwrap_or(0) >= 1);
     ctl.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_event_becomes_a_series_on_the_first() {
+    use compute_operator::controllers::events::{Event, EventRecorder, EventType};
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use k8s_openapi::api::events::v1::Event as K8sEvent;
+
+    let client = client().await;
+    let ns = namespace(&client, "events").await;
+    let reporter = kube::runtime::events::Reporter {
+        controller: "compute-operator-test".into(),
+        instance: None,
+    };
+    let recorder = EventRecorder::new(client.clone(), reporter);
+    let regarding = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("ConfigMap".into()),
+        name: Some("thing".into()),
+        namespace: Some(ns.clone()),
+        ..Default::default()
+    };
+    let event = |reason: &str, note: &str| Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        note: Some(note.into()),
+        action: "Reconcile".into(),
+    };
+    for e in [
+        event("Refused", "first"),
+        event("Refused", "again"),
+        event("Other", "x"),
+    ] {
+        recorder.publish(&e, &regarding).await.expect("publish");
+    }
+    let events: Api<K8sEvent> = Api::namespaced(client, &ns);
+    let items = events.list(&Default::default()).await.expect("list").items;
+    let count_of = |reason: &str| {
+        let found: Vec<_> = items.iter().filter(|e| e.reason.as_deref() == Some(reason)).collect();
+        assert_eq!(found.len(), 1, "one {reason} Event: {found:?}");
+        found[0].series.as_ref().map_or(1, |s| s.count)
+    };
+    assert_eq!(count_of("Refused"), 2, "the repeat is counted on the first Event");
+    assert_eq!(count_of("Other"), 1);
+    let refused = items
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("Refused"))
+        .expect("Refused");
+    assert_eq!(refused.note.as_deref(), Some("first"));
+    assert_eq!(refused.reporting_controller.as_deref(), Some("compute-operator-test"));
+}

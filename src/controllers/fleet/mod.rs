@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use futures::{FutureExt, StreamExt};
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{self, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
+
+use crate::controllers::events::EventRecorder;
 use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 use kube::{Client, ResourceExt};
 
@@ -66,7 +68,7 @@ pub struct Context {
     pub api: AdminClient,
     pub config: FleetConfig,
     pub policy: PolicyGate,
-    pub recorder: Recorder,
+    pub recorder: EventRecorder,
     /// False on a replica that does not (or no longer) hold the lease: no child is created then.
     pub fence: Arc<crate::leader::Fence>,
     /// The last listing per fleet UID, with the selector it answered: a listing is reused until it is older
@@ -146,7 +148,7 @@ pub async fn run(
         api,
         config: config.clone(),
         policy,
-        recorder: Recorder::new(
+        recorder: EventRecorder::new(
             client.clone(),
             Reporter {
                 controller: "compute-operator-fleet".into(),

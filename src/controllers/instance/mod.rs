@@ -15,7 +15,9 @@ use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{self, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
+
+use crate::controllers::events::EventRecorder;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Client, ResourceExt};
@@ -67,7 +69,7 @@ pub struct Context {
     pub kube: Client,
     pub api: AdminClient,
     pub stores: Vec<Store<ComputeInstanceAction>>,
-    pub recorder: Recorder,
+    pub recorder: EventRecorder,
     /// Bounds Event batches being published in the background.
     pub event_slots: Arc<tokio::sync::Semaphore>,
     pub config: ControllerConfig,
@@ -275,7 +277,7 @@ pub async fn run(
         kube: client.clone(),
         api,
         stores: stores.clone(),
-        recorder: Recorder::new(client, reporter),
+        recorder: EventRecorder::new(client, reporter),
         event_slots: Arc::new(tokio::sync::Semaphore::new(EVENT_SLOTS)),
         config: config.clone(),
         locks: InstanceLocks::default(),

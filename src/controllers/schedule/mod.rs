@@ -14,7 +14,9 @@ use futures::{FutureExt, StreamExt};
 use kube::Client;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{self, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
+
+use crate::controllers::events::EventRecorder;
 use kube::runtime::watcher;
 
 use crate::api::backoff::Backoff;
@@ -65,7 +67,7 @@ impl ScheduleConfig {
 /// What every reconcile shares.
 pub struct Context {
     pub kube: Client,
-    pub recorder: Recorder,
+    pub recorder: EventRecorder,
     pub event_slots: Arc<tokio::sync::Semaphore>,
     pub config: ScheduleConfig,
     pub error_backoff: ErrorBackoff,
@@ -129,7 +131,7 @@ pub async fn run(
     };
     let ctx = Arc::new(Context {
         kube: client.clone(),
-        recorder: Recorder::new(client, reporter),
+        recorder: EventRecorder::new(client, reporter),
         event_slots: Arc::new(tokio::sync::Semaphore::new(EVENT_SLOTS)),
         config: config.clone(),
         error_backoff: ErrorBackoff::default(),
