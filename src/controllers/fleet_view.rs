@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::api::{AdminClient, ApiError, Instance, ListFilter};
+use crate::api::{AdminClient, ApiError, Instance, InstanceStatus, ListFilter};
 use crate::controllers::index::InstanceIndex;
 
 /// Page size of the list walk (the API's maximum).
@@ -68,27 +68,47 @@ pub fn missing_from_walk<'a>(wanted: &'a HashSet<String>, listed: &HashSet<Strin
     missing
 }
 
+/// What the view keeps of an instance (its ID is the map's key): what objects read from it (status, name and
+/// zone for the status, the attributes policies match), not addresses or timestamps. Measured: the whole
+/// `Instance` per entry was 7.3 MiB at 12,500 objects.
 #[derive(Clone, Debug)]
 struct Seen {
-    instance: Instance,
+    status: InstanceStatus,
+    name: Box<str>,
+    zone: Box<str>,
+    customer_id: Box<str>,
+    user_id: Box<str>,
+    template_id: Box<str>,
     at: Instant,
 }
 
-/// What the view keeps of an instance: what objects read from it (status, name and zone for the status,
-/// the attributes policies match), not addresses or timestamps (10,000 objects at rest: ~2 MiB less).
-fn kept_of(instance: &Instance) -> Instance {
-    Instance {
-        id: instance.id.clone(),
-        user_id: instance.user_id.clone(),
-        customer_id: instance.customer_id.clone(),
-        name: instance.name.clone(),
-        zone: instance.zone.clone(),
-        status: instance.status.clone(),
-        template_id: instance.template_id.clone(),
-        machine_type: String::new(),
-        external_ip: String::new(),
-        internal_ip: String::new(),
-        created_at: String::new(),
+impl Seen {
+    fn of(instance: &Instance) -> Self {
+        Self {
+            status: instance.status.clone(),
+            name: instance.name.as_str().into(),
+            zone: instance.zone.as_str().into(),
+            customer_id: instance.customer_id.as_str().into(),
+            user_id: instance.user_id.as_str().into(),
+            template_id: instance.template_id.as_str().into(),
+            at: Instant::now(),
+        }
+    }
+
+    fn instance(&self, id: &str) -> Instance {
+        Instance {
+            id: id.to_owned(),
+            user_id: self.user_id.to_string(),
+            customer_id: self.customer_id.to_string(),
+            name: self.name.to_string(),
+            zone: self.zone.to_string(),
+            status: self.status.clone(),
+            template_id: self.template_id.to_string(),
+            machine_type: String::new(),
+            external_ip: String::new(),
+            internal_ip: String::new(),
+            created_at: String::new(),
+        }
     }
 }
 
@@ -108,19 +128,13 @@ impl FleetView {
         self.seen()
             .get(id)
             .filter(|s| s.at.elapsed() <= max_age)
-            .map(|s| s.instance.clone())
+            .map(|s| s.instance(id))
     }
 
     /// Records what a GET (or a list page) showed; true when the status changed from what the view held.
     pub fn record(&self, instance: &Instance) -> bool {
-        let previous = self.seen().insert(
-            instance.id.clone(),
-            Seen {
-                instance: kept_of(instance),
-                at: Instant::now(),
-            },
-        );
-        previous.is_some_and(|p| p.instance.status != instance.status)
+        let previous = self.seen().insert(instance.id.clone(), Seen::of(instance));
+        previous.is_some_and(|p| p.status != instance.status)
     }
 
     pub fn forget(&self, id: &str) {
