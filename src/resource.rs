@@ -204,7 +204,8 @@ pub struct ObservedInstance {
 pub enum ActionState {
     /// Intent persisted; whether the POST reached the admin API is not known yet.
     Requested,
-    /// The admin API refused it (409, 429, 503, 401/403): it did not happen and may be tried again.
+    /// The admin API refused it (a 4xx such as 409, 429, 401/403, or a connection that never opened): it did not
+    /// happen and may be tried again. A 5xx, a timeout or a cut connection is never a refusal.
     Rejected,
     /// The admin API answered 202; completion is being polled.
     Accepted,

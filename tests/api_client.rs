@@ -1018,12 +1018,76 @@ async fn redirects_are_not_followed() {
             credentials,
         );
         let err = client.get_instance(&id).await.unwrap_err();
-        assert!(matches!(&err, ApiError::Malformed(m) if m.contains("307")), "{err:?}");
+        assert_eq!(err, ApiError::UnexpectedStatus(307));
         let err = client.act(&id, PowerAction::Restart, Repeat::Never).await.unwrap_err();
-        assert!(matches!(&err, ApiError::Malformed(m) if m.contains("307")), "{err:?}");
+        assert_eq!(err, ApiError::UnexpectedStatus(307));
+        // Whatever stands behind a redirect may have run it: never read as a refusal (a one-shot is not resent).
+        assert!(err.may_have_reached_server());
     }
     assert_eq!(hits.load(Ordering::Relaxed), 4, "one try each, no retry");
     // Neither the api-key/api-secret headers nor the restart were passed on to another origin.
     assert_eq!(sim.stats().total, 0, "{:?}", sim.stats());
     assert!(sim.audit().is_empty(), "{:?}", sim.audit());
+}
+
+/// A replica whose lease runs out while it waits for the rate limiter sends nothing: the gate is asked after
+/// the wait, right before the request leaves.
+#[tokio::test]
+async fn a_gate_closed_during_the_rate_limit_wait_sends_nothing() {
+    install_crypto_provider();
+    let sim = start(SimConfig {
+        transition: Duration::from_secs(30),
+        ..SimConfig::default()
+    })
+    .await;
+    let running: Vec<String> = sim
+        .instances()
+        .into_iter()
+        .filter(|i| i.status == InstanceStatus::Running)
+        .take(2)
+        .map(|i| i.id)
+        .collect();
+    let client = client_with(
+        ClientConfig {
+            rate_per_s: 1.0,
+            burst: 1,
+            ..config(&sim)
+        },
+        bearer(ADMIN),
+    );
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let gate = {
+        let open = open.clone();
+        move || open.load(Ordering::SeqCst)
+    };
+    // The first takes the only token; the second waits about a second for the next one.
+    client
+        .act_gated(&running[0], PowerAction::Restart, Repeat::Never, &gate)
+        .await
+        .expect("first restart accepted");
+    let closer = {
+        let open = open.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            open.store(false, Ordering::SeqCst);
+        })
+    };
+    let started = Instant::now();
+    let err = client
+        .act_gated(&running[1], PowerAction::Restart, Repeat::Never, &gate)
+        .await
+        .unwrap_err();
+    closer.await.unwrap();
+    assert_eq!(err, ApiError::NotSent);
+    assert!(!err.may_have_reached_server());
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "it waited for the limiter first"
+    );
+    let acted: Vec<String> = sim.audit().into_iter().map(|a| a.instance_id).collect();
+    assert_eq!(
+        acted,
+        [running[0].clone()],
+        "only the first restart reached the admin API"
+    );
 }

@@ -253,10 +253,11 @@ async fn one_shots_snapshot_the_selection_and_levels_follow_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_beyond_max_failures_stop_the_rollout() {
     let mut instances = zone_fleet("f", "z1", 8);
-    // Restart needs a running instance: these two fail (the child ends Stalled without a POST).
+    // Two kinds of failure: f-00 cannot restart (in error, its child ends Stalled without a POST); f-02's
+    // restart is accepted and runs, but the host fails it (the simulator's per-instance fault): it ends in error.
     instances[0].status = InstanceStatus::Error;
-    instances[2].status = InstanceStatus::Error;
     let e = env("fleet-fail", instances, 300, PolicyMode::Off).await;
+    e.sim.fail_actions_on("f-02");
     e.create(
         "fail",
         serde_json::json!({"selector": {"zone": "z1"}, "desiredState": "restarted", "requestId": "r1",
@@ -270,7 +271,12 @@ async fn failures_beyond_max_failures_stop_the_rollout() {
     e.wait_event("fail", "RunStarted").await;
     e.wait_event("fail", "FailureBudgetExceeded").await;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(e.acted_on(), ["f-01"], "nothing started after the budget was spent");
+    assert_eq!(
+        e.acted_on(),
+        ["f-01", "f-02"],
+        "nothing started after the budget was spent"
+    );
+    assert_eq!(e.sim.instance("f-02").unwrap().status, InstanceStatus::Error);
     assert_eq!(e.children("fail").await.len(), 3);
     let st = status(&e.fleets.get("fail").await.unwrap());
     assert_eq!((st.pending, st.in_progress), (5, 0));

@@ -469,6 +469,7 @@ fn controller_grants() -> BTreeSet<Grant> {
         (&format!("{CFA}/status"), "", &["patch", "update"]),
         (CPS, "", &["get", "list", "watch"]),
         (&format!("{CPS}/status"), "", &["patch", "update"]),
+        (&format!("{CFA}/finalizers"), "", &["update"]),
         (&format!("{CPS}/finalizers"), "", &["update"]),
         ("events", "", &["create", "patch"]),
         ("events.events.k8s.io", "", &["create", "patch"]),

@@ -309,6 +309,7 @@ fn controller_grants() -> BTreeSet<Grant> {
             "computepowerschedules/status",
             &["patch", "update"],
         ),
+        ("compute.threatwinds.com", "computefleetactions/finalizers", &["update"]),
         (
             "compute.threatwinds.com",
             "computepowerschedules/finalizers",
@@ -1721,6 +1722,10 @@ fn argocd_health_covers_fleets() {
     let done =
         fleet(json!({"observedGeneration": 2, "conditions": [cond("Ready", "True", "Succeeded", "12 succeeded", 2)]}));
     assert_eq!(health(done), ("Healthy".into(), "12 succeeded".into()));
+    let mut suspended =
+        fleet(json!({"observedGeneration": 2, "conditions": [cond("Ready", "True", "Suspended", "suspended", 2)]}));
+    suspended["spec"]["suspend"] = json!(true);
+    assert_eq!(health(suspended).0, "Suspended");
 }
 
 #[test]
@@ -1742,6 +1747,10 @@ fn argocd_health_covers_schedules() {
         cond("Ready", "False", "EventInProgress", "rolling out", 1),
         cond("Reconciling", "True", "EventInProgress", "rolling out", 1)]}));
     assert_eq!(health(rolling).0, "Progressing");
+    let mut suspended =
+        schedule(json!({"observedGeneration": 1, "conditions": [cond("Ready", "True", "Suspended", "suspended", 1)]}));
+    suspended["spec"]["suspend"] = json!(true);
+    assert_eq!(health(suspended).0, "Suspended");
     let bad_zone = schedule(json!({"observedGeneration": 1, "conditions": [
         cond("Ready", "False", "InvalidTimeZone", "timeZone \"Europe/Madird\" is not a known IANA time zone", 1),
         cond("Stalled", "True", "InvalidTimeZone", "timeZone \"Europe/Madird\" is not a known IANA time zone", 1)]}));

@@ -289,3 +289,143 @@ async fn no_rights_no_cluster_and_no_operator_each_say_what_to_do() {
     assert_eq!(out.status.code(), Some(3));
     assert!(stderr(&out).contains("is compute-operator running"), "{}", stderr(&out));
 }
+
+/// `fleet status|pause|resume` on a rollout driven by the real fleet and instance controllers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_status_pause_and_resume() {
+    use support::fleet::{env, has, zone_fleet};
+    let e = env("plugin-fleet", zone_fleet("pf", "zone-p", 3), 300, PolicyMode::Off).await;
+    let ns = e.ns.clone();
+    e.create(
+        "nightly",
+        serde_json::json!({"selector": {"zone": "zone-p"}, "desiredState": "restarted", "requestId": "r1",
+                           "paused": true}),
+    )
+    .await;
+    e.wait_reason("nightly", "Reconciling", "Paused", Duration::from_secs(30))
+        .await;
+
+    let out = plugin(&["fleet", "status", "nightly", "-n", &ns]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(&format!(
+            "{ns}/nightly: restarted (requestId r1) of zone=zone-p [paused] - Reconciling (Paused)"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("\n  selected 3, succeeded 0, failed 0"), "{text}");
+    assert!(e.sim.audit().is_empty(), "a paused fleet started an instance");
+
+    let out = plugin(&["fleet", "resume", "nightly", "-n", &ns]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "computefleetaction/nightly resumed: continues where it stopped\n"
+    );
+    e.wait("nightly", Duration::from_secs(60), "Ready/Succeeded", |f| {
+        has(f, "Ready", "Succeeded")
+    })
+    .await;
+    assert_eq!(e.sim.audit().len(), 3, "one restart per instance");
+
+    let out = plugin(&["fleet", "status", "nightly", "-n", &ns]).await;
+    let text = stdout(&out);
+    assert!(text.contains("\n  selected 3, succeeded 3, failed 0"), "{text}");
+    assert!(text.contains("\n  children (3):\n    pf-00 "), "{text}");
+
+    let out = plugin(&["fleet", "pause", "nightly", "-n", &ns]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(e.fleets.get("nightly").await.unwrap().spec.paused, "spec.paused set");
+
+    let out = plugin(&["fleet", "pause", "missing", "-n", &ns]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("there is no ComputeFleetAction missing in namespace {ns}")),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// `schedule status|override|clear-override` against the real schedule controller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_status_and_an_override_that_is_set_and_cleared() {
+    use compute_operator::controllers::schedule::resource::ScheduledState;
+    use support::schedule::{at, schedule, setup, wait_schedule};
+    let (ns, api, _fleets) = setup("plugin-sched").await;
+    let _ctl = start_schedule_controller(&ns, Default::default()).await;
+    let mut s = schedule(
+        "office",
+        vec![
+            at("07:00", ScheduledState::Running),
+            at("19:00", ScheduledState::Stopped),
+        ],
+    );
+    s.spec.time_zone = "Europe/Madrid".into();
+    api.create(&PostParams::default(), &s).await.expect("create schedule");
+    wait_schedule(&api, "office", Duration::from_secs(10), "next event", |o| {
+        o.status.as_ref().is_some_and(|s| s.next_event.is_some())
+    })
+    .await;
+
+    let out = plugin(&["schedule", "status", "office", "-n", &ns]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(&format!(
+            "{ns}/office: instance i-sched-1 in Europe/Madrid, 2 events, enforcement events - Ready"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("\n  next: "), "{text}");
+    assert!(
+        text.contains(" CET (") || text.contains(" CEST ("),
+        "times in the schedule's zone: {text}"
+    );
+
+    let before = chrono::Utc::now();
+    let out = plugin(&[
+        "schedule", "override", "office", "-n", &ns, "--state", "running", "--for", "2h",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("overridden: computepowerschedule/office holds running until "));
+    let held = api
+        .get("office")
+        .await
+        .unwrap()
+        .spec
+        .power_override
+        .expect("spec.override set");
+    assert_eq!(held.state, ScheduledState::Running);
+    let hours = (held.until - before).num_minutes();
+    assert!((119..=121).contains(&hours), "until is 2 h from now: {} minutes", hours);
+    wait_schedule(&api, "office", Duration::from_secs(10), "override in effect", |o| {
+        o.status.as_ref().is_some_and(|s| s.power_override.is_some())
+    })
+    .await;
+    let text = stdout(&plugin(&["schedule", "status", "-n", &ns]).await);
+    assert!(text.contains("\n  override: running until "), "{text}");
+
+    let out = plugin(&[
+        "schedule",
+        "override",
+        "office",
+        "-n",
+        &ns,
+        "--state",
+        "stopped",
+        "--until",
+        "2020-01-01T00:00:00Z",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1), "an end in the past is refused");
+    assert!(stderr(&out).contains("has passed"), "{}", stderr(&out));
+
+    let out = plugin(&["schedule", "clear-override", "office", "-n", &ns]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        api.get("office").await.unwrap().spec.power_override.is_none(),
+        "override removed"
+    );
+}

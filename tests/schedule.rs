@@ -226,7 +226,7 @@ async fn suspend_creates_nothing_and_resuming_catches_up() {
     s.spec.suspend = true;
     api.create(&PostParams::default(), &s).await.expect("create schedule");
     let o = wait_schedule(&api, "paused", Duration::from_secs(5), "suspended", |o| {
-        ready_reason(o) == Some(("Reconciling".into(), "Suspended".into()))
+        ready_reason(o) == Some(("Ready".into(), "Suspended".into()))
     })
     .await;
     assert!(o.status.unwrap().next_event.is_some());

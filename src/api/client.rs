@@ -46,6 +46,9 @@ impl Endpoint {
 /// without this module knowing about metrics.
 pub type RequestObserver = Arc<dyn Fn(Endpoint, Option<u16>, Duration) + Send + Sync>;
 
+/// Asked right before a request leaves: `false` sends nothing (see [`AdminClient::act_gated`]).
+pub type Gate<'a> = &'a (dyn Fn() -> bool + Sync);
+
 /// Whether the caller allows a POST to be sent again after it may have reached the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Repeat {
@@ -225,8 +228,21 @@ impl AdminClient {
 
     /// `POST /admin/instances/{id}/{action}`; success is 202 (any body is ignored).
     pub async fn act(&self, id: &str, action: PowerAction, repeat: Repeat) -> Result<(), ApiError> {
+        self.act_gated(id, action, repeat, &|| true).await
+    }
+
+    /// [`Self::act`], asking `may_send` at the last moment before each attempt leaves (after the wait for the
+    /// rate limiter and between retries): a replica whose lease ran out meanwhile sends nothing and gets
+    /// [`ApiError::NotSent`].
+    pub async fn act_gated(
+        &self,
+        id: &str,
+        action: PowerAction,
+        repeat: Repeat,
+        may_send: Gate<'_>,
+    ) -> Result<(), ApiError> {
         let path = format!("/admin/instances/{}/{}", encode_instance_id(id)?, action.as_str());
-        self.send(Endpoint::Action(action), Method::POST, &path, &[], repeat)
+        self.send(Endpoint::Action(action), Method::POST, &path, &[], repeat, may_send)
             .await
             .map(|_| ())
     }
@@ -239,7 +255,7 @@ impl AdminClient {
         query: &[(&str, &str)],
         repeat: Repeat,
     ) -> Result<T, ApiError> {
-        let body = self.send(endpoint, method, path, query, repeat).await?;
+        let body = self.send(endpoint, method, path, query, repeat, &|| true).await?;
         serde_json::from_slice(&body).map_err(|e| ApiError::Malformed(format!("{} response: {e}", endpoint.as_str())))
     }
 
@@ -251,10 +267,11 @@ impl AdminClient {
         path: &str,
         query: &[(&str, &str)],
         repeat: Repeat,
+        may_send: Gate<'_>,
     ) -> Result<Vec<u8>, ApiError> {
         let mut attempt = 0;
         loop {
-            let result = self.send_once(endpoint, method.clone(), path, query).await;
+            let result = self.send_once(endpoint, method.clone(), path, query, may_send).await;
             let err = match result {
                 Ok(body) => return Ok(body),
                 Err(e) => e,
@@ -284,12 +301,17 @@ impl AdminClient {
         method: Method,
         path: &str,
         query: &[(&str, &str)],
+        may_send: Gate<'_>,
     ) -> Result<Vec<u8>, ApiError> {
         let headers = self
             .credentials
             .headers()
             .map_err(|e| ApiError::Credentials(e.to_string()))?;
         let _permit = self.limiter.acquire().await;
+        // The wait for a permit can be long under load: whoever asked to act decides again now.
+        if !may_send() {
+            return Err(ApiError::NotSent);
+        }
         let started = Instant::now();
         let url = format!("{}{}", self.base, path);
         let response = self
@@ -318,6 +340,15 @@ impl AdminClient {
             self.observe(endpoint, Some(status.as_u16()), started);
             return Ok(Vec::new());
         }
+        // A 5xx is judged by its status alone: its body (too large, cut off) must not turn "may have been carried
+        // out" into "refused".
+        if status.is_server_error() {
+            self.observe(endpoint, Some(status.as_u16()), started);
+            return Err(ApiError::Server {
+                status: status.as_u16(),
+                retry_after,
+            });
+        }
         let body = read_capped(response).await;
         self.observe(endpoint, Some(status.as_u16()), started);
         let body = body?;
@@ -329,11 +360,7 @@ impl AdminClient {
             StatusCode::NOT_FOUND => Err(ApiError::NotFound),
             StatusCode::CONFLICT => Err(ApiError::Conflict),
             StatusCode::TOO_MANY_REQUESTS => Err(ApiError::RateLimited { retry_after }),
-            s if s.is_server_error() => Err(ApiError::Server {
-                status: s.as_u16(),
-                retry_after,
-            }),
-            s => Err(ApiError::Malformed(format!("unexpected status {}", s.as_u16()))),
+            s => Err(ApiError::UnexpectedStatus(s.as_u16())),
         }
     }
 

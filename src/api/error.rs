@@ -26,10 +26,16 @@ pub enum ApiError {
     Transport { message: String, sent: bool },
     #[error("admin API answered with an unexpected response: {0}")]
     Malformed(String),
+    /// A status the spec does not list (a redirect, 408, 422, ... from a gateway or proxy in front of it).
+    #[error("admin API answered with unexpected status {0}")]
+    UnexpectedStatus(u16),
     #[error("instance ID {0:?} is not a safe path segment")]
     InvalidInstanceId(String),
     #[error("admin API credentials: {0}")]
     Credentials(String),
+    /// Held back by the caller at the last moment (this replica no longer holds the leader lease).
+    #[error("not sent: this replica no longer holds the leader lease")]
+    NotSent,
 }
 
 impl ApiError {
@@ -56,6 +62,9 @@ impl ApiError {
             // Any 5xx, 503 included, may come from a gateway in front of the service after the action was
             // carried out: it proves nothing about the action. Only the service's own 4xx answers do.
             Self::Server { .. } => true,
+            // A status outside the spec proves a refusal only when it is a client error (4xx): a redirect or an
+            // informational answer says nothing about whether the action ran behind it.
+            Self::UnexpectedStatus(status) => !(400..500).contains(status),
             // 429 and every other answer say the request was refused, not half-done.
             _ => false,
         }
@@ -74,8 +83,59 @@ impl ApiError {
             Self::Timeout { .. } => "Timeout",
             Self::Transport { .. } => "TransportError",
             Self::Malformed(_) => "MalformedResponse",
+            Self::UnexpectedStatus(_) => "UnexpectedStatus",
             Self::InvalidInstanceId(_) => "InvalidInstanceId",
             Self::Credentials(_) => "CredentialsError",
+            Self::NotSent => "NotLeader",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ApiError;
+
+    #[test]
+    fn only_answers_that_prove_a_refusal_say_the_request_did_not_reach_the_server() {
+        let server = |status| ApiError::Server {
+            status,
+            retry_after: None,
+        };
+        let table = [
+            (ApiError::BadRequest("x".into()), false),
+            (ApiError::Unauthorized, false),
+            (ApiError::Forbidden, false),
+            (ApiError::NotFound, false),
+            (ApiError::Conflict, false),
+            (ApiError::RateLimited { retry_after: None }, false),
+            (ApiError::UnexpectedStatus(408), false),
+            (ApiError::NotSent, false),
+            (ApiError::UnexpectedStatus(422), false),
+            (ApiError::Timeout { sent: false }, false),
+            (
+                ApiError::Transport {
+                    message: "refused".into(),
+                    sent: false,
+                },
+                false,
+            ),
+            (server(500), true),
+            (server(502), true),
+            (server(503), true),
+            (server(504), true),
+            (ApiError::UnexpectedStatus(302), true),
+            (ApiError::UnexpectedStatus(101), true),
+            (ApiError::Timeout { sent: true }, true),
+            (
+                ApiError::Transport {
+                    message: "reset".into(),
+                    sent: true,
+                },
+                true,
+            ),
+        ];
+        for (err, may_have_run) in table {
+            assert_eq!(err.may_have_reached_server(), may_have_run, "{err:?}");
         }
     }
 }

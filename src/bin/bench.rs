@@ -66,6 +66,10 @@ struct Args {
     /// Give up waiting for Ready after this many seconds.
     #[arg(long, default_value_t = 600)]
     ready_timeout_seconds: u64,
+    /// The operator binary to measure (default: `compute-operator` next to this executable). Point it at the
+    /// lean production build (`--no-default-features --features jemalloc`) to measure what the image runs.
+    #[arg(long)]
+    operator_binary: Option<PathBuf>,
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -82,7 +86,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         rest_objects: args.rest_objects,
         rest_window: args.rest_seconds,
         desired: args.desired,
-        operator_binary: benchkit::sibling_operator_binary()?,
+        operator_binary: match args.operator_binary {
+            Some(path) => path,
+            None => benchkit::sibling_operator_binary()?,
+        },
         create_concurrency: args.create_concurrency,
         log_level: args.controller_log_level,
         ready_timeout: Duration::from_secs(args.ready_timeout_seconds),

@@ -1,10 +1,35 @@
-//! What to tell a person when something goes wrong: API server refusals (no CRD, no rights, no namespace) and
-//! the operator's Stalled reasons, each with the next step to take.
+//! What to tell a person when something goes wrong: API server refusals (no CRD, no rights, no namespace, no
+//! such object) and the operator's Stalled reasons, each with the next step to take.
 
 use crate::resource::DesiredState;
 
 /// The resource, as `kubectl auth can-i` and RBAC rules spell it.
 pub const RESOURCE: &str = "computeinstanceactions.compute.threatwinds.com";
+
+/// One of the operator's kinds, as a person and RBAC spell it.
+#[derive(Clone, Copy, Debug)]
+pub struct Kind {
+    pub kind: &'static str,
+    /// `<plural>.<group>`, as `kubectl auth can-i` and RBAC rules spell it.
+    pub resource: &'static str,
+    pub short_name: &'static str,
+}
+
+pub const INSTANCE_ACTION: Kind = Kind {
+    kind: "ComputeInstanceAction",
+    resource: RESOURCE,
+    short_name: "cia",
+};
+pub const FLEET_ACTION: Kind = Kind {
+    kind: "ComputeFleetAction",
+    resource: "computefleetactions.compute.threatwinds.com",
+    short_name: "cfa",
+};
+pub const POWER_SCHEDULE: Kind = Kind {
+    kind: "ComputePowerSchedule",
+    resource: "computepowerschedules.compute.threatwinds.com",
+    short_name: "cps",
+};
 
 /// The parts of an API server refusal the advice depends on (from `kube::Error::Api`).
 #[derive(Clone, Debug, Default)]
@@ -13,22 +38,39 @@ pub struct Refusal<'a> {
     pub message: &'a str,
     /// `details.kind` of the Status (e.g. `namespaces` when the namespace is missing).
     pub kind: &'a str,
+    /// `details.name` of the Status: the object that was not found.
+    pub name: &'a str,
 }
 
-/// One line for an API server refusal of `verb` (`get`, `list`, `patch`, `watch`) in `namespace`.
+/// One line for an API server refusal of `verb` (`get`, `list`, `patch`, `watch`) on ComputeInstanceActions.
 pub fn refusal(r: &Refusal<'_>, verb: &str, namespace: &str) -> String {
+    refusal_about(INSTANCE_ACTION, r, verb, namespace)
+}
+
+/// One line for an API server refusal of `verb` on objects of `about` in `namespace`.
+pub fn refusal_about(about: Kind, r: &Refusal<'_>, verb: &str, namespace: &str) -> String {
+    let Kind {
+        kind,
+        resource,
+        short_name,
+    } = about;
+    let plural = resource.split('.').next().unwrap_or(resource);
     match r.code {
         404 if r.kind == "namespaces" => {
             format!("namespace {namespace} does not exist: pick another with -n NAMESPACE")
         }
+        404 if r.kind == plural && !r.name.is_empty() => format!(
+            "there is no {kind} {} in namespace {namespace}: list them with kubectl get {short_name} -n {namespace}",
+            r.name
+        ),
         404 => format!(
-            "the ComputeInstanceAction resource is not installed in this cluster ({RESOURCE} not found): install \
+            "the {kind} resource is not installed in this cluster ({resource} not found): install \
              the compute-operator chart (helm install compute-operator charts/compute-operator) or its CRDs \
              (kubectl apply -f crds/)"
         ),
         403 => format!(
-            "you may not {verb} {RESOURCE} in namespace {namespace} ({}): ask a cluster administrator for a Role \
-             that grants it; check with `kubectl auth can-i {verb} {RESOURCE} -n {namespace}`",
+            "you may not {verb} {resource} in namespace {namespace} ({}): ask a cluster administrator for a Role \
+             that grants it; check with `kubectl auth can-i {verb} {resource} -n {namespace}`",
             r.message
         ),
         401 => format!(
@@ -134,7 +176,16 @@ mod tests {
             (500, "boom", "", "get", "answered 500: boom"),
         ];
         for (code, message, kind, verb, want) in table {
-            let got = refusal(&Refusal { code, message, kind }, verb, "team-a");
+            let got = refusal(
+                &Refusal {
+                    code,
+                    message,
+                    kind,
+                    name: "",
+                },
+                verb,
+                "team-a",
+            );
             assert!(got.contains(want), "{code} {message}: {got}");
             assert!(!got.contains('\n'), "one line: {got}");
         }
@@ -163,5 +214,36 @@ mod tests {
     fn a_timeout_without_any_status_points_at_the_operator() {
         assert!(timed_out(false, "30s", "n", "ns").contains("is compute-operator running"));
         assert!(timed_out(true, "30s", "n", "ns").contains("goes on in the cluster"));
+    }
+
+    #[test]
+    fn a_missing_fleet_or_schedule_is_named_not_mistaken_for_a_missing_crd() {
+        let missing = Refusal {
+            code: 404,
+            message: "computefleetactions.compute.threatwinds.com \"nightly\" not found",
+            kind: "computefleetactions",
+            name: "nightly",
+        };
+        assert_eq!(
+            refusal_about(FLEET_ACTION, &missing, "get", "ops"),
+            "there is no ComputeFleetAction nightly in namespace ops: list them with kubectl get cfa -n ops"
+        );
+        let no_crd = Refusal {
+            code: 404,
+            message: "the server could not find the requested resource",
+            ..Default::default()
+        };
+        let got = refusal_about(POWER_SCHEDULE, &no_crd, "list", "ops");
+        assert!(got.contains("ComputePowerSchedule resource is not installed"), "{got}");
+        let forbidden = Refusal {
+            code: 403,
+            message: "forbidden",
+            ..Default::default()
+        };
+        let got = refusal_about(FLEET_ACTION, &forbidden, "patch", "ops");
+        assert!(
+            got.contains("kubectl auth can-i patch computefleetactions.compute.threatwinds.com -n ops"),
+            "{got}"
+        );
     }
 }

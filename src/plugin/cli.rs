@@ -12,16 +12,17 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
 use super::advice::{self, Refusal};
+use super::cli_fleets::{self, FleetCommand, ScheduleCommand};
 use super::naming::{self, Verb};
 use super::progress::{Outcome, Target, Tracker};
 use super::{FIELD_MANAGER, report};
 use crate::resource::ComputeInstanceAction;
 
 /// Limit of one call to the API server (the watch is bounded by `--timeout` instead).
-const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Exit codes: 0 done, 1 failed (refused, Stalled, Failed), 2 usage (clap), 3 `--wait` timed out.
-const EXIT_FAILED: u8 = 1;
+pub(super) const EXIT_FAILED: u8 = 1;
 const EXIT_TIMEOUT: u8 = 3;
 
 #[derive(Parser, Debug)]
@@ -48,6 +49,12 @@ enum Command {
     Start(ActionArgs),
     /// The objects acting on an instance (or all of them) and their last actions.
     Status(StatusArgs),
+    /// Fleets (ComputeFleetAction): show their progress, pause or resume them.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
+    /// Power schedules (ComputePowerSchedule): show the next and last events, hold a state for a while.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
 }
 
 #[derive(Args, Debug)]
@@ -80,13 +87,13 @@ struct StatusArgs {
 }
 
 /// A failure to report: one line (plus an optional next step) and the exit code.
-struct Failure {
-    message: String,
-    code: u8,
+pub(super) struct Failure {
+    pub(super) message: String,
+    pub(super) code: u8,
 }
 
 impl Failure {
-    fn new(message: String) -> Self {
+    pub(super) fn new(message: String) -> Self {
         Self {
             message,
             code: EXIT_FAILED,
@@ -102,6 +109,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Stop(a) => act(Verb::Stop, a).await,
         Command::Start(a) => act(Verb::Start, a).await,
         Command::Status(a) => status(a).await,
+        Command::Fleet(c) => cli_fleets::fleet(c).await,
+        Command::Schedule(c) => cli_fleets::schedule(c).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -112,7 +121,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
-async fn connect() -> Result<Client, Failure> {
+pub(super) async fn connect() -> Result<Client, Failure> {
     match tokio::time::timeout(CALL_TIMEOUT, Client::try_default()).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(e)) => Err(Failure::new(advice::unreachable(&e.to_string()))),
@@ -133,14 +142,20 @@ async fn call<T>(fut: impl Future<Output = kube::Result<T>>, verb: &str, namespa
 }
 
 fn explain(e: &kube::Error, verb: &str, namespace: &str) -> String {
+    explain_about(advice::INSTANCE_ACTION, e, verb, namespace)
+}
+
+pub(super) fn explain_about(about: advice::Kind, e: &kube::Error, verb: &str, namespace: &str) -> String {
     match e {
         kube::Error::Api(s) => {
-            let kind = s.details.as_ref().map(|d| d.kind.as_str()).unwrap_or("");
-            advice::refusal(
+            let details = s.details.as_ref();
+            advice::refusal_about(
+                about,
                 &Refusal {
                     code: s.code,
                     message: &s.message,
-                    kind,
+                    kind: details.map(|d| d.kind.as_str()).unwrap_or(""),
+                    name: details.map(|d| d.name.as_str()).unwrap_or(""),
                 },
                 verb,
                 namespace,

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use kube::ResourceExt;
 
-use crate::resource::{ActionRecord, ComputeInstanceAction};
+use crate::resource::{ActionRecord, ComputeInstanceAction, Condition};
 
 /// How many actions per object the report lists (newest first).
 const ACTIONS_SHOWN: usize = 3;
@@ -31,16 +31,21 @@ pub fn render(objects: &[ComputeInstanceAction], instance: Option<&str>, scope: 
     out
 }
 
-fn object_line(o: &ComputeInstanceAction) -> String {
-    let status = o.status.clone().unwrap_or_default();
+/// The condition that holds, as `Ready (Succeeded): message`, or `no status yet`.
+pub fn condition_summary(conditions: &[Condition]) -> String {
     let condition = ["Ready", "Stalled", "Reconciling"]
         .iter()
-        .find_map(|t| status.conditions.iter().find(|c| c.type_ == *t && c.status == "True"));
-    let state = match condition {
+        .find_map(|t| conditions.iter().find(|c| c.type_ == *t && c.status == "True"));
+    match condition {
         Some(c) if c.message.is_empty() => format!("{} ({})", c.type_, c.reason),
         Some(c) => format!("{} ({}): {}", c.type_, c.reason, c.message),
         None => "no status yet".to_owned(),
-    };
+    }
+}
+
+fn object_line(o: &ComputeInstanceAction) -> String {
+    let status = o.status.clone().unwrap_or_default();
+    let state = condition_summary(&status.conditions);
     let mut flags = Vec::new();
     if o.spec.dry_run {
         flags.push("dryRun");
@@ -121,7 +126,7 @@ mod tests {
     use super::*;
     use crate::api::PowerAction;
     use crate::resource::{
-        ActionState, ComputeInstanceActionSpec, ComputeInstanceActionStatus, Condition, DesiredState, Enforcement,
+        ActionState, ComputeInstanceActionSpec, ComputeInstanceActionStatus, DesiredState, Enforcement,
         ObservedInstance,
     };
     use chrono::TimeZone;

@@ -60,6 +60,9 @@ pub struct TransitionOpts {
     pub never_finish: bool,
     /// Queued actions: for this long after acceptance nothing is visible (the instance is busy all the same).
     pub queue: Duration,
+    /// The action is accepted and runs, but the instance ends in `error` instead of its target (a restart
+    /// that fails on the host).
+    pub fails: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -219,6 +222,7 @@ impl Fleet {
         let (shown, settle_to) = transition(&slot.instance.status, action).ok_or_else(|| ActionError::NotAllowed {
             status: slot.instance.status.clone(),
         })?;
+        let settle_to = if opts.fails { InstanceStatus::Error } else { settle_to };
         let shown = (!(opts.invisible && action.is_one_shot())).then_some(shown);
         let (due, queued) = if opts.queue.is_zero() {
             if let Some(shown) = shown {

@@ -25,6 +25,7 @@ const OPTS: TransitionOpts = TransitionOpts {
     invisible: false,
     never_finish: false,
     queue: Duration::ZERO,
+    fails: false,
 };
 
 #[test]
@@ -421,4 +422,25 @@ fn fleet_json_formats() {
     assert!(matches!(Fleet::new(dup), Err(FleetError::DuplicateId(id)) if id == "a"));
     let empty = parse_fleet_json(r#"[{"id":"","status":"running"}]"#).unwrap();
     assert!(matches!(Fleet::new(empty), Err(FleetError::EmptyId)));
+}
+
+#[test]
+fn a_failing_action_is_accepted_runs_and_ends_in_error() {
+    let t0 = Instant::now();
+    let ms = |n| t0 + Duration::from_millis(n);
+    let failing = TransitionOpts { fails: true, ..OPTS };
+    let mut f = Fleet::new(vec![inst("a", S::Running), inst("b", S::Stopped)]).unwrap();
+    f.apply("a", A::Restart, t0, failing).unwrap();
+    f.apply("b", A::Start, t0, failing).unwrap();
+    assert_eq!(
+        f.get("a", ms(50)).unwrap().status,
+        S::Restarting,
+        "it runs like any other"
+    );
+    assert_eq!(f.get("b", ms(50)).unwrap().status, S::Starting);
+    assert_eq!(f.get("a", ms(100)).unwrap().status, S::Error);
+    assert_eq!(f.get("b", ms(100)).unwrap().status, S::Error);
+    // From error, a reset may be tried (and succeed without the fault).
+    f.apply("a", A::Reset, ms(100), OPTS).unwrap();
+    assert_eq!(f.get("a", ms(200)).unwrap().status, S::Running);
 }

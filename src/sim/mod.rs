@@ -213,6 +213,8 @@ pub(crate) struct Shared {
     invisible: bool,
     /// Instances whose first restart/reset answer was already lost (fault `gateway503FirstOneShot`).
     lost_answers: Mutex<std::collections::HashSet<String>>,
+    /// Instances whose accepted actions end in `error` (see [`SimServer::fail_actions_on`]).
+    failing: Mutex<std::collections::HashSet<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -255,6 +257,7 @@ impl Shared {
             invisible: self.invisible,
             never_finish: faults.never_finish,
             queue: Duration::from_millis(faults.queue_ms),
+            fails: lock(&self.failing).contains(id),
         };
         fleet.apply(id, action, Instant::now(), opts)?;
         // Kept at millisecond precision, as served by `/_sim/audit`.
@@ -288,6 +291,12 @@ impl SimServer {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// From now on, actions on `id` are accepted (202, audited) but the instance ends in `error` instead of
+    /// its target: a fault of one instance, where the service itself works (a failing host).
+    pub fn fail_actions_on(&self, id: &str) {
+        lock(&self.shared.failing).insert(id.to_owned());
     }
 
     /// Every accepted action so far, oldest first.
@@ -409,6 +418,7 @@ pub async fn start(config: SimConfig) -> anyhow::Result<SimServer> {
         transition: config.transition,
         invisible: config.invisible_transitions,
         lost_answers: Mutex::default(),
+        failing: Mutex::default(),
     });
     let router = http::router(shared.clone());
     let task = tokio::spawn(http::serve(listener, router));

@@ -125,7 +125,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   verbs: ["patch", "update"]
 # Children carry blockOwnerDeletion, which needs this where OwnerReferencesPermissionEnforcement is on.
 - apiGroups: ["compute.threatwinds.com"]
-  resources: ["computepowerschedules/finalizers"]
+  resources: ["computefleetactions/finalizers", "computepowerschedules/finalizers"]
   verbs: ["update"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]

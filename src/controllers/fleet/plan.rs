@@ -410,7 +410,8 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             ),
         )
     } else if spec.suspend {
-        Verdict::reconciling(
+        // Settled like a suspended ComputeInstanceAction (kubectl wait and Argo CD's `Suspended` do not hang).
+        Verdict::ready(
             "Suspended",
             format!("spec.suspend is true: no admin API calls; {progress}"),
         )

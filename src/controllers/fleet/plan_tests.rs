@@ -312,7 +312,7 @@ fn paused_and_suspended_start_nothing_and_resume_where_they_stopped() {
     suspended.suspend = true;
     let children = [child(&resumed, "i-1", Outcome::InProgress)];
     let p = run(&suspended, &p.status, None, &children, t(3));
-    assert!(p.create.is_empty() && is_true(&p, RECONCILING, "Suspended"));
+    assert!(p.create.is_empty() && is_true(&p, READY, "Suspended"));
     assert_eq!(p.sync, [children[0].name.clone()], "children are suspended too");
 }
 

@@ -261,27 +261,21 @@ async fn act(
     // Last look right before the POST: the lease (a paused leader resumes here with its fence closed) and
     // notAfter. Not sent, so the record says so, written only over our own intent (never a successor's).
     if let Some(why) = not_sending_now(ctx, obj) {
-        let not_sent = plan::not_sent(&plan.status, why, Utc::now());
-        match replace_status(api, &written, &not_sent, ctx).await {
-            Ok(o) => ctx.memory.hold(
-                &o,
-                &written.resource_version().unwrap_or_default(),
-                &o.resource_version().unwrap_or_default(),
-                &not_sent,
-            ),
-            Err(kube::Error::Api(s)) if s.code == 409 => ctx.memory.forget(obj),
-            Err(e) => tracing::warn!(error = %e, "could not record an action that was not sent"),
-        }
-        ctx.locks.release(instance_id, key);
-        tracing::info!(action = action.as_str(), reason = why, "action not sent");
-        return Ok(Action::requeue(Duration::from_secs(1)));
+        return Ok(record_not_sent(api, ctx, obj, &written, &plan.status, why, key).await);
     }
     let repeat = if action.is_one_shot() {
         Repeat::Never
     } else {
         Repeat::SafeToRepeat
     };
-    let result = ctx.api.act(instance_id, action, repeat).await;
+    // The fence is asked again after the client's rate-limit wait, right before the request leaves.
+    let result = ctx
+        .api
+        .act_gated(instance_id, action, repeat, &|| ctx.fence.may_act())
+        .await;
+    if result == Err(ApiError::NotSent) {
+        return Ok(record_not_sent(api, ctx, obj, &written, &plan.status, "NotLeader", key).await);
+    }
     let outcome = match &result {
         Ok(()) => "accepted",
         Err(e) if e.may_have_reached_server() => "unknown",
@@ -328,6 +322,33 @@ async fn act(
         ctx.locks.release(instance_id, key);
     }
     Ok(requeue(ctx, key, next.requeue))
+}
+
+/// Records that the intent just written was not sent (`why`), only over that intent (never over a successor's
+/// record), and lets go of the instance.
+async fn record_not_sent(
+    api: &Api<ComputeInstanceAction>,
+    ctx: &Context,
+    obj: &ComputeInstanceAction,
+    written: &ComputeInstanceAction,
+    intent: &ComputeInstanceActionStatus,
+    why: &'static str,
+    key: &str,
+) -> Action {
+    let not_sent = plan::not_sent(intent, why, Utc::now());
+    match replace_status(api, written, &not_sent, ctx).await {
+        Ok(o) => ctx.memory.hold(
+            &o,
+            &written.resource_version().unwrap_or_default(),
+            &o.resource_version().unwrap_or_default(),
+            &not_sent,
+        ),
+        Err(kube::Error::Api(s)) if s.code == 409 => ctx.memory.forget(obj),
+        Err(e) => tracing::warn!(error = %e, "could not record an action that was not sent"),
+    }
+    ctx.locks.release(&obj.spec.instance_id, key);
+    tracing::info!(reason = why, "action not sent");
+    Action::requeue(Duration::from_secs(1))
 }
 
 /// Why an action planned a moment ago must not be sent now, if it must not.

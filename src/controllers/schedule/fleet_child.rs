@@ -86,7 +86,8 @@ pub fn child_view(fleet: &ComputeFleetAction) -> ChildView {
     }
 }
 
-/// Ready (for the current generation) is success; Stalled is failure; anything else is still going.
+/// Ready (for the current generation) is success, unless it only says the fleet is suspended (it settles
+/// without finishing); Stalled is failure; anything else is still going.
 fn outcome(fleet: &ComputeFleetAction) -> ChildOutcome {
     let Some(status) = fleet.status.as_ref() else {
         return ChildOutcome::InProgress;
@@ -95,8 +96,12 @@ fn outcome(fleet: &ComputeFleetAction) -> ChildOutcome {
         return ChildOutcome::InProgress;
     }
     let holds = |t: &str| status.conditions.iter().find(|c| c.type_ == t && c.status == "True");
-    if holds(READY).is_some() {
-        ChildOutcome::Succeeded
+    if let Some(ready) = holds(READY) {
+        if ready.reason == "Suspended" {
+            ChildOutcome::InProgress
+        } else {
+            ChildOutcome::Succeeded
+        }
     } else if let Some(c) = holds(STALLED) {
         ChildOutcome::Failed(format!("{}: {}", c.reason, c.message))
     } else {
@@ -161,6 +166,48 @@ mod tests {
             assert_eq!(view.scheduled_at, at);
             assert_eq!(view.outcome, ChildOutcome::InProgress);
             assert_eq!(view.continuous, want == Enforcement::Continuous);
+        }
+    }
+
+    #[test]
+    fn a_child_is_judged_by_its_conditions_for_the_current_generation() {
+        use crate::controllers::fleet::resource::ComputeFleetActionStatus;
+        use crate::resource::Condition;
+        let at = Utc.with_ymd_and_hms(2026, 12, 1, 6, 0, 0).unwrap();
+        let request = ChildRequest {
+            name: "office-1796104800-running".into(),
+            state: ScheduledState::Running,
+            scheduled_at: at,
+            cause: ChildCause::Event,
+        };
+        let cases = [
+            ("Ready", "Succeeded", 1, ChildOutcome::Succeeded),
+            ("Ready", "Suspended", 1, ChildOutcome::InProgress),
+            ("Ready", "Succeeded", 0, ChildOutcome::InProgress),
+            ("Reconciling", "Progressing", 1, ChildOutcome::InProgress),
+            (
+                "Stalled",
+                "FailureBudgetExceeded",
+                1,
+                ChildOutcome::Failed("FailureBudgetExceeded: m".into()),
+            ),
+        ];
+        for (type_, reason, observed, want) in cases {
+            let mut child = child_fleet(&schedule(ScheduleEnforcement::Events), &request);
+            child.metadata.generation = Some(1);
+            child.status = Some(ComputeFleetActionStatus {
+                observed_generation: Some(observed),
+                conditions: vec![Condition {
+                    type_: type_.into(),
+                    status: "True".into(),
+                    observed_generation: Some(observed),
+                    last_transition_time: at,
+                    reason: reason.into(),
+                    message: "m".into(),
+                }],
+                ..Default::default()
+            });
+            assert_eq!(outcome(&child), want, "{type_}/{reason} at generation {observed}");
         }
     }
 }

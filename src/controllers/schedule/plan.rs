@@ -96,7 +96,9 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         });
         plan.requeue_at = next.map(|o| o.at);
         refresh_result(&mut plan.status, input.children);
-        let verdict = Verdict::reconciling(
+        // Settled like a suspended ComputeInstanceAction: `kubectl wait` and GitOps health do not hang on it, and
+        // Argo CD's health check answers `Suspended`.
+        let verdict = Verdict::ready(
             "Suspended",
             "spec.suspend is true: no child fleet is created; events missed meanwhile are caught up within startingDeadline when it is false",
         );

@@ -270,7 +270,7 @@ fn suspend_creates_nothing_and_resumes_within_the_deadline() {
     };
     let p = run(&suspended, &monday, &[], "2026-12-01T06:00:01Z");
     assert_eq!((p.create.clone(), p.notes.len()), (None, 0));
-    assert_eq!(reason(&p), ("Reconciling", "Suspended"));
+    assert_eq!(reason(&p), ("Ready", "Suspended"));
     assert_eq!(p.requeue_at, Some(t("2026-12-01T18:00:00Z")));
     // Unsuspended 20 minutes later: caught up.
     let p = run(&spec(), &p.status, &[], "2026-12-01T06:20:00Z");
