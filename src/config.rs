@@ -236,6 +236,7 @@ impl RunArgs {
             policy_mode: self.policy_mode,
             // A quarter of the budget: new work and open actions keep the rest.
             view_rate: self.api_rate / 4.0,
+            ..ControllerConfig::default()
         }
     }
 }

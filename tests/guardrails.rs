@@ -240,6 +240,90 @@ async fn access_policy_allows_denies_and_is_picked_up_at_run_time() {
     }
 }
 
+/// A policy that selects namespaces by label follows label changes at run time, both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_label_changes_are_re_evaluated() {
+    let client = client().await;
+    let ns = namespace(&client, "policy-labels").await;
+    let api: Api<ComputeInstanceAction> = Api::namespaced(client.clone(), &ns);
+    let policies: Api<ComputeAccessPolicy> = Api::all(client.clone());
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let sim = simulator(SimConfig {
+        instances: 0,
+        transition: Duration::from_millis(200),
+        ..SimConfig::default()
+    })
+    .await;
+    add(&sim, "i-labelled", "c0", "u0", "z0", "t0");
+    let name = format!("{ns}-by-label");
+    let by_label = policy(
+        &name,
+        NamespaceMatch {
+            names: None,
+            selector: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                match_labels: Some([("compute-tenant".to_string(), ns.clone())].into()),
+                match_expressions: None,
+            }),
+        },
+        InstanceMatch {
+            ids: strings(&["i-labelled"]),
+            ..Default::default()
+        },
+        &[DesiredState::Stopped, DesiredState::Running],
+    );
+    policies
+        .create(&PostParams::default(), &by_label)
+        .await
+        .expect("create policy");
+    let mut config = test_controller_config(&ns);
+    config.policy_mode = PolicyMode::Enforce;
+    // Serving one namespace, its labels are read by name (a Role cannot grant a watch of namespaces).
+    config.namespace_label_poll = Duration::from_secs(1);
+    let ctl = start_controller(&sim, TOKEN, config).await;
+
+    create(&api, &cia("stop", "i-labelled", DesiredState::Stopped, None)).await;
+    wait_reason(&api, "stop", "Stalled", "PolicyDenied").await;
+    assert!(sim.audit().is_empty(), "the namespace is not labelled yet");
+
+    let label = |value: serde_json::Value| serde_json::json!({"metadata": {"labels": {"compute-tenant": value}}});
+    namespaces
+        .patch(
+            &ns,
+            &PatchParams::default(),
+            &Patch::Merge(&label(serde_json::json!(ns))),
+        )
+        .await
+        .unwrap();
+    wait_ready(&api, "stop").await;
+    assert_eq!(
+        audit_for(&sim, "i-labelled"),
+        vec!["stop"],
+        "allowed once the label is there"
+    );
+
+    // The label goes: a new request on the same instance is denied again.
+    namespaces
+        .patch(
+            &ns,
+            &PatchParams::default(),
+            &Patch::Merge(&label(serde_json::Value::Null)),
+        )
+        .await
+        .unwrap();
+    api.delete("stop", &DeleteParams::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    create(&api, &cia("start", "i-labelled", DesiredState::Running, None)).await;
+    wait_reason(&api, "start", "Stalled", "PolicyDenied").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        audit_for(&sim, "i-labelled"),
+        vec!["stop"],
+        "no start without the label"
+    );
+    ctl.stop().await;
+    let _ = policies.delete(&name, &DeleteParams::default()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_and_suspend_make_no_post() {
     let client = client().await;

@@ -141,8 +141,14 @@ pub async fn run(
             .map(|ns| (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)))
             .collect()
     };
-    let (policy, policy_changes) =
-        PolicyGate::start(&client, config.policy_mode, &config.namespaces, scopes.len()).await?;
+    let (policy, policy_changes) = PolicyGate::start(
+        &client,
+        config.policy_mode,
+        &config.namespaces,
+        crate::controllers::instance::policy_gate::NAMESPACE_POLL,
+        scopes.len(),
+    )
+    .await?;
     let ctx = Arc::new(Context {
         kube: client.clone(),
         api,

@@ -48,6 +48,9 @@ pub struct ControllerConfig {
     pub policy_mode: crate::policy::PolicyMode,
     /// Admin API requests per second the shared instance view may use (a share of the client's rate limit).
     pub view_rate: f64,
+    /// Serving listed namespaces (a Role cannot grant a watch of namespaces): how often their labels, which
+    /// access policies may select by, are read.
+    pub namespace_label_poll: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -60,6 +63,7 @@ impl Default for ControllerConfig {
             reporter: "compute-operator".into(),
             policy_mode: crate::policy::PolicyMode::Off,
             view_rate: 5.0,
+            namespace_label_poll: policy_gate::NAMESPACE_POLL,
         }
     }
 }
@@ -247,8 +251,14 @@ pub async fn run(
             .predicate_filter(predicates::generation, Default::default());
         controllers.push(Controller::for_stream(stream, reader).reconcile_on(wake));
     }
-    let (policy, policy_changes) =
-        policy_gate::PolicyGate::start(&client, config.policy_mode, &config.namespaces, controllers.len()).await?;
+    let (policy, policy_changes) = policy_gate::PolicyGate::start(
+        &client,
+        config.policy_mode,
+        &config.namespaces,
+        config.namespace_label_poll,
+        controllers.len(),
+    )
+    .await?;
     let controllers: Vec<_> = controllers
         .into_iter()
         .zip(policy_changes)

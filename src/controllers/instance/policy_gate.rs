@@ -60,11 +60,17 @@ where
 /// Labels of the served namespaces, by name.
 type Polled = Arc<std::sync::Mutex<HashMap<String, BTreeMap<String, String>>>>;
 
-/// How often the served namespaces' labels are read when they cannot be watched.
-const NAMESPACE_POLL: Duration = Duration::from_secs(30);
+/// How often the served namespaces' labels are read when they cannot be watched (the default).
+pub const NAMESPACE_POLL: Duration = Duration::from_secs(30);
 
 /// Reads each served namespace by name, for ever; a change of labels nudges every object to be re-evaluated.
-async fn poll_namespaces(client: Client, names: Vec<String>, polled: Polled, mut senders: Vec<mpsc::Sender<()>>) {
+async fn poll_namespaces(
+    client: Client,
+    names: Vec<String>,
+    every: Duration,
+    polled: Polled,
+    mut senders: Vec<mpsc::Sender<()>>,
+) {
     let api: Api<Namespace> = Api::all(client);
     loop {
         let mut changed = false;
@@ -91,7 +97,7 @@ async fn poll_namespaces(client: Client, names: Vec<String>, polled: Polled, mut
         if changed {
             nudge(&mut senders);
         }
-        tokio::time::sleep(NAMESPACE_POLL).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -108,6 +114,7 @@ impl PolicyGate {
         client: &Client,
         mode: PolicyMode,
         watched: &[String],
+        label_poll: Duration,
         listeners: usize,
     ) -> Result<(Self, Vec<mpsc::Receiver<()>>), StartError> {
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..listeners).map(|_| mpsc::channel::<()>(1)).unzip();
@@ -138,7 +145,7 @@ impl PolicyGate {
         }
         // Namespace labels, for policies that select namespaces by label; only labels are kept. Cluster-wide:
         // watched. Serving only some namespaces (a Role in each, which can grant `get` on its own namespace but
-        // never a list or watch of namespaces): each is read by name every NAMESPACE_POLL.
+        // never a list or watch of namespaces): each is read by name every `label_poll`.
         let selectors: Vec<watcher::Config> = if watched.is_empty() {
             vec![watcher::Config::default().any_semantic()]
         } else {
@@ -170,6 +177,7 @@ impl PolicyGate {
             tasks.push(tokio::spawn(poll_namespaces(
                 client.clone(),
                 watched.to_vec(),
+                label_poll,
                 polled.clone(),
                 senders.clone(),
             )));
