@@ -190,6 +190,14 @@ impl WatchProbe {
     pub fn ended(&self) {
         self.update(|w| w.ended = true);
     }
+
+    /// Reports one item of a watch stream: an event, or an error.
+    pub fn observe<T, E: std::fmt::Display>(&self, item: &Result<T, E>) {
+        match item {
+            Ok(_) => self.event(),
+            Err(e) => self.error(e),
+        }
+    }
 }
 
 /// Counts a reconcile as finished when dropped (also when its future is dropped).
@@ -379,6 +387,25 @@ mod tests {
         probe.ended();
         assert!(matches!(health.check(), Verdict::Unhealthy(r) if r.contains("ended")));
         health.clear_watches();
+        assert_eq!(health.check(), Verdict::Healthy);
+    }
+
+    #[test]
+    fn a_fleet_or_schedule_watch_reports_through_observe() {
+        let health = Arc::new(Health::default());
+        health.set_thresholds(Thresholds {
+            watch_failing: Duration::ZERO,
+            ..thresholds()
+        });
+        let instances = health.watch("all namespaces");
+        let fleets = health.watch("fleets in all namespaces");
+        instances.observe::<(), &str>(&Ok(()));
+        fleets.observe::<(), &str>(&Err("the server could not find the requested resource"));
+        assert!(
+            matches!(health.check(), Verdict::Unhealthy(r) if r.contains("fleets in all namespaces")),
+            "one failing watch of any controller is enough"
+        );
+        fleets.observe::<(), &str>(&Ok(()));
         assert_eq!(health.check(), Verdict::Healthy);
     }
 }

@@ -195,8 +195,10 @@ async fn run_controllers(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     let shutdown = shutdown.shared();
-    let fleet_config = crate::controllers::fleet::FleetConfig::following(&config);
-    let schedule_config = crate::controllers::schedule::ScheduleConfig::following(&config);
+    let mut fleet_config = crate::controllers::fleet::FleetConfig::following(&config);
+    fleet_config.health = Some(metrics.health.clone());
+    let mut schedule_config = crate::controllers::schedule::ScheduleConfig::following(&config);
+    schedule_config.health = Some(metrics.health.clone());
     let instances = controller::run(
         client.clone(),
         api.clone(),

@@ -36,6 +36,8 @@ pub struct FleetConfig {
     pub policy_mode: crate::policy::PolicyMode,
     /// The operator's `--dry-run`: every fleet reports as if `spec.dryRun` were set and creates no child.
     pub dry_run: bool,
+    /// Liveness (`/healthz`): the watch streams and reconciles report here when set.
+    pub health: Option<Arc<crate::health::Health>>,
 }
 
 impl Default for FleetConfig {
@@ -46,6 +48,7 @@ impl Default for FleetConfig {
             settings: FleetSettings::default(),
             policy_mode: crate::policy::PolicyMode::Off,
             dry_run: false,
+            health: None,
         }
     }
 }
@@ -168,12 +171,19 @@ pub async fn run(
     let runs = scopes.into_iter().zip(policy_changes).map(|((fleets, cias), changes)| {
         let (reader, writer) = reflector::store();
         let forget = ctx.clone();
+        let probe = config
+            .health
+            .as_ref()
+            .map(|h| h.watch(format!("fleets in {}", fleets.namespace().unwrap_or("all namespaces"))));
         // Only spec changes wake a fleet (its own status writes do not); a deleted fleet's listing is dropped.
         let stream = watcher(fleets, watcher::Config::default().any_semantic())
             .default_backoff()
             .modify(|f: &mut ComputeFleetAction| f.managed_fields_mut().clear())
             .reflect(writer)
             .inspect(move |event| {
+                if let Some(p) = &probe {
+                    p.observe(event);
+                }
                 if let Ok(watcher::Event::Delete(f)) = event {
                     forget.forget_selection(&f.uid().unwrap_or_default());
                 }
@@ -187,7 +197,15 @@ pub async fn run(
             .reconcile_all_on(changes)
             .with_config(controller::Config::default().concurrency(config.concurrency))
             .graceful_shutdown_on(shutdown.clone())
-            .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+            .run(
+                |obj, ctx: Arc<Context>| {
+                    // Liveness: a reconcile counts as running until its future completes or is dropped.
+                    let running = ctx.config.health.as_ref().map(|h| h.reconcile_started());
+                    reconcile::reconcile(obj, ctx).inspect(move |_| drop(running))
+                },
+                reconcile::error_policy,
+                ctx.clone(),
+            )
             .for_each(|r| {
                 if let Err(e) = r {
                     tracing::debug!(error = %e, "fleet controller event");

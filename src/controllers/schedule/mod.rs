@@ -17,7 +17,8 @@ use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::Reporter;
 
 use crate::controllers::events::EventRecorder;
-use kube::runtime::watcher;
+use kube::runtime::reflector;
+use kube::runtime::{WatchStreamExt, watcher};
 
 use crate::api::backoff::Backoff;
 use crate::controllers::fleet::resource::ComputeFleetAction;
@@ -39,6 +40,8 @@ pub struct ScheduleConfig {
     pub reporter: String,
     /// The system clock in production; shifted only by tests.
     pub clock: Clock,
+    /// Liveness (`/healthz`): the watch streams and reconciles report here when set.
+    pub health: Option<Arc<crate::health::Health>>,
 }
 
 impl Default for ScheduleConfig {
@@ -49,6 +52,7 @@ impl Default for ScheduleConfig {
             error_backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(300)),
             reporter: "compute-operator".into(),
             clock: Clock::default(),
+            health: None,
         }
     }
 }
@@ -138,12 +142,36 @@ pub async fn run(
     });
     let shutdown = shutdown.shared();
     let runs = scopes.into_iter().map(|(schedules, fleets)| {
+        let probe = config.health.as_ref().map(|h| {
+            h.watch(format!(
+                "schedules in {}",
+                schedules.namespace().unwrap_or("all namespaces")
+            ))
+        });
+        let (reader, writer) = reflector::store();
+        let stream = watcher(schedules, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .reflect(writer)
+            .inspect(move |event| {
+                if let Some(p) = &probe {
+                    p.observe(event);
+                }
+            })
+            .touched_objects();
         // Child changes wake their schedule (the last event's result follows its child).
-        Controller::new(schedules, watcher::Config::default().any_semantic())
+        Controller::for_stream(stream, reader)
             .owns(fleets, watcher::Config::default().any_semantic())
             .with_config(controller::Config::default().concurrency(config.concurrency))
             .graceful_shutdown_on(shutdown.clone())
-            .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+            .run(
+                |obj, ctx: Arc<Context>| {
+                    // Liveness: a reconcile counts as running until its future completes or is dropped.
+                    let running = ctx.config.health.as_ref().map(|h| h.reconcile_started());
+                    reconcile::reconcile(obj, ctx).inspect(move |_| drop(running))
+                },
+                reconcile::error_policy,
+                ctx.clone(),
+            )
             .for_each(|r| {
                 if let Err(e) = r {
                     tracing::debug!(error = %e, "schedule controller event");
