@@ -35,7 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller (kubeconfig or in-cluster).
-    Run(config::RunArgs),
+    Run(Box<config::RunArgs>),
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
     /// Write the CRDs to crds/ and the Helm chart's crds/ (run from the repository root).
@@ -79,7 +79,7 @@ async fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
             match kube::Client::try_default().await {
-                Ok(client) => operator::run(args, client, operator::shutdown_signal()).await,
+                Ok(client) => operator::run(*args, client, operator::shutdown_signal()).await,
                 Err(e) => Err(anyhow::anyhow!(
                     "cannot reach Kubernetes (kubeconfig or in-cluster config): {e}"
                 )),

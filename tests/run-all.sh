@@ -35,6 +35,8 @@ cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
+# The lean production build (the image's: no dev-tools) has code paths of its own.
+cargo clippy --no-default-features --features jemalloc --lib --bins --quiet -- -D warnings
 
 step "cargo test (unit, simulator, client, end-to-end, packaging)"
 log=$(mktemp -t compute-operator-test.XXXXXX.log)
