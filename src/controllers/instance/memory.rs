@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
 
@@ -16,7 +17,13 @@ struct Held {
     /// The resourceVersion of the object this status belongs to (our write's answer, or `base` if not written).
     current: String,
     status: ComputeInstanceActionStatus,
+    /// When the watch delivered our write. Kept a moment longer: a reconcile may already hold the object the
+    /// store had just before (at `base`), and without this entry would write against it (a 409).
+    seen: Option<Instant>,
 }
+
+/// How long a write the watch has shown is still held for reconciles that started from the older object.
+pub const SEEN_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Default)]
 pub struct StatusMemory {
@@ -64,18 +71,29 @@ impl StatusMemory {
                 base: base.to_owned(),
                 current: current.to_owned(),
                 status: status.clone(),
+                seen: None,
             },
         );
     }
 
-    /// The watch delivered `obj`: a held write that it now shows is dropped (nothing is held at rest).
+    /// The watch delivered `obj`: a held write that it now shows is marked seen, and dropped by [`Self::sweep`]
+    /// after [`SEEN_GRACE`] unless a reconcile from the new object drops it first (nothing is held at rest).
     pub fn observed(&self, obj: &ComputeInstanceAction) {
         let uid = obj.uid().unwrap_or_default();
         let rv = obj.resource_version().unwrap_or_default();
         let mut held = self.held();
-        if held.get(&uid).is_some_and(|h| h.current == rv && h.base != rv) {
-            held.remove(&uid);
+        if let Some(h) = held.get_mut(&uid)
+            && h.current == rv
+            && h.base != rv
+        {
+            h.seen.get_or_insert_with(Instant::now);
         }
+    }
+
+    /// Drops held writes the watch showed more than `grace` ago.
+    pub fn sweep(&self, now: Instant, grace: Duration) {
+        self.held()
+            .retain(|_, h| h.seen.is_none_or(|at| now.saturating_duration_since(at) < grace));
     }
 
     pub fn forget(&self, obj: &ComputeInstanceAction) {
@@ -187,6 +205,36 @@ mod tests {
         obj.metadata.resource_version = Some("12".into());
         obj.status = None;
         assert_eq!(mem.recall(&obj).status, None);
+        assert!(mem.is_empty());
+    }
+
+    #[test]
+    fn a_reconcile_from_the_object_just_before_our_write_still_reads_it() {
+        let mut obj = ComputeInstanceAction::new(
+            "o",
+            serde_json::from_str(r#"{"instanceId":"i","desiredState":"running"}"#).unwrap(),
+        );
+        obj.metadata.uid = Some("u".into());
+        obj.metadata.resource_version = Some("10".into());
+        let before = obj.clone();
+        let mem = StatusMemory::default();
+        let held = open(ActionState::Accepted, "held", true);
+        mem.hold(&obj, "10", "11", &held);
+        // The watch shows our write (11) while a reconcile already took the store's object at 10.
+        obj.metadata.resource_version = Some("11".into());
+        mem.observed(&obj);
+        let recalled = mem.recall(&before);
+        assert_eq!(
+            recalled.resource_version().as_deref(),
+            Some("11"),
+            "written against 11, not a stale 10"
+        );
+        assert_eq!(recalled.status.as_ref(), Some(&held));
+        // Nothing is held at rest: the sweep drops it after the grace time.
+        let t0 = Instant::now();
+        mem.sweep(t0, SEEN_GRACE);
+        assert_eq!(mem.len(), 1, "within the grace time");
+        mem.sweep(t0 + SEEN_GRACE + Duration::from_millis(1), SEEN_GRACE);
         assert!(mem.is_empty());
     }
 }

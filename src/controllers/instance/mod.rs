@@ -301,14 +301,16 @@ pub async fn run(
         slots: Arc::new(tokio::sync::Semaphore::new(usize::from(config.concurrency.max(1)))),
         acceptances: Default::default(),
     });
-    // The phase gauge is refreshed periodically.
+    // The phase gauge is refreshed periodically; held writes the watch has shown are let go.
     let gauges = {
         let stores = stores.clone();
         let metrics = metrics.clone();
+        let memory = memory.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(15));
             loop {
                 tick.tick().await;
+                memory.sweep(std::time::Instant::now(), memory::SEEN_GRACE);
                 count_phases(&stores, &metrics);
             }
         })
