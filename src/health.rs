@@ -153,6 +153,15 @@ impl Health {
     }
 }
 
+/// `reconcile`, counted as running for liveness (when `health` is set) until it completes or is dropped.
+pub fn counted<F: std::future::Future>(
+    health: Option<&Arc<Health>>,
+    reconcile: F,
+) -> impl std::future::Future<Output = F::Output> + use<F> {
+    let running = health.map(|h| h.reconcile_started());
+    futures::FutureExt::inspect(reconcile, move |_| drop(running))
+}
+
 /// Reports one watch stream's events and errors.
 #[derive(Debug, Clone)]
 pub struct WatchProbe {

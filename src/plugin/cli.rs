@@ -19,7 +19,7 @@ use super::{FIELD_MANAGER, report};
 use crate::resource::ComputeInstanceAction;
 
 /// Limit of one call to the API server (the watch is bounded by `--timeout` instead).
-pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Exit codes: 0 done, 1 failed (refused, Stalled, Failed), 2 usage (clap), 3 `--wait` timed out.
 pub(super) const EXIT_FAILED: u8 = 1;
@@ -129,16 +129,33 @@ pub(super) async fn connect() -> Result<Client, Failure> {
     }
 }
 
-/// One API call with the plugin's time limit, its error turned into advice.
+/// One API call with the plugin's time limit, its error turned into advice about ComputeInstanceActions.
 async fn call<T>(fut: impl Future<Output = kube::Result<T>>, verb: &str, namespace: &str) -> Result<T, Failure> {
+    call_about(advice::INSTANCE_ACTION, fut, verb, namespace).await
+}
+
+/// One API call with the plugin's time limit, its error turned into advice about objects of `about`.
+pub(super) async fn call_about<T>(
+    about: advice::Kind,
+    fut: impl Future<Output = kube::Result<T>>,
+    verb: &str,
+    namespace: &str,
+) -> Result<T, Failure> {
     match tokio::time::timeout(CALL_TIMEOUT, fut).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(Failure::new(explain(&e, verb, namespace))),
+        Ok(Err(e)) => Err(Failure::new(explain_about(about, &e, verb, namespace))),
         Err(_) => Err(Failure::new(advice::unreachable(&format!(
             "no answer within {}s",
             CALL_TIMEOUT.as_secs()
         )))),
     }
+}
+
+/// `-n NAMESPACE`, else the kubeconfig context's namespace.
+pub(super) fn namespace_or_default(client: &Client, namespace: &Option<String>) -> String {
+    namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned())
 }
 
 fn explain(e: &kube::Error, verb: &str, namespace: &str) -> String {
@@ -167,10 +184,7 @@ pub(super) fn explain_about(about: advice::Kind, e: &kube::Error, verb: &str, na
 
 async fn act(verb: Verb, args: ActionArgs) -> Result<(), Failure> {
     let client = connect().await?;
-    let ns = args
-        .namespace
-        .clone()
-        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let ns = namespace_or_default(&client, &args.namespace);
     let api: Api<ComputeInstanceAction> = Api::namespaced(client, &ns);
     let name = naming::object_name(&args.instance);
     let desired = verb.desired_state();
@@ -287,10 +301,7 @@ async fn status(args: StatusArgs) -> Result<(), Failure> {
     let (api, scope, ns): (Api<ComputeInstanceAction>, String, String) = if args.all_namespaces {
         (Api::all(client), "all namespaces".into(), "(all)".into())
     } else {
-        let ns = args
-            .namespace
-            .clone()
-            .unwrap_or_else(|| client.default_namespace().to_owned());
+        let ns = namespace_or_default(&client, &args.namespace);
         (Api::namespaced(client, &ns), format!("namespace {ns}"), ns)
     };
     let list = call(api.list(&ListParams::default()), "list", &ns).await?;

@@ -10,7 +10,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use super::advice::{self, FLEET_ACTION, Kind, POWER_SCHEDULE};
-use super::cli::{CALL_TIMEOUT, Failure, connect, explain_about};
+use super::cli::{Failure, call_about, connect, namespace_or_default};
 use super::{FIELD_MANAGER, fleet_report};
 use crate::controllers::fleet::children::{FLEET_LABEL, fleet_label_value};
 use crate::controllers::fleet::resource::ComputeFleetAction;
@@ -127,9 +127,9 @@ async fn fleet_status(args: ListArgs) -> Result<(), Failure> {
         (Some(name), Some(_)) => {
             let api: Api<ComputeInstanceAction> = Api::namespaced(client, &ns);
             let selector = format!("{FLEET_LABEL}={}", fleet_label_value(name));
-            let list = call(
-                api.list(&ListParams::default().labels(&selector)),
+            let list = call_about(
                 advice::INSTANCE_ACTION,
+                api.list(&ListParams::default().labels(&selector)),
                 "list",
                 &ns,
             )
@@ -159,10 +159,7 @@ async fn scope_of(args: &ListArgs) -> Result<(Client, String, String), Failure> 
     if args.all_namespaces {
         return Ok((client, String::new(), "all namespaces".into()));
     }
-    let ns = args
-        .namespace
-        .clone()
-        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let ns = namespace_or_default(&client, &args.namespace);
     let scope = format!("namespace {ns}");
     Ok((client, ns, scope))
 }
@@ -177,14 +174,16 @@ where
 {
     if ns.is_empty() {
         let api: Api<K> = Api::all(client);
-        return Ok(call(api.list(&ListParams::default()), about, "list", "(all)")
+        return Ok(call_about(about, api.list(&ListParams::default()), "list", "(all)")
             .await?
             .items);
     }
     let api: Api<K> = Api::namespaced(client, ns);
     match &args.name {
-        Some(name) => Ok(vec![call(api.get(name), about, "get", ns).await?]),
-        None => Ok(call(api.list(&ListParams::default()), about, "list", ns).await?.items),
+        Some(name) => Ok(vec![call_about(about, api.get(name), "get", ns).await?]),
+        None => Ok(call_about(about, api.list(&ListParams::default()), "list", ns)
+            .await?
+            .items),
     }
 }
 
@@ -198,39 +197,19 @@ where
         + std::fmt::Debug,
 {
     let client = connect().await?;
-    let ns = args
-        .namespace
-        .clone()
-        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let ns = namespace_or_default(&client, &args.namespace);
     let api: Api<K> = Api::namespaced(client, &ns);
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
     };
-    call(
-        api.patch(&args.name, &params, &Patch::Merge(&patch)),
+    call_about(
         about,
+        api.patch(&args.name, &params, &Patch::Merge(&patch)),
         "patch",
         &ns,
     )
     .await
-}
-
-/// One API call with the plugin's time limit, its error turned into advice about `about`.
-async fn call<T>(
-    fut: impl Future<Output = kube::Result<T>>,
-    about: Kind,
-    verb: &str,
-    namespace: &str,
-) -> Result<T, Failure> {
-    match tokio::time::timeout(CALL_TIMEOUT, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(Failure::new(explain_about(about, &e, verb, namespace))),
-        Err(_) => Err(Failure::new(advice::unreachable(&format!(
-            "no answer within {}s",
-            CALL_TIMEOUT.as_secs()
-        )))),
-    }
 }
 
 #[cfg(test)]

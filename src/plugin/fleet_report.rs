@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::report::condition_summary;
 use crate::controllers::fleet::resource::ComputeFleetAction;
-use crate::controllers::schedule::resource::{ComputePowerSchedule, ScheduledState};
+use crate::controllers::schedule::resource::{ComputePowerSchedule, ScheduleEnforcement, ScheduledState};
 use crate::resource::ComputeInstanceAction;
 use crate::selection::{InstanceSelector, MaxConcurrent};
 
@@ -162,8 +162,8 @@ fn schedule_lines(s: &ComputePowerSchedule) -> String {
         spec.time_zone,
         spec.events.len(),
         match spec.enforcement {
-            crate::controllers::schedule::resource::ScheduleEnforcement::Events => "events",
-            crate::controllers::schedule::resource::ScheduleEnforcement::Continuous => "continuous",
+            ScheduleEnforcement::Events => "events",
+            ScheduleEnforcement::Continuous => "continuous",
         },
         condition_summary(&status.conditions)
     );

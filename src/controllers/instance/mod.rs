@@ -322,9 +322,8 @@ pub async fn run(
             .graceful_shutdown_on(shutdown.clone())
             .run(
                 |obj, ctx: Arc<Context>| {
-                    // Liveness: a reconcile counts as running until its future completes or is dropped.
-                    let running = ctx.metrics.health.reconcile_started();
-                    reconcile::reconcile(obj, ctx).inspect(move |_| drop(running))
+                    let health = ctx.metrics.health.clone();
+                    crate::health::counted(Some(&health), reconcile::reconcile(obj, ctx))
                 },
                 reconcile::error_policy,
                 ctx.clone(),

@@ -142,8 +142,8 @@ mod tests {
         s
     }
 
-    #[test]
-    fn the_child_copies_the_target_and_reads_back() {
+    /// The request for a `running` event at 06:00 UTC on 2026-12-01.
+    fn running_at_six() -> (DateTime<Utc>, ChildRequest) {
         let at = Utc.with_ymd_and_hms(2026, 12, 1, 6, 0, 0).unwrap();
         let request = ChildRequest {
             name: "office-1796104800-running".into(),
@@ -151,6 +151,12 @@ mod tests {
             scheduled_at: at,
             cause: ChildCause::Event,
         };
+        (at, request)
+    }
+
+    #[test]
+    fn the_child_copies_the_target_and_reads_back() {
+        let (at, request) = running_at_six();
         for (enforcement, want) in [
             (ScheduleEnforcement::Events, Enforcement::Once),
             (ScheduleEnforcement::Continuous, Enforcement::Continuous),
@@ -173,13 +179,7 @@ mod tests {
     fn a_child_is_judged_by_its_conditions_for_the_current_generation() {
         use crate::controllers::fleet::resource::ComputeFleetActionStatus;
         use crate::resource::Condition;
-        let at = Utc.with_ymd_and_hms(2026, 12, 1, 6, 0, 0).unwrap();
-        let request = ChildRequest {
-            name: "office-1796104800-running".into(),
-            state: ScheduledState::Running,
-            scheduled_at: at,
-            cause: ChildCause::Event,
-        };
+        let (at, request) = running_at_six();
         let cases = [
             ("Ready", "Succeeded", 1, ChildOutcome::Succeeded),
             ("Ready", "Suspended", 1, ChildOutcome::InProgress),

@@ -165,9 +165,8 @@ pub async fn run(
             .graceful_shutdown_on(shutdown.clone())
             .run(
                 |obj, ctx: Arc<Context>| {
-                    // Liveness: a reconcile counts as running until its future completes or is dropped.
-                    let running = ctx.config.health.as_ref().map(|h| h.reconcile_started());
-                    reconcile::reconcile(obj, ctx).inspect(move |_| drop(running))
+                    let health = ctx.config.health.clone();
+                    crate::health::counted(health.as_ref(), reconcile::reconcile(obj, ctx))
                 },
                 reconcile::error_policy,
                 ctx.clone(),
