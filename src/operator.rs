@@ -16,8 +16,10 @@ use futures::FutureExt as _;
 use crate::api::{AdminClient, CredentialSource};
 use crate::config::RunArgs;
 use crate::controllers::instance as controller;
+use crate::controllers::runtime::{self, RuntimeSettings, Shared};
 use crate::leader::{LeaderElector, Leadership};
 use crate::metrics::{self, Metrics};
+use crate::resource::ComputeInstanceAction;
 
 /// How long in-flight reconciles may take to finish after SIGTERM (or after losing the lease).
 const GRACE: Duration = Duration::from_secs(7);
@@ -107,7 +109,7 @@ async fn run_elected(
     let shutdown = shutdown.shared();
     // A follower has nothing to cache: it is ready once the CRD is served and leadership is known.
     tokio::select! {
-        checked = controller::check_crd(&client, &config.namespaces) => checked?,
+        checked = runtime::check_crd::<ComputeInstanceAction>(&client, &config.namespaces) => checked?,
         () = shutdown.clone() => return Ok(()),
     }
     metrics.watching.store(true, Ordering::SeqCst);
@@ -184,8 +186,8 @@ async fn run_elected(
     }
 }
 
-/// The instance, fleet and schedule controllers side by side, under the same leadership and shutdown; a start-up
-/// error of any ends all.
+/// The instance, fleet and schedule controllers side by side on one shared runtime (one policy gate, one fence,
+/// one list budget), under the same leadership and shutdown; a start-up error of any ends all.
 async fn run_controllers(
     client: kube::Client,
     api: AdminClient,
@@ -195,23 +197,17 @@ async fn run_controllers(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     let shutdown = shutdown.shared();
+    let settings = RuntimeSettings::of(&config);
+    let shared = Shared::start(client, api, &settings, metrics.clone(), fence).await?;
     let mut fleet_config = crate::controllers::fleet::FleetConfig::following(&config);
     fleet_config.health = Some(metrics.health.clone());
     let mut schedule_config = crate::controllers::schedule::ScheduleConfig::following(&config);
     schedule_config.health = Some(metrics.health.clone());
-    let instances = controller::run(
-        client.clone(),
-        api.clone(),
-        config,
-        metrics,
-        fence.clone(),
-        shutdown.clone(),
-    )
-    .map(|r| r.map_err(anyhow::Error::from));
-    let fleets = crate::controllers::fleet::run(client.clone(), api, fleet_config, fence, shutdown.clone())
+    let instances = controller::run(shared.clone(), config, shutdown.clone()).map(|r| r.map_err(anyhow::Error::from));
+    let fleets = crate::controllers::fleet::run(shared.clone(), fleet_config, shutdown.clone())
         .map(|r| r.map_err(anyhow::Error::from));
     let schedules =
-        crate::controllers::schedule::run(client, schedule_config, shutdown).map(|r| r.map_err(anyhow::Error::from));
+        crate::controllers::schedule::run(shared, schedule_config, shutdown).map(|r| r.map_err(anyhow::Error::from));
     tokio::try_join!(instances, fleets, schedules).map(|_| ())
 }
 

@@ -224,6 +224,41 @@ pub fn evaluate_for_any_instance(
     evaluate(mode, policies, ns, instance_id, None, desired)
 }
 
+/// What a namespace may power for one desired state, before any instance is looked at.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Coverage {
+    /// `--policy-mode off`: every instance.
+    Everything,
+    /// Only instances matching one of these (empty: none at all, so nothing need be asked of the admin API).
+    Only(Vec<InstanceMatch>),
+}
+
+impl Coverage {
+    pub fn is_nothing(&self) -> bool {
+        matches!(self, Self::Only(m) if m.is_empty())
+    }
+}
+
+/// The instance matches of every policy that grants namespace `ns` the desired state: a fleet's selection is
+/// narrowed to these before anything is listed or counted.
+pub fn coverage(
+    mode: PolicyMode,
+    policies: &[(String, ComputeAccessPolicySpec)],
+    ns: &NamespaceView<'_>,
+    desired: DesiredState,
+) -> Coverage {
+    if mode == PolicyMode::Off {
+        return Coverage::Everything;
+    }
+    let mut matches: Vec<InstanceMatch> = policies
+        .iter()
+        .filter(|(_, p)| p.namespaces.matches(ns) && p.desired_states.contains(&desired))
+        .map(|(_, p)| p.instances.clone())
+        .collect();
+    matches.dedup();
+    Coverage::Only(matches)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -73,6 +73,27 @@ impl InstanceSelector {
             || self.template_id.is_some()
     }
 
+    /// The selector in a few words (`customerId=c1,zone=z1,3 instance IDs`): the user's own input read back,
+    /// for reports and messages.
+    pub fn describe(&self) -> String {
+        let mut parts: Vec<String> = [
+            ("customerId", &self.customer_id),
+            ("userId", &self.user_id),
+            ("zone", &self.zone),
+            ("templateId", &self.template_id),
+            ("status", &self.status),
+        ]
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+        .collect();
+        match self.instance_ids.len() {
+            0 => {}
+            1 => parts.push(format!("instance {}", self.instance_ids[0])),
+            n => parts.push(format!("{n} instance IDs")),
+        }
+        parts.join(",")
+    }
+
     /// Whether the selector names nothing at all (the API server rejects this; checked again defensively).
     pub fn is_empty(&self) -> bool {
         !self.has_filters() && self.instance_ids.is_empty()
@@ -113,18 +134,62 @@ impl MaxConcurrent {
     }
 }
 
-/// Pacing and failure budget of a rollout over many instances.
+/// Pacing and failure budget of a rollout over many instances. Unset fields take the defaults of the kind:
+/// a fleet is careful (one at a time, the first failure stops it), a schedule's event fits a calendar
+/// ([`SCHEDULE_DEFAULTS`]: many at a time, and one instance that cannot move does not stop the others).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Strategy {
-    /// At most this many instances in flight at once: a number (>= 1) or a percentage like `"25%"`. Default 1.
-    #[serde(default)]
+    /// At most this many instances in flight at once: a number (>= 1) or a percentage like `"25%"`. Default 1
+    /// for a fleet, 50 for a schedule's event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "max_concurrent_schema")]
-    pub max_concurrent: MaxConcurrent,
-    /// Failures tolerated before the rollout stops (default 0: the first failure stops it).
-    #[serde(default)]
+    pub max_concurrent: Option<MaxConcurrent>,
+    /// Failures tolerated before the rollout stops. Default 0 for a fleet (the first failure stops it); a
+    /// schedule's event tries every instance by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(max = 100000))]
+    pub max_failures: Option<u32>,
+}
+
+/// The values a [`Strategy`] falls back to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StrategyDefaults {
+    pub max_concurrent: u32,
     pub max_failures: u32,
+}
+
+/// A fleet's: one at a time, stop at the first failure.
+pub const FLEET_DEFAULTS: StrategyDefaults = StrategyDefaults {
+    max_concurrent: 1,
+    max_failures: 0,
+};
+/// A schedule's event: 50 at a time, never stop for a failure (each instance is tried once).
+pub const SCHEDULE_DEFAULTS: StrategyDefaults = StrategyDefaults {
+    max_concurrent: 50,
+    max_failures: 100_000,
+};
+
+impl Strategy {
+    pub fn max_concurrent(&self) -> MaxConcurrent {
+        self.max_concurrent.clone().unwrap_or_default()
+    }
+
+    pub fn max_failures(&self) -> u32 {
+        self.max_failures.unwrap_or(FLEET_DEFAULTS.max_failures)
+    }
+
+    /// Every field set: this strategy's own values, the given defaults for the rest.
+    pub fn resolved(&self, defaults: StrategyDefaults) -> Self {
+        Self {
+            max_concurrent: Some(
+                self.max_concurrent
+                    .clone()
+                    .unwrap_or(MaxConcurrent::Count(defaults.max_concurrent)),
+            ),
+            max_failures: Some(self.max_failures.unwrap_or(defaults.max_failures)),
+        }
+    }
 }
 
 /// `int-or-string` with the pattern a person can read back in the error message.
@@ -177,9 +242,28 @@ mod tests {
     #[test]
     fn strategy_defaults_to_one_at_a_time_and_no_failures() {
         let s: Strategy = serde_json::from_str("{}").unwrap();
-        assert_eq!(s.max_concurrent, MaxConcurrent::Count(1));
-        assert_eq!(s.max_failures, 0);
+        assert_eq!(s.max_concurrent(), MaxConcurrent::Count(1));
+        assert_eq!(s.max_failures(), 0);
         let s: Strategy = serde_json::from_str(r#"{"maxConcurrent":"10%"}"#).unwrap();
-        assert_eq!(s.max_concurrent, MaxConcurrent::Percent("10%".into()));
+        assert_eq!(s.max_concurrent(), MaxConcurrent::Percent("10%".into()));
+    }
+
+    #[test]
+    fn a_schedule_fills_what_is_unset_with_its_own_defaults() {
+        let rows = [
+            ("{}", MaxConcurrent::Count(50), 100_000),
+            (r#"{"maxConcurrent":5}"#, MaxConcurrent::Count(5), 100_000),
+            (r#"{"maxFailures":2}"#, MaxConcurrent::Count(50), 2),
+        ];
+        for (json, concurrent, failures) in rows {
+            let s: Strategy = serde_json::from_str(json).unwrap();
+            let r = s.resolved(SCHEDULE_DEFAULTS);
+            assert_eq!((r.max_concurrent(), r.max_failures()), (concurrent, failures), "{json}");
+        }
+        // A fleet's defaults do not change a strategy that is unset.
+        assert_eq!(
+            Strategy::default().resolved(FLEET_DEFAULTS).max_concurrent(),
+            MaxConcurrent::Count(1)
+        );
     }
 }

@@ -28,8 +28,14 @@ async fn fleet_benchmark_restart_1000_at_50() {
     .await;
     let mut config = test_controller_config(&ns);
     config.concurrency = 32;
-    let _instances = start_controller(&sim, TOKEN, config).await;
-    let _fleets = start_fleet_controller(&sim, TOKEN, test_fleet_config(&ns)).await;
+    let _operator = start_fleet_operator(
+        &sim,
+        TOKEN,
+        config,
+        test_fleet_config(&ns),
+        compute_operator::leader::Fence::always_open(),
+    )
+    .await;
     let fleets: Api<ComputeFleetAction> = Api::namespaced(client.clone(), &ns);
     let obj: ComputeFleetAction = serde_json::from_value(serde_json::json!({
         "apiVersion": "compute.threatwinds.com/v1alpha1", "kind": "ComputeFleetAction",

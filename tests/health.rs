@@ -160,18 +160,11 @@ async fn run_controller(
         .expect("serve health");
     let mut config = test_controller_config(ns);
     config.concurrency = concurrency;
+    let _ = client;
+    let shared = shared_runtime(api, &config, metrics, compute_operator::leader::Fence::always_open()).await;
     let controller = tokio::spawn(async move {
         let never = std::future::pending::<()>();
-        if let Err(e) = controller::run(
-            client,
-            api,
-            config,
-            metrics,
-            compute_operator::leader::Fence::always_open(),
-            never,
-        )
-        .await
-        {
+        if let Err(e) = controller::run(shared, config, never).await {
             panic!("controller failed: {e}");
         }
     });

@@ -15,7 +15,7 @@ use support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_event_the_instances_reach_its_state() {
     let (ns, api, fleets) = setup("sched-chain").await;
-    let (sim, _instances, _fleets) = chain(&ns, Duration::from_secs(30)).await;
+    let (sim, _operator) = chain(&ns, Duration::from_secs(30)).await;
     add_instance(&sim, "i-sched-1", InstanceStatus::Running);
     let clock = clock_before_event(Duration::from_secs(5));
     let event_real = real_instant_of(clock, event_at());
@@ -52,7 +52,7 @@ async fn at_the_event_the_instances_reach_its_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continuous_enforcement_corrects_a_manual_start() {
     let (ns, api, fleets) = setup("sched-cont").await;
-    let (sim, _instances, _fleets_ctl) = chain(&ns, Duration::from_secs(3)).await;
+    let (sim, _operator) = chain(&ns, Duration::from_secs(3)).await;
     add_instance(&sim, "i-sched-1", InstanceStatus::Running);
     // The calendar's last event (09:00) says stopped: a continuous schedule holds that at once.
     let ctl = start_schedule_controller(&ns, clock_before_event(Duration::from_secs(600))).await;
@@ -104,7 +104,7 @@ async fn continuous_enforcement_corrects_a_manual_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_schedule_deletes_its_children_and_leaves_the_instances_alone() {
     let (ns, api, fleets) = setup("sched-delete").await;
-    let (sim, _instances, _fleets_ctl) = chain(&ns, Duration::from_secs(30)).await;
+    let (sim, _operator) = chain(&ns, Duration::from_secs(30)).await;
     add_instance(&sim, "i-sched-1", InstanceStatus::Stopped);
     let ctl = start_schedule_controller(&ns, clock_before_event(Duration::from_secs(600))).await;
     let mut s = schedule("gone", vec![at("09:00", ScheduledState::Running)]);

@@ -135,7 +135,7 @@ pub struct InstancePage {
 }
 
 /// Filters of the list endpoint, combined with AND. `None` means "no filter".
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ListFilter {
     pub user_id: Option<String>,
     pub customer_id: Option<String>,

@@ -196,6 +196,7 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(15);
 const MAX_NOTE: usize = 1000;
 
 /// One Event to publish: warning or normal, a reason, a note.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Note {
     pub warning: bool,
     pub reason: String,

@@ -9,7 +9,7 @@ use super::report::condition_summary;
 use crate::controllers::fleet::resource::ComputeFleetAction;
 use crate::controllers::schedule::resource::{ComputePowerSchedule, ScheduleEnforcement, ScheduledState};
 use crate::resource::ComputeInstanceAction;
-use crate::selection::{InstanceSelector, MaxConcurrent};
+use crate::selection::MaxConcurrent;
 
 /// Children listed under a fleet that was named (the rest are counted).
 const CHILDREN_SHOWN: usize = 20;
@@ -72,10 +72,10 @@ fn fleet_lines(f: &ComputeFleetAction) -> String {
         "{}/{}: {what} of {}{flags} - {}\n",
         f.namespace().unwrap_or_default(),
         f.name_any(),
-        selector_text(&spec.selector),
+        spec.selector.describe(),
         condition_summary(&status.conditions)
     );
-    let cap = match &spec.strategy.max_concurrent {
+    let cap = match &spec.strategy.max_concurrent() {
         MaxConcurrent::Count(n) => n.to_string(),
         MaxConcurrent::Percent(p) => p.clone(),
     };
@@ -87,40 +87,19 @@ fn fleet_lines(f: &ComputeFleetAction) -> String {
         status.denied,
         status.in_progress,
         status.pending,
-        spec.strategy.max_failures
+        spec.strategy.max_failures()
     ));
     if !status.failed_ids.is_empty() {
         out.push_str(&format!("  failed: {}\n", status.failed_ids.join(", ")));
     }
     if let Some(d) = &status.dry_run {
         out.push_str(&format!(
-            "  dry run: would act on {}, {} denied; first: {}\n",
+            "  dry run: would act on {}; first: {}\n",
             d.would_act,
-            d.denied,
             d.first_ids.join(", ")
         ));
     }
     out
-}
-
-/// `zone=us-central1-a,customerId=c-1` and/or `3 instance IDs`.
-pub fn selector_text(s: &InstanceSelector) -> String {
-    let mut parts: Vec<String> = [
-        ("customerId", &s.customer_id),
-        ("userId", &s.user_id),
-        ("zone", &s.zone),
-        ("templateId", &s.template_id),
-        ("status", &s.status),
-    ]
-    .iter()
-    .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
-    .collect();
-    match s.instance_ids.len() {
-        0 => {}
-        1 => parts.push(format!("instance {}", s.instance_ids[0])),
-        n => parts.push(format!("{n} instance IDs")),
-    }
-    parts.join(",")
 }
 
 /// The report for `schedules`, sorted by namespace and name; times in each schedule's own zone and in UTC.
@@ -158,7 +137,7 @@ fn schedule_lines(s: &ComputePowerSchedule) -> String {
         "{}/{}: {} in {}, {} events, enforcement {}{flags} - {}\n",
         s.namespace().unwrap_or_default(),
         s.name_any(),
-        selector_text(&spec.selector),
+        spec.selector.describe(),
         spec.time_zone,
         spec.events.len(),
         match spec.enforcement {

@@ -64,13 +64,17 @@ pub async fn env(prefix: &str, instances: Vec<Instance>, transition_ms: u64, mod
 
 impl Env {
     pub async fn start(&mut self, mode: PolicyMode) {
+        self.start_fenced(mode, compute_operator::leader::Fence::always_open())
+            .await;
+    }
+
+    /// Both controllers on one shared runtime whose fence is `fence` (a test may close it).
+    pub async fn start_fenced(&mut self, mode: PolicyMode, fence: std::sync::Arc<compute_operator::leader::Fence>) {
         let mut config = test_controller_config(&self.ns);
         config.policy_mode = mode;
-        self.controllers.push(start_controller(&self.sim, TOKEN, config).await);
-        let mut fleet_config = test_fleet_config(&self.ns);
-        fleet_config.policy_mode = mode;
+        let fleet_config = test_fleet_config(&self.ns);
         self.controllers
-            .push(start_fleet_controller(&self.sim, TOKEN, fleet_config).await);
+            .push(start_fleet_operator(&self.sim, TOKEN, config, fleet_config, fence).await);
     }
 
     pub async fn create(&self, name: &str, spec: serde_json::Value) -> ComputeFleetAction {

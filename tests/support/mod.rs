@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use compute_operator::api::{AdminClient, ClientConfig, CredentialSource, Credentials, Secret};
 use compute_operator::controllers::instance::{self as controller, ControllerConfig};
+use compute_operator::controllers::runtime::{RuntimeSettings, Shared};
 use compute_operator::devenv::{Binaries, ControlPlane};
 use compute_operator::metrics::Metrics;
 use compute_operator::resource::{ComputeInstanceAction, ComputeInstanceActionSpec, DesiredState, Enforcement};
@@ -136,26 +137,28 @@ pub fn test_controller_config(ns: &str) -> ControllerConfig {
     config
 }
 
+/// The shared runtime (policy gate, fence, list budget) an operator with `config` would start, on `api`.
+pub async fn shared_runtime(
+    api: AdminClient,
+    config: &ControllerConfig,
+    metrics: Arc<Metrics>,
+    fence: Arc<compute_operator::leader::Fence>,
+) -> Shared {
+    Shared::start(client().await, api, &RuntimeSettings::of(config), metrics, fence)
+        .await
+        .unwrap_or_else(|e| panic!("shared runtime failed to start: {e}"))
+}
+
 pub async fn start_controller(sim: &SimServer, token: &str, config: ControllerConfig) -> RunningController {
     let metrics = Metrics::new();
-    let api = admin_client_for(sim, token);
-    let client = client().await;
+    let fence = compute_operator::leader::Fence::always_open();
+    let shared = shared_runtime(admin_client_for(sim, token), &config, metrics.clone(), fence).await;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let m = metrics.clone();
     let task = tokio::spawn(async move {
         let shutdown = async move {
             let _ = rx.await;
         };
-        if let Err(e) = controller::run(
-            client,
-            api,
-            config,
-            m,
-            compute_operator::leader::Fence::always_open(),
-            shutdown,
-        )
-        .await
-        {
+        if let Err(e) = controller::run(shared, config, shutdown).await {
             panic!("controller failed: {e}");
         }
     });
@@ -288,26 +291,31 @@ pub fn test_fleet_config(ns: &str) -> compute_operator::controllers::fleet::Flee
     }
 }
 
-/// The fleet controller running in this process (next to an instance controller from `start_controller`).
-pub async fn start_fleet_controller(
+/// The instance and fleet controllers of one operator, on one shared runtime (one policy gate, one fence,
+/// one list budget), as `compute-operator run` starts them.
+pub async fn start_fleet_operator(
     sim: &SimServer,
     token: &str,
-    config: compute_operator::controllers::fleet::FleetConfig,
+    config: ControllerConfig,
+    fleet_config: compute_operator::controllers::fleet::FleetConfig,
+    fence: Arc<compute_operator::leader::Fence>,
 ) -> RunningController {
-    let api = admin_client_for(sim, token);
-    let client = client().await;
+    let metrics = Metrics::new();
+    let shared = shared_runtime(admin_client_for(sim, token), &config, metrics.clone(), fence).await;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let shutdown = async move {
             let _ = rx.await;
         };
-        let fence = compute_operator::leader::Fence::always_open();
-        if let Err(e) = compute_operator::controllers::fleet::run(client, api, config, fence, shutdown).await {
-            panic!("fleet controller failed: {e}");
+        let shutdown = futures::FutureExt::shared(shutdown);
+        let instances = controller::run(shared.clone(), config, shutdown.clone());
+        let fleets = compute_operator::controllers::fleet::run(shared, fleet_config, shutdown);
+        if let Err(e) = tokio::try_join!(instances, fleets) {
+            panic!("controllers failed: {e}");
         }
     });
     RunningController {
-        metrics: Metrics::new(),
+        metrics,
         stop: Some(tx),
         task: Some(task),
     }
@@ -318,24 +326,39 @@ pub async fn start_schedule_controller(
     ns: &str,
     clock: compute_operator::controllers::schedule::Clock,
 ) -> RunningController {
-    let client = client().await;
     let config = compute_operator::controllers::schedule::ScheduleConfig {
         namespaces: vec![ns.to_owned()],
         clock,
         error_backoff: compute_operator::api::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2)),
         ..Default::default()
     };
+    // Schedules never call the admin API; the client is there because the runtime is shared.
+    let unused = AdminClient::new(
+        ClientConfig {
+            base_url: "http://127.0.0.1:9/api/compute/v1".into(),
+            ..ClientConfig::default()
+        },
+        CredentialSource::Static(Credentials::Bearer(Secret::new("unused"))),
+    )
+    .expect("admin client");
+    let instance_config = ControllerConfig {
+        namespaces: vec![ns.to_owned()],
+        ..Default::default()
+    };
+    let metrics = Metrics::new();
+    let fence = compute_operator::leader::Fence::always_open();
+    let shared = shared_runtime(unused, &instance_config, metrics.clone(), fence).await;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let shutdown = async move {
             let _ = rx.await;
         };
-        if let Err(e) = compute_operator::controllers::schedule::run(client, config, shutdown).await {
+        if let Err(e) = compute_operator::controllers::schedule::run(shared, config, shutdown).await {
             panic!("schedule controller failed: {e}");
         }
     });
     RunningController {
-        metrics: Metrics::new(),
+        metrics,
         stop: Some(tx),
         task: Some(task),
     }

@@ -133,11 +133,9 @@ pub fn add_instance(sim: &compute_operator::sim::SimServer, id: &str, status: In
     sim.upsert_instance(i);
 }
 
-/// Simulator, instance controller (drift checked every `resync`) and fleet controller for one namespace.
-pub async fn chain(
-    ns: &str,
-    resync: Duration,
-) -> (compute_operator::sim::SimServer, RunningController, RunningController) {
+/// Simulator, and instance controller (drift checked every `resync`) and fleet controller on one runtime, for
+/// one namespace.
+pub async fn chain(ns: &str, resync: Duration) -> (compute_operator::sim::SimServer, RunningController) {
     let sim = simulator(compute_operator::sim::SimConfig {
         instances: 0,
         transition: Duration::from_millis(300),
@@ -146,9 +144,15 @@ pub async fn chain(
     .await;
     let mut config = test_controller_config(ns);
     config.plan.resync = resync;
-    let instances = start_controller(&sim, TOKEN, config).await;
-    let fleets = start_fleet_controller(&sim, TOKEN, test_fleet_config(ns)).await;
-    (sim, instances, fleets)
+    let operator = start_fleet_operator(
+        &sim,
+        TOKEN,
+        config,
+        test_fleet_config(ns),
+        compute_operator::leader::Fence::always_open(),
+    )
+    .await;
+    (sim, operator)
 }
 
 pub async fn wait_instance(sim: &compute_operator::sim::SimServer, id: &str, want: InstanceStatus, limit: Duration) {

@@ -1,30 +1,32 @@
-//! The ComputeFleetAction controller: many instances through child ComputeInstanceActions. Pure planning
-//! (plan.rs, children.rs), a thin reconciler, and the kube-rs wiring here.
+//! The ComputeFleetAction controller: many instances through child ComputeInstanceActions. The pure planner
+//! (plan.rs, with children.rs and lookups.rs), the thin reconciler (reconcile.rs, walk.rs), and the kube-rs
+//! wiring here on the shared runtime.
 pub mod children;
+pub mod lookups;
 pub mod plan;
 pub mod reconcile;
 pub mod resource;
+pub mod walk;
 
 pub use resource::{ComputeFleetAction, ComputeFleetActionSpec, ComputeFleetActionStatus};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use kube::api::{Api, ListParams};
+use kube::ResourceExt;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::Reporter;
-
-use crate::controllers::events::EventRecorder;
 use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
-use kube::{Client, ResourceExt};
 
-use crate::api::AdminClient;
-use crate::controllers::instance::policy_gate::PolicyGate;
+use crate::api::backoff::Backoff;
+use crate::controllers::events::EventRecorder;
+use crate::controllers::runtime::{self, ErrorBackoff, Shared, StartError};
 use crate::resource::ComputeInstanceAction;
 use crate::selection::InstanceSelector;
 use plan::FleetSettings;
-use reconcile::RawSelection;
+use walk::Listed;
 
 /// How the fleet controller runs.
 #[derive(Clone, Debug)]
@@ -33,9 +35,9 @@ pub struct FleetConfig {
     pub namespaces: Vec<String>,
     pub concurrency: u16,
     pub settings: FleetSettings,
-    pub policy_mode: crate::policy::PolicyMode,
     /// The operator's `--dry-run`: every fleet reports as if `spec.dryRun` were set and creates no child.
     pub dry_run: bool,
+    pub error_backoff: Backoff,
     /// Liveness (`/healthz`): the watch streams and reconciles report here when set.
     pub health: Option<Arc<crate::health::Health>>,
 }
@@ -46,8 +48,8 @@ impl Default for FleetConfig {
             namespaces: Vec::new(),
             concurrency: 4,
             settings: FleetSettings::default(),
-            policy_mode: crate::policy::PolicyMode::Off,
             dry_run: false,
+            error_backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(60)),
             health: None,
         }
     }
@@ -58,7 +60,6 @@ impl FleetConfig {
     pub fn following(instance: &crate::controllers::instance::ControllerConfig) -> Self {
         Self {
             namespaces: instance.namespaces.clone(),
-            policy_mode: instance.policy_mode,
             dry_run: instance.plan.dry_run,
             ..Self::default()
         }
@@ -67,96 +68,53 @@ impl FleetConfig {
 
 /// What every fleet reconcile shares.
 pub struct Context {
-    pub kube: Client,
-    pub api: AdminClient,
+    pub shared: Shared,
     pub config: FleetConfig,
-    pub policy: PolicyGate,
     pub recorder: EventRecorder,
-    /// False on a replica that does not (or no longer) hold the lease: no child is created then.
-    pub fence: Arc<crate::leader::Fence>,
+    pub errors: ErrorBackoff,
     /// The last listing per fleet UID, with the selector it answered: a listing is reused until it is older
-    /// than `relist`, so the walk is not repeated for every child event.
-    selections: Mutex<HashMap<String, (InstanceSelector, RawSelection)>>,
+    /// than `relist`, so the walk is not repeated for every child event. Only IDs and statuses are kept, and an
+    /// entry goes with its fleet.
+    selections: Mutex<HashMap<String, (InstanceSelector, Listed)>>,
 }
 
 impl Context {
-    fn cached_selection(&self, uid: &str, selector: &InstanceSelector) -> Option<RawSelection> {
+    fn cached_selection(&self, uid: &str, selector: &InstanceSelector) -> Option<Listed> {
         let map = self.selections.lock().unwrap_or_else(|p| p.into_inner());
         map.get(uid).filter(|(s, _)| s == selector).map(|(_, raw)| raw.clone())
     }
 
-    fn store_selection(&self, uid: &str, selector: &InstanceSelector, raw: RawSelection) {
+    fn store_selection(&self, uid: &str, selector: &InstanceSelector, listed: Listed) {
         let mut map = self.selections.lock().unwrap_or_else(|p| p.into_inner());
-        map.insert(uid.to_owned(), (selector.clone(), raw));
+        map.insert(uid.to_owned(), (selector.clone(), listed));
     }
 
-    fn forget_selection(&self, uid: &str) {
-        self.selections.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
+    /// Drops what is kept for a fleet that is gone (or going).
+    fn forget(&self, fleet: &ComputeFleetAction) {
+        self.selections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fleet.uid().unwrap_or_default());
+        self.errors.reset(&crate::controllers::object_key(fleet));
     }
-}
 
-/// Why the fleet controller could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(
-        "the ComputeFleetAction CRD is not installed (or not readable): {0}. Install it with `compute-operator crd | kubectl apply -f -` or `kubectl apply -f crds/`"
-    )]
-    CrdMissing(#[source] kube::Error),
-    #[error("listing ComputeFleetActions timed out")]
-    Timeout,
-    #[error(transparent)]
-    Policy(#[from] crate::controllers::instance::StartError),
-}
-
-/// Checks that the ComputeFleetAction CRD is served (a listing of one object).
-async fn check_crd(client: &Client, namespaces: &[String]) -> Result<(), StartError> {
-    let api: Api<ComputeFleetAction> = match namespaces.first() {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    match tokio::time::timeout(
-        std::time::Duration::from_secs(15),
-        api.list_metadata(&ListParams::default().limit(1)),
-    )
-    .await
-    {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(StartError::CrdMissing(e)),
-        Err(_) => Err(StartError::Timeout),
+    /// Fleets with a cached listing (for tests of what is kept).
+    pub fn cached_fleets(&self) -> usize {
+        self.selections.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
 
 /// Runs the fleet controller until `shutdown` resolves.
 pub async fn run(
-    client: Client,
-    api: AdminClient,
+    shared: Shared,
     config: FleetConfig,
-    fence: Arc<crate::leader::Fence>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), StartError> {
-    check_crd(&client, &config.namespaces).await?;
-    let scopes: Vec<(Api<ComputeFleetAction>, Api<ComputeInstanceAction>)> = if config.namespaces.is_empty() {
-        vec![(Api::all(client.clone()), Api::all(client.clone()))]
-    } else {
-        config
-            .namespaces
-            .iter()
-            .map(|ns| (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)))
-            .collect()
-    };
-    let (policy, policy_changes) = PolicyGate::start(
-        &client,
-        config.policy_mode,
-        &config.namespaces,
-        crate::controllers::instance::policy_gate::NAMESPACE_POLL,
-        scopes.len(),
-    )
-    .await?;
+    runtime::check_crd::<ComputeFleetAction>(&shared.kube, &config.namespaces).await?;
+    let client = shared.kube.clone();
+    let fleets = runtime::scoped::<ComputeFleetAction>(&client, &config.namespaces);
+    let cias = runtime::scoped::<ComputeInstanceAction>(&client, &config.namespaces);
     let ctx = Arc::new(Context {
-        kube: client.clone(),
-        api,
-        config: config.clone(),
-        policy,
         recorder: EventRecorder::new(
             client.clone(),
             Reporter {
@@ -164,18 +122,20 @@ pub async fn run(
                 instance: std::env::var("POD_NAME").ok(),
             },
         ),
-        fence,
+        shared,
+        config: config.clone(),
+        errors: ErrorBackoff::default(),
         selections: Mutex::default(),
     });
     let shutdown = shutdown.shared();
-    let runs = scopes.into_iter().zip(policy_changes).map(|((fleets, cias), changes)| {
+    let runs = fleets.into_iter().zip(cias).map(|(fleets, cias)| {
         let (reader, writer) = reflector::store();
         let forget = ctx.clone();
         let probe = config
             .health
             .as_ref()
             .map(|h| h.watch(format!("fleets in {}", fleets.namespace().unwrap_or("all namespaces"))));
-        // Only spec changes wake a fleet (its own status writes do not); a deleted fleet's listing is dropped.
+        // Only spec changes wake a fleet (its own status writes do not); a deleted fleet's state is dropped.
         let stream = watcher(fleets, watcher::Config::default().any_semantic())
             .default_backoff()
             .modify(|f: &mut ComputeFleetAction| f.managed_fields_mut().clear())
@@ -185,7 +145,7 @@ pub async fn run(
                     p.observe(event);
                 }
                 if let Ok(watcher::Event::Delete(f)) = event {
-                    forget.forget_selection(&f.uid().unwrap_or_default());
+                    forget.forget(f);
                 }
             })
             .touched_objects()
@@ -194,7 +154,7 @@ pub async fn run(
         let children = watcher::Config::default().labels(children::FLEET_LABEL).any_semantic();
         Controller::for_stream(stream, reader)
             .owns(cias, children)
-            .reconcile_all_on(changes)
+            .reconcile_all_on(ctx.shared.gate.subscribe())
             .with_config(controller::Config::default().concurrency(config.concurrency))
             .graceful_shutdown_on(shutdown.clone())
             .run(
@@ -226,13 +186,11 @@ mod tests {
     fn fleet_settings_follow_the_operator() {
         let mut instance = crate::controllers::instance::ControllerConfig {
             namespaces: vec!["a".into()],
-            policy_mode: crate::policy::PolicyMode::Enforce,
             ..Default::default()
         };
         instance.plan.dry_run = true;
         let fleet = FleetConfig::following(&instance);
         assert_eq!(fleet.namespaces, ["a"]);
-        assert_eq!(fleet.policy_mode, crate::policy::PolicyMode::Enforce);
         assert!(fleet.dry_run, "--dry-run: fleets create no children");
     }
 }

@@ -22,17 +22,20 @@ fn spec(desired: &str, extra: serde_json::Value) -> ComputeFleetActionSpec {
     serde_json::from_value(v).unwrap()
 }
 
+/// A selection as the walk hands it over: instances the namespace may not power (`deny-*` here) were never
+/// candidates, they are narrowed out before the planner sees anything.
 fn selection(ids: &[&str]) -> Selection {
     Selection {
         listed_at: t(0),
         candidates: ids
             .iter()
+            .filter(|id| !id.starts_with("deny"))
             .map(|id| Candidate {
                 id: id.to_string(),
                 status: Some(InstanceStatus::Running),
-                denied: id.starts_with("deny"),
             })
             .collect(),
+        complete: true,
     }
 }
 
@@ -57,6 +60,31 @@ fn child(s: &ComputeFleetActionSpec, id: &str, outcome: Outcome) -> ChildView {
     }
 }
 
+fn run_once(
+    s: &ComputeFleetActionSpec,
+    status: &ComputeFleetActionStatus,
+    sel: Option<&Selection>,
+    unlisted: Option<Unlisted>,
+    children: &[ChildView],
+    now: DateTime<Utc>,
+) -> Plan {
+    plan(&PlanInput {
+        fleet_name: "fleet",
+        fleet_uid: "uid",
+        namespace: "team-a",
+        generation: Some(1),
+        spec: s,
+        status,
+        selection: sel,
+        unlisted,
+        children,
+        now,
+        settings: FleetSettings::default(),
+    })
+}
+
+/// What the reconciler does: a plan, and when it only wrote a new run's snapshot ahead (requeue at once), the
+/// next plan from that status; the Events of both.
 fn run(
     s: &ComputeFleetActionSpec,
     status: &ComputeFleetActionStatus,
@@ -64,17 +92,19 @@ fn run(
     children: &[ChildView],
     now: DateTime<Utc>,
 ) -> Plan {
-    plan(&PlanInput {
-        fleet_name: "fleet",
-        fleet_uid: "uid",
-        generation: Some(1),
-        spec: s,
-        status,
-        selection: sel,
-        children,
-        now,
-        settings: FleetSettings::default(),
-    })
+    let first = run_once(s, status, sel, None, children, now);
+    if first.requeue != Duration::ZERO {
+        return first;
+    }
+    assert!(
+        first.create.is_empty(),
+        "nothing is created in the plan that writes the snapshot"
+    );
+    let mut second = run_once(s, &first.status, None, None, children, now);
+    let mut events = first.events;
+    events.append(&mut second.events);
+    second.events = events;
+    second
 }
 
 fn created(p: &Plan) -> Vec<&str> {
@@ -153,7 +183,7 @@ fn percentage_cap_is_of_the_selection() {
     let s = spec("stopped", serde_json::json!({"strategy": {"maxConcurrent": "40%"}}));
     let p = run(&s, &Default::default(), Some(&selection(&FIVE)), &[], t(1));
     assert_eq!(created(&p).len(), 2);
-    assert_eq!(s.strategy.max_concurrent, MaxConcurrent::Percent("40%".into()));
+    assert_eq!(s.strategy.max_concurrent(), MaxConcurrent::Percent("40%".into()));
 }
 
 #[test]
@@ -325,11 +355,11 @@ fn dry_run_reports_and_creates_nothing() {
     let p = run(&s, &Default::default(), Some(&sel), &[], t(1));
     assert!(p.create.is_empty());
     let report = p.status.dry_run.as_ref().unwrap();
-    assert_eq!((report.would_act, report.denied), (2, 1));
+    assert_eq!(report.would_act, 2);
     assert_eq!(report.first_ids, ["i-1", "i-3"]);
     assert!(is_true(&p, READY, "DryRun"));
     assert!(
-        cond(&p, READY).message.contains("would stop 2 of 4"),
+        cond(&p, READY).message.contains("would stop 2 of 3"),
         "{}",
         cond(&p, READY).message
     );
@@ -341,7 +371,7 @@ fn dry_run_reports_and_creates_nothing() {
 }
 
 #[test]
-fn denied_instances_are_counted_not_started() {
+fn instances_the_namespace_may_not_power_are_never_counted() {
     let s = spec("restarted", serde_json::json!({"strategy": {"maxConcurrent": 10}}));
     let p = run(
         &s,
@@ -351,15 +381,214 @@ fn denied_instances_are_counted_not_started() {
         t(1),
     );
     assert_eq!(created(&p), ["i-1"]);
-    assert_eq!((p.status.selected, p.status.denied), (3, 2));
+    assert_eq!((p.status.selected, p.status.denied), (1, 0));
+    assert!(
+        !cond(&p, RECONCILING).message.contains("denied"),
+        "{}",
+        cond(&p, RECONCILING).message
+    );
     let children = [child(&s, "i-1", Outcome::Succeeded)];
     let p = run(&s, &p.status, None, &children, t(2));
     assert!(is_true(&p, READY, "Succeeded"));
-    assert_eq!(p.status.denied, 2);
-    // A child the instance controller denied later counts as denied, not failed.
+    assert_eq!(p.status.denied, 0);
+    // A child the instance controller denied later (its policy changed) counts as denied, not failed.
     let children = [child(&s, "i-1", Outcome::Denied)];
     let p = run(&s, &p.status, None, &children, t(3));
-    assert_eq!((p.status.denied, p.status.failed), (3, 0));
+    assert_eq!((p.status.denied, p.status.failed), (1, 0));
+}
+
+#[test]
+fn a_selector_matching_nothing_allowed_reads_like_one_matching_nothing() {
+    let s = spec("restarted", serde_json::json!({}));
+    let foreign = run(
+        &s,
+        &Default::default(),
+        Some(&selection(&["deny-1", "deny-2"])),
+        &[],
+        t(1),
+    );
+    let missing = run(&s, &Default::default(), Some(&selection(&[])), &[], t(1));
+    assert_eq!(foreign.status, missing.status);
+    assert_eq!(foreign.events, missing.events);
+    assert!(is_true(&foreign, READY, "NothingSelected"));
+}
+
+#[test]
+fn a_namespace_no_policy_covers_is_denied_plainly() {
+    let s = spec("stopped", serde_json::json!({"selector": {"customerId": "c-other"}}));
+    let p = run_once(&s, &Default::default(), None, Some(Unlisted::PolicyDenied), &[], t(1));
+    assert!(is_true(&p, STALLED, "PolicyDenied"));
+    let m = &cond(&p, STALLED).message;
+    assert!(
+        m.contains("namespace team-a") && m.contains("`stopped`") && m.contains("customerId=c-other"),
+        "{m}"
+    );
+    assert!(p.create.is_empty() && p.status.selected == 0);
+    assert!(p.requeue >= Duration::from_secs(60), "a denied fleet does not poll");
+}
+
+#[test]
+fn a_fleet_waiting_for_its_namespace_walk_says_so() {
+    let s = spec("stopped", serde_json::json!({}));
+    let p = run_once(
+        &s,
+        &Default::default(),
+        None,
+        Some(Unlisted::WaitingForListBudget),
+        &[],
+        t(1),
+    );
+    assert!(is_true(&p, RECONCILING, "WaitingForListBudget"));
+    assert!(p.create.is_empty());
+    assert!(p.requeue <= Duration::from_secs(2));
+}
+
+#[test]
+fn a_new_run_writes_its_snapshot_before_any_child() {
+    let s = spec("reset", serde_json::json!({"strategy": {"maxConcurrent": 5}}));
+    let first = run_once(&s, &Default::default(), Some(&selection(&FIVE)), None, &[], t(1));
+    assert!(
+        first.create.is_empty(),
+        "nothing is created before the snapshot is written"
+    );
+    assert_eq!(first.requeue, Duration::ZERO);
+    assert_eq!(first.status.snapshot.as_ref().unwrap().instance_ids, FIVE);
+    assert_eq!(first.status.ran_runs, [run_digest(DesiredState::Reset, Some("r1"))]);
+    let second = run_once(&s, &first.status, None, None, &[], t(2));
+    assert_eq!(created(&second), FIVE);
+}
+
+#[test]
+fn an_earlier_run_never_runs_again() {
+    let r1 = spec("restarted", serde_json::json!({"strategy": {"maxConcurrent": 5}}));
+    let mut r2 = r1.clone();
+    r2.request_id = Some("r2".into());
+    let p = run(&r1, &Default::default(), Some(&selection(&FIVE)), &[], t(1));
+    let done: Vec<ChildView> = FIVE.iter().map(|id| child(&r1, id, Outcome::Succeeded)).collect();
+    let p = run(&r1, &p.status, None, &done, t(2));
+    let p = run(&r2, &p.status, Some(&selection(&FIVE)), &done, t(3));
+    assert_eq!(created(&p), FIVE, "r2 is a new run");
+    assert_eq!(p.delete.len(), 5, "r1's finished children go");
+    // Back to r1 (a GitOps rollback): r1's children are gone, and nothing is created.
+    let done2: Vec<ChildView> = FIVE.iter().map(|id| child(&r2, id, Outcome::Succeeded)).collect();
+    let p = run(&r2, &p.status, None, &done2, t(4));
+    assert!(!needs_selection(&r1, &p.status, None, t(5), FleetSettings::default()));
+    let back = run(&r1, &p.status, None, &done2, t(5));
+    assert!(back.create.is_empty());
+    assert!(is_true(&back, READY, "AlreadyRun"), "{:?}", back.status.conditions);
+    let m = &cond(&back, READY).message;
+    assert!(
+        m.contains("requestId r1 already ran") && m.contains("set a new spec.requestId"),
+        "{m}"
+    );
+    // restarted -> reset -> restarted with the same requestId: the second restarted runs nothing.
+    let mut reset = r1.clone();
+    reset.desired_state = DesiredState::Reset;
+    let p = run(&reset, &back.status, Some(&selection(&FIVE)), &done2, t(6));
+    assert_eq!(created(&p), FIVE, "reset r1 never ran: it runs");
+    let again = run(&r1, &p.status, None, &[], t(7));
+    assert!(is_true(&again, READY, "AlreadyRun") && again.create.is_empty());
+}
+
+#[test]
+fn a_once_level_converges_what_matched_when_it_started() {
+    let s = spec(
+        "stopped",
+        serde_json::json!({"enforcement": "once", "strategy": {"maxConcurrent": 10}}),
+    );
+    let p = run(&s, &Default::default(), Some(&selection(&["i-1", "i-2"])), &[], t(1));
+    assert_eq!(created(&p), ["i-1", "i-2"]);
+    assert!(p.status.ran_runs.is_empty(), "levels may run again");
+    let done = [
+        child(&s, "i-1", Outcome::Succeeded),
+        child(&s, "i-2", Outcome::Succeeded),
+    ];
+    let p = run(&s, &p.status, None, &done, t(2));
+    assert!(is_true(&p, READY, "Succeeded"));
+    // Hours later an instance newly matches: it is left alone (no listing is even needed).
+    assert!(!needs_selection(
+        &s,
+        &p.status,
+        Some(t(0)),
+        t(7200),
+        FleetSettings::default()
+    ));
+    let later = run(&s, &p.status, Some(&selection(&["i-1", "i-2", "i-9"])), &done, t(7200));
+    assert!(later.create.is_empty());
+    // A new selector is a new run.
+    let mut wider = s.clone();
+    wider.selector.zone = Some("z2".into());
+    assert!(needs_selection(
+        &wider,
+        &p.status,
+        None,
+        t(7200),
+        FleetSettings::default()
+    ));
+}
+
+#[test]
+fn a_once_level_skips_as_late_what_it_has_not_started_by_not_after() {
+    let s = spec(
+        "stopped",
+        serde_json::json!({"enforcement": "once", "notAfter": "2027-01-15T08:00:00Z", "strategy": {"maxConcurrent": 1}}),
+    );
+    let early = s.not_after.unwrap() - chrono::Duration::seconds(60);
+    let late = s.not_after.unwrap() + chrono::Duration::seconds(1);
+    let p = run(
+        &s,
+        &Default::default(),
+        Some(&selection(&["i-1", "i-2", "i-3"])),
+        &[],
+        early,
+    );
+    assert_eq!(created(&p), ["i-1"]);
+    let p = run(&s, &p.status, None, &[child(&s, "i-1", Outcome::Succeeded)], late);
+    assert!(p.create.is_empty() && is_true(&p, READY, "Expired"));
+    assert_eq!((p.status.succeeded, p.status.expired), (1, 2));
+    assert!(cond(&p, READY).message.contains("skipped as late"));
+    // Created after notAfter: nothing at all.
+    let p = run(&s, &Default::default(), None, &[], late);
+    assert!(is_true(&p, READY, "Expired") && p.create.is_empty());
+}
+
+#[test]
+fn a_child_is_created_only_for_the_fleet_as_it_still_is() {
+    let base: super::super::ComputeFleetAction = serde_json::from_value(serde_json::json!({
+        "apiVersion": "compute.threatwinds.com/v1alpha1", "kind": "ComputeFleetAction",
+        "metadata": {"name": "f", "uid": "u1", "generation": 3},
+        "spec": {"selector": {"zone": "z"}, "desiredState": "restarted", "requestId": "r1"}
+    }))
+    .unwrap();
+    let changed = |edit: &dyn Fn(&mut super::super::ComputeFleetAction)| {
+        let mut f = base.clone();
+        edit(&mut f);
+        f
+    };
+    let rows: Vec<(&str, super::super::ComputeFleetAction, bool)> = vec![
+        ("unchanged", base.clone(), true),
+        ("paused", changed(&|f| f.spec.paused = true), false),
+        ("suspended", changed(&|f| f.spec.suspend = true), false),
+        ("a new generation", changed(&|f| f.metadata.generation = Some(4)), false),
+        (
+            "another requestId",
+            changed(&|f| f.spec.request_id = Some("r2".into())),
+            false,
+        ),
+        ("re-created", changed(&|f| f.metadata.uid = Some("u2".into())), false),
+        (
+            "being deleted",
+            changed(&|f| {
+                f.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                ))
+            }),
+            false,
+        ),
+    ];
+    for (what, now, want) in rows {
+        assert_eq!(still_asks(&base, &now), want, "{what}");
+    }
 }
 
 #[test]

@@ -49,8 +49,9 @@ pub struct ComputeFleetActionSpec {
     /// Which instances: admin API list filters (AND-combined) and/or explicit IDs. At least one is required.
     pub selector: InstanceSelector,
 
-    /// `running` and `stopped` are levels that follow the selection; `restarted` and `reset` run once per
-    /// `requestId` over a snapshot of the selection taken when the run starts.
+    /// `running` and `stopped` are levels that follow the selection (with `enforcement: once`, they converge
+    /// what matched when the run started); `restarted` and `reset` run once per `requestId`, for the fleet's
+    /// whole life, over a snapshot of the selection taken when the run starts.
     pub desired_state: DesiredState,
 
     /// For `restarted`/`reset` (required there): a new value starts a new run with a new snapshot.
@@ -58,7 +59,8 @@ pub struct ComputeFleetActionSpec {
     #[schemars(length(min = 1, max = 63))]
     pub request_id: Option<String>,
 
-    /// For `restarted`/`reset`: instances not started by this time (RFC 3339) are never started.
+    /// For `restarted`/`reset` and `enforcement: once` levels: instances not started by this time (RFC 3339)
+    /// are never started (counted as expired).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_after: Option<DateTime<Utc>>,
 
@@ -92,26 +94,27 @@ pub struct Snapshot {
     pub desired_state: Option<DesiredState>,
     /// When the selection was listed.
     pub taken_at: DateTime<Utc>,
-    /// Every allowed instance selected at that time, in list order.
+    /// Every instance selected at that time (only instances the namespace may power), in list order.
     #[serde(default)]
     pub instance_ids: Vec<String>,
-    /// Instances selected at that time that the access policy denied (never started).
-    #[serde(default)]
-    pub denied: u32,
     /// Instances a child was created for in this run: never created again, even if the child is deleted,
     /// so a one-shot runs at most once per instance and run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub started_ids: Vec<String>,
+    /// For `enforcement: once` levels: the selector the snapshot was taken for (a new selector is a new run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<InstanceSelector>,
+    /// True when the selection kept changing while it was walked: the snapshot may miss instances.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub incomplete: bool,
 }
 
 /// What a dry run found.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DryRunReport {
-    /// Instances that would be acted on (allowed, and not already at a level).
+    /// Instances that would be acted on (not already at a level).
     pub would_act: u32,
-    /// Instances the access policy denies.
-    pub denied: u32,
     /// The first few instance IDs that would be acted on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub first_ids: Vec<String>,
@@ -132,7 +135,8 @@ pub struct ComputeFleetActionStatus {
     /// Children that ended Stalled or Failed.
     #[serde(default)]
     pub failed: u32,
-    /// Instances the access policy does not allow; never started, not failures.
+    /// Children the instance controller denied after the selection (a policy changed meanwhile); never
+    /// started, not failures. Instances the namespace may not power are never selected, so never counted.
     #[serde(default)]
     pub denied: u32,
     /// Children started and not finished.
@@ -147,9 +151,14 @@ pub struct ComputeFleetActionStatus {
     /// The first few instances whose child failed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_ids: Vec<String>,
-    /// The one-shot run in progress or last finished, with its frozen selection.
+    /// The run in progress or last finished (one-shots and `enforcement: once` levels), with its frozen
+    /// selection, written before any of its children is created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<Snapshot>,
+    /// Digests of every (desiredState, requestId) one-shot run this fleet ever started, for its whole life
+    /// (the newest 1024): going back to one of them runs nothing (`Ready/AlreadyRun`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ran_runs: Vec<String>,
     /// Set while `spec.dryRun` is true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<DryRunReport>,

@@ -1,11 +1,12 @@
 //! The ComputeInstanceAction controller: pure planning, a thin reconciler, and the kube-rs wiring.
 pub mod after_post;
+pub mod index;
 pub mod judge;
 pub mod locks;
 pub mod memory;
 pub mod plan;
-pub mod policy_gate;
 pub mod reconcile;
+pub mod view;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,7 +14,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
-use kube::api::{Api, ListParams};
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::Reporter;
 
@@ -24,12 +24,12 @@ use kube::{Client, ResourceExt};
 
 use crate::api::AdminClient;
 use crate::api::backoff::Backoff;
-use crate::controllers::index;
+use crate::controllers::runtime::{self, ErrorBackoff, Shared, StartError};
 use crate::metrics::Metrics;
 use crate::resource::ComputeInstanceAction;
 use locks::InstanceLocks;
 use plan::PlanSettings;
-use reconcile::{AcceptanceMemory, ErrorBackoff};
+use reconcile::AcceptanceMemory;
 
 /// Event batches published concurrently in the background.
 const EVENT_SLOTS: usize = 64;
@@ -63,7 +63,7 @@ impl Default for ControllerConfig {
             reporter: "compute-operator".into(),
             policy_mode: crate::policy::PolicyMode::Off,
             view_rate: 5.0,
-            namespace_label_poll: policy_gate::NAMESPACE_POLL,
+            namespace_label_poll: runtime::policy_gate::NAMESPACE_POLL,
         }
     }
 }
@@ -80,15 +80,15 @@ pub struct Context {
     pub locks: InstanceLocks,
     pub error_backoff: ErrorBackoff,
     pub metrics: Arc<Metrics>,
-    pub policy: crate::controllers::instance::policy_gate::PolicyGate,
+    pub policy: Arc<runtime::PolicyGate>,
     /// Which objects name which instance (peers, locks, loop protection, waking peers).
-    pub index: Arc<crate::controllers::index::InstanceIndex>,
+    pub index: Arc<crate::controllers::instance::index::InstanceIndex>,
     /// One concurrency limit for every watched namespace together.
     pub slots: Arc<tokio::sync::Semaphore>,
     /// Statuses this controller wrote or holds back (read your writes, progress of open actions).
     pub memory: Arc<memory::StatusMemory>,
     /// What settled objects are checked against, instead of a GET each.
-    pub view: Arc<crate::controllers::fleet_view::FleetView>,
+    pub view: Arc<crate::controllers::instance::view::InstanceView>,
     /// Closed on a replica that does not (or no longer) hold the lease: checked right before every POST.
     pub fence: Arc<crate::leader::Fence>,
     acceptances: AcceptanceMemory,
@@ -122,69 +122,22 @@ impl Context {
     }
 }
 
-/// Why the controller could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(
-        "the ComputeInstanceAction CRD is not installed (or not readable): {0}. Install it with `compute-operator crd | kubectl apply -f -` or `kubectl apply -f crds/`"
-    )]
-    CrdMissing(#[source] kube::Error),
-    #[error("the Kubernetes API server did not answer for a minute: {0}")]
-    ApiServerUnreachable(#[source] kube::Error),
-    #[error(
-        "--policy-mode enforce needs the ComputeAccessPolicy CRD and permission to list it: {0}. Install crds/ or run with --policy-mode off on a single-tenant cluster"
-    )]
-    PolicyCrdMissing(#[source] kube::Error),
-}
-
-/// Checks that the CRD is served, by listing one object (needs only the RBAC the controller has anyway).
-pub async fn check_crd(client: &Client, namespaces: &[String]) -> Result<(), StartError> {
-    let api: Api<ComputeInstanceAction> = match namespaces.first() {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let lp = ListParams::default().limit(1);
-    // Only a definite answer (404: not served, 403: not allowed) is final; an API server that is restarting or
-    // overloaded is waited for, up to a minute.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut delay = Duration::from_millis(200);
-    loop {
-        let err = match tokio::time::timeout(Duration::from_secs(15), api.list_metadata(&lp)).await {
-            Ok(Ok(_)) => return Ok(()),
-            Ok(Err(kube::Error::Api(s))) if s.code == 404 || s.code == 403 => {
-                return Err(StartError::CrdMissing(kube::Error::Api(s)));
-            }
-            Ok(Err(e)) => e,
-            Err(_) => kube::Error::Service("listing timed out after 15s".into()),
-        };
-        if tokio::time::Instant::now() + delay > deadline {
-            return Err(StartError::ApiServerUnreachable(err));
-        }
-        tracing::warn!(error = %err, retry_ms = delay.as_millis() as u64, "Kubernetes API not answering yet");
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
-}
-
 /// Runs the controller until `shutdown` resolves; in-flight reconciles finish their status writes first.
 pub async fn run(
-    client: Client,
-    api: AdminClient,
+    shared: Shared,
     config: ControllerConfig,
-    metrics: Arc<Metrics>,
-    fence: Arc<crate::leader::Fence>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), StartError> {
-    check_crd(&client, &config.namespaces).await?;
-    let scopes: Vec<Api<ComputeInstanceAction>> = if config.namespaces.is_empty() {
-        vec![Api::all(client.clone())]
-    } else {
-        config
-            .namespaces
-            .iter()
-            .map(|ns| Api::namespaced(client.clone(), ns))
-            .collect()
-    };
+    let Shared {
+        kube: client,
+        api,
+        gate: policy,
+        fence,
+        lists,
+        metrics,
+    } = shared;
+    runtime::check_crd::<ComputeInstanceAction>(&client, &config.namespaces).await?;
+    let scopes = runtime::scoped::<ComputeInstanceAction>(&client, &config.namespaces);
     let mut controllers = Vec::new();
     let mut stores = Vec::new();
     let mut streams = Vec::new();
@@ -251,19 +204,10 @@ pub async fn run(
             .predicate_filter(predicates::generation, Default::default());
         controllers.push(Controller::for_stream(stream, reader).reconcile_on(wake));
     }
-    let (policy, policy_changes) = policy_gate::PolicyGate::start(
-        &client,
-        config.policy_mode,
-        &config.namespaces,
-        config.namespace_label_poll,
-        controllers.len(),
-    )
-    .await?;
     let controllers: Vec<_> = controllers
         .into_iter()
-        .zip(policy_changes)
-        .map(|(c, changes)| {
-            c.reconcile_all_on(changes)
+        .map(|c| {
+            c.reconcile_all_on(policy.subscribe())
                 .reconcile_all_on(settled_sweep(config.plan.resync))
         })
         .collect();
@@ -271,14 +215,15 @@ pub async fn run(
         controller: config.reporter.clone(),
         instance: std::env::var("POD_NAME").ok(),
     };
-    let view = Arc::new(crate::controllers::fleet_view::FleetView::default());
+    let view = Arc::new(crate::controllers::instance::view::InstanceView::default());
     let refresher = tokio::spawn(
-        crate::controllers::fleet_view::Refresher {
+        crate::controllers::instance::view::Refresher {
             view: view.clone(),
             api: api.clone(),
             index: index.clone(),
             interval: config.plan.resync,
             max_rate: config.view_rate,
+            budget: lists,
             metrics: metrics.clone(),
         }
         .run(),

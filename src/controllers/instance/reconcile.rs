@@ -43,27 +43,6 @@ impl Error {
     }
 }
 
-/// Per-object error counts for exponential backoff (kube-rs requeues errors at a fixed delay otherwise).
-#[derive(Debug, Default)]
-pub struct ErrorBackoff {
-    attempts: Mutex<HashMap<String, u32>>,
-}
-
-impl ErrorBackoff {
-    /// The next delay for `key`, counting this failure.
-    pub fn next(&self, key: &str, backoff: &crate::api::backoff::Backoff, retry_after: Option<Duration>) -> Duration {
-        let mut map = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(key.to_owned()).or_insert(0);
-        let delay = backoff.delay(*n, rand::random::<f64>(), retry_after);
-        *n = n.saturating_add(1);
-        delay
-    }
-
-    pub fn reset(&self, key: &str) {
-        self.attempts.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
-    }
-}
-
 pub(crate) fn object_key(obj: &ComputeInstanceAction) -> String {
     crate::controllers::object_key(obj)
 }
@@ -268,13 +247,24 @@ async fn act(
     } else {
         Repeat::SafeToRepeat
     };
-    // The fence is asked again after the client's rate-limit wait, right before the request leaves.
+    // The fence and notAfter are asked again after the client's rate-limit wait, right before the request
+    // leaves (the wait may be long when many objects act at once).
+    let last_word = std::sync::Mutex::new(None);
     let result = ctx
         .api
-        .act_gated(instance_id, action, repeat, &|| ctx.fence.may_act())
+        .act_gated(instance_id, action, repeat, &|| {
+            let why = not_sending_now(ctx, obj);
+            let clear = why.is_none();
+            *last_word.lock().unwrap_or_else(|p| p.into_inner()) = why;
+            clear
+        })
         .await;
     if result == Err(ApiError::NotSent) {
-        return Ok(record_not_sent(api, ctx, obj, &written, &plan.status, "NotLeader", key).await);
+        let why = last_word
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or("NotLeader");
+        return Ok(record_not_sent(api, ctx, obj, &written, &plan.status, why, key).await);
     }
     let outcome = match &result {
         Ok(()) => "accepted",

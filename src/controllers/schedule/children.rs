@@ -38,6 +38,9 @@ pub enum ChildOutcome {
     InProgress,
     /// Ready.
     Succeeded,
+    /// Ready, but some instances were not started within `startingDeadline` of the event (the tally says how
+    /// many were done and how many skipped as late).
+    Late(String),
     /// Stalled, with its reason and message.
     Failed(String),
 }
@@ -56,14 +59,26 @@ pub struct ChildView {
 
 /// The deterministic name of a child: the same event always maps to the same name, so a retried create
 /// after a lost status write finds the child instead of making a second one.
-/// Calendar events: `<schedule>-<unix seconds>-<state>`; override start `-o<until>-`; override end `-r<until>-`.
-pub fn child_name(schedule: &str, cause: ChildCause, at: DateTime<Utc>, state: ScheduledState) -> String {
-    let kind = match cause {
-        ChildCause::Event => "",
-        ChildCause::OverrideStart => "o",
-        ChildCause::OverrideEnd => "r",
+/// Calendar events: `<schedule>-<unix seconds>-<state>`. An override's start (`-o<hash>-`) and end
+/// (`-r<hash>-`) are named by their time *and the spec generation that set them*: setting an override,
+/// clearing it and setting the same one again is a new child that acts, never the old suspended one.
+pub fn child_name(
+    schedule: &str,
+    cause: ChildCause,
+    at: DateTime<Utc>,
+    state: ScheduledState,
+    generation: Option<i64>,
+) -> String {
+    let short = short_name(schedule);
+    let run = |kind: &str| {
+        let key = format!("{}/{}", at.timestamp(), generation.unwrap_or(0));
+        format!("{short}-{kind}{:08x}-{}", fnv1a(&key), state.as_str())
     };
-    format!("{}-{kind}{}-{}", short_name(schedule), at.timestamp(), state.as_str())
+    match cause {
+        ChildCause::Event => format!("{short}-{}-{}", at.timestamp(), state.as_str()),
+        ChildCause::OverrideStart => run("o"),
+        ChildCause::OverrideEnd => run("r"),
+    }
 }
 
 /// The schedule's name, or a readable prefix plus a hash when it is long (child names and label values stay
@@ -92,19 +107,44 @@ mod tests {
     fn names_are_deterministic_and_short() {
         let at = Utc.with_ymd_and_hms(2026, 12, 7, 6, 0, 0).unwrap();
         assert_eq!(
-            child_name("office-hours", ChildCause::Event, at, ScheduledState::Running),
+            child_name("office-hours", ChildCause::Event, at, ScheduledState::Running, Some(3)),
             "office-hours-1796623200-running"
         );
+        let o = child_name(
+            "office-hours",
+            ChildCause::OverrideStart,
+            at,
+            ScheduledState::Stopped,
+            Some(3),
+        );
+        assert!(o.starts_with("office-hours-o") && o.ends_with("-stopped"), "{o}");
         assert_eq!(
-            child_name("office-hours", ChildCause::OverrideStart, at, ScheduledState::Stopped),
-            "office-hours-o1796623200-stopped"
+            o,
+            child_name(
+                "office-hours",
+                ChildCause::OverrideStart,
+                at,
+                ScheduledState::Stopped,
+                Some(3)
+            )
+        );
+        // The same override set again by a later generation is a new child.
+        assert_ne!(
+            o,
+            child_name(
+                "office-hours",
+                ChildCause::OverrideStart,
+                at,
+                ScheduledState::Stopped,
+                Some(5)
+            )
         );
         let long = "a-very-long-schedule-name-for-the-platform-team.of-customer-x";
-        let name = child_name(long, ChildCause::OverrideEnd, at, ScheduledState::Running);
+        let name = child_name(long, ChildCause::OverrideEnd, at, ScheduledState::Running, Some(1));
         assert!(name.len() <= 63, "{name}");
         assert_eq!(
             name,
-            child_name(long, ChildCause::OverrideEnd, at, ScheduledState::Running)
+            child_name(long, ChildCause::OverrideEnd, at, ScheduledState::Running, Some(1))
         );
         assert_ne!(short_name(long), short_name(&format!("{long}2")));
         assert!(short_name(long).len() <= BASE_MAX);

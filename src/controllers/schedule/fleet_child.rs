@@ -6,11 +6,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
+use super::calendar::parse_deadline;
 use super::children::{ChildOutcome, ChildRequest, ChildView, SCHEDULE_LABEL, SCHEDULED_AT_ANNOTATION, short_name};
 use super::resource::{ComputePowerSchedule, ScheduleEnforcement};
 use crate::controllers::conditions::{READY, STALLED};
 use crate::controllers::fleet::resource::{ComputeFleetAction, ComputeFleetActionSpec};
 use crate::resource::Enforcement;
+use crate::selection::SCHEDULE_DEFAULTS;
 
 /// The label value that names a schedule on its children.
 pub fn schedule_label_value(schedule: &str) -> String {
@@ -18,8 +20,10 @@ pub fn schedule_label_value(schedule: &str) -> String {
 }
 
 /// The child fleet for one event: owned by the schedule (controller, blockOwnerDeletion) so deleting the
-/// schedule garbage-collects it; selector and strategy copied; `once` enforcement for `events` schedules and
-/// `continuous` for `continuous` ones.
+/// schedule garbage-collects it; selector copied, strategy with the schedule's defaults. `events` schedules:
+/// `once` enforcement (the child acts on what matched at the event, once, then leaves the instances alone) and
+/// `notAfter` = the event + `startingDeadline` (what was not started by then is skipped as late).
+/// `continuous` schedules: `continuous` enforcement (the level is held), no deadline.
 pub fn child_fleet(schedule: &ComputePowerSchedule, request: &ChildRequest) -> ComputeFleetAction {
     let owner = OwnerReference {
         api_version: ComputePowerSchedule::api_version(&()).into_owned(),
@@ -29,9 +33,12 @@ pub fn child_fleet(schedule: &ComputePowerSchedule, request: &ChildRequest) -> C
         controller: Some(true),
         block_owner_deletion: Some(true),
     };
-    let enforcement = match schedule.spec.enforcement {
-        ScheduleEnforcement::Events => Enforcement::Once,
-        ScheduleEnforcement::Continuous => Enforcement::Continuous,
+    let (enforcement, not_after) = match schedule.spec.enforcement {
+        ScheduleEnforcement::Events => (
+            Enforcement::Once,
+            parse_deadline(&schedule.spec.starting_deadline).map(|d| request.scheduled_at + d),
+        ),
+        ScheduleEnforcement::Continuous => (Enforcement::Continuous, None),
     };
     ComputeFleetAction {
         metadata: ObjectMeta {
@@ -46,11 +53,11 @@ pub fn child_fleet(schedule: &ComputePowerSchedule, request: &ChildRequest) -> C
             selector: schedule.spec.selector.clone(),
             desired_state: request.state.desired_state(),
             request_id: None,
-            not_after: None,
+            not_after,
             dry_run: false,
             suspend: false,
             paused: false,
-            strategy: schedule.spec.strategy.clone(),
+            strategy: schedule.spec.strategy.resolved(SCHEDULE_DEFAULTS),
             enforcement,
         },
         status: None,
@@ -97,10 +104,13 @@ fn outcome(fleet: &ComputeFleetAction) -> ChildOutcome {
     }
     let holds = |t: &str| status.conditions.iter().find(|c| c.type_ == t && c.status == "True");
     if let Some(ready) = holds(READY) {
-        if ready.reason == "Suspended" {
-            ChildOutcome::InProgress
-        } else {
-            ChildOutcome::Succeeded
+        match ready.reason.as_str() {
+            "Suspended" => ChildOutcome::InProgress,
+            "Expired" => ChildOutcome::Late(format!(
+                "{} of {} done, {} not started within startingDeadline of the event (skipped as late), {} failed",
+                status.succeeded, status.selected, status.expired, status.failed
+            )),
+            _ => ChildOutcome::Succeeded,
         }
     } else if let Some(c) = holds(STALLED) {
         ChildOutcome::Failed(format!("{}: {}", c.reason, c.message))

@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use kube::Client;
-use kube::api::{Api, ListParams};
+use kube::ResourceExt;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::Reporter;
 
@@ -22,7 +21,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 
 use crate::api::backoff::Backoff;
 use crate::controllers::fleet::resource::ComputeFleetAction;
-use crate::controllers::instance::reconcile::ErrorBackoff;
+use crate::controllers::runtime::{self, ErrorBackoff, Shared, StartError};
 pub use reconcile::Clock;
 use resource::ComputePowerSchedule;
 
@@ -70,78 +69,37 @@ impl ScheduleConfig {
 
 /// What every reconcile shares.
 pub struct Context {
-    pub kube: Client,
+    pub shared: Shared,
     pub recorder: EventRecorder,
     pub event_slots: Arc<tokio::sync::Semaphore>,
     pub config: ScheduleConfig,
     pub error_backoff: ErrorBackoff,
 }
 
-/// Why the controller could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(
-        "the ComputePowerSchedule or ComputeFleetAction CRD is not installed (or not readable): {0}. Install them with `kubectl apply -f crds/`"
-    )]
-    CrdMissing(#[source] kube::Error),
-}
-
-/// Checks that both kinds the controller reads are served.
-async fn check_crds(client: &Client, namespaces: &[String]) -> Result<(), StartError> {
-    let lp = ListParams::default().limit(1);
-    let (schedules, fleets): (Api<ComputePowerSchedule>, Api<ComputeFleetAction>) = match namespaces.first() {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
-    let timeout = Duration::from_secs(15);
-    for result in [
-        tokio::time::timeout(timeout, schedules.list_metadata(&lp))
-            .await
-            .map(|r| r.map(|_| ())),
-        tokio::time::timeout(timeout, fleets.list_metadata(&lp))
-            .await
-            .map(|r| r.map(|_| ())),
-    ] {
-        // Only a definite answer (not served, not allowed) is final; a slow or restarting API server is left
-        // to the watchers' own backoff.
-        if let Ok(Err(kube::Error::Api(s))) = result
-            && (s.code == 404 || s.code == 403)
-        {
-            return Err(StartError::CrdMissing(kube::Error::Api(s)));
-        }
-    }
-    Ok(())
-}
-
 /// Runs the schedule controller until `shutdown` resolves.
 pub async fn run(
-    client: Client,
+    shared: Shared,
     config: ScheduleConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), StartError> {
-    check_crds(&client, &config.namespaces).await?;
-    let scopes: Vec<(Api<ComputePowerSchedule>, Api<ComputeFleetAction>)> = if config.namespaces.is_empty() {
-        vec![(Api::all(client.clone()), Api::all(client.clone()))]
-    } else {
-        config
-            .namespaces
-            .iter()
-            .map(|ns| (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)))
-            .collect()
-    };
+    let client = shared.kube.clone();
+    runtime::check_crd::<ComputePowerSchedule>(&client, &config.namespaces).await?;
+    runtime::check_crd::<ComputeFleetAction>(&client, &config.namespaces).await?;
+    let schedules = runtime::scoped::<ComputePowerSchedule>(&client, &config.namespaces);
+    let fleets = runtime::scoped::<ComputeFleetAction>(&client, &config.namespaces);
     let reporter = Reporter {
         controller: config.reporter.clone(),
         instance: std::env::var("POD_NAME").ok(),
     };
     let ctx = Arc::new(Context {
-        kube: client.clone(),
+        shared,
         recorder: EventRecorder::new(client, reporter),
         event_slots: Arc::new(tokio::sync::Semaphore::new(EVENT_SLOTS)),
         config: config.clone(),
         error_backoff: ErrorBackoff::default(),
     });
     let shutdown = shutdown.shared();
-    let runs = scopes.into_iter().map(|(schedules, fleets)| {
+    let runs = schedules.into_iter().zip(fleets).map(|(schedules, fleets)| {
         let probe = config.health.as_ref().map(|h| {
             h.watch(format!(
                 "schedules in {}",
@@ -149,12 +107,17 @@ pub async fn run(
             ))
         });
         let (reader, writer) = reflector::store();
+        let forget = ctx.clone();
         let stream = watcher(schedules, watcher::Config::default().any_semantic())
             .default_backoff()
+            .modify(|s: &mut ComputePowerSchedule| s.managed_fields_mut().clear())
             .reflect(writer)
             .inspect(move |event| {
                 if let Some(p) = &probe {
                     p.observe(event);
+                }
+                if let Ok(watcher::Event::Delete(s)) = event {
+                    forget.error_backoff.reset(&key_of(s));
                 }
             })
             .touched_objects();

@@ -24,6 +24,8 @@ use crate::controllers::conditions::{Verdict, apply_verdict};
 pub const HISTORY_LIMIT: usize = 3;
 /// An event run later than this after its time is reported as caught up rather than on time.
 pub const LATE_AFTER: TimeDelta = TimeDelta::seconds(60);
+/// How far in the future a recorded last event may be before it counts as a clock error.
+pub const CLOCK_TOLERANCE: TimeDelta = TimeDelta::seconds(60);
 
 pub struct PlanInput<'a> {
     pub name: &'a str,
@@ -105,6 +107,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         return finish(plan, input, verdict);
     }
 
+    clock_check(&mut plan, now);
     let active_override = input.spec.power_override.as_ref().filter(|o| o.until > now);
     let mut baseline = match input.spec.enforcement {
         // Never an event from before the schedule existed (what a CronJob does).
@@ -128,7 +131,13 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 child,
             });
         } else {
-            let name = child_name(input.name, ChildCause::OverrideStart, o.until, o.state);
+            let name = child_name(
+                input.name,
+                ChildCause::OverrideStart,
+                o.until,
+                o.state,
+                input.generation,
+            );
             plan.notes.push(Note {
                 warning: false,
                 reason: "OverrideStarted",
@@ -159,7 +168,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             // Expired, or removed from the spec early: back to the calendar's state at the end.
             let end = held.until.min(now);
             if let Some(state) = calendar.last_event(end).map(|e| e.state) {
-                let name = child_name(input.name, ChildCause::OverrideEnd, held.until, state);
+                let name = child_name(input.name, ChildCause::OverrideEnd, held.until, state, input.generation);
                 plan.notes.push(Note {
                     warning: false,
                     reason: "OverrideEnded",
@@ -203,6 +212,32 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     finish(plan, input, verdict)
 }
 
+/// A `lastEvent` in the future means the clock moved back (or was wrong when it was written): counting from
+/// it would silently suppress every event until the clock caught up. It is reported, and events are counted
+/// from now on (the last event's record is kept, moved to now).
+fn clock_check(plan: &mut Plan, now: DateTime<Utc>) {
+    let Some(last) = plan
+        .status
+        .last_event
+        .as_mut()
+        .filter(|l| l.time > now + CLOCK_TOLERANCE)
+    else {
+        return;
+    };
+    let message = format!(
+        "clock error: the last event was recorded at {}, after the current time {}; events are run from now on",
+        last.time.to_rfc3339(),
+        now.to_rfc3339()
+    );
+    plan.notes.push(Note {
+        warning: true,
+        reason: "ClockSkew",
+        message: message.clone(),
+    });
+    last.time = now;
+    last.message = Some(message);
+}
+
 /// The latest event after `baseline`, if any: run it (a new child) or record it as skipped.
 fn due_event(
     plan: &mut Plan,
@@ -241,7 +276,7 @@ fn due_event(
         });
         return;
     }
-    let name = child_name(input.name, ChildCause::Event, last.at, last.state);
+    let name = child_name(input.name, ChildCause::Event, last.at, last.state, input.generation);
     let message = (late > LATE_AFTER).then(|| format!("caught up {} late", human(late)));
     plan.notes.push(Note {
         warning: false,
@@ -348,6 +383,10 @@ fn refresh_result(status: &mut ComputePowerScheduleStatus, children: &[ChildView
     last.result = match &child.outcome {
         ChildOutcome::InProgress => EventResult::InProgress,
         ChildOutcome::Succeeded => EventResult::Succeeded,
+        ChildOutcome::Late(tally) => {
+            last.message = Some(tally.clone());
+            EventResult::Late
+        }
         ChildOutcome::Failed(reason) => {
             last.message = Some(reason.clone());
             EventResult::Failed
@@ -388,6 +427,15 @@ fn verdict(status: &ComputePowerScheduleStatus, deadline: &str) -> Verdict {
             format!("{what} was missed by more than startingDeadline {deadline} and not run; {next}"),
         ),
         EventResult::Succeeded => Verdict::ready("Waiting", format!("{what}: {child} succeeded; {next}")),
+        EventResult::Late => Verdict::ready(
+            "LateEvent",
+            format!(
+                "{what}: {child} finished late: {}; {next}",
+                last.message
+                    .as_deref()
+                    .unwrap_or("some instances were not started within startingDeadline")
+            ),
+        ),
     }
 }
 
@@ -400,6 +448,15 @@ fn finish(mut plan: Plan, input: &PlanInput<'_>, verdict: Verdict) -> Plan {
     plan.status.message = Some(verdict.message().to_owned());
     apply_verdict(&mut plan.status.conditions, &verdict, input.generation, input.now);
     plan
+}
+
+/// Does the schedule as read again (`now`) still ask for what the plan made from `seen` decided? Same object
+/// and generation, not suspended or being deleted: otherwise no child is created.
+pub fn still_asks(seen: &super::resource::ComputePowerSchedule, now: &super::resource::ComputePowerSchedule) -> bool {
+    now.metadata.uid == seen.metadata.uid
+        && now.metadata.generation == seen.metadata.generation
+        && now.metadata.deletion_timestamp.is_none()
+        && !now.spec.suspend
 }
 
 /// `3h2m`, `45s`: short and exact enough for a message.

@@ -104,6 +104,11 @@ fn reason(p: &Plan) -> (&str, &str) {
     (c.type_.as_str(), c.reason.as_str())
 }
 
+/// An override child's name as generation 1 of the schedule sets it.
+fn override_child(cause: ChildCause, until: &str, state: ScheduledState) -> String {
+    crate::controllers::schedule::children::child_name("office", cause, t(until), state, Some(1))
+}
+
 fn created(p: &Plan) -> Option<(&str, ScheduledState, ChildCause)> {
     p.create.as_ref().map(|c| (c.name.as_str(), c.state, c.cause))
 }
@@ -287,9 +292,10 @@ fn an_override_starts_holds_extends_and_ends_by_itself() {
     let monday = last("2026-12-01T18:00:00Z", Stopped, EventResult::Succeeded, Some("x"));
     let spec = with_override(Running, until);
     let start = run(&spec, &monday, &[], "2026-12-01T20:00:00Z");
+    let started = override_child(ChildCause::OverrideStart, until, Running);
     assert_eq!(
         created(&start),
-        Some(("office-o1796410800-running", Running, ChildCause::OverrideStart))
+        Some((started.as_str(), Running, ChildCause::OverrideStart))
     );
     assert_eq!(
         start.requeue_at,
@@ -321,10 +327,8 @@ fn an_override_starts_holds_extends_and_ends_by_itself() {
 
     // Friday 20:00 CET: the override has expired (the spec still carries it): back to the schedule, stopped.
     let end = run(&spec, &during.status, &[], "2026-12-04T19:00:00.050Z");
-    assert_eq!(
-        created(&end),
-        Some(("office-r1796410800-stopped", Stopped, ChildCause::OverrideEnd))
-    );
+    let ended = override_child(ChildCause::OverrideEnd, until, Stopped);
+    assert_eq!(created(&end), Some((ended.as_str(), Stopped, ChildCause::OverrideEnd)));
     assert_eq!(end.status.power_override, None);
     let last = end.status.last_event.as_ref().unwrap();
     assert_eq!((last.time, last.state), (t(until), Stopped));
@@ -341,14 +345,19 @@ fn an_override_removed_early_resumes_with_the_current_state() {
         power_override: Some(OverrideStatus {
             state: Stopped,
             until: t("2026-12-04T19:00:00Z"),
-            child: Some("office-o1796410800-stopped".into()),
+            child: Some(override_child(
+                ChildCause::OverrideStart,
+                "2026-12-04T19:00:00Z",
+                Stopped,
+            )),
         }),
         ..last("2026-12-01T06:00:00Z", Running, EventResult::Succeeded, Some("x"))
     };
     let p = run(&spec(), &held, &[], "2026-12-02T12:00:00Z");
+    let resumed = override_child(ChildCause::OverrideEnd, "2026-12-04T19:00:00Z", Running);
     assert_eq!(
         created(&p),
-        Some(("office-r1796410800-running", Running, ChildCause::OverrideEnd)),
+        Some((resumed.as_str(), Running, ChildCause::OverrideEnd)),
         "Wednesday noon is office hours"
     );
     assert_eq!(p.status.last_event.as_ref().unwrap().time, t("2026-12-02T12:00:00Z"));
@@ -463,4 +472,89 @@ fn durations_read_well() {
     for (secs, want) in [(45, "45s"), (125, "2m5s"), (5400, "1h30m"), (-3, "0s")] {
         assert_eq!(human(TimeDelta::seconds(secs)), want);
     }
+}
+
+#[test]
+fn setting_clearing_and_setting_an_override_again_acts_again() {
+    let until = "2026-12-04T19:00:00Z";
+    let monday = last("2026-12-01T18:00:00Z", Stopped, EventResult::Succeeded, Some("x"));
+    let set = |generation: i64, status: &ComputePowerScheduleStatus, now: &str| {
+        plan(&PlanInput {
+            name: "office",
+            spec: &with_override(Running, until),
+            status,
+            generation: Some(generation),
+            created_at: t(CREATED),
+            now: t(now),
+            children: &[],
+        })
+    };
+    let first = set(2, &monday, "2026-12-01T20:00:00Z");
+    let first_child = first.create.clone().unwrap().name;
+    // Cleared (generation 3): back to the calendar.
+    let cleared = plan(&PlanInput {
+        name: "office",
+        spec: &spec(),
+        status: &first.status,
+        generation: Some(3),
+        created_at: t(CREATED),
+        now: t("2026-12-01T20:05:00Z"),
+        children: &[],
+    });
+    assert_eq!(cleared.create.as_ref().unwrap().cause, ChildCause::OverrideEnd);
+    // Set again (generation 4), same state and until: a new child, not the suspended first one.
+    let again = set(4, &cleared.status, "2026-12-01T20:10:00Z");
+    let again_child = again.create.clone().expect("a child acts for the override again").name;
+    assert_ne!(again_child, first_child);
+    assert_eq!(reason(&again), ("Ready", "OverrideInEffect"));
+}
+
+#[test]
+fn a_last_event_in_the_future_is_a_clock_error_not_a_silence() {
+    // The clock stepped back a day: the last event was recorded "tomorrow".
+    let future = last("2026-12-02T18:00:00Z", Stopped, EventResult::Succeeded, Some("x"));
+    let p = run(&spec(), &future, &[], "2026-12-01T17:00:00Z");
+    assert!(
+        p.notes.iter().any(|n| n.reason == "ClockSkew" && n.warning),
+        "{:?}",
+        p.notes
+    );
+    assert_eq!(p.status.last_event.as_ref().unwrap().time, t("2026-12-01T17:00:00Z"));
+    // The next event (18:00 UTC, Tuesday's stop) then runs as it comes, not a day later.
+    let at_stop = run(&spec(), &p.status, &[], "2026-12-01T18:00:00.100Z");
+    assert_eq!(
+        created(&at_stop).map(|c| c.2),
+        Some(ChildCause::Event),
+        "{:?}",
+        at_stop.status
+    );
+}
+
+#[test]
+fn a_child_that_skipped_late_instances_says_how_many() {
+    let status = last(
+        "2026-12-01T18:00:00Z",
+        Stopped,
+        EventResult::InProgress,
+        Some("office-1796148000-stopped"),
+    );
+    let children = [child(
+        "office-1796148000-stopped",
+        "2026-12-01T18:00:00Z",
+        false,
+        false,
+        ChildOutcome::Late(
+            "3 of 11 done, 8 not started within startingDeadline of the event (skipped as late), 0 failed".into(),
+        ),
+    )];
+    let p = run(&spec(), &status, &children, "2026-12-01T23:00:00Z");
+    assert_eq!(p.status.last_event.as_ref().unwrap().result, EventResult::Late);
+    assert_eq!(reason(&p), ("Ready", "LateEvent"));
+    assert!(
+        p.status
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("8 not started")
+    );
 }

@@ -1,34 +1,35 @@
-//! Carries out one schedule plan: list the children, suspend superseded ones, create the event's child,
-//! trim the history, write the status, come back at the next event. Thin on purpose.
+//! Carries out one schedule plan: list the children, suspend superseded ones, create the event's child (only
+//! while the schedule, read again, still asks for it), trim the history, write the status, come back at the
+//! next event. Every write to a child passes the lease fence. Thin on purpose.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
+
+use crate::controllers::runtime::{self, Written, bounded};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use tracing::Instrument;
 
 use super::fleet_child::{child_fleet, child_view, is_child_of, schedule_label_value, to_chrono};
 use super::plan::{self, Note, Plan, PlanInput};
-use super::resource::{ComputePowerSchedule, ComputePowerScheduleStatus};
+use super::resource::ComputePowerSchedule;
 use super::{Context, key_of};
 use crate::controllers::fleet::resource::ComputeFleetAction;
 use crate::controllers::schedule::children::SCHEDULE_LABEL;
 
 /// Field manager of every write: one owner of `.status` and of the children.
 pub const FIELD_MANAGER: &str = "compute-operator-schedule";
-/// Bound on every Kubernetes API call of a reconcile.
-const CALL_TIMEOUT: Duration = Duration::from_secs(15);
-/// Retry after a stale read (409 on the status write): the plan was made from old data.
-const STALE_RETRY: Duration = Duration::from_millis(250);
 
 /// Errors of one reconcile, named after the operation that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("listing the child fleets: {0}")]
     ListChildren(#[source] kube::Error),
+    #[error("reading the schedule again before creating a child: {0}")]
+    ReadSchedule(#[source] kube::Error),
     #[error("creating the child fleet {name}: {source}")]
     CreateChild {
         name: String,
@@ -67,16 +68,6 @@ impl Clock {
     }
 }
 
-/// Runs `fut` with the call timeout, turning an elapsed timer into a kube error.
-async fn bounded<T>(fut: impl std::future::Future<Output = Result<T, kube::Error>>) -> Result<T, kube::Error> {
-    match tokio::time::timeout(CALL_TIMEOUT, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(kube::Error::Service(
-            format!("no answer from the Kubernetes API within {CALL_TIMEOUT:?}").into(),
-        )),
-    }
-}
-
 /// The reconcile entry point handed to kube-rs.
 pub async fn reconcile(obj: Arc<ComputePowerSchedule>, ctx: Arc<Context>) -> Result<Action, Error> {
     let key = key_of(&obj);
@@ -98,8 +89,8 @@ async fn reconcile_inner(obj: &ComputePowerSchedule, ctx: &Context) -> Result<Ac
         return Ok(Action::await_change());
     }
     let ns = obj.namespace().ok_or(Error::NoNamespace)?;
-    let schedules: Api<ComputePowerSchedule> = Api::namespaced(ctx.kube.clone(), &ns);
-    let fleets: Api<ComputeFleetAction> = Api::namespaced(ctx.kube.clone(), &ns);
+    let schedules: Api<ComputePowerSchedule> = Api::namespaced(ctx.shared.kube.clone(), &ns);
+    let fleets: Api<ComputeFleetAction> = Api::namespaced(ctx.shared.kube.clone(), &ns);
     let selector = format!("{SCHEDULE_LABEL}={}", schedule_label_value(&obj.name_any()));
     let children: Vec<ComputeFleetAction> = bounded(fleets.list(&ListParams::default().labels(&selector)))
         .await
@@ -125,16 +116,23 @@ async fn reconcile_inner(obj: &ComputePowerSchedule, ctx: &Context) -> Result<Ac
         now,
         children: &views,
     });
-    execute(obj, &fleets, &plan).await?;
+    if !ctx.shared.fence.may_act() {
+        // A replica without the lease writes nothing to a child; the leader does it.
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
+    execute(obj, &schedules, &fleets, &plan, &ctx.shared.fence).await?;
 
     if obj.status.as_ref() != Some(&plan.status) {
-        match replace_status(&schedules, obj, &plan.status).await {
-            Ok(()) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {
+        let status = plan.status.clone();
+        match runtime::write_status(&schedules, obj, FIELD_MANAGER, |s| s.status = Some(status))
+            .await
+            .map_err(Error::WriteStatus)?
+        {
+            Written::Stale => {
                 tracing::debug!("stale schedule in the cache; deciding again shortly");
-                return Ok(Action::requeue(STALE_RETRY));
+                return Ok(Action::requeue(runtime::STALE_RETRY));
             }
-            Err(e) => return Err(Error::WriteStatus(e)),
+            Written::Written | Written::Unchanged => {}
         }
         publish(ctx, obj, &plan.notes).await;
     }
@@ -147,10 +145,23 @@ async fn reconcile_inner(obj: &ComputePowerSchedule, ctx: &Context) -> Result<Ac
     })
 }
 
-/// Suspend first (so two children never act at once), then create, then trim the history.
-async fn execute(obj: &ComputePowerSchedule, fleets: &Api<ComputeFleetAction>, plan: &Plan) -> Result<(), Error> {
-    let pp = PatchParams::default();
+/// Suspend first (so two children never act at once), then create, then trim the history; each write only
+/// while the fence is open, the create only while the schedule, read again, is unchanged and not suspended.
+async fn execute(
+    obj: &ComputePowerSchedule,
+    schedules: &Api<ComputePowerSchedule>,
+    fleets: &Api<ComputeFleetAction>,
+    plan: &Plan,
+    fence: &crate::leader::Fence,
+) -> Result<(), Error> {
+    let pp = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
     for name in &plan.suspend {
+        if !fence.may_act() {
+            return Ok(());
+        }
         let patch = Patch::Merge(serde_json::json!({"spec": {"suspend": true}}));
         match bounded(fleets.patch(name, &pp, &patch)).await {
             Ok(_) => tracing::info!(child = %name, "suspended a superseded child fleet"),
@@ -164,6 +175,16 @@ async fn execute(obj: &ComputePowerSchedule, fleets: &Api<ComputeFleetAction>, p
         }
     }
     if let Some(request) = &plan.create {
+        if !fence.may_act() {
+            return Ok(());
+        }
+        let now = bounded(schedules.get(&obj.name_any()))
+            .await
+            .map_err(Error::ReadSchedule)?;
+        if !super::plan::still_asks(obj, &now) {
+            tracing::debug!(child = %request.name, "the schedule changed since it was read; deciding again");
+            return Ok(());
+        }
         let child = child_fleet(obj, request);
         let pp = PostParams {
             dry_run: false,
@@ -188,6 +209,9 @@ async fn execute(obj: &ComputePowerSchedule, fleets: &Api<ComputeFleetAction>, p
         ..Default::default()
     };
     for name in &plan.delete {
+        if !fence.may_act() {
+            return Ok(());
+        }
         match bounded(fleets.delete(name, &dp)).await {
             Ok(_) => tracing::debug!(child = %name, "deleted an old child fleet (history limit)"),
             Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -200,25 +224,6 @@ async fn execute(obj: &ComputePowerSchedule, fleets: &Api<ComputeFleetAction>, p
         }
     }
     Ok(())
-}
-
-/// PUT on the status subresource carrying the object's resourceVersion: fails with 409 if it is stale.
-async fn replace_status(
-    api: &Api<ComputePowerSchedule>,
-    obj: &ComputePowerSchedule,
-    status: &ComputePowerScheduleStatus,
-) -> Result<(), kube::Error> {
-    let mut body = ComputePowerSchedule::new(&obj.name_any(), obj.spec.clone());
-    body.metadata.namespace = obj.namespace();
-    body.metadata.resource_version = obj.resource_version();
-    body.status = Some(status.clone());
-    let pp = PostParams {
-        dry_run: false,
-        field_manager: Some(FIELD_MANAGER.into()),
-    };
-    bounded(api.replace_status(&obj.name_any(), &pp, &body))
-        .await
-        .map(|_| ())
 }
 
 /// Publishes Events in the background (see [`crate::controllers::events`]).

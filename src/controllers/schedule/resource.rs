@@ -85,7 +85,9 @@ pub struct ComputePowerScheduleSpec {
     )]
     pub starting_deadline: String,
 
-    /// Pace (`maxConcurrent`, default 1) and failure budget (`maxFailures`, default 0), copied to each child.
+    /// Pace and failure budget of each event's child fleet. Defaults fit a calendar: `maxConcurrent` 50 and a
+    /// failure budget that never stops an event (each instance is tried once; one that cannot move holds back
+    /// no other). A fleet's own defaults are more careful (1 and 0).
     #[serde(default)]
     pub strategy: Strategy,
 
@@ -248,6 +250,9 @@ pub enum EventResult {
     Failed,
     /// Missed by more than `startingDeadline`: nothing was run.
     Skipped,
+    /// Its child fleet finished, but some instances were not started within `startingDeadline` of the event
+    /// and were skipped as late (the message says how many).
+    Late,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

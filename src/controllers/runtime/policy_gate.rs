@@ -1,9 +1,9 @@
-//! The access policy as the reconciler sees it: watched caches of ComputeAccessPolicies and of namespace
-//! labels, and a nudge to re-evaluate every object when a policy or a namespace's labels change. Evaluation
-//! is in memory: no request per reconcile.
+//! The access policy gate, started once per operator and shared by every controller: watched caches of
+//! ComputeAccessPolicies and of namespace labels, and a nudge to every subscriber (one per controller and
+//! scope) when a policy or a namespace's labels change. Evaluation is in memory: no request per reconcile.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::channel::mpsc;
@@ -20,6 +20,7 @@ use super::StartError;
 use crate::api::Instance;
 use crate::policy::{self, ComputeAccessPolicy, NamespaceView, PolicyMode, Verdict};
 use crate::resource::ComputeInstanceAction;
+use crate::resource::DesiredState;
 
 pub struct PolicyGate {
     mode: PolicyMode,
@@ -28,8 +29,12 @@ pub struct PolicyGate {
     namespaces: Vec<Store<PartialObjectMeta<Namespace>>>,
     /// The served namespaces' labels, read by name (namespaced mode).
     polled: Polled,
+    subscribers: Subscribers,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
+
+/// Where a change is announced: one bounded channel per subscriber (a full one already carries a nudge).
+type Subscribers = Arc<Mutex<Vec<mpsc::Sender<()>>>>;
 
 impl Drop for PolicyGate {
     fn drop(&mut self) {
@@ -69,7 +74,7 @@ async fn poll_namespaces(
     names: Vec<String>,
     every: Duration,
     polled: Polled,
-    mut senders: Vec<mpsc::Sender<()>>,
+    subscribers: Subscribers,
 ) {
     let api: Api<Namespace> = Api::all(client);
     loop {
@@ -95,39 +100,53 @@ async fn poll_namespaces(
             }
         }
         if changed {
-            nudge(&mut senders);
+            nudge(&subscribers);
         }
         tokio::time::sleep(every).await;
     }
 }
 
-fn nudge(senders: &mut [mpsc::Sender<()>]) {
-    for s in senders {
-        // A full channel already carries a pending nudge; that is enough.
-        let _ = s.try_send(());
-    }
+fn nudge(subscribers: &Subscribers) {
+    let mut senders = subscribers.lock().unwrap_or_else(|p| p.into_inner());
+    // A full channel already carries a pending nudge; that is enough. A closed one has gone away.
+    senders.retain_mut(|s| match s.try_send(()) {
+        Ok(()) => true,
+        Err(e) => !e.is_disconnected(),
+    });
 }
 
 impl PolicyGate {
-    /// Starts watching policies (in enforce mode) and returns one change stream per controller.
+    /// A gate that allows everything (`--policy-mode off`) and starts nothing.
+    pub fn off() -> Self {
+        Self {
+            mode: PolicyMode::Off,
+            store: None,
+            namespaces: Vec::new(),
+            polled: Arc::default(),
+            subscribers: Arc::default(),
+            tasks: Vec::new(),
+        }
+    }
+
+    /// A change stream: it yields whenever a policy or a served namespace's labels change (every object may
+    /// then be judged differently). One per controller and scope.
+    pub fn subscribe(&self) -> mpsc::Receiver<()> {
+        let (tx, rx) = mpsc::channel::<()>(1);
+        self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
+        rx
+    }
+
+    /// Starts watching policies (in enforce mode); the caches are filled before it returns.
     pub async fn start(
         client: &Client,
         mode: PolicyMode,
         watched: &[String],
         label_poll: Duration,
-        listeners: usize,
-    ) -> Result<(Self, Vec<mpsc::Receiver<()>>), StartError> {
-        let (senders, receivers): (Vec<_>, Vec<_>) = (0..listeners).map(|_| mpsc::channel::<()>(1)).unzip();
+    ) -> Result<Self, StartError> {
         if mode == PolicyMode::Off {
-            let gate = Self {
-                mode,
-                store: None,
-                namespaces: Vec::new(),
-                polled: Arc::default(),
-                tasks: Vec::new(),
-            };
-            return Ok((gate, receivers));
+            return Ok(Self::off());
         }
+        let subscribers: Subscribers = Arc::default();
         let api: Api<ComputeAccessPolicy> = Api::all(client.clone());
         api.list_metadata(&ListParams::default().limit(1))
             .await
@@ -179,25 +198,26 @@ impl PolicyGate {
                 watched.to_vec(),
                 label_poll,
                 polled.clone(),
-                senders.clone(),
+                subscribers.clone(),
             )));
         }
         let mut namespaces = futures::stream::select_all(ns_streams);
-        let mut policy_senders = senders.clone();
+        let policy_subscribers = subscribers.clone();
         let policy_task = tokio::spawn(async move {
             while let Some(event) = policies.next().await {
                 if matches!(
                     event,
                     Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone)
                 ) {
-                    nudge(&mut policy_senders);
+                    nudge(&policy_subscribers);
                 }
             }
-            for s in &mut policy_senders {
+            let senders = std::mem::take(&mut *policy_subscribers.lock().unwrap_or_else(|p| p.into_inner()));
+            for mut s in senders {
                 let _ = s.close().await;
             }
         });
-        let mut ns_senders = senders;
+        let ns_subscribers = subscribers.clone();
         let ns_task = tokio::spawn(async move {
             // Only a change of labels matters (namespaces change status and annotations too).
             let mut labels: HashMap<String, BTreeMap<String, String>> = HashMap::new();
@@ -212,7 +232,7 @@ impl PolicyGate {
                     _ => false,
                 };
                 if changed {
-                    nudge(&mut ns_senders);
+                    nudge(&ns_subscribers);
                 }
             }
         });
@@ -221,9 +241,38 @@ impl PolicyGate {
             store: Some(reader),
             namespaces: ns_stores,
             polled,
+            subscribers,
             tasks: tasks.into_iter().chain([policy_task, ns_task]).collect(),
         };
-        Ok((gate, receivers))
+        Ok(gate)
+    }
+
+    /// What namespace `ns` may power for `desired`, before any instance is looked at (see
+    /// [`policy::coverage`]). Policies not loaded in enforce mode cover nothing.
+    pub fn coverage(&self, ns: &str, desired: DesiredState) -> policy::Coverage {
+        let store = match (self.mode, &self.store) {
+            (PolicyMode::Off, _) => return policy::Coverage::Everything,
+            (PolicyMode::Enforce, Some(store)) => store,
+            (PolicyMode::Enforce, None) => return policy::Coverage::Only(Vec::new()),
+        };
+        let policies: Vec<_> = store.state().iter().map(|p| (p.name_any(), p.spec.clone())).collect();
+        let labels = self.labels_of(ns);
+        let view = NamespaceView {
+            name: ns,
+            labels: &labels,
+        };
+        policy::coverage(self.mode, &policies, &view, desired)
+    }
+
+    /// The namespace's labels as last seen. Unknown labels match no selector: a namespace not (yet) cached
+    /// can only be denied, never granted.
+    fn labels_of(&self, ns: &str) -> BTreeMap<String, String> {
+        self.namespaces
+            .iter()
+            .find_map(|s| s.get(&ObjectRef::new(ns)))
+            .map(|n| n.labels().clone())
+            .or_else(|| self.polled.lock().unwrap_or_else(|p| p.into_inner()).get(ns).cloned())
+            .unwrap_or_default()
     }
 
     /// Why the object may not act on this instance, or `None` when it may. `instance` is `None` when only
@@ -261,14 +310,7 @@ impl PolicyGate {
         };
         let policies: Vec<_> = store.state().iter().map(|p| (p.name_any(), p.spec.clone())).collect();
         let ns = obj.namespace().unwrap_or_default();
-        // Unknown labels match no selector: a namespace not (yet) cached can only be denied, never granted.
-        let labels = self
-            .namespaces
-            .iter()
-            .find_map(|s| s.get(&ObjectRef::new(&ns)))
-            .map(|n| n.labels().clone())
-            .or_else(|| self.polled.lock().unwrap_or_else(|p| p.into_inner()).get(&ns).cloned())
-            .unwrap_or_default();
+        let labels = self.labels_of(&ns);
         let view = NamespaceView {
             name: &ns,
             labels: &labels,

@@ -63,7 +63,7 @@ pub struct InstanceIndex {
 
 /// `namespace/name`.
 pub fn key_of(obj: &ComputeInstanceAction) -> String {
-    super::object_key(obj)
+    crate::controllers::object_key(obj)
 }
 
 fn entry_of(obj: &ComputeInstanceAction, scope: usize) -> Entry {

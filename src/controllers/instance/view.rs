@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::api::{AdminClient, ApiError, Instance, InstanceStatus, ListFilter};
-use crate::controllers::index::InstanceIndex;
+use crate::controllers::instance::index::InstanceIndex;
 
 /// Page size of the list walk (the API's maximum).
 pub const PAGE_SIZE: u32 = 100;
@@ -114,11 +114,11 @@ impl Seen {
 
 /// The view itself: bounded to the instances objects name (pruned each round).
 #[derive(Default)]
-pub struct FleetView {
+pub struct InstanceView {
     seen: Mutex<HashMap<String, Seen>>,
 }
 
-impl FleetView {
+impl InstanceView {
     fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, Seen>> {
         self.seen.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -157,12 +157,14 @@ impl FleetView {
 
 /// What the refresh loop needs.
 pub struct Refresher {
-    pub view: Arc<FleetView>,
+    pub view: Arc<InstanceView>,
     pub api: AdminClient,
     pub index: Arc<InstanceIndex>,
     pub interval: Duration,
     /// Requests per second the view may use at most (a share of the client's rate limit).
     pub max_rate: f64,
+    /// The list budget the view shares with fleets' walks.
+    pub budget: Arc<crate::controllers::runtime::ListBudget>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -199,6 +201,7 @@ impl Refresher {
         if wanted.is_empty() {
             return Ok(0);
         }
+        self.budget.page().await;
         let first = self.api.list_page(&ListFilter::default(), 1, PAGE_SIZE).await?;
         let mode = choose_round(wanted.len() as u64, first.pagination.total_count);
         let (pause, stretched) = pace(self.interval, mode.requests(), self.max_rate);
@@ -220,6 +223,7 @@ impl Refresher {
                 let mut more = first.pagination.has_next && !first.instances.is_empty();
                 while more && u64::from(page) <= pages.saturating_add(1) {
                     tokio::time::sleep(pause).await;
+                    self.budget.page().await;
                     let got = self.api.list_page(&ListFilter::default(), page, PAGE_SIZE).await?;
                     made += 1;
                     self.absorb(got.instances.iter(), &wanted, &mut listed);
@@ -238,6 +242,7 @@ impl Refresher {
             RoundMode::GetEach { .. } => {
                 for id in &wanted {
                     tokio::time::sleep(pause).await;
+                    self.budget.page().await;
                     made += 1;
                     match self.api.get_instance(id).await {
                         Ok(i) => self.absorb(std::iter::once(&i), &wanted, &mut HashSet::new()),
@@ -333,7 +338,7 @@ mod tests {
 
     #[test]
     fn the_view_keeps_what_objects_read() {
-        let view = FleetView::default();
+        let view = InstanceView::default();
         let i: Instance = serde_json::from_value(serde_json::json!({
             "id": "i-1", "status": "running", "name": "web", "zone": "z1", "customerId": "c", "userId": "u",
             "templateId": "t", "machineType": "m", "externalIp": "1.2.3.4", "internalIp": "10.0.0.1",
@@ -357,7 +362,7 @@ mod tests {
 
     #[test]
     fn the_view_reports_changes_and_ages() {
-        let view = FleetView::default();
+        let view = InstanceView::default();
         let mut i: Instance = serde_json::from_value(serde_json::json!({"id": "i-1", "status": "running"})).unwrap();
         assert!(!view.record(&i), "first sighting is no change");
         assert!(!view.record(&i));

@@ -1,0 +1,203 @@
+//! The runtime the three controllers share, started once per operator: the namespace scopes, the CRD check,
+//! the gates every write passes (the lease fence and the access policy), the list budget, per-object error
+//! backoff and a bound on every Kubernetes call. Each kind adds only its planner and a thin reconciler.
+pub mod list_budget;
+pub mod policy_gate;
+pub mod status;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::api::{Api, ListParams};
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+
+use crate::api::AdminClient;
+use crate::leader::Fence;
+use crate::metrics::Metrics;
+pub use list_budget::ListBudget;
+pub use policy_gate::PolicyGate;
+pub use status::{STALE_RETRY, Written, write_status};
+
+/// Bound on one Kubernetes API call made by a reconcile.
+pub const KUBE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What every controller of one operator shares: one admin client (one rate limit), one access-policy gate,
+/// one lease fence, one list budget, one metrics registry.
+#[derive(Clone)]
+pub struct Shared {
+    pub kube: Client,
+    pub api: AdminClient,
+    pub gate: Arc<PolicyGate>,
+    /// Closed on a replica that does not (or no longer) hold the lease: every admin API POST and every write
+    /// to another object asks it right before it leaves.
+    pub fence: Arc<Fence>,
+    /// The share of `--api-rate` that list walks (the instance view, fleets) may use together.
+    pub lists: Arc<ListBudget>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// What the shared runtime needs to start.
+#[derive(Clone, Debug)]
+pub struct RuntimeSettings {
+    /// Namespaces served; empty means all.
+    pub namespaces: Vec<String>,
+    pub policy_mode: crate::policy::PolicyMode,
+    /// Serving listed namespaces: how often their labels are read (a Role cannot grant a watch of them).
+    pub namespace_label_poll: Duration,
+    /// Admin API requests per second all list walks together may use.
+    pub list_rate: f64,
+}
+
+impl RuntimeSettings {
+    /// The runtime an operator with this instance controller configuration needs.
+    pub fn of(config: &crate::controllers::instance::ControllerConfig) -> Self {
+        Self {
+            namespaces: config.namespaces.clone(),
+            policy_mode: config.policy_mode,
+            namespace_label_poll: config.namespace_label_poll,
+            list_rate: config.view_rate,
+        }
+    }
+}
+
+impl Shared {
+    /// Starts the gates once; every controller of the operator gets a clone.
+    pub async fn start(
+        kube: Client,
+        api: AdminClient,
+        settings: &RuntimeSettings,
+        metrics: Arc<Metrics>,
+        fence: Arc<Fence>,
+    ) -> Result<Self, StartError> {
+        let gate = PolicyGate::start(
+            &kube,
+            settings.policy_mode,
+            &settings.namespaces,
+            settings.namespace_label_poll,
+        )
+        .await?;
+        Ok(Self {
+            kube,
+            api,
+            gate: Arc::new(gate),
+            fence,
+            lists: Arc::new(ListBudget::new(settings.list_rate)),
+            metrics,
+        })
+    }
+}
+
+/// Why a controller could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "the {kind} CRD is not installed (or not readable): {source}. Install the CRDs with `compute-operator crd | kubectl apply -f -` or `kubectl apply -f crds/`"
+    )]
+    CrdMissing {
+        kind: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("the Kubernetes API server did not answer for a minute: {0}")]
+    ApiServerUnreachable(#[source] kube::Error),
+    #[error(
+        "--policy-mode enforce needs the ComputeAccessPolicy CRD and permission to list it: {0}. Install crds/ or run with --policy-mode off on a single-tenant cluster"
+    )]
+    PolicyCrdMissing(#[source] kube::Error),
+}
+
+/// One `Api` per served namespace, or one for all of them.
+pub fn scoped<K>(client: &Client, namespaces: &[String]) -> Vec<Api<K>>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    if namespaces.is_empty() {
+        vec![Api::all(client.clone())]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
+    }
+}
+
+/// Checks that kind `K` is served, by listing one object (needs only the RBAC a controller has anyway). Only a
+/// definite answer (404: not served, 403: not allowed) is final; an API server that is restarting or
+/// overloaded is waited for, up to a minute.
+pub async fn check_crd<K>(client: &Client, namespaces: &[String]) -> Result<(), StartError>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let kind = K::kind(&K::DynamicType::default()).into_owned();
+    let api: Api<K> = match namespaces.first() {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let lp = ListParams::default().limit(1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let err = match tokio::time::timeout(KUBE_TIMEOUT, api.list_metadata(&lp)).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(kube::Error::Api(s))) if s.code == 404 || s.code == 403 => {
+                return Err(StartError::CrdMissing {
+                    kind: kind.clone(),
+                    source: kube::Error::Api(s),
+                });
+            }
+            Ok(Err(e)) => e,
+            Err(_) => kube::Error::Service(format!("listing {kind}s timed out after {KUBE_TIMEOUT:?}").into()),
+        };
+        if tokio::time::Instant::now() + delay > deadline {
+            return Err(StartError::ApiServerUnreachable(err));
+        }
+        tracing::warn!(%kind, error = %err, retry_ms = delay.as_millis() as u64, "Kubernetes API not answering yet");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Error of a bounded Kubernetes call: the call's own error, or no answer in time.
+pub async fn bounded<T>(fut: impl std::future::Future<Output = Result<T, kube::Error>>) -> Result<T, kube::Error> {
+    match tokio::time::timeout(KUBE_TIMEOUT, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(kube::Error::Service(
+            format!("no answer from the Kubernetes API within {KUBE_TIMEOUT:?}").into(),
+        )),
+    }
+}
+
+/// Per-object error counts for exponential backoff (kube-rs requeues errors at a fixed delay otherwise).
+/// An entry lives from an object's first failure to its next success or its deletion.
+#[derive(Debug, Default)]
+pub struct ErrorBackoff {
+    attempts: Mutex<HashMap<String, u32>>,
+}
+
+impl ErrorBackoff {
+    /// The next delay for `key`, counting this failure.
+    pub fn next(&self, key: &str, backoff: &crate::api::backoff::Backoff, retry_after: Option<Duration>) -> Duration {
+        let mut map = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(key.to_owned()).or_insert(0);
+        let delay = backoff.delay(*n, rand::random::<f64>(), retry_after);
+        *n = n.saturating_add(1);
+        delay
+    }
+
+    /// Success, or the object is gone: start again from the shortest delay.
+    pub fn reset(&self, key: &str) {
+        self.attempts.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+
+    pub fn len(&self) -> usize {
+        self.attempts.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
