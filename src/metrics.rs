@@ -76,6 +76,9 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Instances in the shared view from the list endpoint.
     pub view_instances: Gauge,
+    /// Entries the instance controller keeps per object (status memory, acceptances, backoff, locks): every
+    /// one goes with its object.
+    pub held_object_state: Gauge,
     /// Admin API requests the last view round made.
     pub view_round_requests: Gauge,
     /// 1 while view rounds do not fit the budget in one resync interval and are stretched.
@@ -116,6 +119,7 @@ impl Metrics {
         let stalled_oldest = Family::<ReasonLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let leader = Gauge::default();
         let view_instances = Gauge::default();
+        let held_object_state = Gauge::default();
         let view_round_requests = Gauge::default();
         let view_round_stretched = Gauge::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
@@ -163,6 +167,11 @@ impl Metrics {
         );
         registry.register("leader", "1 on the replica that holds the lease", leader.clone());
         registry.register(
+            "held_object_state_entries",
+            "Entries the instance controller keeps per object (status memory, acceptances, backoff, locks)",
+            held_object_state.clone(),
+        );
+        registry.register(
             "view_instances",
             "Instances in the shared view refreshed from the list endpoint",
             view_instances.clone(),
@@ -197,6 +206,7 @@ impl Metrics {
             stalled_oldest,
             leader,
             view_instances,
+            held_object_state,
             view_round_requests,
             view_round_stretched,
             health: Arc::default(),

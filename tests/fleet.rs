@@ -343,7 +343,7 @@ async fn controller_restart_mid_rollout_repeats_nothing_and_keeps_the_cap() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn denied_instances_are_counted_and_never_started() {
+async fn instances_outside_the_policies_are_never_selected_counted_or_started() {
     let mut instances = zone_fleet("d", "allowed-zone", 3);
     instances.extend(zone_fleet("x", "other-zone", 2));
     let e = env("fleet-deny", instances, 200, PolicyMode::Enforce).await;
@@ -375,10 +375,19 @@ async fn denied_instances_are_counted_and_never_started() {
     let st = status(&f);
     assert_eq!(
         (st.selected, st.succeeded, st.denied, st.failed),
-        (5, 3, 2, 0),
-        "{st:?}"
+        (3, 3, 0, 0),
+        "the fleet sees only what its namespace may power: {st:?}"
     );
     assert_eq!(e.acted_on(), ["d-00", "d-01", "d-02"]);
+    // The policy's zone went into the list filter: the walk never returned another zone's instance.
+    let queries = e.sim.list_queries();
+    assert!(
+        !queries.is_empty()
+            && queries
+                .iter()
+                .all(|q| q.contains("zone=allowed-zone") && q.contains("customerID=c1")),
+        "{queries:?}"
+    );
     assert_eq!(e.children("deny").await.len(), 3, "no child for a denied instance");
     policies
         .delete(&policy.name_any(), &DeleteParams::default())

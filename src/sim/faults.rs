@@ -28,6 +28,8 @@ pub struct Faults {
     /// A gateway that loses answers: the first restart/reset on each instance is carried out and then
     /// answered 503 (with `Retry-After`, default 1 s), as a gateway in front of the admin API may do.
     pub gateway503_first_one_shot: bool,
+    /// Extra delay of every list page (a large platform's slow pages), in milliseconds, on top of `latencyMs`.
+    pub list_page_delay_ms: u64,
 }
 
 impl Default for Faults {
@@ -41,6 +43,7 @@ impl Default for Faults {
             never_finish: false,
             queue_ms: 0,
             gateway503_first_one_shot: false,
+            list_page_delay_ms: 0,
         }
     }
 }
@@ -135,6 +138,7 @@ mod tests {
             "neverFinish",
             "queueMs",
             "gateway503FirstOneShot",
+            "listPageDelayMs",
         ] {
             assert!(v.get(key).is_some(), "{key}");
         }

@@ -291,6 +291,12 @@ impl Fleet {
         self.slots.insert(instance.id.clone(), Slot::new(instance)).is_none()
     }
 
+    /// Delete an instance (as a user deleting it would). True when it existed.
+    pub fn remove(&mut self, id: &str) -> bool {
+        self.cancel(id);
+        self.slots.remove(id).is_some()
+    }
+
     fn cancel(&mut self, id: &str) {
         let Some(pending) = self.slots.get_mut(id).and_then(|s| s.pending.take()) else {
             return;

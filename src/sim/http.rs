@@ -190,6 +190,12 @@ async fn list(State(sh): State<Arc<Shared>>, RawQuery(raw): RawQuery) -> Respons
         Ok(q) => q,
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
+    sh.record_list_query(raw.as_deref().unwrap_or_default());
+    let delay = sh.faults().list_page_delay_ms;
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    // Read after the delay: what a slow page shows is the platform as it is when the page is served.
     let body = sh.fleet().list_json(&query, Instant::now());
     json_bytes(StatusCode::OK, Ok(body))
 }
@@ -350,6 +356,17 @@ async fn put_instance(
     json_bytes(if created { StatusCode::CREATED } else { StatusCode::OK }, body)
 }
 
+async fn delete_instance(State(sh): State<Arc<Shared>>, path: Result<Path<String>, PathRejection>) -> Response {
+    let Ok(Path(id)) = path else {
+        return error(StatusCode::BAD_REQUEST, "invalid instance id");
+    };
+    if sh.fleet().remove(&id) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        error(StatusCode::NOT_FOUND, "instance not found")
+    }
+}
+
 /// Every route, with the admin gate in front.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let api = |p: &str| format!("{BASE_PATH}{p}");
@@ -361,7 +378,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/_sim/audit/clear", post(clear_audit))
         .route("/_sim/stats", get(get_stats))
         .route("/_sim/faults", get(get_faults).put(put_faults))
-        .route("/_sim/instances/{id}", put(put_instance))
+        .route("/_sim/instances/{id}", put(put_instance).delete(delete_instance))
         .route("/_sim/instances/{id}/status", put(put_status))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -104,6 +104,9 @@ pub struct SimArgs {
     /// The first restart/reset on each instance is carried out, then answered 503 with Retry-After.
     #[arg(long, env = "COMPUTE_SIM_GATEWAY_503_FIRST_ONE_SHOT", value_parser = clap::builder::BoolishValueParser::new())]
     pub gateway_503_first_one_shot: bool,
+    /// Slow list pages (a large platform): every list page answers this many milliseconds later.
+    #[arg(long, env = "COMPUTE_SIM_LIST_PAGE_DELAY_MS", default_value_t = 0)]
+    pub list_page_delay_ms: u64,
 }
 
 impl fmt::Debug for SimArgs {
@@ -197,6 +200,7 @@ impl From<SimArgs> for SimConfig {
                 never_finish: a.never_finish,
                 queue_ms: a.queue_ms,
                 gateway503_first_one_shot: a.gateway_503_first_one_shot,
+                list_page_delay_ms: a.list_page_delay_ms,
             },
         }
     }
@@ -215,7 +219,12 @@ pub(crate) struct Shared {
     lost_answers: Mutex<std::collections::HashSet<String>>,
     /// Instances whose accepted actions end in `error` (see [`SimServer::fail_actions_on`]).
     failing: Mutex<std::collections::HashSet<String>>,
+    /// The query strings of the newest list requests (what a walk asked the list endpoint for).
+    list_queries: Mutex<std::collections::VecDeque<String>>,
 }
+
+/// List queries remembered.
+const LIST_QUERIES_KEPT: usize = 256;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -228,6 +237,14 @@ impl Shared {
 
     fn recorder(&self) -> MutexGuard<'_, Recorder> {
         lock(&self.recorder)
+    }
+
+    pub(crate) fn record_list_query(&self, query: &str) {
+        let mut q = lock(&self.list_queries);
+        if q.len() == LIST_QUERIES_KEPT {
+            q.pop_front();
+        }
+        q.push_back(query.to_owned());
     }
 
     fn faults(&self) -> Faults {
@@ -311,6 +328,7 @@ impl SimServer {
     /// Empty the audit log and zero the counters.
     pub fn clear_audit(&self) {
         self.shared.recorder().clear();
+        lock(&self.shared.list_queries).clear();
     }
 
     pub fn faults(&self) -> Faults {
@@ -329,6 +347,16 @@ impl SimServer {
     /// Create or replace an instance (cancelling any transition it had).
     pub fn upsert_instance(&self, instance: Instance) {
         self.shared.fleet().upsert(instance);
+    }
+
+    /// Delete an instance (a user deleting it while the operator works). False when the id is unknown.
+    pub fn remove_instance(&self, id: &str) -> bool {
+        self.shared.fleet().remove(id)
+    }
+
+    /// The query strings of the newest list requests, oldest first (`clear_audit` empties them too).
+    pub fn list_queries(&self) -> Vec<String> {
+        lock(&self.shared.list_queries).iter().cloned().collect()
     }
 
     /// The instance as the API would report it now.
@@ -419,6 +447,7 @@ pub async fn start(config: SimConfig) -> anyhow::Result<SimServer> {
         invisible: config.invisible_transitions,
         lost_answers: Mutex::default(),
         failing: Mutex::default(),
+        list_queries: Mutex::default(),
     });
     let router = http::router(shared.clone());
     let task = tokio::spawn(http::serve(listener, router));

@@ -136,6 +136,15 @@ pub fn add_instance(sim: &compute_operator::sim::SimServer, id: &str, status: In
 /// Simulator, and instance controller (drift checked every `resync`) and fleet controller on one runtime, for
 /// one namespace.
 pub async fn chain(ns: &str, resync: Duration) -> (compute_operator::sim::SimServer, RunningController) {
+    chain_with(ns, resync, compute_operator::policy::PolicyMode::Off).await
+}
+
+/// [`chain`] under an access-policy mode.
+pub async fn chain_with(
+    ns: &str,
+    resync: Duration,
+    mode: compute_operator::policy::PolicyMode,
+) -> (compute_operator::sim::SimServer, RunningController) {
     let sim = simulator(compute_operator::sim::SimConfig {
         instances: 0,
         transition: Duration::from_millis(300),
@@ -144,6 +153,7 @@ pub async fn chain(ns: &str, resync: Duration) -> (compute_operator::sim::SimSer
     .await;
     let mut config = test_controller_config(ns);
     config.plan.resync = resync;
+    config.policy_mode = mode;
     let operator = start_fleet_operator(
         &sim,
         TOKEN,

@@ -33,6 +33,14 @@ impl InstanceLocks {
         }
     }
 
+    pub fn len(&self) -> usize {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn holder(&self, instance: &str) -> Option<String> {
         self.held
             .lock()

@@ -31,6 +31,10 @@ use locks::InstanceLocks;
 use plan::PlanSettings;
 use reconcile::AcceptanceMemory;
 
+/// How long after a deletion what is kept for the object is dropped once more (a reconcile in flight then
+/// has long finished: every Kubernetes and admin API call is bounded well below this).
+const LATE_FORGET: Duration = Duration::from_secs(40);
+
 /// Event batches published concurrently in the background.
 const EVENT_SLOTS: usize = 64;
 
@@ -113,6 +117,21 @@ impl Context {
         m.get(&Self::acceptance_key(obj, intent_at)).copied()
     }
 
+    /// Drops everything kept for an object that is gone: its held status, acceptances, backoff and lock.
+    pub(crate) fn forget_object(&self, obj: &ComputeInstanceAction) {
+        let key = reconcile::object_key(obj);
+        self.memory.forget(obj);
+        self.forget_acceptance(obj);
+        self.error_backoff.reset(&key);
+        self.locks.release(&obj.spec.instance_id, &key);
+    }
+
+    /// Entries kept per object, all kinds together (reported as a gauge; each goes with its object).
+    pub fn held_object_state(&self) -> usize {
+        let acceptances = self.acceptances.lock().unwrap_or_else(|p| p.into_inner()).len();
+        self.memory.len() + acceptances + self.error_backoff.len() + self.locks.len()
+    }
+
     pub(crate) fn forget_acceptance(&self, obj: &ComputeInstanceAction) {
         let uid = obj.uid().unwrap_or_default();
         self.acceptances
@@ -156,12 +175,15 @@ pub async fn run(
     }
     let index = Arc::new(index::InstanceIndex::new(stores.clone(), wakers));
     let memory = Arc::new(memory::StatusMemory::default());
+    // Deleted objects, to drop what is kept for them (the context is built after the streams).
+    let (gone_tx, mut gone_rx) = tokio::sync::mpsc::unbounded_channel::<ComputeInstanceAction>();
     for (n, ((scope, writer, reader), wake)) in streams.into_iter().zip(wake_streams).enumerate() {
         let mut seen_init = false;
         let synced = synced.clone();
         let metrics = metrics.clone();
         let index = index.clone();
         let held = memory.clone();
+        let gone = gone_tx.clone();
         // Liveness (/healthz): what the watch shows, before any filtering.
         let probe = metrics
             .health
@@ -186,8 +208,12 @@ pub async fn run(
                     Ok(e) => {
                         probe.event();
                         index.observe(n, e);
-                        if let watcher::Event::Apply(o) = e {
-                            held.observed(o);
+                        match e {
+                            watcher::Event::Apply(o) => held.observed(o),
+                            watcher::Event::Delete(o) => {
+                                let _ = gone.send(o.clone());
+                            }
+                            _ => {}
                         }
                     }
                     Err(e) => probe.error(e),
@@ -246,17 +272,36 @@ pub async fn run(
         slots: Arc::new(tokio::sync::Semaphore::new(usize::from(config.concurrency.max(1)))),
         acceptances: Default::default(),
     });
+    drop(gone_tx);
+    let forgetting = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            while let Some(obj) = gone_rx.recv().await {
+                ctx.forget_object(&obj);
+                ctx.metrics.held_object_state.set(ctx.held_object_state() as i64);
+                // A reconcile that was in flight when the object went may still record something: look again.
+                let later = ctx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(LATE_FORGET).await;
+                    later.forget_object(&obj);
+                    later.metrics.held_object_state.set(later.held_object_state() as i64);
+                });
+            }
+        })
+    };
     // The phase gauge is refreshed periodically; held writes the watch has shown are let go.
     let gauges = {
         let stores = stores.clone();
         let metrics = metrics.clone();
         let memory = memory.clone();
+        let ctx = ctx.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(15));
             loop {
                 tick.tick().await;
                 memory.sweep(std::time::Instant::now(), memory::SEEN_GRACE);
                 count_phases(&stores, &metrics);
+                metrics.held_object_state.set(ctx.held_object_state() as i64);
             }
         })
     };
@@ -290,6 +335,7 @@ pub async fn run(
     futures::future::join_all(runs).await;
     metrics.health.clear_watches();
     gauges.abort();
+    forgetting.abort();
     refresher.abort();
     // Let Events already decided reach the API server (bounded).
     let flushed = tokio::time::timeout(Duration::from_secs(5), ctx.event_slots.acquire_many(EVENT_SLOTS as u32)).await;

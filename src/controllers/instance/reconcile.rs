@@ -43,6 +43,14 @@ impl Error {
     }
 }
 
+/// Records what a GET showed; a change wakes every object on the instance (a settled `continuous` peer that
+/// would otherwise trust the view until its next round corrects the drift now).
+fn seen(ctx: &Context, instance: &crate::api::Instance) {
+    if ctx.view.record(instance) {
+        ctx.index.wake_instance(&instance.id);
+    }
+}
+
 pub(crate) fn object_key(obj: &ComputeInstanceAction) -> String {
     crate::controllers::object_key(obj)
 }
@@ -180,7 +188,7 @@ async fn observe(
     }
     match ctx.api.get_instance(id).await {
         Ok(i) => {
-            ctx.view.record(&i);
+            seen(ctx, &i);
             Observation::Instance(i)
         }
         Err(e) => {
@@ -297,7 +305,7 @@ async fn act(
         && result.is_ok()
         && let Ok(seen) = ctx.api.get_instance(instance_id).await
     {
-        ctx.view.record(&seen);
+        self::seen(ctx, &seen);
         next.status = plan::first_look(&next.status, &seen.status);
     }
     // A level's acceptance stays in memory (resending a level is harmless); a one-shot's is written.

@@ -18,7 +18,8 @@ pub const STALE_RETRY: Duration = Duration::from_millis(250);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Written {
     Written,
-    /// The object changed since it was read (409): nothing was written; its change wakes a new reconcile.
+    /// The object changed since it was read (409) or is gone (404): nothing was written; a change wakes a new
+    /// reconcile.
     Stale,
     /// Nothing to write.
     Unchanged,
@@ -43,7 +44,8 @@ where
     };
     match bounded(api.replace_status(&obj.name_any(), &pp, &body)).await {
         Ok(_) => Ok(Written::Written),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Written::Stale),
+        // 409: changed since read; 404: deleted meanwhile. Either way the next reconcile (if any) decides.
+        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(Written::Stale),
         Err(e) => Err(e),
     }
 }

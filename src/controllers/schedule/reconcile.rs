@@ -120,7 +120,7 @@ async fn reconcile_inner(obj: &ComputePowerSchedule, ctx: &Context) -> Result<Ac
         // A replica without the lease writes nothing to a child; the leader does it.
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
-    execute(obj, &schedules, &fleets, &plan, &ctx.shared.fence).await?;
+    execute(obj, &schedules, &fleets, &plan, ctx).await?;
 
     if obj.status.as_ref() != Some(&plan.status) {
         let status = plan.status.clone();
@@ -152,8 +152,9 @@ async fn execute(
     schedules: &Api<ComputePowerSchedule>,
     fleets: &Api<ComputeFleetAction>,
     plan: &Plan,
-    fence: &crate::leader::Fence,
+    ctx: &Context,
 ) -> Result<(), Error> {
+    let fence = &ctx.shared.fence;
     let pp = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
@@ -185,7 +186,9 @@ async fn execute(
             tracing::debug!(child = %request.name, "the schedule changed since it was read; deciding again");
             return Ok(());
         }
-        let child = child_fleet(obj, request);
+        let mut child = child_fleet(obj, request);
+        // The child's deadline is read by the fleet controller on the real clock (tests shift this one).
+        child.spec.not_after = child.spec.not_after.map(|t| t - ctx.config.clock.offset);
         let pp = PostParams {
             dry_run: false,
             field_manager: Some(FIELD_MANAGER.into()),

@@ -1,0 +1,360 @@
+//! Every promise a single ComputeInstanceAction keeps, kept again by ComputeFleetAction, through the
+//! composition, against the same adversaries: a tenant probing other tenants' instances, a rollback of a
+//! spec to an earlier requestId, a pause or delete in the middle of a slow walk, instances deleted between
+//! pages, a leader that lost its fence. Real API server, simulator with slow list pages.
+mod support;
+
+use std::time::{Duration, Instant};
+
+use compute_operator::api::PowerAction;
+use compute_operator::policy::{
+    ComputeAccessPolicy, ComputeAccessPolicySpec, InstanceMatch, NamespaceMatch, PolicyMode,
+};
+use compute_operator::resource::DesiredState;
+use compute_operator::sim::faults::Faults;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, PostParams};
+use support::fleet::*;
+use support::*;
+
+const LONG: Duration = Duration::from_secs(90);
+
+fn posts(e: &Env) -> u64 {
+    let r = e.sim.stats().requests;
+    r.stop + r.start + r.restart + r.reset
+}
+
+fn reads(e: &Env) -> u64 {
+    let r = e.sim.stats().requests;
+    r.list + r.get
+}
+
+async fn grant(e: &Env, name: &str, instances: InstanceMatch, states: &[DesiredState]) -> ComputeAccessPolicy {
+    let policies: Api<ComputeAccessPolicy> = Api::all(e.client.clone());
+    let policy = ComputeAccessPolicy::new(
+        &format!("{}-{name}", e.ns),
+        ComputeAccessPolicySpec {
+            namespaces: NamespaceMatch {
+                names: Some(vec![e.ns.clone()]),
+                selector: None,
+            },
+            instances,
+            desired_states: states.to_vec(),
+        },
+    );
+    let created = policies.create(&PostParams::default(), &policy).await.unwrap();
+    // Let the shared gate's cache see it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    created
+}
+
+async fn revoke(e: &Env, policy: &ComputeAccessPolicy) {
+    let policies: Api<ComputeAccessPolicy> = Api::all(e.client.clone());
+    let _ = policies.delete(&policy.name_any(), &DeleteParams::default()).await;
+}
+
+/// Two tenants' instances: `mine-*` (customer c-mine, zone z1) and `their-*` (customer c-other, zones z1/z9).
+fn two_tenants() -> Vec<compute_operator::api::Instance> {
+    vec![
+        inst("mine-1", "c-mine", "u1", "z1", "t1", "running"),
+        inst("mine-2", "c-mine", "u1", "z1", "t1", "running"),
+        inst("their-1", "c-other", "u2", "z1", "t1", "running"),
+        inst("their-2", "c-other", "u2", "z1", "t1", "running"),
+        inst("their-secret", "c-other", "u2", "z9", "t9", "running"),
+    ]
+}
+
+/// What a tenant reads back from a fleet, without the times that differ between any two objects.
+fn readable(f: &compute_operator::controllers::fleet::ComputeFleetAction) -> String {
+    let s = status(f);
+    let c: Vec<(String, String, String)> = s
+        .conditions
+        .iter()
+        .filter(|c| c.status == "True")
+        .map(|c| (c.type_.clone(), c.reason.clone(), c.message.clone()))
+        .collect();
+    format!(
+        "selected {} denied {} pending {} dryRun {:?} message {:?} conditions {c:?}",
+        s.selected, s.denied, s.pending, s.dry_run, s.message
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_no_policy_covers_learns_nothing_and_asks_nothing() {
+    let e = env("promise-nopolicy", two_tenants(), 200, PolicyMode::Enforce).await;
+    e.sim.clear_audit();
+    e.create(
+        "probe",
+        serde_json::json!({"selector": {"customerId": "c-other"}, "desiredState": "stopped", "dryRun": true}),
+    )
+    .await;
+    e.create(
+        "probe-id",
+        serde_json::json!({"selector": {"instanceIds": ["their-secret"], "zone": "z9"}, "desiredState": "restarted",
+            "requestId": "r1"}),
+    )
+    .await;
+    let f = e.wait_reason("probe", "Stalled", "PolicyDenied", LONG).await;
+    let m = status(&f).message.unwrap_or_default();
+    assert!(
+        m.contains(&e.ns) && m.contains("`stopped`"),
+        "names the namespace and the state: {m}"
+    );
+    let g = e.wait_reason("probe-id", "Stalled", "PolicyDenied", LONG).await;
+    assert_eq!((status(&f).selected, status(&g).selected), (0, 0));
+    // A while later: still not one request for this namespace's fleets.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!((reads(&e), posts(&e)), (0, 0), "{:?}", e.sim.stats().requests);
+    assert!(e.children("probe-id").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_probing_other_customers_reads_the_same_as_for_a_customer_that_does_not_exist() {
+    let e = env("promise-probe", two_tenants(), 200, PolicyMode::Enforce).await;
+    let policy = grant(
+        &e,
+        "mine",
+        InstanceMatch {
+            customer_ids: Some(vec!["c-mine".into()]),
+            ..Default::default()
+        },
+        &[DesiredState::Stopped, DesiredState::Restarted],
+    )
+    .await;
+    // An existing foreign customer and a customer nobody has.
+    let probes = [
+        ("existing-customer", serde_json::json!({"customerId": "c-other"})),
+        ("missing-customer", serde_json::json!({"customerId": "c-nobody"})),
+        // A foreign ID whose zone matches, and the same ID with a zone that does not.
+        (
+            "id-zone-match",
+            serde_json::json!({"instanceIds": ["their-secret"], "zone": "z9"}),
+        ),
+        (
+            "id-zone-other",
+            serde_json::json!({"instanceIds": ["their-secret"], "zone": "z1"}),
+        ),
+        ("id-alone", serde_json::json!({"instanceIds": ["their-secret"]})),
+        ("id-missing", serde_json::json!({"instanceIds": ["nobody-has-this"]})),
+    ];
+    for (name, selector) in &probes {
+        e.create(
+            name,
+            serde_json::json!({"selector": selector, "desiredState": "stopped", "dryRun": true}),
+        )
+        .await;
+    }
+    let mut read = Vec::new();
+    for (name, _) in &probes {
+        let f = e.wait_reason(name, "Ready", "DryRun", LONG).await;
+        read.push((name.to_string(), readable(&f)));
+    }
+    for (name, text) in &read {
+        assert_eq!(text, &read[0].1, "{name} reads differently from {}", read[0].0);
+        assert!(
+            !text.contains("their-") && !text.contains("denied by policy"),
+            "{name}: {text}"
+        );
+    }
+    // The namespace's own instances are seen, and the policy's customer went into the list filter.
+    e.create(
+        "mine",
+        serde_json::json!({"selector": {"zone": "z1"}, "desiredState": "stopped", "dryRun": true}),
+    )
+    .await;
+    let f = e.wait_reason("mine", "Ready", "DryRun", LONG).await;
+    assert_eq!((status(&f).selected, status(&f).denied), (2, 0), "{}", readable(&f));
+    let queries = e.sim.list_queries();
+    assert!(
+        queries.iter().all(|q| q.contains("customerID=c-mine")),
+        "every walk asked only for the namespace's customer: {queries:?}"
+    );
+    assert_eq!(posts(&e), 0, "dry runs send nothing");
+    revoke(&e, &policy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_request_id_never_runs_again() {
+    let e = env("promise-rid", zone_fleet("r", "z1", 3), 200, PolicyMode::Off).await;
+    let restarts = |e: &Env| {
+        e.actions()
+            .iter()
+            .filter(|(_, a, _)| *a == PowerAction::Restart)
+            .count()
+    };
+    let resets = |e: &Env| e.actions().iter().filter(|(_, a, _)| *a == PowerAction::Reset).count();
+    e.create(
+        "roll",
+        serde_json::json!({"selector": {"zone": "z1"}, "desiredState": "restarted", "requestId": "r1",
+            "strategy": {"maxConcurrent": 3}}),
+    )
+    .await;
+    e.wait_reason("roll", "Ready", "Succeeded", LONG).await;
+    assert_eq!(restarts(&e), 3);
+    e.patch_spec("roll", serde_json::json!({"requestId": "r2"})).await;
+    e.wait("roll", LONG, "r2 succeeded", |f| {
+        has(f, "Ready", "Succeeded") && status(f).snapshot.is_some_and(|s| s.request_id == "r2")
+    })
+    .await;
+    assert_eq!(restarts(&e), 6);
+    // An Argo CD self-heal puts Git's r1 back.
+    e.patch_spec("roll", serde_json::json!({"requestId": "r1"})).await;
+    let f = e.wait_reason("roll", "Ready", "AlreadyRun", LONG).await;
+    let m = status(&f).message.unwrap_or_default();
+    assert!(
+        m.contains("requestId r1 already ran") && m.contains("new spec.requestId"),
+        "{m}"
+    );
+    // restarted -> reset -> restarted with one requestId: the reset runs once, the restart never again.
+    e.patch_spec("roll", serde_json::json!({"desiredState": "reset", "requestId": "r2"}))
+        .await;
+    e.wait("roll", LONG, "reset r2 succeeded", |f| {
+        has(f, "Ready", "Succeeded")
+            && status(f)
+                .snapshot
+                .is_some_and(|s| s.desired_state == Some(DesiredState::Reset))
+    })
+    .await;
+    e.patch_spec("roll", serde_json::json!({"desiredState": "restarted"}))
+        .await;
+    e.wait_reason("roll", "Ready", "AlreadyRun", LONG).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!((restarts(&e), resets(&e)), (6, 3), "{:?}", e.actions());
+    assert!(e.children("roll").await.len() <= 3, "no child for an old run");
+}
+
+/// 250 instances over three slow pages (each answers 1.5 s later).
+async fn slow_platform(prefix: &str) -> Env {
+    let e = env(prefix, zone_fleet("s", "z1", 250), 300, PolicyMode::Off).await;
+    e.sim.set_faults(Faults {
+        list_page_delay_ms: 1500,
+        ..Faults::default()
+    });
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_during_a_slow_walk_creates_nothing_and_sends_nothing() {
+    let e = slow_platform("promise-pause").await;
+    for (name, spec) in [
+        (
+            "level",
+            serde_json::json!({"selector": {"zone": "z1"}, "desiredState": "stopped",
+            "strategy": {"maxConcurrent": 5}}),
+        ),
+        (
+            "oneshot",
+            serde_json::json!({"selector": {"zone": "z1"}, "desiredState": "restarted", "requestId": "r1",
+            "strategy": {"maxConcurrent": 5}}),
+        ),
+    ] {
+        e.create(name, spec).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    e.patch_spec("level", serde_json::json!({"paused": true})).await;
+    e.patch_spec("oneshot", serde_json::json!({"paused": true})).await;
+    for name in ["level", "oneshot"] {
+        e.wait(name, LONG, "Paused for the new generation", |f| {
+            has(f, "Reconciling", "Paused") && status(f).observed_generation == f.metadata.generation
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(e.children("level").await.is_empty() && e.children("oneshot").await.is_empty());
+    assert_eq!(posts(&e), 0, "{:?}", e.actions());
+    // Resumed: the walk's result is used now (so the test above could have failed).
+    e.patch_spec("level", serde_json::json!({"paused": false})).await;
+    e.wait("level", LONG, "children created", |f| {
+        status(f).in_progress > 0 || status(f).succeeded > 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_fleet_deleted_during_a_slow_walk_resets_nothing() {
+    let e = slow_platform("promise-delete").await;
+    e.create(
+        "reset-all",
+        serde_json::json!({"selector": {"zone": "z1"}, "desiredState": "reset", "requestId": "r1",
+            "strategy": {"maxConcurrent": 10}}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    e.fleets.delete("reset-all", &DeleteParams::default()).await.unwrap();
+    // Longer than the walk (three pages of 1.5 s, walked again if they disagree).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(posts(&e), 0, "{:?}", e.actions());
+    assert!(e.children("reset-all").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_walked_while_instances_are_deleted_misses_none() {
+    let e = env("promise-walk", zone_fleet("w", "z1", 250), 300, PolicyMode::Off).await;
+    e.sim.set_faults(Faults {
+        list_page_delay_ms: 800,
+        ..Faults::default()
+    });
+    e.sim.clear_audit();
+    e.create(
+        "snap",
+        serde_json::json!({"selector": {"zone": "z1"}, "desiredState": "restarted", "requestId": "r1",
+            "paused": true}),
+    )
+    .await;
+    // Page 2 was asked for: delete 20 instances of page 1 before it is served, so every later page shifts.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while e.sim.list_queries().len() < 2 {
+        assert!(Instant::now() < deadline, "the walk did not reach page 2");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for n in 0..20 {
+        assert!(e.sim.remove_instance(&format!("w-{n:02}")));
+    }
+    let f = e
+        .wait("snap", LONG, "snapshot taken", |f| status(f).snapshot.is_some())
+        .await;
+    let snap = status(&f).snapshot.unwrap();
+    let mut want: Vec<String> = e.sim.instances().into_iter().map(|i| i.id).collect();
+    let mut got = snap.instance_ids.clone();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "the snapshot is the selection as it is, no instance skipped");
+    assert!(!snap.incomplete);
+    assert!(e.sim.list_queries().len() > 3, "the disagreeing walk was walked again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_without_its_fence_creates_no_child() {
+    let client = client().await;
+    let ns = namespace(&client, "promise-fence").await;
+    let sim = simulator(compute_operator::sim::SimConfig {
+        fleet: Some(zone_fleet("f", "z1", 4)),
+        transition: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await;
+    let mut e = Env {
+        fleets: Api::namespaced(client.clone(), &ns),
+        cias: Api::namespaced(client.clone(), &ns),
+        client,
+        ns,
+        sim,
+        controllers: Vec::new(),
+    };
+    // A paused leader: its lease ran out while it was stopped, so its fence is closed.
+    e.start_fenced(PolicyMode::Off, compute_operator::leader::Fence::closed())
+        .await;
+    e.create(
+        "fenced",
+        serde_json::json!({"selector": {"zone": "z1"}, "desiredState": "stopped", "strategy": {"maxConcurrent": 4}}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(e.children("fenced").await.is_empty(), "no child without the lease");
+    assert_eq!(posts(&e), 0);
+    // With the fence open (a new leader), the same fleet rolls out: the test could have failed.
+    e.controllers.clear();
+    e.start(PolicyMode::Off).await;
+    e.wait_reason("fenced", "Ready", "Succeeded", LONG).await;
+    assert_eq!(e.children("fenced").await.len(), 4);
+}
