@@ -559,6 +559,8 @@ mod tests {
                 "--drop-after-accept-rate",
                 "1",
                 "--never-finish",
+                "--list-page-delay-ms",
+                "1500",
             ])
             .sim,
         );
@@ -576,6 +578,7 @@ mod tests {
                 never_finish: true,
                 queue_ms: 0,
                 gateway503_first_one_shot: false,
+                list_page_delay_ms: 1500,
             }
         );
         for bad in [
