@@ -70,7 +70,7 @@ pub struct RunArgs {
     pub log_format: LogFormat,
     /// `enforce`: objects that no ComputeAccessPolicy allows are denied; `off`: single-tenant clusters.
     #[arg(long, env = "COMPUTE_OPERATOR_POLICY_MODE", value_enum, default_value = "enforce")]
-    pub policy_mode: crate::policy::PolicyMode,
+    pub policy_mode: crate::crd::access_policy::PolicyMode,
     /// Loop protection: restart/reset actions allowed per instance within --one-shot-window.
     #[arg(long, env = "COMPUTE_OPERATOR_MAX_ONE_SHOTS", default_value_t = 5)]
     pub max_one_shots: u32,

@@ -7,6 +7,7 @@ pub mod api;
 pub mod benchkit;
 pub mod config;
 pub mod controllers;
+pub mod crd;
 #[cfg(feature = "dev-tools")]
 pub mod devenv;
 pub mod health;
@@ -14,9 +15,6 @@ pub mod leader;
 pub mod metrics;
 pub mod operator;
 pub mod plugin;
-pub mod policy;
-pub mod resource;
-pub mod selection;
 #[cfg(feature = "dev-tools")]
 pub mod sim;
 pub mod telemetry;

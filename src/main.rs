@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use compute_operator::{config, operator, resource, telemetry};
+use compute_operator::{config, crd, operator, telemetry};
 #[cfg(feature = "dev-tools")]
 use compute_operator::{devenv, sim};
 
@@ -49,8 +49,8 @@ enum Command {
 }
 
 fn write_crd_files() -> anyhow::Result<()> {
-    for (file, crd) in resource::crds() {
-        let yaml = resource::crd_to_yaml(&crd)?;
+    for (file, crd) in crd::crds() {
+        let yaml = crd::crd_to_yaml(&crd)?;
         for dir in ["crds", "charts/compute-operator/crds"] {
             std::fs::create_dir_all(dir)?;
             std::fs::write(format!("{dir}/{file}"), &yaml)?;
@@ -64,7 +64,7 @@ fn write_crd_files() -> anyhow::Result<()> {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Crd => resource::crd_yaml().map(|y| print!("{y}")).map_err(Into::into),
+        Command::Crd => crd::crd_yaml().map(|y| print!("{y}")).map_err(Into::into),
         Command::CrdFiles => write_crd_files(),
         #[cfg(feature = "dev-tools")]
         Command::Sim(args) => {

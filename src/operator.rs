@@ -17,9 +17,9 @@ use crate::api::{AdminClient, CredentialSource};
 use crate::config::RunArgs;
 use crate::controllers::instance as controller;
 use crate::controllers::runtime::{self, RuntimeSettings, Shared};
+use crate::crd::instance_action::ComputeInstanceAction;
 use crate::leader::{LeaderElector, Leadership};
 use crate::metrics::{self, Metrics};
-use crate::resource::ComputeInstanceAction;
 
 /// How long in-flight reconciles may take to finish after SIGTERM (or after losing the lease).
 const GRACE: Duration = Duration::from_secs(7);

@@ -28,7 +28,7 @@ const CIA_CRD: &str = "computeinstanceactions.compute.threatwinds.com";
 
 /// Every CRD the chart ships (the same list `crds/` is generated from).
 fn all_crds() -> Vec<String> {
-    compute_operator::resource::crds()
+    compute_operator::crd::crds()
         .into_iter()
         .filter_map(|(_, crd)| crd.metadata.name)
         .collect()
@@ -167,7 +167,7 @@ async fn delete_crds(kube: &Client) {
 }
 
 fn cia_resource() -> ApiResource {
-    ApiResource::erase::<compute_operator::resource::ComputeInstanceAction>(&())
+    ApiResource::erase::<compute_operator::crd::instance_action::ComputeInstanceAction>(&())
 }
 
 /// Creates a ComputeInstanceAction with `spec.dryRun: true` (retrying while the CRD is not served yet) and

@@ -5,7 +5,7 @@ mod support;
 use std::time::Duration;
 
 use compute_operator::api::InstanceStatus;
-use compute_operator::resource::{
+use compute_operator::crd::instance_action::{
     ActionRecord, ActionState, ComputeInstanceAction, ComputeInstanceActionStatus, DesiredState,
 };
 use compute_operator::sim::{Faults, SimConfig};
@@ -361,7 +361,10 @@ async fn api_failures_become_conditions() {
     // 404.
     create(&api, &cia("missing", "i-nope", DesiredState::Stopped, None)).await;
     let o = wait_reason(&api, "missing", "Stalled", "InstanceNotFound").await;
-    assert_eq!(o.status.unwrap().phase, Some(compute_operator::resource::Phase::Failed));
+    assert_eq!(
+        o.status.unwrap().phase,
+        Some(compute_operator::crd::instance_action::Phase::Failed)
+    );
     // 409 storm: the instance stays busy (someone else's action never finishes) until it is released.
     sim.set_status("i-busy", InstanceStatus::Restarting);
     create(&api, &cia("busy", "i-busy", DesiredState::Stopped, None)).await;

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use compute_operator::api::InstanceStatus;
 use compute_operator::controllers::fleet::ComputeFleetAction;
-use compute_operator::policy::{
+use compute_operator::crd::access_policy::{
     ComputeAccessPolicy, ComputeAccessPolicySpec, InstanceMatch, NamespaceMatch, PolicyMode,
 };
-use compute_operator::resource::DesiredState;
+use compute_operator::crd::instance_action::DesiredState;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use support::fleet::*;

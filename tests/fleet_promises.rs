@@ -7,10 +7,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use compute_operator::api::PowerAction;
-use compute_operator::policy::{
+use compute_operator::crd::access_policy::{
     ComputeAccessPolicy, ComputeAccessPolicySpec, InstanceMatch, NamespaceMatch, PolicyMode,
 };
-use compute_operator::resource::DesiredState;
+use compute_operator::crd::instance_action::DesiredState;
 use compute_operator::sim::faults::Faults;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};

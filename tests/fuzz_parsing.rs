@@ -12,7 +12,7 @@ use compute_operator::api::{
 use compute_operator::controllers::instance::plan::{
     self, Observation, Peer, PlanInput, PlanSettings, after_post, plan_suspended,
 };
-use compute_operator::resource::{
+use compute_operator::crd::instance_action::{
     ActionRecord, ActionState, ComputeInstanceActionSpec, ComputeInstanceActionStatus, Condition, DesiredState,
     Enforcement, ObservedInstance, Phase,
 };

@@ -5,10 +5,10 @@ mod support;
 use std::time::Duration;
 
 use compute_operator::api::InstanceStatus;
-use compute_operator::policy::{
+use compute_operator::crd::access_policy::{
     ComputeAccessPolicy, ComputeAccessPolicySpec, InstanceMatch, NamespaceMatch, PolicyMode,
 };
-use compute_operator::resource::{ComputeInstanceAction, DesiredState};
+use compute_operator::crd::instance_action::{ComputeInstanceAction, DesiredState};
 use compute_operator::sim::{SimConfig, SimServer};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -565,11 +565,11 @@ async fn tenants_cannot_see_block_or_spend_for_each_other() {
     assert_eq!(audit_for(&sim, "i-shared"), vec!["start", "restart"]);
     let mut forged = other.get_status("b-restart").await.unwrap();
     let status = forged.status.get_or_insert_with(Default::default);
-    status.action = Some(compute_operator::resource::ActionRecord {
+    status.action = Some(compute_operator::crd::instance_action::ActionRecord {
         action: compute_operator::api::PowerAction::Restart,
         request_id: Some("forged".into()),
         generation: 1,
-        state: compute_operator::resource::ActionState::Accepted,
+        state: compute_operator::crd::instance_action::ActionState::Accepted,
         intent_at: chrono::Utc::now(),
         accepted_at: Some(chrono::Utc::now()),
         completed_at: None,

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use compute_operator::api::{AdminClient, ClientConfig, CredentialSource, Credentials, Secret};
 use compute_operator::controllers::instance as controller;
+use compute_operator::crd::instance_action::{ComputeInstanceAction, DesiredState};
 use compute_operator::health::Thresholds;
 use compute_operator::metrics::{self, Metrics};
-use compute_operator::resource::{ComputeInstanceAction, DesiredState};
 use compute_operator::sim::SimConfig;
 use kube::Api;
 use support::*;
@@ -160,8 +160,14 @@ async fn run_controller(
         .expect("serve health");
     let mut config = test_controller_config(ns);
     config.concurrency = concurrency;
-    let _ = client;
-    let shared = shared_runtime(api, &config, metrics, compute_operator::leader::Fence::always_open()).await;
+    let shared = shared_runtime_on(
+        client,
+        api,
+        &config,
+        metrics,
+        compute_operator::leader::Fence::always_open(),
+    )
+    .await;
     let controller = tokio::spawn(async move {
         let never = std::future::pending::<()>();
         if let Err(e) = controller::run(shared, config, never).await {

@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use compute_operator::api::InstanceStatus;
-use compute_operator::resource::{ActionState, ComputeInstanceAction, DesiredState, Phase};
+use compute_operator::crd::instance_action::{ActionState, ComputeInstanceAction, DesiredState, Phase};
 use compute_operator::sim::{Faults, SimConfig, SimServer};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use support::*;
@@ -271,7 +271,7 @@ async fn an_old_request_id_never_runs_again_however_many_ran_since() {
             "metadata": {"name": "again"},
             "spec": {"instanceId": "i-1", "desiredState": desired, "requestId": rid}})
     };
-    let runs = compute_operator::resource::HISTORY_LIMIT + 2;
+    let runs = compute_operator::crd::instance_action::HISTORY_LIMIT + 2;
     for n in 0..runs {
         let rid = format!("r{n}");
         api.patch("again", &ssa, &Patch::Apply(&apply("restarted", &rid)))

@@ -20,7 +20,7 @@ use chart_support::*;
 use compute_operator::api::InstanceStatus;
 use compute_operator::api::{CredentialSource, Credentials, Secret};
 use compute_operator::config::RunArgs;
-use compute_operator::resource::{ComputeInstanceAction, DesiredState};
+use compute_operator::crd::instance_action::{ComputeInstanceAction, DesiredState};
 use compute_operator::sim::SimConfig;
 use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
 use kube::Api;

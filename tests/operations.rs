@@ -11,9 +11,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use compute_operator::api::types::{InstanceStatus, PowerAction};
+use compute_operator::crd::instance_action::{ComputeInstanceAction, DesiredState};
 use compute_operator::devenv::controlplane::free_port;
 use compute_operator::devenv::process::Guarded;
-use compute_operator::resource::{ComputeInstanceAction, DesiredState};
 use compute_operator::sim::{SimConfig, SimServer};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, Patch, PatchParams, PostParams};

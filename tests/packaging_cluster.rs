@@ -31,10 +31,10 @@ use std::time::Duration;
 use clap::{ArgAction, CommandFactory as _, Parser};
 use compute_operator::api::{CredentialSource, Credentials, InstanceStatus, Secret};
 use compute_operator::config::RunArgs;
-use compute_operator::policy::{
+use compute_operator::crd::access_policy::{
     ComputeAccessPolicy, ComputeAccessPolicySpec, InstanceMatch, NamespaceMatch, PolicyMode,
 };
-use compute_operator::resource::{ComputeInstanceAction, DesiredState};
+use compute_operator::crd::instance_action::{ComputeInstanceAction, DesiredState};
 use compute_operator::sim::{SimConfig, SimServer};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;

@@ -8,8 +8,8 @@ use std::process::Output;
 use std::time::Duration;
 
 use compute_operator::api::InstanceStatus;
-use compute_operator::policy::PolicyMode;
-use compute_operator::resource::{ComputeInstanceAction, DesiredState};
+use compute_operator::crd::access_policy::PolicyMode;
+use compute_operator::crd::instance_action::{ComputeInstanceAction, DesiredState};
 use compute_operator::sim::{SimConfig, SimServer};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
@@ -350,7 +350,7 @@ async fn fleet_status_pause_and_resume() {
 /// `schedule status|override|clear-override` against the real schedule controller.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schedule_status_and_an_override_that_is_set_and_cleared() {
-    use compute_operator::controllers::schedule::resource::ScheduledState;
+    use compute_operator::crd::power_schedule::ScheduledState;
     use support::schedule::{at, schedule, setup, wait_schedule};
     let (ns, api, _fleets) = setup("plugin-sched").await;
     let _ctl = start_schedule_controller(&ns, Default::default()).await;

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use chrono::TimeDelta;
 use compute_operator::controllers::schedule::Clock;
-use compute_operator::controllers::schedule::resource::{
+use compute_operator::crd::instance_action::{DesiredState, Enforcement};
+use compute_operator::crd::power_schedule::{
     ComputePowerSchedule, EventResult, PowerOverride, ScheduleEvent, ScheduledState,
 };
-use compute_operator::resource::{DesiredState, Enforcement};
-use compute_operator::selection::InstanceSelector;
+use compute_operator::crd::selector::InstanceSelector;
 use kube::ResourceExt;
 use kube::api::{Patch, PatchParams, PostParams};
 use support::schedule::*;
@@ -297,8 +297,8 @@ async fn bad_schedules_are_rejected_with_readable_messages_and_examples_are_acce
     cases.push(("deadline in days", s, "startingDeadline must be a duration"));
     let mut s = ok();
     s.spec.events[0].days = vec![
-        compute_operator::controllers::schedule::resource::Day::Mon,
-        compute_operator::controllers::schedule::resource::Day::Mon,
+        compute_operator::crd::power_schedule::Day::Mon,
+        compute_operator::crd::power_schedule::Day::Mon,
     ];
     cases.push(("a day twice", s, "days must not list a day twice"));
     for (what, s, want) in cases {
@@ -312,10 +312,10 @@ async fn bad_schedules_are_rejected_with_readable_messages_and_examples_are_acce
     }
     // Different days at the same time are fine; so are the shipped examples.
     let mut s = ok();
-    s.spec.events[0].days = vec![compute_operator::controllers::schedule::resource::Day::Mon];
+    s.spec.events[0].days = vec![compute_operator::crd::power_schedule::Day::Mon];
     s.spec.events.push(ScheduleEvent {
         at: "07:00".into(),
-        days: vec![compute_operator::controllers::schedule::resource::Day::Sat],
+        days: vec![compute_operator::crd::power_schedule::Day::Sat],
         state: ScheduledState::Stopped,
     });
     api.create(&PostParams::default(), &s).await.expect("disjoint days");

@@ -6,9 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use compute_operator::api::InstanceStatus;
-use compute_operator::controllers::schedule::resource::{
-    ComputePowerSchedule, EventResult, ScheduleEnforcement, ScheduledState,
-};
+use compute_operator::crd::power_schedule::{ComputePowerSchedule, EventResult, ScheduleEnforcement, ScheduledState};
 use kube::ResourceExt;
 use kube::api::PostParams;
 use support::schedule::*;
@@ -146,10 +144,10 @@ fn zoned(sim: &compute_operator::sim::SimServer, id: &str, zone: &str, status: I
 fn by_zone(
     name: &str,
     zone: &str,
-    events: Vec<compute_operator::controllers::schedule::resource::ScheduleEvent>,
+    events: Vec<compute_operator::crd::power_schedule::ScheduleEvent>,
 ) -> ComputePowerSchedule {
     let mut s = schedule(name, events);
-    s.spec.selector = compute_operator::selection::InstanceSelector {
+    s.spec.selector = compute_operator::crd::selector::InstanceSelector {
         zone: Some(zone.into()),
         ..Default::default()
     };
@@ -221,7 +219,7 @@ async fn a_late_child_starts_nothing_past_the_deadline_and_the_schedule_says_how
     let mut s = by_zone("slow", "late", vec![at("10:00", ScheduledState::Stopped)]);
     // One at a time, each taking 1.5 s: most cannot be started within 3 s of the event.
     s.spec.starting_deadline = "3s".into();
-    s.spec.strategy.max_concurrent = Some(compute_operator::selection::MaxConcurrent::Count(1));
+    s.spec.strategy.max_concurrent = Some(compute_operator::crd::selector::MaxConcurrent::Count(1));
     api.create(&PostParams::default(), &s).await.expect("create schedule");
     let o = wait_schedule(&api, "slow", Duration::from_secs(40), "late", |o| {
         o.status
@@ -295,7 +293,7 @@ async fn a_schedule_in_a_namespace_no_policy_covers_spends_nothing() {
     let (sim, _operator) = chain_with(
         &ns,
         Duration::from_secs(30),
-        compute_operator::policy::PolicyMode::Enforce,
+        compute_operator::crd::access_policy::PolicyMode::Enforce,
     )
     .await;
     add_instance(&sim, "i-sched-1", InstanceStatus::Running);

@@ -22,8 +22,8 @@ use super::faults_report::{FaultCounts, FaultsReport};
 use super::measure::process_present;
 use super::objects::{create_namespace, instance};
 use crate::api::{Instance, InstanceStatus};
+use crate::crd::instance_action::ComputeInstanceAction;
 use crate::devenv::{Binaries, ControlPlane};
-use crate::resource::ComputeInstanceAction;
 use crate::sim::{self, Faults, SimConfig, SimServer};
 
 #[derive(Clone, Debug)]

@@ -14,7 +14,7 @@ use rand::{Rng as _, SeedableRng as _};
 
 use super::controller::{ControllerProcess, ControllerSpec};
 use super::objects::{new_object, settled};
-use crate::resource::{ComputeInstanceAction, DesiredState};
+use crate::crd::instance_action::{ComputeInstanceAction, DesiredState};
 
 /// One spec change the driver made.
 #[derive(Clone, Debug)]

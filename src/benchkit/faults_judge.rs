@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use super::faults_drive::{Issue, Tracked};
 use super::faults_report::{Duplicate, FaultsReport, UnknownOutcome};
 use super::objects::{Settled, settled};
-use crate::resource::{ActionState, ComputeInstanceAction};
+use crate::crd::instance_action::{ActionState, ComputeInstanceAction};
 use crate::sim::AuditEntry;
 
 /// Fills in duplicates, final states and OutcomeUnknown records of `report`. `logs` holds every controller's

@@ -20,7 +20,7 @@ use super::objects::{create_namespace, new_object};
 use super::report::BenchReport;
 use super::runs::BenchOptions;
 use super::stack::Stack;
-use crate::resource::{ComputeInstanceAction, ComputeInstanceActionStatus};
+use crate::crd::instance_action::{ComputeInstanceAction, ComputeInstanceActionStatus};
 
 /// What the strict limit run did.
 pub struct StrictLimit {

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::objects::{instance, new_object};
 use crate::api::{Instance, InstanceStatus};
-use crate::resource::{ComputeInstanceAction, DesiredState};
+use crate::crd::instance_action::{ComputeInstanceAction, DesiredState};
 use crate::sim::SimServer;
 
 /// What the objects of a bench run ask for.

@@ -14,7 +14,7 @@ use kube::{Client, ResourceExt as _};
 
 use super::lock;
 use crate::api::{Instance, InstanceStatus};
-use crate::resource::{ComputeInstanceAction, ComputeInstanceActionSpec, DesiredState, Enforcement};
+use crate::crd::instance_action::{ComputeInstanceAction, ComputeInstanceActionSpec, DesiredState, Enforcement};
 
 /// Ready or Stalled for the object's current generation, with the reason.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::lock;
 use super::measure::Spread;
 use super::objects::Tracker;
-use crate::resource::ComputeInstanceAction;
+use crate::crd::instance_action::ComputeInstanceAction;
 
 /// The measured numbers (the JSON of `bench --json`). README "Benchmark" documents every key.
 #[derive(Clone, Debug, Default, Serialize)]

@@ -12,8 +12,8 @@ use super::objects::{BENCH_ZONE, create_all, wait_settled};
 use super::report::BenchReport;
 use super::runs::BenchOptions;
 use super::stack::{BENCH_POLICY, Stack};
-use crate::policy::ComputeAccessPolicy;
-use crate::resource::ComputeInstanceAction;
+use crate::crd::access_policy::ComputeAccessPolicy;
+use crate::crd::instance_action::ComputeInstanceAction;
 use crate::sim::SimStats;
 
 /// Admin API requests by endpoint between two readings of the simulator's counters.

@@ -15,7 +15,7 @@ use super::objects::{create_all, wait_settled};
 use super::report::{BenchReport, phase_breakdown};
 use super::rest::{measure_rest, policy_change};
 use super::stack::{Stack, StackOptions};
-use crate::resource::ComputeInstanceAction;
+use crate::crd::instance_action::ComputeInstanceAction;
 
 #[derive(Clone, Debug)]
 pub struct BenchOptions {

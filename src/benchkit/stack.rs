@@ -13,9 +13,9 @@ use super::controller::{ControllerProcess, ControllerSpec, local_http};
 use super::measure::{cpu_seconds, metric_sum, mib, status_kib};
 use super::objects::{Tracker, create_namespace, spawn_tracker};
 use crate::api::Instance;
+use crate::crd::access_policy::ComputeAccessPolicy;
+use crate::crd::instance_action::ComputeInstanceAction;
 use crate::devenv::{Binaries, ControlPlane};
-use crate::policy::ComputeAccessPolicy;
-use crate::resource::ComputeInstanceAction;
 use crate::sim::{self, SimConfig, SimServer};
 
 /// The namespace the controller watches.

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::resource::Condition;
+use crate::crd::instance_action::Condition;
 
 pub const READY: &str = "Ready";
 pub const RECONCILING: &str = "Reconciling";

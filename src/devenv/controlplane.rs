@@ -275,7 +275,7 @@ impl ControlPlane {
     pub async fn install_crds(&self) -> anyhow::Result<()> {
         let client = self.client().await?;
         let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-        for (_, crd) in crate::resource::crds() {
+        for (_, crd) in crate::crd::crds() {
             let name = crd.metadata.name.clone().unwrap_or_default();
             match api.create(&PostParams::default(), &crd).await {
                 Ok(_) => {}

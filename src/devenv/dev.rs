@@ -107,7 +107,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let run_args = RunArgs {
             api_url,
             metrics_addr: args.metrics_addr,
-            policy_mode: crate::policy::PolicyMode::Off,
+            policy_mode: crate::crd::access_policy::PolicyMode::Off,
             ..dev_run_args()
         };
         let client = control_plane.client().await?;

@@ -1,7 +1,7 @@
 //! What to tell a person when something goes wrong: API server refusals (no CRD, no rights, no namespace, no
 //! such object) and the operator's Stalled reasons, each with the next step to take.
 
-use crate::resource::DesiredState;
+use crate::crd::instance_action::DesiredState;
 
 /// The resource, as `kubectl auth can-i` and RBAC rules spell it.
 pub const RESOURCE: &str = "computeinstanceactions.compute.threatwinds.com";

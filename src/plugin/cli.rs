@@ -16,7 +16,7 @@ use super::cli_fleets::{self, FleetCommand, ScheduleCommand};
 use super::naming::{self, Verb};
 use super::progress::{Outcome, Target, Tracker};
 use super::{FIELD_MANAGER, report};
-use crate::resource::ComputeInstanceAction;
+use crate::crd::instance_action::ComputeInstanceAction;
 
 /// Limit of one call to the API server (the watch is bounded by `--timeout` instead).
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);

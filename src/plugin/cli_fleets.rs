@@ -12,10 +12,10 @@ use serde::de::DeserializeOwned;
 use super::advice::{self, FLEET_ACTION, Kind, POWER_SCHEDULE};
 use super::cli::{Failure, call_about, connect, namespace_or_default};
 use super::{FIELD_MANAGER, fleet_report};
-use crate::controllers::fleet::children::{FLEET_LABEL, fleet_label_value};
-use crate::controllers::fleet::resource::ComputeFleetAction;
-use crate::controllers::schedule::resource::{ComputePowerSchedule, ScheduledState};
-use crate::resource::ComputeInstanceAction;
+use crate::crd::fleet_action::ComputeFleetAction;
+use crate::crd::fleet_action::{FLEET_LABEL, fleet_label_value};
+use crate::crd::instance_action::ComputeInstanceAction;
+use crate::crd::power_schedule::{ComputePowerSchedule, ScheduledState};
 
 #[derive(Subcommand, Debug)]
 pub enum FleetCommand {

@@ -6,10 +6,10 @@ use kube::ResourceExt;
 use serde_json::{Value, json};
 
 use super::report::condition_summary;
-use crate::controllers::fleet::resource::ComputeFleetAction;
-use crate::controllers::schedule::resource::{ComputePowerSchedule, ScheduleEnforcement, ScheduledState};
-use crate::resource::ComputeInstanceAction;
-use crate::selection::MaxConcurrent;
+use crate::crd::fleet_action::ComputeFleetAction;
+use crate::crd::instance_action::ComputeInstanceAction;
+use crate::crd::power_schedule::{ComputePowerSchedule, ScheduleEnforcement, ScheduledState};
+use crate::crd::selector::MaxConcurrent;
 
 /// Children listed under a fleet that was named (the rest are counted).
 const CHILDREN_SHOWN: usize = 20;

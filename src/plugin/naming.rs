@@ -4,7 +4,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
-use crate::resource::DesiredState;
+use crate::crd::instance_action::DesiredState;
 
 /// The verbs of `kubectl compute`, each one desired state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -2,7 +2,7 @@
 //! seen, done) and a final outcome. Pure: the caller feeds it what the watch delivers.
 
 use crate::api::InstanceStatus;
-use crate::resource::{ActionRecord, ComputeInstanceAction, ComputeInstanceActionStatus, DesiredState};
+use crate::crd::instance_action::{ActionRecord, ComputeInstanceAction, ComputeInstanceActionStatus, DesiredState};
 
 /// What the plugin asked for: the spec generation its write produced and, for one-shots, its `requestId`.
 #[derive(Clone, Debug)]
@@ -141,7 +141,9 @@ fn failed(reason: &str, message: &str) -> Outcome {
 mod tests {
     use super::*;
     use crate::api::PowerAction;
-    use crate::resource::{ActionState, ComputeInstanceActionSpec, Condition, Enforcement, ObservedInstance};
+    use crate::crd::instance_action::{
+        ActionState, ComputeInstanceActionSpec, Condition, Enforcement, ObservedInstance,
+    };
     use chrono::{TimeZone, Utc};
 
     fn object(generation: i64, observed: Option<i64>, cond: Option<(&str, &str, &str)>) -> ComputeInstanceAction {

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use kube::ResourceExt;
 
-use crate::resource::{ActionRecord, ComputeInstanceAction, Condition};
+use crate::crd::instance_action::{ActionRecord, ComputeInstanceAction, Condition};
 
 /// How many actions per object the report lists (newest first).
 const ACTIONS_SHOWN: usize = 3;
@@ -125,7 +125,7 @@ fn clock(t: DateTime<Utc>) -> String {
 mod tests {
     use super::*;
     use crate::api::PowerAction;
-    use crate::resource::{
+    use crate::crd::instance_action::{
         ActionState, ComputeInstanceActionSpec, ComputeInstanceActionStatus, DesiredState, Enforcement,
         ObservedInstance,
     };

@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 use compute_operator::api::{AdminClient, ClientConfig, CredentialSource, Credentials, Secret};
 use compute_operator::controllers::instance::{self as controller, ControllerConfig};
 use compute_operator::controllers::runtime::{RuntimeSettings, Shared};
+use compute_operator::crd::instance_action::{
+    ComputeInstanceAction, ComputeInstanceActionSpec, DesiredState, Enforcement,
+};
 use compute_operator::devenv::{Binaries, ControlPlane};
 use compute_operator::metrics::Metrics;
-use compute_operator::resource::{ComputeInstanceAction, ComputeInstanceActionSpec, DesiredState, Enforcement};
 use compute_operator::sim::{self, SimConfig, SimServer};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ObjectMeta, PostParams};
@@ -144,7 +146,18 @@ pub async fn shared_runtime(
     metrics: Arc<Metrics>,
     fence: Arc<compute_operator::leader::Fence>,
 ) -> Shared {
-    Shared::start(client().await, api, &RuntimeSettings::of(config), metrics, fence)
+    shared_runtime_on(client().await, api, config, metrics, fence).await
+}
+
+/// [`shared_runtime`] talking to Kubernetes through `kube` (a test may route it through a proxy).
+pub async fn shared_runtime_on(
+    kube: Client,
+    api: AdminClient,
+    config: &ControllerConfig,
+    metrics: Arc<Metrics>,
+    fence: Arc<compute_operator::leader::Fence>,
+) -> Shared {
+    Shared::start(kube, api, &RuntimeSettings::of(config), metrics, fence)
         .await
         .unwrap_or_else(|e| panic!("shared runtime failed to start: {e}"))
 }
@@ -185,7 +198,10 @@ pub fn cia(name: &str, instance: &str, desired: DesiredState, request_id: Option
     )
 }
 
-pub fn condition<'a>(o: &'a ComputeInstanceAction, type_: &str) -> Option<&'a compute_operator::resource::Condition> {
+pub fn condition<'a>(
+    o: &'a ComputeInstanceAction,
+    type_: &str,
+) -> Option<&'a compute_operator::crd::instance_action::Condition> {
     o.status
         .as_ref()?
         .conditions

@@ -5,13 +5,13 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use compute_operator::api::InstanceStatus;
-use compute_operator::controllers::fleet::resource::ComputeFleetAction;
 use compute_operator::controllers::schedule::Clock;
 use compute_operator::controllers::schedule::children::SCHEDULE_LABEL;
-use compute_operator::controllers::schedule::resource::{
+use compute_operator::crd::fleet_action::ComputeFleetAction;
+use compute_operator::crd::power_schedule::{
     ComputePowerSchedule, ComputePowerScheduleSpec, ScheduleEnforcement, ScheduleEvent, ScheduledState,
 };
-use compute_operator::selection::InstanceSelector;
+use compute_operator::crd::selector::InstanceSelector;
 use kube::api::{Api, ListParams};
 
 use super::*;
@@ -136,14 +136,14 @@ pub fn add_instance(sim: &compute_operator::sim::SimServer, id: &str, status: In
 /// Simulator, and instance controller (drift checked every `resync`) and fleet controller on one runtime, for
 /// one namespace.
 pub async fn chain(ns: &str, resync: Duration) -> (compute_operator::sim::SimServer, RunningController) {
-    chain_with(ns, resync, compute_operator::policy::PolicyMode::Off).await
+    chain_with(ns, resync, compute_operator::crd::access_policy::PolicyMode::Off).await
 }
 
 /// [`chain`] under an access-policy mode.
 pub async fn chain_with(
     ns: &str,
     resync: Duration,
-    mode: compute_operator::policy::PolicyMode,
+    mode: compute_operator::crd::access_policy::PolicyMode,
 ) -> (compute_operator::sim::SimServer, RunningController) {
     let sim = simulator(compute_operator::sim::SimConfig {
         instances: 0,

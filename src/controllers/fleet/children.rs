@@ -5,46 +5,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
-use super::resource::{ComputeFleetAction, ComputeFleetActionSpec};
 use crate::controllers::conditions::{READY, STALLED};
-use crate::resource::{ComputeInstanceAction, ComputeInstanceActionSpec, DEFAULT_TIMEOUT_SECONDS, DesiredState, Phase};
+use crate::crd::fleet_action::{ComputeFleetAction, ComputeFleetActionSpec};
+use crate::crd::instance_action::{
+    ComputeInstanceAction, ComputeInstanceActionSpec, DEFAULT_TIMEOUT_SECONDS, DesiredState, Phase,
+};
 
-/// The label naming the fleet a child belongs to (`kubectl get cia -l compute.threatwinds.com/fleet=NAME`).
-pub const FLEET_LABEL: &str = "compute.threatwinds.com/fleet";
-/// Longest fleet-name prefix of a child name: prefix + `-` + 10 hex digits stays within 63 characters.
-const NAME_PREFIX_MAX: usize = 52;
-
-/// FNV-1a, 64 bit: stable across Rust versions and platforms (std's hasher is not), so names survive upgrades.
-fn stable_hash(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for b in part.bytes().chain(std::iter::once(0u8)) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
-}
-
-/// `name` cut to `max` characters without a trailing `-` or `.` (keeps it a DNS-1123 name).
-fn truncated(name: &str, max: usize) -> &str {
-    let cut = &name[..name.len().min(max)];
-    cut.trim_end_matches(['-', '.'])
-}
-
-/// The value of [`FLEET_LABEL`]: the fleet's name, or for names longer than a label value allows, a
-/// shortened name with a hash.
-pub fn fleet_label_value(fleet_name: &str) -> String {
-    if fleet_name.len() <= 63 {
-        fleet_name.to_owned()
-    } else {
-        format!(
-            "{}-{:010x}",
-            truncated(fleet_name, NAME_PREFIX_MAX),
-            stable_hash(&[fleet_name]) & 0xff_ffff_ffff
-        )
-    }
-}
+pub use crate::crd::fleet_action::{FLEET_LABEL, fleet_label_value};
+use crate::crd::fleet_action::{NAME_PREFIX_MAX, stable_hash, truncated};
 
 /// What identifies one child: the instance and the run (desired state, and requestId for one-shots).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,7 +62,7 @@ pub fn child_spec(spec: &ComputeFleetActionSpec, instance_id: &str) -> ComputeIn
 pub struct SyncedFields {
     pub suspend: bool,
     pub dry_run: bool,
-    pub enforcement: crate::resource::Enforcement,
+    pub enforcement: crate::crd::instance_action::Enforcement,
 }
 
 impl SyncedFields {
@@ -226,7 +194,7 @@ pub fn outcome_of(child: &ComputeInstanceAction) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::{ComputeInstanceActionStatus, Condition};
+    use crate::crd::instance_action::{ComputeInstanceActionStatus, Condition};
 
     fn key<'a>(instance: &'a str, rid: Option<&'a str>) -> ChildKey<'a> {
         ChildKey {

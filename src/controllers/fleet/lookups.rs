@@ -5,8 +5,8 @@
 use std::collections::BTreeSet;
 
 use crate::api::{Instance, ListFilter};
-use crate::policy::{Coverage, InstanceMatch};
-use crate::selection::InstanceSelector;
+use crate::crd::access_policy::{Coverage, InstanceMatch};
+use crate::crd::selector::InstanceSelector;
 
 /// Most list walks one selection may need (one per combination of a policy's attribute lists); past this the
 /// selector's own filters are walked and the policy is applied to what comes back.

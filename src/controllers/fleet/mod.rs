@@ -5,10 +5,11 @@ pub mod children;
 pub mod lookups;
 pub mod plan;
 pub mod reconcile;
-pub mod resource;
+pub mod runs;
+pub mod verdict;
 pub mod walk;
 
-pub use resource::{ComputeFleetAction, ComputeFleetActionSpec, ComputeFleetActionStatus};
+pub use crate::crd::fleet_action::{ComputeFleetAction, ComputeFleetActionSpec, ComputeFleetActionStatus};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,8 +24,8 @@ use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 use crate::api::backoff::Backoff;
 use crate::controllers::events::EventRecorder;
 use crate::controllers::runtime::{self, ErrorBackoff, Shared, StartError};
-use crate::resource::ComputeInstanceAction;
-use crate::selection::InstanceSelector;
+use crate::crd::instance_action::ComputeInstanceAction;
+use crate::crd::selector::InstanceSelector;
 use plan::FleetSettings;
 use walk::Listed;
 

@@ -14,10 +14,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::children::{ChildKey, ChildView, Outcome, SyncedFields, child_name};
-use super::resource::{ComputeFleetActionSpec, ComputeFleetActionStatus, DryRunReport, SAMPLE_IDS, Snapshot};
+pub use super::runs::{RunKind, needs_selection, record_started, run_digest, run_kind, still_asks};
+use super::runs::{already_ran, has_snapshot, past_not_after, record_existing, request_id, take_snapshot};
+pub use super::verdict::events_between;
+use super::verdict::{dry_run_message, policy_denied_message, rollout_verdict};
 use crate::api::InstanceStatus;
 use crate::controllers::conditions::{Verdict, apply_verdict};
-use crate::resource::{DesiredState, Enforcement, SENT_ONE_SHOTS_LIMIT};
+use crate::crd::fleet_action::{ComputeFleetActionSpec, ComputeFleetActionStatus, DryRunReport, SAMPLE_IDS};
 
 /// One instance of the selection (only instances the namespace may power are ever candidates).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,95 +108,6 @@ pub struct Plan {
 const DENIED_RECHECK: Duration = Duration::from_secs(300);
 /// How soon a fleet waiting for its namespace's list walk tries again.
 const LIST_WAIT: Duration = Duration::from_secs(1);
-
-/// What kind of run the spec asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RunKind {
-    /// `restarted`/`reset`: once per (desiredState, requestId), for life.
-    OneShot,
-    /// `running`/`stopped` with `enforcement: once`: converge what matched when the run started.
-    OnceLevel,
-    /// `running`/`stopped` with `enforcement: continuous`: follow the selection.
-    Level,
-}
-
-pub fn run_kind(spec: &ComputeFleetActionSpec) -> RunKind {
-    match (spec.desired_state.is_level(), spec.enforcement) {
-        (false, _) => RunKind::OneShot,
-        (true, Enforcement::Once) => RunKind::OnceLevel,
-        (true, Enforcement::Continuous) => RunKind::Level,
-    }
-}
-
-/// The requestId children carry (one-shots only).
-fn request_id(spec: &ComputeFleetActionSpec) -> Option<&str> {
-    match run_kind(spec) {
-        RunKind::OneShot => spec.request_id.as_deref(),
-        _ => None,
-    }
-}
-
-/// The digest `status.ranRuns` remembers for a one-shot run.
-pub fn run_digest(desired: DesiredState, request_id: Option<&str>) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in format!("{}\0{}", desired.as_str(), request_id.unwrap_or("")).bytes() {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{hash:016x}")
-}
-
-/// Does this reconcile need the selection listed from the admin API?
-pub fn needs_selection(
-    spec: &ComputeFleetActionSpec,
-    status: &ComputeFleetActionStatus,
-    listed_at: Option<DateTime<Utc>>,
-    now: DateTime<Utc>,
-    settings: FleetSettings,
-) -> bool {
-    if spec.suspend || already_ran(spec, status) {
-        return false;
-    }
-    let fresh = listed_at.is_some_and(|t| (now - t).to_std().is_ok_and(|age| age < settings.relist));
-    if run_kind(spec) == RunKind::Level || spec.dry_run {
-        return !fresh;
-    }
-    // A new run's snapshot is taken from a listing made for it, never from an older cache.
-    !(has_snapshot(spec, status) || past_not_after(spec, now))
-}
-
-/// The status holds the snapshot of the run the spec asks for.
-fn has_snapshot(spec: &ComputeFleetActionSpec, status: &ComputeFleetActionStatus) -> bool {
-    let kind = run_kind(spec);
-    kind != RunKind::Level
-        && status.snapshot.as_ref().is_some_and(|s| {
-            s.desired_state == Some(spec.desired_state)
-                && s.request_id == request_id(spec).unwrap_or_default()
-                && (kind == RunKind::OneShot || s.selector.as_ref() == Some(&spec.selector))
-        })
-}
-
-/// A one-shot run this fleet has run before (its snapshot replaced since): it never runs again.
-fn already_ran(spec: &ComputeFleetActionSpec, status: &ComputeFleetActionStatus) -> bool {
-    run_kind(spec) == RunKind::OneShot
-        && !has_snapshot(spec, status)
-        && status
-            .ran_runs
-            .contains(&run_digest(spec.desired_state, request_id(spec)))
-}
-
-fn past_not_after(spec: &ComputeFleetActionSpec, now: DateTime<Utc>) -> bool {
-    run_kind(spec) != RunKind::Level && spec.not_after.is_some_and(|t| now > t)
-}
-
-/// The status an instance reaches when a level is done (used by the dry run to tell who would be acted on).
-fn level_target(desired: DesiredState) -> Option<InstanceStatus> {
-    match desired {
-        DesiredState::Running => Some(InstanceStatus::Running),
-        DesiredState::Stopped => Some(InstanceStatus::Stopped),
-        _ => None,
-    }
-}
 
 pub fn plan(input: &PlanInput<'_>) -> Plan {
     let spec = input.spec;
@@ -384,42 +298,6 @@ fn sort_children<'a>(input: &PlanInput<'a>) -> SortedChildren<'a> {
     }
 }
 
-/// The snapshot of a new run, and for a one-shot its entry in `ranRuns` (kept for the fleet's life, bounded).
-fn take_snapshot(status: &mut ComputeFleetActionStatus, spec: &ComputeFleetActionSpec, sel: &Selection) {
-    let kind = run_kind(spec);
-    status.snapshot = Some(Snapshot {
-        request_id: request_id(spec).unwrap_or_default().to_owned(),
-        desired_state: Some(spec.desired_state),
-        taken_at: sel.listed_at,
-        instance_ids: sel.candidates.iter().map(|c| c.id.clone()).collect(),
-        started_ids: Vec::new(),
-        selector: (kind == RunKind::OnceLevel).then(|| spec.selector.clone()),
-        incomplete: !sel.complete,
-    });
-    if kind == RunKind::OneShot {
-        let digest = run_digest(spec.desired_state, request_id(spec));
-        if !status.ran_runs.contains(&digest) {
-            status.ran_runs.push(digest);
-        }
-        if status.ran_runs.len() > SENT_ONE_SHOTS_LIMIT {
-            let excess = status.ran_runs.len() - SENT_ONE_SHOTS_LIMIT;
-            status.ran_runs.drain(..excess);
-        }
-    }
-}
-
-/// Children that exist are started, even if a crash came between their creation and the status write.
-fn record_existing(status: &mut ComputeFleetActionStatus, current: &[&ChildView]) {
-    if let Some(snap) = status.snapshot.as_mut() {
-        let recorded: BTreeSet<String> = snap.started_ids.iter().cloned().collect();
-        for c in current {
-            if !recorded.contains(&c.instance_id) {
-                snap.started_ids.push(c.instance_id.clone());
-            }
-        }
-    }
-}
-
 /// The instances this run is about, in order: a run's snapshot, or a level's selection; levels also keep every
 /// instance they already have a child for (a `status: running` selector stops matching a stopped instance).
 fn members_of(input: &PlanInput<'_>, status: &ComputeFleetActionStatus, sorted: &SortedChildren<'_>) -> Vec<String> {
@@ -507,7 +385,7 @@ fn dry_run(input: &PlanInput<'_>, pending: &[String]) -> DryRunReport {
                 .collect()
         })
         .unwrap_or_default();
-    let target = level_target(input.spec.desired_state);
+    let target = input.spec.desired_state.level_target();
     let would: Vec<String> = pending
         .iter()
         .filter(|id| match (&target, statuses.get(id.as_str()).copied().flatten()) {
@@ -520,25 +398,6 @@ fn dry_run(input: &PlanInput<'_>, pending: &[String]) -> DryRunReport {
         would_act: would.len() as u32,
         first_ids: would.into_iter().take(SAMPLE_IDS).collect(),
     }
-}
-
-fn dry_run_message(spec: &ComputeFleetActionSpec, report: &DryRunReport, selected: u32) -> String {
-    let shown = report.first_ids.join(", ");
-    let more = if report.would_act as usize > report.first_ids.len() {
-        ", ..."
-    } else {
-        ""
-    };
-    format!(
-        "dry run: would {} {} of {selected} selected instances{}",
-        spec.desired_state.action(),
-        report.would_act,
-        if shown.is_empty() {
-            String::new()
-        } else {
-            format!(": {shown}{more}")
-        }
-    )
 }
 
 /// The children to create now: pending members, in order, up to the room under the cap.
@@ -561,89 +420,6 @@ fn starts(
         .collect()
 }
 
-fn rollout_verdict(
-    spec: &ComputeFleetActionSpec,
-    status: &ComputeFleetActionStatus,
-    c: Counts,
-    cap: usize,
-    done: bool,
-    budget_exceeded: bool,
-) -> Verdict {
-    let selected = status.selected;
-    let denied = if c.denied > 0 {
-        format!(" ({} denied by policy since selected)", c.denied)
-    } else {
-        String::new()
-    };
-    let incomplete = if status.snapshot.as_ref().is_some_and(|s| s.incomplete) {
-        format!(
-            "; the selection kept changing over {} walks: the snapshot may miss instances",
-            super::walk::WALK_ATTEMPTS
-        )
-    } else {
-        String::new()
-    };
-    let progress = format!(
-        "{} succeeded, {} failed, {} in progress, {} pending of {selected} selected{denied}; maxConcurrent {cap}{incomplete}",
-        c.succeeded, c.failed, c.in_progress, c.pending
-    );
-    if budget_exceeded {
-        Verdict::stalled(
-            "FailureBudgetExceeded",
-            format!(
-                "{} failed, more than maxFailures {}: no new instance is started ({}); {progress}",
-                c.failed,
-                spec.strategy.max_failures(),
-                status.failed_ids.join(", ")
-            ),
-        )
-    } else if spec.suspend {
-        // Settled like a suspended ComputeInstanceAction (kubectl wait and Argo CD's `Suspended` do not hang).
-        Verdict::ready(
-            "Suspended",
-            format!("spec.suspend is true: no admin API calls; {progress}"),
-        )
-    } else if done && c.expired > 0 {
-        Verdict::ready(
-            "Expired",
-            format!(
-                "{} instances were not started before notAfter (skipped as late); {progress}",
-                c.expired
-            ),
-        )
-    } else if done && selected == 0 {
-        Verdict::ready("NothingSelected", "the selector matches no instance")
-    } else if done && c.failed > 0 {
-        Verdict::ready(
-            "CompletedWithFailures",
-            format!(
-                "{} failed (within maxFailures {}): {}; {progress}",
-                c.failed,
-                spec.strategy.max_failures(),
-                status.failed_ids.join(", ")
-            ),
-        )
-    } else if done {
-        Verdict::ready("Succeeded", progress)
-    } else if spec.paused {
-        Verdict::reconciling(
-            "Paused",
-            format!("spec.paused is true: no new instance is started; {progress}"),
-        )
-    } else {
-        Verdict::reconciling("RollingOut", progress)
-    }
-}
-
-/// Names the namespace and what the fleet asked for, nothing about any instance.
-fn policy_denied_message(namespace: &str, spec: &ComputeFleetActionSpec) -> String {
-    format!(
-        "no ComputeAccessPolicy allows namespace {namespace} to set instances to `{}` (this fleet asked for {}); nothing is listed or sent: a cluster administrator must add or widen one",
-        spec.desired_state.as_str(),
-        spec.selector.describe()
-    )
-}
-
 fn set_counts(status: &mut ComputeFleetActionStatus, c: Counts) {
     status.succeeded = c.succeeded;
     status.failed = c.failed;
@@ -658,83 +434,6 @@ fn finish(plan: &mut Plan, mut status: ComputeFleetActionStatus, verdict: &Verdi
     apply_verdict(&mut status.conditions, verdict, input.generation, input.now);
     plan.events = events_between(input.status, &status);
     plan.status = status;
-}
-
-/// The Events a status change deserves: a new run's snapshot, and a run that finished or stopped.
-pub fn events_between(old: &ComputeFleetActionStatus, new: &ComputeFleetActionStatus) -> Vec<FleetEvent> {
-    let mut events = Vec::new();
-    let key = |s: &Snapshot| (s.request_id.clone(), s.desired_state, s.selector.clone(), s.taken_at);
-    if let Some(snap) = new.snapshot.as_ref()
-        && old.snapshot.as_ref().map(key) != Some(key(snap))
-    {
-        let run = if snap.request_id.is_empty() {
-            "run".to_owned()
-        } else {
-            format!("requestId {}", snap.request_id)
-        };
-        events.push(FleetEvent {
-            warning: snap.incomplete,
-            reason: "RunStarted".into(),
-            message: format!(
-                "{run}: {} instances selected{}",
-                snap.instance_ids.len(),
-                if snap.incomplete {
-                    " (the selection kept changing while it was walked: it may miss instances)"
-                } else {
-                    ""
-                }
-            ),
-        });
-    }
-    let reason_of = |s: &ComputeFleetActionStatus, type_: &str| {
-        s.conditions
-            .iter()
-            .find(|c| c.type_ == type_ && c.status == "True")
-            .map(|c| c.reason.clone())
-    };
-    let message = new.message.clone().unwrap_or_default();
-    let became = |type_: &str| {
-        let now = reason_of(new, type_);
-        (now.is_some() && now != reason_of(old, type_)).then_some(now).flatten()
-    };
-    if let Some(reason) = became(crate::controllers::conditions::READY) {
-        events.push(FleetEvent {
-            warning: reason == "CompletedWithFailures" || reason == "Expired",
-            reason,
-            message: message.clone(),
-        });
-    }
-    if let Some(reason) = became(crate::controllers::conditions::STALLED) {
-        events.push(FleetEvent {
-            warning: true,
-            reason,
-            message,
-        });
-    }
-    events
-}
-
-/// Does the fleet as read again (`now`) still ask for what the plan made from `seen` decided? Same object and
-/// generation, not paused, suspended or being deleted: otherwise no child is created.
-pub fn still_asks(seen: &super::ComputeFleetAction, now: &super::ComputeFleetAction) -> bool {
-    now.metadata.uid == seen.metadata.uid
-        && now.metadata.generation == seen.metadata.generation
-        && now.metadata.deletion_timestamp.is_none()
-        && !now.spec.paused
-        && !now.spec.suspend
-        && now.spec.desired_state == seen.spec.desired_state
-        && now.spec.request_id == seen.spec.request_id
-}
-
-/// Records children that were created (after the create calls succeeded) in the run's `startedIds`.
-pub fn record_started(status: &mut ComputeFleetActionStatus, created: &[NewChild]) {
-    if let Some(snap) = status.snapshot.as_mut() {
-        for c in created {
-            if !snap.started_ids.contains(&c.instance_id) {
-                snap.started_ids.push(c.instance_id.clone());
-            }
-        }
-    }
 }
 
 #[cfg(test)]

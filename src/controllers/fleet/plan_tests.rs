@@ -4,8 +4,8 @@ use chrono::TimeZone;
 
 use super::*;
 use crate::controllers::conditions::{READY, RECONCILING, STALLED};
-use crate::resource::Enforcement;
-use crate::selection::MaxConcurrent;
+use crate::crd::instance_action::{DesiredState, Enforcement};
+use crate::crd::selector::MaxConcurrent;
 
 fn t(s: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(1_800_000_000 + s, 0).unwrap()
@@ -111,7 +111,7 @@ fn created(p: &Plan) -> Vec<&str> {
     p.create.iter().map(|c| c.instance_id.as_str()).collect()
 }
 
-fn cond<'a>(p: &'a Plan, type_: &str) -> &'a crate::resource::Condition {
+fn cond<'a>(p: &'a Plan, type_: &str) -> &'a crate::crd::instance_action::Condition {
     p.status.conditions.iter().find(|c| c.type_ == type_).unwrap()
 }
 

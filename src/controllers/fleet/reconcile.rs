@@ -16,12 +16,12 @@ use super::Context;
 use super::children::{self, ChildView, FLEET_LABEL, SyncedFields};
 use super::lookups;
 use super::plan::{self, Candidate, PlanInput, Selection, Unlisted};
-use super::resource::ComputeFleetAction;
 use super::walk::{self, Listed, WalkRules};
 use crate::api::ApiError;
 use crate::controllers::runtime::{self, Written, bounded};
-use crate::policy::Coverage;
-use crate::resource::ComputeInstanceAction;
+use crate::crd::access_policy::Coverage;
+use crate::crd::fleet_action::ComputeFleetAction;
+use crate::crd::instance_action::ComputeInstanceAction;
 
 /// Field manager of the fleet's writes (its status and its children).
 pub const FIELD_MANAGER: &str = "compute-operator-fleet";

@@ -7,7 +7,7 @@ use super::judge::departed;
 use super::plan::{EventNote, Plan, PlanSettings, Requeue, finish};
 use crate::api::{ApiError, InstanceStatus};
 use crate::controllers::conditions::Verdict;
-use crate::resource::{ActionState, ComputeInstanceActionSpec, ComputeInstanceActionStatus, Phase};
+use crate::crd::instance_action::{ActionState, ComputeInstanceActionSpec, ComputeInstanceActionStatus, Phase};
 
 /// What a look at the instance right after an accepted restart/reset adds: the instance already left
 /// `fromStatus` (a transition under way, or even over) is proof that the action ran. Without it, a transition
@@ -74,8 +74,8 @@ pub fn after_post(
             let note = format!("instance {id} does not exist in the admin API");
             events.push(EventNote {
                 warning: true,
-                reason: "ActionFailed",
-                note: note.clone(),
+                reason: "ActionFailed".into(),
+                message: note.clone(),
             });
             (
                 Verdict::stalled("InstanceNotFound", note),
@@ -88,8 +88,8 @@ pub fn after_post(
             set(&mut status, ActionState::Failed, Some("BadRequest"));
             events.push(EventNote {
                 warning: true,
-                reason: "ActionFailed",
-                note: err.clone(),
+                reason: "ActionFailed".into(),
+                message: err.clone(),
             });
             (
                 Verdict::stalled("BadRequest", err),
@@ -106,8 +106,8 @@ pub fn after_post(
             );
             events.push(EventNote {
                 warning: true,
-                reason: "ActionFailed",
-                note: note.clone(),
+                reason: "ActionFailed".into(),
+                message: note.clone(),
             });
             (
                 Verdict::stalled(e.reason(), note),

@@ -9,7 +9,7 @@ use futures::channel::mpsc;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
-use crate::resource::{ActionState, ComputeInstanceAction};
+use crate::crd::instance_action::{ActionState, ComputeInstanceAction};
 
 /// What the index remembers of one object: enough to tell whether its peers must be woken.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,11 +59,6 @@ pub struct InstanceIndex {
     relisting: Mutex<BTreeMap<usize, Vec<(String, Entry)>>>,
     stores: Vec<Store<ComputeInstanceAction>>,
     wakers: Vec<mpsc::Sender<ObjectRef<ComputeInstanceAction>>>,
-}
-
-/// `namespace/name`.
-pub fn key_of(obj: &ComputeInstanceAction) -> String {
-    crate::controllers::object_key(obj)
 }
 
 fn entry_of(obj: &ComputeInstanceAction, scope: usize) -> Entry {
@@ -117,7 +112,7 @@ impl InstanceIndex {
             }
             watcher::Event::InitApply(obj) => {
                 if let Some(list) = self.relisting.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&scope) {
-                    list.push((key_of(obj), entry_of(obj, scope)));
+                    list.push((crate::controllers::object_key(obj), entry_of(obj, scope)));
                 }
             }
             watcher::Event::InitDone => {
@@ -142,7 +137,7 @@ impl InstanceIndex {
                 }
             }
             watcher::Event::Apply(obj) => {
-                let key = key_of(obj);
+                let key = crate::controllers::object_key(obj);
                 let entry = entry_of(obj, scope);
                 let instance = entry.instance_id.clone();
                 let previous = self.maps().insert(key.clone(), entry.clone());
@@ -151,7 +146,7 @@ impl InstanceIndex {
                 }
             }
             watcher::Event::Delete(obj) => {
-                let key = key_of(obj);
+                let key = crate::controllers::object_key(obj);
                 // Bound first: the lock must be released before waking (which takes it again).
                 let removed = self.maps().remove(&key);
                 if let Some(previous) = removed {
@@ -231,7 +226,7 @@ impl InstanceIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::{ComputeInstanceActionSpec, DesiredState, Enforcement};
+    use crate::crd::instance_action::{ComputeInstanceActionSpec, DesiredState, Enforcement};
 
     fn obj(name: &str, instance: &str, generation: i64) -> ComputeInstanceAction {
         let mut o = ComputeInstanceAction::new(

@@ -14,7 +14,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::api::{InstanceStatus, PowerAction};
-use crate::resource::{ActionRecord, ActionState, ComputeInstanceActionStatus, HISTORY_LIMIT, SENT_ONE_SHOTS_LIMIT};
+use crate::crd::instance_action::{
+    ActionRecord, ActionState, ComputeInstanceActionStatus, HISTORY_LIMIT, SENT_ONE_SHOTS_LIMIT,
+};
 
 /// Has the instance left the status it had when the intent was written? Records written before
 /// `fromStatus` existed fall back to "a transitional status was seen".
@@ -126,7 +128,7 @@ pub fn count_recent_one_shots<'s>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::ActionState;
+    use crate::crd::instance_action::ActionState;
 
     fn record(action: PowerAction, from: Option<&str>, saw: bool) -> ActionRecord {
         ActionRecord {

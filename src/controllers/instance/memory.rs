@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
 
-use crate::resource::{ActionState, ComputeInstanceAction, ComputeInstanceActionStatus};
+use crate::crd::instance_action::{ActionState, ComputeInstanceAction, ComputeInstanceActionStatus};
 
 #[derive(Clone, Debug)]
 struct Held {
@@ -142,7 +142,7 @@ pub fn needs_write(old: &ComputeInstanceActionStatus, new: &ComputeInstanceActio
 mod tests {
     use super::*;
     use crate::api::PowerAction;
-    use crate::resource::{ActionRecord, Phase};
+    use crate::crd::instance_action::{ActionRecord, Phase};
     use chrono::Utc;
 
     fn open(state: ActionState, message: &str, saw: bool) -> ComputeInstanceActionStatus {

@@ -4,8 +4,10 @@ pub mod index;
 pub mod judge;
 pub mod locks;
 pub mod memory;
+pub mod peers;
 pub mod plan;
 pub mod reconcile;
+pub mod status_write;
 pub mod view;
 
 use std::sync::Arc;
@@ -25,8 +27,8 @@ use kube::{Client, ResourceExt};
 use crate::api::AdminClient;
 use crate::api::backoff::Backoff;
 use crate::controllers::runtime::{self, ErrorBackoff, Shared, StartError};
+use crate::crd::instance_action::ComputeInstanceAction;
 use crate::metrics::Metrics;
-use crate::resource::ComputeInstanceAction;
 use locks::InstanceLocks;
 use plan::PlanSettings;
 use reconcile::AcceptanceMemory;
@@ -49,7 +51,7 @@ pub struct ControllerConfig {
     pub error_backoff: Backoff,
     /// Name reported on Events.
     pub reporter: String,
-    pub policy_mode: crate::policy::PolicyMode,
+    pub policy_mode: crate::crd::access_policy::PolicyMode,
     /// Admin API requests per second the shared instance view may use (a share of the client's rate limit).
     pub view_rate: f64,
     /// Serving listed namespaces (a Role cannot grant a watch of namespaces): how often their labels, which
@@ -65,7 +67,7 @@ impl Default for ControllerConfig {
             plan: PlanSettings::default(),
             error_backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(300)),
             reporter: "compute-operator".into(),
-            policy_mode: crate::policy::PolicyMode::Off,
+            policy_mode: crate::crd::access_policy::PolicyMode::Off,
             view_rate: 5.0,
             namespace_label_poll: runtime::policy_gate::NAMESPACE_POLL,
         }
@@ -119,7 +121,7 @@ impl Context {
 
     /// Drops everything kept for an object that is gone: its held status, acceptances, backoff and lock.
     pub(crate) fn forget_object(&self, obj: &ComputeInstanceAction) {
-        let key = reconcile::object_key(obj);
+        let key = crate::controllers::object_key(obj);
         self.memory.forget(obj);
         self.forget_acceptance(obj);
         self.error_backoff.reset(&key);
@@ -194,12 +196,11 @@ pub async fn run(
         let stream = watcher(scope, watcher::Config::default().any_semantic())
             .default_backoff()
             .modify(|o: &mut ComputeInstanceAction| {
-                let foreign = reconcile::status_written_by_others(o);
+                let foreign = peers::status_written_by_others(o);
                 o.managed_fields_mut().clear();
                 o.annotations_mut().clear();
                 if foreign {
-                    o.annotations_mut()
-                        .insert(reconcile::FOREIGN_STATUS.into(), "true".into());
+                    o.annotations_mut().insert(peers::FOREIGN_STATUS.into(), "true".into());
                 }
             })
             .reflect(writer)

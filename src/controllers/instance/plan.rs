@@ -12,7 +12,7 @@ pub use super::judge::count_recent_one_shots;
 use super::judge::{self, Completion, completion, departed, push_history, remember_one_shot};
 use crate::api::{ApiError, Instance, InstanceStatus, PowerAction};
 use crate::controllers::conditions::{Verdict, apply_verdict};
-use crate::resource::{
+use crate::crd::instance_action::{
     ActionRecord, ActionState, ComputeInstanceActionSpec, ComputeInstanceActionStatus, DesiredState, Enforcement,
     ObservedInstance, Phase,
 };
@@ -99,13 +99,8 @@ pub enum Requeue {
     },
 }
 
-/// A Kubernetes Event to publish.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EventNote {
-    pub warning: bool,
-    pub reason: &'static str,
-    pub note: String,
-}
+/// A Kubernetes Event to publish (the one note type every controller's planner emits).
+pub type EventNote = crate::controllers::events::Note;
 
 /// The decision: the status to hold, an action to POST (after the status with its intent is persisted), when
 /// to come back, and what to tell.
@@ -177,15 +172,6 @@ fn contradicting_peer<'a>(input: &'a PlanInput<'_>) -> Option<&'a Peer> {
         .find(|p| !p.suspended && p.desired.is_level() && p.desired != mine && p.enforcement == Enforcement::Continuous)
 }
 
-/// The settled status a level asks for.
-fn level_target(desired: DesiredState) -> Option<InstanceStatus> {
-    match desired {
-        DesiredState::Running => Some(InstanceStatus::Running),
-        DesiredState::Stopped => Some(InstanceStatus::Stopped),
-        _ => None,
-    }
-}
-
 /// Does the admin API accept `action` from this status? (A guess to avoid pointless 409s; the API decides.)
 fn action_allowed_from(action: PowerAction, status: &InstanceStatus) -> bool {
     use InstanceStatus as S;
@@ -232,7 +218,11 @@ impl<'i, 'a> Builder<'i, 'a> {
     }
 
     fn event(&mut self, warning: bool, reason: &'static str, note: String) {
-        self.events.push(EventNote { warning, reason, note });
+        self.events.push(EventNote {
+            warning,
+            reason: reason.into(),
+            message: note,
+        });
     }
 
     /// Records the observed instance; `lastSeen` moves only when something else in it changed.
@@ -365,7 +355,7 @@ impl<'i, 'a> Builder<'i, 'a> {
     fn level(mut self, instance: &Instance) -> Plan {
         let s = self.input.settings;
         let spec = self.spec().clone();
-        let target = level_target(spec.desired_state).unwrap_or(InstanceStatus::Running);
+        let target = spec.desired_state.level_target().unwrap_or(InstanceStatus::Running);
         let action = spec.desired_state.action();
         let last = self.status.action.as_ref();
         // Converged before for this generation: a wrong state now is drift.

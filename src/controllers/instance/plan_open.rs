@@ -20,7 +20,7 @@ impl Builder<'_, '_> {
                 self.start_if_needed(instance)
             }
             ActionState::Requested | ActionState::Rejected => {
-                let reached = level_target(spec.desired_state).is_some_and(|t| t == instance.status);
+                let reached = spec.desired_state.level_target().is_some_and(|t| t == instance.status);
                 if !reached && let Some(message) = self.timed_out_action() {
                     return self.stalled("Timeout", message, Requeue::After(s.resync));
                 }

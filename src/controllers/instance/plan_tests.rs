@@ -172,7 +172,7 @@ fn invariants_hold_for_every_combination() {
                             );
                         }
                     }
-                    if desired.is_level() && observed == level_target(desired).unwrap().as_str() {
+                    if desired.is_level() && observed == desired.level_target().unwrap().as_str() {
                         assert!(p.post.is_none(), "level already reached must not POST: {case}");
                         assert_eq!(ready(&p).0, "True", "{case}");
                     }

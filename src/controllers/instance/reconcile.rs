@@ -5,16 +5,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use tracing::Instrument;
 
-use super::plan::{self, EventNote, Observation, Peer, Plan, PlanInput, Requeue};
-use super::{Context, memory};
+use super::Context;
+use super::peers::peers_of;
+use super::plan::{self, EventNote, Observation, Plan, PlanInput, Requeue};
+use super::status_write::{StatusWrite, replace_status, write_after_post, write_if_changed};
 use crate::api::{ApiError, PowerAction, Repeat};
 use crate::controllers::events;
-use crate::resource::{ActionState, ComputeInstanceAction, ComputeInstanceActionStatus};
+use crate::controllers::object_key;
+use crate::controllers::runtime::STALE_RETRY;
+use crate::crd::instance_action::{ActionState, ComputeInstanceAction, ComputeInstanceActionStatus};
 
 /// Field manager of every status write: one owner of `.status`.
 pub const FIELD_MANAGER: &str = "compute-operator";
@@ -51,13 +55,9 @@ fn seen(ctx: &Context, instance: &crate::api::Instance) {
     }
 }
 
-pub(crate) fn object_key(obj: &ComputeInstanceAction) -> String {
-    crate::controllers::object_key(obj)
-}
-
 /// The reconcile entry point handed to kube-rs.
 pub async fn reconcile(obj: Arc<ComputeInstanceAction>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let key = object_key(&obj);
+    let key = object_key(obj.as_ref());
     let span = tracing::info_span!("reconcile", object = %key, instance = %obj.spec.instance_id);
     // One concurrency limit across every watched namespace.
     let Ok(_slot) = ctx.slots.clone().acquire_owned().await else {
@@ -72,7 +72,7 @@ pub async fn reconcile(obj: Arc<ComputeInstanceAction>, ctx: Arc<Context>) -> Re
 
 /// kube-rs error policy: per-object jittered exponential backoff honouring `Retry-After`.
 pub fn error_policy(obj: Arc<ComputeInstanceAction>, err: &Error, ctx: Arc<Context>) -> Action {
-    let key = object_key(&obj);
+    let key = object_key(obj.as_ref());
     ctx.metrics
         .reconcile_errors
         .get_or_create(&crate::metrics::ReasonLabel {
@@ -181,7 +181,8 @@ async fn observe(
         && !holds_open_action(status)
         && !matches!(
             status.phase,
-            None | Some(crate::resource::Phase::InProgress) | Some(crate::resource::Phase::Pending)
+            None | Some(crate::crd::instance_action::Phase::InProgress)
+                | Some(crate::crd::instance_action::Phase::Pending)
         );
     if settled && let Some(seen) = ctx.view.fresh(id, ctx.config.plan.resync * 2) {
         return Observation::Instance(seen);
@@ -360,113 +361,11 @@ fn not_sending_now(ctx: &Context, obj: &ComputeInstanceAction) -> Option<&'stati
     None
 }
 
-/// After a POST the answer must be recorded even if the object changed meanwhile (a spec edit). On a
-/// conflict the object is re-read and only this action's record is merged, and only if nobody (a successor
-/// after a lease change) recorded an outcome for it meanwhile: their record is never overwritten.
-async fn write_after_post(
-    api: &Api<ComputeInstanceAction>,
-    written: &ComputeInstanceAction,
-    status: &ComputeInstanceActionStatus,
-    ctx: &Context,
-) -> Result<(), Error> {
-    let mut base = written.clone();
-    let mut next = status.clone();
-    for attempt in 0..5 {
-        match replace_status(api, &base, &next, ctx).await {
-            Ok(o) => {
-                let rv = o.resource_version().unwrap_or_default();
-                ctx.memory
-                    .hold(&o, &base.resource_version().unwrap_or_default(), &rv, &next);
-                return Ok(());
-            }
-            Err(kube::Error::Api(s)) if s.code == 409 && attempt < 4 => {
-                base = api.get_status(&base.name_any()).await.map_err(Error::ReadObject)?;
-                let current = base.status.clone().unwrap_or_default();
-                match plan::merge_action_record(&current, status) {
-                    Some(merged) => next = merged,
-                    None => {
-                        tracing::info!("the action's record was updated by someone else meanwhile; leaving it");
-                        ctx.memory.forget(written);
-                        return Ok(());
-                    }
-                }
-            }
-            Err(e) => return Err(Error::WriteStatus(e)),
-        }
-    }
-    Ok(())
-}
-
-/// Whether a planned status reached the API server.
-#[derive(Debug, PartialEq, Eq)]
-enum StatusWrite {
-    Unchanged,
-    Written,
-    /// The cached object was stale (409): the plan was made from old data and is dropped.
-    Stale,
-}
-
 /// Every object is re-checked once every this many resync intervals (a settled object whose instance the
 /// shared view watches has no timer of its own; this sweep is its safety net).
 pub const SETTLED_SWEEP_FACTOR: u32 = 10;
 
-/// Retry delay after a stale read: our own status writes do not trigger a reconcile (generation predicate),
-/// so waiting for the watch would mean waiting for the next resync.
-const STALE_RETRY: Duration = Duration::from_millis(250);
-
-async fn write_if_changed(
-    api: &Api<ComputeInstanceAction>,
-    obj: &ComputeInstanceAction,
-    base_rv: &str,
-    old: &ComputeInstanceActionStatus,
-    new: &ComputeInstanceActionStatus,
-    ctx: &Context,
-) -> Result<StatusWrite, Error> {
-    let rv = obj.resource_version().unwrap_or_default();
-    if obj.status.is_some() && !memory::needs_write(old, new) {
-        if old != new {
-            ctx.memory.hold(obj, base_rv, &rv, new);
-        }
-        return Ok(StatusWrite::Unchanged);
-    }
-    match replace_status(api, obj, new, ctx).await {
-        Ok(o) => {
-            ctx.memory
-                .hold(&o, base_rv, &o.resource_version().unwrap_or_default(), new);
-            Ok(StatusWrite::Written)
-        }
-        Err(kube::Error::Api(s)) if s.code == 409 => {
-            // Not our stale cache (we read our writes): someone else changed the object. Decide again.
-            ctx.memory.forget(obj);
-            Ok(StatusWrite::Stale)
-        }
-        Err(e) => Err(Error::WriteStatus(e)),
-    }
-}
-
-/// PUT on the status subresource carrying the object's resourceVersion: fails with 409 if it is stale.
-async fn replace_status(
-    api: &Api<ComputeInstanceAction>,
-    obj: &ComputeInstanceAction,
-    status: &ComputeInstanceActionStatus,
-    ctx: &Context,
-) -> Result<ComputeInstanceAction, kube::Error> {
-    let mut body = ComputeInstanceAction::new(&obj.name_any(), obj.spec.clone());
-    body.metadata.namespace = obj.namespace();
-    body.metadata.resource_version = obj.resource_version();
-    body.status = Some(status.clone());
-    let pp = PostParams {
-        dry_run: false,
-        field_manager: Some(FIELD_MANAGER.into()),
-    };
-    let result = api.replace_status(&obj.name_any(), &pp, &body).await;
-    if result.is_ok() {
-        ctx.metrics.status_writes.inc();
-    }
-    result
-}
-
-fn holds_open_action(status: &ComputeInstanceActionStatus) -> bool {
+pub(super) fn holds_open_action(status: &ComputeInstanceActionStatus) -> bool {
     status
         .action
         .as_ref()
@@ -532,14 +431,7 @@ fn requeue(ctx: &Context, key: &str, r: Requeue) -> Action {
 
 /// Publishes the plan's Events off the reconcile path (see [`crate::controllers::events`]).
 async fn publish(ctx: &Context, obj: &ComputeInstanceAction, events: &[EventNote]) {
-    let notes = events
-        .iter()
-        .map(|e| events::Note {
-            warning: e.warning,
-            reason: e.reason.into(),
-            message: e.note.clone(),
-        })
-        .collect();
+    let notes = events.to_vec();
     events::publish(
         &ctx.recorder,
         Some(&ctx.event_slots),
@@ -548,57 +440,6 @@ async fn publish(ctx: &Context, obj: &ComputeInstanceAction, events: &[EventNote
         notes,
     )
     .await;
-}
-
-/// Other objects naming the same instance that count as peers, from the caches, and the restart/reset
-/// actions sent to the instance (by this object or its peers) within the loop-protection window.
-///
-/// Denied, suspended and dry-run objects are not peers: they cannot block, conflict with or rate-limit an
-/// allowed object. A record claiming an action in flight counts only if this controller wrote the status
-/// (see [`FOREIGN_STATUS`]), so a tenant who can write status cannot forge a block.
-pub(crate) fn peers_of(
-    ctx: &Context,
-    obj: &ComputeInstanceAction,
-    own_status: &ComputeInstanceActionStatus,
-    instance: Option<&crate::api::Instance>,
-    now: DateTime<Utc>,
-) -> (Vec<Peer>, u32) {
-    let uid = obj.uid();
-    let others: Vec<_> = ctx
-        .index
-        .on_instance(&obj.spec.instance_id)
-        .into_iter()
-        .filter(|o| o.uid() != uid && !o.spec.suspend && !o.spec.dry_run && !ctx.config.plan.dry_run)
-        .filter(|o| ctx.policy.denial(o, instance).is_none())
-        .collect();
-    let trusted = |o: &ComputeInstanceAction| !o.annotations().contains_key(FOREIGN_STATUS);
-    let statuses = others
-        .iter()
-        .filter(|o| trusted(o))
-        .filter_map(|o| o.status.as_ref())
-        .chain(std::iter::once(own_status));
-    let recent = plan::count_recent_one_shots(statuses, now, ctx.config.plan.one_shot_window);
-    let peers = others
-        .iter()
-        .map(|o| Peer {
-            key: object_key(o),
-            desired: o.spec.desired_state,
-            enforcement: o.spec.enforcement,
-            suspended: o.spec.suspend,
-            acting: trusted(o) && o.status.as_ref().is_some_and(holds_open_action),
-        })
-        .collect();
-    (peers, recent)
-}
-
-/// Marks, in the controller's cache only, an object whose status was written by another field manager.
-pub const FOREIGN_STATUS: &str = "compute-operator.internal/foreign-status";
-
-/// Whether a field manager other than this controller wrote any part of the object's status.
-pub fn status_written_by_others(obj: &ComputeInstanceAction) -> bool {
-    obj.managed_fields().iter().any(|m| {
-        m.subresource.as_deref() == Some("status") && m.manager.as_deref().is_some_and(|who| who != FIELD_MANAGER)
-    })
 }
 
 pub(crate) type AcceptanceMemory = Mutex<HashMap<(String, DateTime<Utc>), DateTime<Utc>>>;

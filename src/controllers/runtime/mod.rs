@@ -18,7 +18,7 @@ use crate::leader::Fence;
 use crate::metrics::Metrics;
 pub use list_budget::ListBudget;
 pub use policy_gate::PolicyGate;
-pub use status::{STALE_RETRY, Written, write_status};
+pub use status::{STALE_RETRY, Written, put_status, write_status};
 
 /// Bound on one Kubernetes API call made by a reconcile.
 pub const KUBE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -43,7 +43,7 @@ pub struct Shared {
 pub struct RuntimeSettings {
     /// Namespaces served; empty means all.
     pub namespaces: Vec<String>,
-    pub policy_mode: crate::policy::PolicyMode,
+    pub policy_mode: crate::crd::access_policy::PolicyMode,
     /// Serving listed namespaces: how often their labels are read (a Role cannot grant a watch of them).
     pub namespace_label_poll: Duration,
     /// Admin API requests per second all list walks together may use.

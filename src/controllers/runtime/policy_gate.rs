@@ -18,9 +18,9 @@ use kube::{Client, ResourceExt};
 
 use super::StartError;
 use crate::api::Instance;
-use crate::policy::{self, ComputeAccessPolicy, NamespaceView, PolicyMode, Verdict};
-use crate::resource::ComputeInstanceAction;
-use crate::resource::DesiredState;
+use crate::crd::access_policy::{self as policy, ComputeAccessPolicy, NamespaceView, PolicyMode, Verdict};
+use crate::crd::instance_action::ComputeInstanceAction;
+use crate::crd::instance_action::DesiredState;
 
 pub struct PolicyGate {
     mode: PolicyMode,

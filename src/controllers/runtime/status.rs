@@ -25,13 +25,13 @@ pub enum Written {
     Unchanged,
 }
 
-/// PUTs `obj` with the status `set` gives it, carrying `obj`'s resourceVersion.
-pub async fn write_status<K>(
+/// PUTs `obj` with the status `set` gives it, carrying `obj`'s resourceVersion; the written object back.
+pub async fn put_status<K>(
     api: &Api<K>,
     obj: &K,
     field_manager: &str,
     set: impl FnOnce(&mut K),
-) -> Result<Written, kube::Error>
+) -> Result<K, kube::Error>
 where
     K: Resource + Clone + Serialize + DeserializeOwned + Debug,
 {
@@ -42,7 +42,20 @@ where
         dry_run: false,
         field_manager: Some(field_manager.into()),
     };
-    match bounded(api.replace_status(&obj.name_any(), &pp, &body)).await {
+    bounded(api.replace_status(&obj.name_any(), &pp, &body)).await
+}
+
+/// [`put_status`], read as what it did.
+pub async fn write_status<K>(
+    api: &Api<K>,
+    obj: &K,
+    field_manager: &str,
+    set: impl FnOnce(&mut K),
+) -> Result<Written, kube::Error>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + Debug,
+{
+    match put_status(api, obj, field_manager, set).await {
         Ok(_) => Ok(Written::Written),
         // 409: changed since read; 404: deleted meanwhile. Either way the next reconcile (if any) decides.
         Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(Written::Stale),

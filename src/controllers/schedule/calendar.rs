@@ -15,7 +15,7 @@
 use chrono::{DateTime, Datelike, Days, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta, TimeZone, Utc};
 use chrono_tz::Tz;
 
-use super::resource::{ComputePowerScheduleSpec, ScheduleEvent, ScheduledState};
+use crate::crd::power_schedule::{ComputePowerScheduleSpec, ScheduleEvent, ScheduledState};
 
 /// The longest run of non-existent local time searched for a valid instant (zones have skipped a whole day).
 const MAX_GAP_MINUTES: u32 = 48 * 60;

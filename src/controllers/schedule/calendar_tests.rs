@@ -2,8 +2,8 @@
 //! filters, one-sided schedules, overlaps.
 
 use super::*;
-use crate::controllers::schedule::resource::Day::{self, *};
-use crate::controllers::schedule::resource::ScheduledState::{Running, Stopped};
+use crate::crd::power_schedule::Day::{self, *};
+use crate::crd::power_schedule::ScheduledState::{Running, Stopped};
 
 fn ev(at: &str, days: &[Day], state: ScheduledState) -> ScheduleEvent {
     ScheduleEvent {

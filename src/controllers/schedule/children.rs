@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::resource::ScheduledState;
+use crate::crd::power_schedule::ScheduledState;
 
 /// Label on every child naming its schedule (shortened like child names when too long for a label).
 pub const SCHEDULE_LABEL: &str = "compute.threatwinds.com/schedule";

@@ -8,11 +8,11 @@ use kube::{Resource, ResourceExt};
 
 use super::calendar::parse_deadline;
 use super::children::{ChildOutcome, ChildRequest, ChildView, SCHEDULE_LABEL, SCHEDULED_AT_ANNOTATION, short_name};
-use super::resource::{ComputePowerSchedule, ScheduleEnforcement};
 use crate::controllers::conditions::{READY, STALLED};
-use crate::controllers::fleet::resource::{ComputeFleetAction, ComputeFleetActionSpec};
-use crate::resource::Enforcement;
-use crate::selection::SCHEDULE_DEFAULTS;
+use crate::crd::fleet_action::{ComputeFleetAction, ComputeFleetActionSpec};
+use crate::crd::instance_action::Enforcement;
+use crate::crd::power_schedule::{ComputePowerSchedule, ScheduleEnforcement};
+use crate::crd::selector::SCHEDULE_DEFAULTS;
 
 /// The label value that names a schedule on its children.
 pub fn schedule_label_value(schedule: &str) -> String {
@@ -123,14 +123,14 @@ fn outcome(fleet: &ComputeFleetAction) -> ChildOutcome {
 mod tests {
     use super::*;
     use crate::controllers::schedule::children::ChildCause;
-    use crate::controllers::schedule::resource::{ComputePowerScheduleSpec, ScheduleEvent, ScheduledState};
+    use crate::crd::power_schedule::{ComputePowerScheduleSpec, ScheduleEvent, ScheduledState};
     use chrono::TimeZone;
 
     fn schedule(enforcement: ScheduleEnforcement) -> ComputePowerSchedule {
         let mut s = ComputePowerSchedule::new(
             "office",
             ComputePowerScheduleSpec {
-                selector: crate::selection::InstanceSelector {
+                selector: crate::crd::selector::InstanceSelector {
                     zone: Some("eu-1".into()),
                     ..Default::default()
                 },
@@ -175,7 +175,10 @@ mod tests {
             let child = child_fleet(&s, &request);
             assert_eq!(child.spec.enforcement, want);
             assert_eq!(child.spec.selector, s.spec.selector);
-            assert_eq!(child.spec.desired_state, crate::resource::DesiredState::Running);
+            assert_eq!(
+                child.spec.desired_state,
+                crate::crd::instance_action::DesiredState::Running
+            );
             assert_eq!(child.labels()[SCHEDULE_LABEL], "office");
             assert!(is_child_of(&child, &s));
             let view = child_view(&child);
@@ -187,8 +190,8 @@ mod tests {
 
     #[test]
     fn a_child_is_judged_by_its_conditions_for_the_current_generation() {
-        use crate::controllers::fleet::resource::ComputeFleetActionStatus;
-        use crate::resource::Condition;
+        use crate::crd::fleet_action::ComputeFleetActionStatus;
+        use crate::crd::instance_action::Condition;
         let (at, request) = running_at_six();
         let cases = [
             ("Ready", "Succeeded", 1, ChildOutcome::Succeeded),

@@ -5,7 +5,6 @@ pub mod children;
 pub mod fleet_child;
 pub mod plan;
 pub mod reconcile;
-pub mod resource;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,10 +19,10 @@ use kube::runtime::reflector;
 use kube::runtime::{WatchStreamExt, watcher};
 
 use crate::api::backoff::Backoff;
-use crate::controllers::fleet::resource::ComputeFleetAction;
 use crate::controllers::runtime::{self, ErrorBackoff, Shared, StartError};
+use crate::crd::fleet_action::ComputeFleetAction;
+use crate::crd::power_schedule::ComputePowerSchedule;
 pub use reconcile::Clock;
-use resource::ComputePowerSchedule;
 
 /// Event batches published concurrently in the background.
 const EVENT_SLOTS: usize = 16;
@@ -117,7 +116,7 @@ pub async fn run(
                     p.observe(event);
                 }
                 if let Ok(watcher::Event::Delete(s)) = event {
-                    forget.error_backoff.reset(&key_of(s));
+                    forget.error_backoff.reset(&crate::controllers::object_key(s));
                 }
             })
             .touched_objects();
@@ -145,9 +144,4 @@ pub async fn run(
     futures::future::join_all(runs).await;
     tracing::info!("schedule controller stopped");
     Ok(())
-}
-
-/// The schedule's key for logs and backoff.
-pub fn key_of(obj: &ComputePowerSchedule) -> String {
-    crate::controllers::object_key(obj)
 }

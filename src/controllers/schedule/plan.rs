@@ -14,11 +14,11 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 use super::calendar::{Calendar, CalendarError, parse_deadline};
 use super::children::{ChildCause, ChildOutcome, ChildRequest, ChildView, child_name};
-use super::resource::{
+use crate::controllers::conditions::{Verdict, apply_verdict};
+use crate::crd::power_schedule::{
     ComputePowerScheduleSpec, ComputePowerScheduleStatus, EventResult, LastEvent, NextEvent, OverrideStatus,
     ScheduleEnforcement,
 };
-use crate::controllers::conditions::{Verdict, apply_verdict};
 
 /// Children kept per schedule (newest first), like a CronJob's history limits.
 pub const HISTORY_LIMIT: usize = 3;
@@ -39,13 +39,8 @@ pub struct PlanInput<'a> {
     pub children: &'a [ChildView],
 }
 
-/// A Kubernetes Event to publish.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Note {
-    pub warning: bool,
-    pub reason: &'static str,
-    pub message: String,
-}
+/// A Kubernetes Event to publish (the one note type every controller's planner emits).
+pub type Note = crate::controllers::events::Note;
 
 /// What to do, in this order: suspend, create, delete; then write the status and come back at `requeue_at`.
 #[derive(Clone, Debug, PartialEq)]
@@ -140,7 +135,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             );
             plan.notes.push(Note {
                 warning: false,
-                reason: "OverrideStarted",
+                reason: "OverrideStarted".into(),
                 message: format!(
                     "holding {} until {} (spec.override): created {name}",
                     o.state.as_str(),
@@ -171,7 +166,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 let name = child_name(input.name, ChildCause::OverrideEnd, held.until, state, input.generation);
                 plan.notes.push(Note {
                     warning: false,
-                    reason: "OverrideEnded",
+                    reason: "OverrideEnded".into(),
                     message: format!(
                         "the override holding {} ended at {}: back to the schedule ({}), created {name}",
                         held.state.as_str(),
@@ -231,7 +226,7 @@ fn clock_check(plan: &mut Plan, now: DateTime<Utc>) {
     );
     plan.notes.push(Note {
         warning: true,
-        reason: "ClockSkew",
+        reason: "ClockSkew".into(),
         message: message.clone(),
     });
     last.time = now;
@@ -260,7 +255,7 @@ fn due_event(
         );
         plan.notes.push(Note {
             warning: true,
-            reason: "MissedEvent",
+            reason: "MissedEvent".into(),
             message: format!(
                 "the {} event at {} was {message}",
                 last.state.as_str(),
@@ -280,7 +275,7 @@ fn due_event(
     let message = (late > LATE_AFTER).then(|| format!("caught up {} late", human(late)));
     plan.notes.push(Note {
         warning: false,
-        reason: if message.is_some() { "CaughtUp" } else { "EventStarted" },
+        reason: if message.is_some() { "CaughtUp" } else { "EventStarted" }.into(),
         message: format!(
             "the {} event at {}{}: created {name}",
             last.state.as_str(),
@@ -324,7 +319,7 @@ fn recreate_missing_holder(plan: &mut Plan, input: &PlanInput<'_>) {
     }
     plan.notes.push(Note {
         warning: true,
-        reason: "ChildRecreated",
+        reason: "ChildRecreated".into(),
         message: format!(
             "{name}, which holds {} (continuous enforcement), was missing: created again",
             state.as_str()
@@ -452,7 +447,10 @@ fn finish(mut plan: Plan, input: &PlanInput<'_>, verdict: Verdict) -> Plan {
 
 /// Does the schedule as read again (`now`) still ask for what the plan made from `seen` decided? Same object
 /// and generation, not suspended or being deleted: otherwise no child is created.
-pub fn still_asks(seen: &super::resource::ComputePowerSchedule, now: &super::resource::ComputePowerSchedule) -> bool {
+pub fn still_asks(
+    seen: &crate::crd::power_schedule::ComputePowerSchedule,
+    now: &crate::crd::power_schedule::ComputePowerSchedule,
+) -> bool {
     now.metadata.uid == seen.metadata.uid
         && now.metadata.generation == seen.metadata.generation
         && now.metadata.deletion_timestamp.is_none()

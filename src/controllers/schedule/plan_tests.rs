@@ -5,10 +5,10 @@ use chrono::{DateTime, Utc};
 
 use super::*;
 use crate::controllers::schedule::children::ChildOutcome::{Failed, InProgress, Succeeded};
-use crate::controllers::schedule::resource::Day::*;
-use crate::controllers::schedule::resource::ScheduledState::{self, Running, Stopped};
-use crate::controllers::schedule::resource::{PowerOverride, ScheduleEvent};
-use crate::selection::{InstanceSelector, Strategy};
+use crate::crd::power_schedule::Day::*;
+use crate::crd::power_schedule::ScheduledState::{self, Running, Stopped};
+use crate::crd::power_schedule::{PowerOverride, ScheduleEvent};
+use crate::crd::selector::{InstanceSelector, Strategy};
 
 fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -177,7 +177,7 @@ fn due_caught_up_and_skipped_events() {
         let p = run(&spec(), &monday_evening, &[], now);
         assert_eq!(p.create.as_ref().map(|c| c.name.as_str()), *want_child, "{what}");
         assert_eq!(
-            p.notes.iter().map(|n| n.reason).collect::<Vec<_>>(),
+            p.notes.iter().map(|n| n.reason.as_str()).collect::<Vec<_>>(),
             vec![*want_note],
             "{what}"
         );

@@ -13,12 +13,12 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use tracing::Instrument;
 
+use super::Context;
 use super::fleet_child::{child_fleet, child_view, is_child_of, schedule_label_value, to_chrono};
 use super::plan::{self, Note, Plan, PlanInput};
-use super::resource::ComputePowerSchedule;
-use super::{Context, key_of};
-use crate::controllers::fleet::resource::ComputeFleetAction;
 use crate::controllers::schedule::children::SCHEDULE_LABEL;
+use crate::crd::fleet_action::ComputeFleetAction;
+use crate::crd::power_schedule::ComputePowerSchedule;
 
 /// Field manager of every write: one owner of `.status` and of the children.
 pub const FIELD_MANAGER: &str = "compute-operator-schedule";
@@ -70,14 +70,14 @@ impl Clock {
 
 /// The reconcile entry point handed to kube-rs.
 pub async fn reconcile(obj: Arc<ComputePowerSchedule>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let key = key_of(&obj);
+    let key = crate::controllers::object_key(obj.as_ref());
     let span = tracing::info_span!("reconcile", schedule = %key);
     reconcile_inner(&obj, &ctx).instrument(span).await
 }
 
 /// kube-rs error policy: jittered exponential backoff per object.
 pub fn error_policy(obj: Arc<ComputePowerSchedule>, err: &Error, ctx: Arc<Context>) -> Action {
-    let key = key_of(&obj);
+    let key = crate::controllers::object_key(obj.as_ref());
     let delay = ctx.error_backoff.next(&key, &ctx.config.error_backoff, None);
     tracing::warn!(schedule = %key, error = %err, delay_ms = delay.as_millis() as u64, "reconcile failed; backing off");
     Action::requeue(delay)
@@ -136,7 +136,7 @@ async fn reconcile_inner(obj: &ComputePowerSchedule, ctx: &Context) -> Result<Ac
         }
         publish(ctx, obj, &plan.notes).await;
     }
-    ctx.error_backoff.reset(&key_of(obj));
+    ctx.error_backoff.reset(&crate::controllers::object_key(obj));
     Ok(match plan.requeue_at {
         // Exactly at the next event (or the override's end); a timer that fires a hair early finds nothing
         // due and comes back for the rest.
@@ -231,20 +231,12 @@ async fn execute(
 
 /// Publishes Events in the background (see [`crate::controllers::events`]).
 async fn publish(ctx: &Context, obj: &ComputePowerSchedule, notes: &[Note]) {
-    let notes = notes
-        .iter()
-        .map(|n| crate::controllers::events::Note {
-            warning: n.warning,
-            reason: n.reason.into(),
-            message: n.message.clone(),
-        })
-        .collect();
     crate::controllers::events::publish(
         &ctx.recorder,
         Some(&ctx.event_slots),
         obj.object_ref(&()),
         "Schedule",
-        notes,
+        notes.to_vec(),
     )
     .await;
 }

@@ -3,7 +3,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 use chrono::{DateTime, Utc};
-use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -98,6 +98,15 @@ pub enum DesiredState {
 }
 
 impl DesiredState {
+    /// The settled status a level asks for (`None` for one-shots).
+    pub fn level_target(self) -> Option<crate::api::InstanceStatus> {
+        match self {
+            Self::Running => Some(crate::api::InstanceStatus::Running),
+            Self::Stopped => Some(crate::api::InstanceStatus::Stopped),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Running => "running",
@@ -254,53 +263,11 @@ pub struct ActionRecord {
     pub drift: bool,
 }
 
-/// Every CRD of the operator with the file name `crds/` stores it under.
-pub fn crds() -> Vec<(
-    &'static str,
-    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-)> {
-    vec![
-        ("computeinstanceactions.yaml", ComputeInstanceAction::crd()),
-        ("computeaccesspolicies.yaml", crate::policy::ComputeAccessPolicy::crd()),
-        (
-            "computefleetactions.yaml",
-            crate::controllers::fleet::ComputeFleetAction::crd(),
-        ),
-        (
-            "computepowerschedules.yaml",
-            crate::controllers::schedule::resource::ComputePowerSchedule::crd(),
-        ),
-    ]
-}
-
-/// One CRD as YAML, exactly as `crds/` stores it.
-pub fn crd_to_yaml(
-    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-) -> Result<String, serde_yaml::Error> {
-    Ok(format!("---\n{}", serde_yaml::to_string(crd)?))
-}
-
-/// All CRDs as one YAML stream, as `compute-operator crd` prints them.
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    crds().iter().map(|(_, crd)| crd_to_yaml(crd)).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn crds_folder_matches_generated_crd() {
-        for (file, crd) in crds() {
-            let generated = crd_to_yaml(&crd).expect("CRD serializes");
-            let path = format!("{}/crds/{file}", env!("CARGO_MANIFEST_DIR"));
-            let stored = std::fs::read_to_string(&path).unwrap_or_default();
-            assert!(
-                generated == stored,
-                "crds/{file} is stale: run `cargo run -- crd-files` (writes crds/ and the chart's copy)"
-            );
-        }
-    }
+    use crate::crd::crd_to_yaml;
+    use kube::CustomResourceExt;
 
     #[test]
     fn crd_has_the_validation_the_api_server_enforces() {

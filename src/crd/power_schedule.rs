@@ -8,8 +8,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::resource::{Condition, DesiredState};
-use crate::selection::{InstanceSelector, Strategy};
+use crate::crd::instance_action::{Condition, DesiredState};
+use crate::crd::selector::{InstanceSelector, Strategy};
 
 /// Most events one schedule may list.
 pub const MAX_EVENTS: usize = 32;
@@ -272,7 +272,7 @@ mod tests {
 
     #[test]
     fn crd_carries_the_rules_and_columns() {
-        let yaml = crate::resource::crd_to_yaml(&ComputePowerSchedule::crd()).unwrap();
+        let yaml = crate::crd::crd_to_yaml(&ComputePowerSchedule::crd()).unwrap();
         for needle in [
             "- cps",
             "subresources:",

@@ -10,7 +10,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use crate::api::Instance;
-use crate::resource::DesiredState;
+use crate::crd::instance_action::DesiredState;
 
 /// Grants namespaces the right to declare states of instances. Only cluster administrators can write it
 /// (cluster-scoped). An object is allowed when at least one policy matches its namespace, its instance and

@@ -8,8 +8,45 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::resource::{Condition, DesiredState, Enforcement};
-use crate::selection::{InstanceSelector, Strategy};
+use crate::crd::instance_action::{Condition, DesiredState, Enforcement};
+use crate::crd::selector::{InstanceSelector, Strategy};
+
+/// The label naming the fleet a child belongs to (`kubectl get cia -l compute.threatwinds.com/fleet=NAME`).
+pub const FLEET_LABEL: &str = "compute.threatwinds.com/fleet";
+/// Longest fleet-name prefix of a child name: prefix + `-` + 10 hex digits stays within 63 characters.
+pub(crate) const NAME_PREFIX_MAX: usize = 52;
+
+/// FNV-1a, 64 bit: stable across Rust versions and platforms (std's hasher is not), so names survive upgrades.
+pub(crate) fn stable_hash(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in part.bytes().chain(std::iter::once(0u8)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// `name` cut to `max` characters without a trailing `-` or `.` (keeps it a DNS-1123 name).
+pub(crate) fn truncated(name: &str, max: usize) -> &str {
+    let cut = &name[..name.len().min(max)];
+    cut.trim_end_matches(['-', '.'])
+}
+
+/// The value of [`FLEET_LABEL`]: the fleet's name, or for names longer than a label value allows, a
+/// shortened name with a hash.
+pub fn fleet_label_value(fleet_name: &str) -> String {
+    if fleet_name.len() <= 63 {
+        fleet_name.to_owned()
+    } else {
+        format!(
+            "{}-{:010x}",
+            truncated(fleet_name, NAME_PREFIX_MAX),
+            stable_hash(&[fleet_name]) & 0xff_ffff_ffff
+        )
+    }
+}
 
 /// How many instance IDs a status lists as examples (dry run, failures).
 pub const SAMPLE_IDS: usize = 10;
@@ -184,7 +221,7 @@ mod tests {
 
     #[test]
     fn crd_carries_the_rules_and_columns() {
-        let yaml = crate::resource::crd_to_yaml(&ComputeFleetAction::crd()).unwrap();
+        let yaml = crate::crd::crd_to_yaml(&ComputeFleetAction::crd()).unwrap();
         for needle in [
             "- cfa",
             "subresources:",
