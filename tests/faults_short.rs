@@ -19,10 +19,16 @@ async fn short_fault_run_never_duplicates_and_always_settles() {
     opts.transition = Duration::from_millis(500);
     opts.phase = Duration::from_secs(2);
     opts.settle_deadline = Duration::from_secs(45);
+    opts.fleet_instances = 12;
+    opts.fleet_max_concurrent = 2;
     let report = run_faults(&opts).await.expect("the fault run completes");
     let json = serde_json::to_string_pretty(&report).unwrap_or_default();
     eprintln!("{json}");
     assert_eq!(report.duplicates, 0, "a one-shot ran twice for one requestId:\n{json}");
+    let fleet = report.fleet.as_ref().expect("the run had a fleet");
+    assert_eq!(fleet.duplicates, 0, "a fleet instance was restarted twice:\n{json}");
+    assert!(fleet.settled, "the fleet did not settle:\n{json}");
+    assert!(fleet.restarted_once > 0, "the fleet restarted nothing:\n{json}");
     assert_eq!(report.unresolved, 0, "objects did not settle:\n{json}");
     assert!(report.leftover_processes.is_empty(), "processes left behind:\n{json}");
     assert!(report.faults_injected.controller_kills >= 3, "{json}");

@@ -358,3 +358,103 @@ async fn a_leader_without_its_fence_creates_no_child() {
     e.wait_reason("fenced", "Ready", "Succeeded", LONG).await;
     assert_eq!(e.children("fenced").await.len(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_seen_first_by_another_objects_get_wakes_the_settled_continuous_object() {
+    let e = env("promise-drift", zone_fleet("d", "z1", 1), 200, PolicyMode::Off).await;
+    let mut holder = cia("holder", "d-00", DesiredState::Running, None);
+    holder.spec.timeout_seconds = 60;
+    create(&e.cias, &holder).await;
+    let mut watcher = cia("watcher", "d-00", DesiredState::Running, None);
+    watcher.spec.enforcement = compute_operator::crd::instance_action::Enforcement::Once;
+    create(&e.cias, &watcher).await;
+    wait_ready(&e.cias, "holder").await;
+    wait_ready(&e.cias, "watcher").await;
+    // Both settled (resync 30 s): the instance stops behind their back.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(e.sim.set_status("d-00", compute_operator::api::InstanceStatus::Stopped));
+    // The `once` object is edited, so it looks (GET) at once and sees the drift; it only reports it.
+    let t0 = Instant::now();
+    e.cias
+        .patch(
+            "watcher",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"spec": {"timeoutSeconds": 61}})),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !e.actions().iter().any(|(_, a, _)| *a == PowerAction::Start) {
+        assert!(
+            Instant::now() < deadline,
+            "the continuous holder was not woken by its peer's GET (it would wait for its 30 s resync)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("drift corrected {:?} after the peer's GET", t0.elapsed());
+    assert_eq!(e.actions().len(), 1, "one start, by the continuous holder only");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_kept_for_objects_deleted_mid_action() {
+    let e = env("promise-memory", zone_fleet("m", "z1", 100), 200, PolicyMode::Off).await;
+    // Actions never finish: every object is deleted with its action open.
+    e.sim.set_faults(Faults {
+        never_finish: true,
+        ..Faults::default()
+    });
+    let held = |e: &Env| e.controllers[0].metrics.held_object_state.get();
+    for round in 0..3 {
+        for n in 0..100 {
+            let o = cia(
+                &format!("r{round}-{n:02}"),
+                &format!("m-{n:02}"),
+                DesiredState::Restarted,
+                Some("r1"),
+            );
+            create(&e.cias, &o).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let open = e
+                .cias
+                .list(&Default::default())
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .filter(|o| o.status.as_ref().and_then(|s| s.action.as_ref()).is_some())
+                .count();
+            if open == 100 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "round {round}: only {open} of 100 acting");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Objects mid-action hold state (acceptances, held statuses): the gauge (refreshed every 15 s) shows it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while held(&e) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no state counted for 100 acting objects"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        e.cias
+            .delete_collection(&DeleteParams::default(), &Default::default())
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while held(&e) != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: {} entries kept for deleted objects",
+                held(&e)
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        while !e.cias.list(&Default::default()).await.unwrap().items.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}

@@ -17,6 +17,7 @@ use rand::{Rng as _, SeedableRng as _};
 use super::SIM_TOKEN;
 use super::controller::{ControllerSpec, local_http};
 use super::faults_drive::{Controllers, Tracked, drive};
+use super::faults_fleet;
 use super::faults_judge::{is_settled_for, judge};
 use super::faults_report::{FaultCounts, FaultsReport};
 use super::measure::process_present;
@@ -47,6 +48,9 @@ pub struct FaultsOptions {
     /// How long objects may take to settle after the last action.
     pub settle_deadline: Duration,
     pub log_level: String,
+    /// A ComputeFleetAction restarting this many more instances, rolling out through every fault (0: none).
+    pub fleet_instances: usize,
+    pub fleet_max_concurrent: u32,
 }
 
 impl FaultsOptions {
@@ -64,6 +68,8 @@ impl FaultsOptions {
             operator_binary,
             settle_deadline: Duration::from_secs(120),
             log_level: "info".into(),
+            fleet_instances: 0,
+            fleet_max_concurrent: 2,
         }
     }
 }
@@ -101,9 +107,10 @@ pub async fn run_faults(opts: &FaultsOptions) -> anyhow::Result<FaultsReport> {
     let api: Api<ComputeInstanceAction> = Api::namespaced(client.clone(), ns);
 
     let objects = opts.objects.clamp(1, opts.actions);
-    let fleet: Vec<Instance> = (0..objects)
+    let mut fleet: Vec<Instance> = (0..objects)
         .map(|i| instance(&format!("flt-{i:03}"), InstanceStatus::Running))
         .collect();
+    fleet.extend(faults_fleet::instances(opts.fleet_instances));
     let sim = Arc::new(
         sim::start(SimConfig {
             instances: 0,
@@ -174,6 +181,9 @@ pub async fn run_faults(opts: &FaultsOptions) -> anyhow::Result<FaultsReport> {
             issues: Vec::new(),
         })
         .collect();
+    if opts.fleet_instances > 0 {
+        faults_fleet::create(&client, ns, opts.fleet_max_concurrent).await?;
+    }
     let progress = Arc::new(AtomicUsize::new(0));
     let driver = tokio::spawn(drive(api.clone(), tracked, opts.actions, progress.clone(), opts.seed));
 
@@ -337,6 +347,12 @@ pub async fn run_faults(opts: &FaultsOptions) -> anyhow::Result<FaultsReport> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The fleet finishes too (its children are objects of the namespace, settled above).
+    let fleet_outcome = if opts.fleet_instances > 0 {
+        Some(faults_fleet::settle(&client, ns, deadline.max(Instant::now() + Duration::from_secs(60))).await)
+    } else {
+        None
+    };
 
     let audit = sim.audit();
     let stats = sim.stats();
@@ -361,6 +377,7 @@ pub async fn run_faults(opts: &FaultsOptions) -> anyhow::Result<FaultsReport> {
     };
 
     judge(&mut report, &tracked, &audit, &last, &logs, &ctls.kills);
+    report.fleet = fleet_outcome.map(|reason| faults_fleet::judge(opts.fleet_instances, &audit, reason));
     report.faults_injected = counts;
 
     // Tear down, then nothing may be left.
@@ -387,7 +404,10 @@ pub async fn run_faults(opts: &FaultsOptions) -> anyhow::Result<FaultsReport> {
     );
     report.leftover_processes = leftover;
     report.elapsed_s = started.elapsed().as_secs_f64();
-    report.passed = report.duplicates == 0 && report.unresolved == 0 && report.leftover_processes.is_empty();
+    report.passed = report.duplicates == 0
+        && report.unresolved == 0
+        && report.leftover_processes.is_empty()
+        && report.fleet.as_ref().is_none_or(|f| f.duplicates == 0 && f.settled);
     if report.passed {
         let _ = std::fs::remove_dir_all(&logs);
     }

@@ -80,6 +80,8 @@ pub struct FaultsReport {
     pub elapsed_s: f64,
     pub logs: String,
     pub passed: bool,
+    /// The fleet rolled out through the faults, when the run had one.
+    pub fleet: Option<super::faults_fleet::FleetFaults>,
 }
 
 impl FaultsReport {
@@ -120,6 +122,17 @@ impl FaultsReport {
                 out,
                 "  {} ({}): requestId {} executed {} times",
                 d.object, d.instance, d.request_id, d.executed
+            );
+        }
+        if let Some(f) = &r.fleet {
+            let _ = writeln!(
+                out,
+                "fleet                   {} instances: {} restarted once, {} twice or more, {} not restarted; ended {}",
+                f.instances,
+                f.restarted_once,
+                f.duplicates,
+                f.not_restarted,
+                f.final_reason.as_deref().unwrap_or("UNSETTLED")
             );
         }
         let _ = writeln!(out, "unresolved              {}", r.unresolved);

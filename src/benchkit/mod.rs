@@ -21,6 +21,7 @@
 pub mod controller;
 pub mod faults;
 pub mod faults_drive;
+pub mod faults_fleet;
 pub mod faults_judge;
 pub mod faults_report;
 pub mod limit;

@@ -48,6 +48,12 @@ struct Args {
     /// How long objects may take to settle after the last action.
     #[arg(long, default_value_t = 120)]
     settle_seconds: u64,
+    /// Instances a ComputeFleetAction restarts through the faults (0: no fleet).
+    #[arg(long, default_value_t = 50)]
+    fleet_instances: usize,
+    /// The fleet's maxConcurrent.
+    #[arg(long, default_value_t = 5)]
+    fleet_max_concurrent: u32,
     /// Controller log level.
     #[arg(long, default_value = "info")]
     controller_log_level: String,
@@ -68,6 +74,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     opts.sim_faults = !args.no_sim_faults;
     opts.settle_deadline = Duration::from_secs(args.settle_seconds);
     opts.log_level = args.controller_log_level;
+    opts.fleet_instances = args.fleet_instances;
+    opts.fleet_max_concurrent = args.fleet_max_concurrent;
     let report = benchkit::run_faults(&opts).await?;
     print!("{}", report.summary());
     if let Some(path) = &args.json {

@@ -17,13 +17,13 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use kube::ResourceExt;
-use kube::runtime::controller::{self, Controller};
+use kube::runtime::controller::Controller;
 use kube::runtime::events::Reporter;
 use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 
 use crate::api::backoff::Backoff;
 use crate::controllers::events::EventRecorder;
-use crate::controllers::runtime::{self, ErrorBackoff, Shared, StartError};
+use crate::controllers::runtime::{self, Drive, ErrorBackoff, Shared, StartError};
 use crate::crd::instance_action::ComputeInstanceAction;
 use crate::crd::selector::InstanceSelector;
 use plan::FleetSettings;
@@ -153,25 +153,22 @@ pub async fn run(
             .predicate_filter(predicates::generation, Default::default());
         // A child's status change wakes its fleet.
         let children = watcher::Config::default().labels(children::FLEET_LABEL).any_semantic();
-        Controller::for_stream(stream, reader)
+        let controller = Controller::for_stream(stream, reader)
             .owns(cias, children)
-            .reconcile_all_on(ctx.shared.gate.subscribe())
-            .with_config(controller::Config::default().concurrency(config.concurrency))
-            .graceful_shutdown_on(shutdown.clone())
-            .run(
-                |obj, ctx: Arc<Context>| {
-                    let health = ctx.config.health.clone();
-                    crate::health::counted(health.as_ref(), reconcile::reconcile(obj, ctx))
-                },
-                reconcile::error_policy,
-                ctx.clone(),
-            )
-            .for_each(|r| {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "fleet controller event");
-                }
-                futures::future::ready(())
-            })
+            .reconcile_all_on(ctx.shared.gate.subscribe());
+        let how = Drive {
+            concurrency: config.concurrency,
+            shutdown: shutdown.clone(),
+            health: config.health.clone(),
+            what: "fleet controller",
+        };
+        runtime::drive(
+            controller,
+            how,
+            reconcile::reconcile,
+            reconcile::error_policy,
+            ctx.clone(),
+        )
     });
     tracing::info!(namespaces = ?config.namespaces, "fleet controller started");
     futures::future::join_all(runs).await;

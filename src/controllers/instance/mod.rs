@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
-use kube::runtime::controller::{self, Controller};
+use kube::runtime::controller::Controller;
 use kube::runtime::events::Reporter;
 
 use crate::controllers::events::EventRecorder;
@@ -309,28 +309,18 @@ pub async fn run(
     let shutdown = shutdown.shared();
     let runs = controllers.into_iter().zip(probes).map(|(c, probe)| {
         let stopping = shutdown.clone();
-        c.with_config(controller::Config::default().concurrency(config.concurrency))
-            .graceful_shutdown_on(shutdown.clone())
-            .run(
-                |obj, ctx: Arc<Context>| {
-                    let health = ctx.metrics.health.clone();
-                    crate::health::counted(Some(&health), reconcile::reconcile(obj, ctx))
-                },
-                reconcile::error_policy,
-                ctx.clone(),
-            )
-            .for_each(|r| {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "controller event");
-                }
-                futures::future::ready(())
-            })
-            .inspect(move |()| {
-                if stopping.peek().is_none() {
-                    tracing::error!("a controller stopped without being asked to");
-                    probe.ended();
-                }
-            })
+        let how = runtime::Drive {
+            concurrency: config.concurrency,
+            shutdown: shutdown.clone(),
+            health: Some(metrics.health.clone()),
+            what: "instance controller",
+        };
+        runtime::drive(c, how, reconcile::reconcile, reconcile::error_policy, ctx.clone()).inspect(move |()| {
+            if stopping.peek().is_none() {
+                tracing::error!("a controller stopped without being asked to");
+                probe.ended();
+            }
+        })
     });
     tracing::info!(namespaces = ?config.namespaces, concurrency = config.concurrency, "controller started");
     futures::future::join_all(runs).await;

@@ -1,6 +1,7 @@
 //! The runtime the three controllers share, started once per operator: the namespace scopes, the CRD check,
 //! the gates every write passes (the lease fence and the access policy), the list budget, per-object error
 //! backoff and a bound on every Kubernetes call. Each kind adds only its planner and a thin reconciler.
+pub mod drive;
 pub mod list_budget;
 pub mod policy_gate;
 pub mod status;
@@ -16,6 +17,7 @@ use serde::de::DeserializeOwned;
 use crate::api::AdminClient;
 use crate::leader::Fence;
 use crate::metrics::Metrics;
+pub use drive::{Drive, drive};
 pub use list_budget::ListBudget;
 pub use policy_gate::PolicyGate;
 pub use status::{STALE_RETRY, Written, put_status, write_status};

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use kube::ResourceExt;
-use kube::runtime::controller::{self, Controller};
+use kube::runtime::controller::Controller;
 use kube::runtime::events::Reporter;
 
 use crate::controllers::events::EventRecorder;
@@ -19,7 +19,7 @@ use kube::runtime::reflector;
 use kube::runtime::{WatchStreamExt, watcher};
 
 use crate::api::backoff::Backoff;
-use crate::controllers::runtime::{self, ErrorBackoff, Shared, StartError};
+use crate::controllers::runtime::{self, Drive, ErrorBackoff, Shared, StartError};
 use crate::crd::fleet_action::ComputeFleetAction;
 use crate::crd::power_schedule::ComputePowerSchedule;
 pub use reconcile::Clock;
@@ -121,24 +121,20 @@ pub async fn run(
             })
             .touched_objects();
         // Child changes wake their schedule (the last event's result follows its child).
-        Controller::for_stream(stream, reader)
-            .owns(fleets, watcher::Config::default().any_semantic())
-            .with_config(controller::Config::default().concurrency(config.concurrency))
-            .graceful_shutdown_on(shutdown.clone())
-            .run(
-                |obj, ctx: Arc<Context>| {
-                    let health = ctx.config.health.clone();
-                    crate::health::counted(health.as_ref(), reconcile::reconcile(obj, ctx))
-                },
-                reconcile::error_policy,
-                ctx.clone(),
-            )
-            .for_each(|r| {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "schedule controller event");
-                }
-                futures::future::ready(())
-            })
+        let controller = Controller::for_stream(stream, reader).owns(fleets, watcher::Config::default().any_semantic());
+        let how = Drive {
+            concurrency: config.concurrency,
+            shutdown: shutdown.clone(),
+            health: config.health.clone(),
+            what: "schedule controller",
+        };
+        runtime::drive(
+            controller,
+            how,
+            reconcile::reconcile,
+            reconcile::error_policy,
+            ctx.clone(),
+        )
     });
     tracing::info!(namespaces = ?config.namespaces, "schedule controller started");
     futures::future::join_all(runs).await;

@@ -1,0 +1,58 @@
+//! Runs one configured kube-rs `Controller` the way every kind does: bounded concurrency, graceful shutdown,
+//! each reconcile counted for liveness (`/healthz`), every result drained (errors are already handled by the
+//! kind's error policy, so they are only traced here).
+
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use futures::{Future, StreamExt, TryFuture};
+use kube::Resource;
+use kube::runtime::controller::{self, Action, Controller};
+use serde::de::DeserializeOwned;
+
+use crate::health::Health;
+
+/// How one controller runs.
+pub struct Drive<S> {
+    pub concurrency: u16,
+    pub shutdown: S,
+    /// Liveness: reconciles report here when set.
+    pub health: Option<Arc<Health>>,
+    /// What the controller is, for its logs ("fleet controller").
+    pub what: &'static str,
+}
+
+/// Runs `controller` until `drive.shutdown` resolves (in-flight reconciles finish first).
+pub async fn drive<K, S, Ctx, Fut, E>(
+    controller: Controller<K>,
+    drive: Drive<S>,
+    mut reconcile: impl FnMut(Arc<K>, Arc<Ctx>) -> Fut + Send + 'static,
+    error_policy: impl Fn(Arc<K>, &E, Arc<Ctx>) -> Action + Send + Sync + 'static,
+    ctx: Arc<Ctx>,
+) where
+    K: Clone + Resource + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Debug + Unpin + Hash + Eq + Clone + Send + Sync,
+    S: Future<Output = ()> + Send + Sync + 'static,
+    Ctx: Send + Sync + 'static,
+    Fut: TryFuture<Ok = Action, Error = E> + Future<Output = Result<Action, E>> + Send + 'static,
+    E: std::error::Error + Send + 'static,
+{
+    let health = drive.health;
+    let what = drive.what;
+    controller
+        .with_config(controller::Config::default().concurrency(drive.concurrency))
+        .graceful_shutdown_on(drive.shutdown)
+        .run(
+            move |obj, ctx| crate::health::counted(health.as_ref(), reconcile(obj, ctx)),
+            error_policy,
+            ctx,
+        )
+        .for_each(|r| {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, controller = what, "controller event");
+            }
+            futures::future::ready(())
+        })
+        .await;
+}
