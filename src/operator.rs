@@ -197,8 +197,10 @@ async fn run_controllers(
     let shutdown = shutdown.shared();
     let mut fleet_config = crate::controllers::fleet::FleetConfig::following(&config);
     fleet_config.health = Some(metrics.health.clone());
+    fleet_config.metrics = metrics.clone();
     let mut schedule_config = crate::controllers::schedule::ScheduleConfig::following(&config);
     schedule_config.health = Some(metrics.health.clone());
+    schedule_config.metrics = metrics.clone();
     let instances = controller::run(
         client.clone(),
         api.clone(),

@@ -38,6 +38,8 @@ pub struct FleetConfig {
     pub dry_run: bool,
     /// Liveness (`/healthz`): the watch streams and reconciles report here when set.
     pub health: Option<Arc<crate::health::Health>>,
+    /// Where fleet series are recorded (a private registry unless the operator passes its own).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Default for FleetConfig {
@@ -49,6 +51,7 @@ impl Default for FleetConfig {
             policy_mode: crate::policy::PolicyMode::Off,
             dry_run: false,
             health: None,
+            metrics: crate::metrics::Metrics::new(),
         }
     }
 }
@@ -186,6 +189,7 @@ pub async fn run(
                 }
                 if let Ok(watcher::Event::Delete(f)) = event {
                     forget.forget_selection(&f.uid().unwrap_or_default());
+                    forget.config.metrics.forget_resource(&f.uid().unwrap_or_default());
                 }
             })
             .touched_objects()

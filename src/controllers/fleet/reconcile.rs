@@ -187,7 +187,9 @@ async fn reconcile_inner(cached: &ComputeFleetAction, ctx: &Context) -> Result<A
     let not_created = (planned.create.len() - created.len()) as u32;
     new_status.in_progress -= not_created;
     new_status.pending += not_created;
-    if write_status(&fleets, fleet, &status, new_status).await? {
+    let written = write_status(&fleets, fleet, &status, new_status.clone()).await?;
+    ctx.config.metrics.observe_fleet_status(&uid, &status, written.then_some(&new_status));
+    if written {
         publish(ctx, fleet, &planned.events).await;
     }
     if let Some(e) = create_error {

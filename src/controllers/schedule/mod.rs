@@ -42,6 +42,8 @@ pub struct ScheduleConfig {
     pub clock: Clock,
     /// Liveness (`/healthz`): the watch streams and reconciles report here when set.
     pub health: Option<Arc<crate::health::Health>>,
+    /// Where schedule series are recorded (a private registry unless the operator passes its own).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Default for ScheduleConfig {
@@ -53,6 +55,7 @@ impl Default for ScheduleConfig {
             reporter: "compute-operator".into(),
             clock: Clock::default(),
             health: None,
+            metrics: crate::metrics::Metrics::new(),
         }
     }
 }
@@ -149,12 +152,16 @@ pub async fn run(
             ))
         });
         let (reader, writer) = reflector::store();
+        let metrics = config.metrics.clone();
         let stream = watcher(schedules, watcher::Config::default().any_semantic())
             .default_backoff()
             .reflect(writer)
             .inspect(move |event| {
                 if let Some(p) = &probe {
                     p.observe(event);
+                }
+                if let Ok(watcher::Event::Delete(s)) = event {
+                    metrics.forget_resource(&kube::ResourceExt::uid(s).unwrap_or_default());
                 }
             })
             .touched_objects();
