@@ -54,7 +54,12 @@ fn dashboard_json() -> serde_json::Value {
 fn dashboard_exprs(d: &serde_json::Value) -> Vec<String> {
     let mut exprs = Vec::new();
     // Row panels only group the ones below them.
-    for panel in d["panels"].as_array().expect("panels").iter().filter(|p| p["type"] != "row") {
+    for panel in d["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .filter(|p| p["type"] != "row")
+    {
         for t in panel["targets"].as_array().expect("targets") {
             exprs.push(t["expr"].as_str().expect("expr").to_owned());
         }
@@ -199,7 +204,10 @@ fn alert_rules_pass_promtool_unit_tests() {
         .output()
         .expect("promtool check rules");
     let checked = ok(&out, "promtool check rules");
-    assert!(checked.contains(&format!("SUCCESS: {} rules found", ALERTS.len())), "{checked}");
+    assert!(
+        checked.contains(&format!("SUCCESS: {} rules found", ALERTS.len())),
+        "{checked}"
+    );
     let out = Command::new(promtool())
         .args(["test", "rules", "alerts_test.yaml"])
         .current_dir(dir.path())
@@ -338,12 +346,13 @@ async fn dashboard_and_alerts_name_only_metrics_the_controller_exports() {
         wait_ready(&objects, "start").await;
         wait_reason(&objects, "missing", "Stalled", "InstanceNotFound").await;
         // A fleet (a dry run: it only reports) so the fleet series carry its Ready reason.
-        let fleet: compute_operator::controllers::fleet::ComputeFleetAction = serde_json::from_value(serde_json::json!({
-            "apiVersion": "compute.threatwinds.com/v1alpha1", "kind": "ComputeFleetAction",
-            "metadata": {"name": "fleet-dry"},
-            "spec": {"selector": {"instanceIds": ["inst-mon00001"]}, "desiredState": "stopped", "dryRun": true}
-        }))
-        .unwrap();
+        let fleet: compute_operator::controllers::fleet::ComputeFleetAction =
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "compute.threatwinds.com/v1alpha1", "kind": "ComputeFleetAction",
+                "metadata": {"name": "fleet-dry"},
+                "spec": {"selector": {"instanceIds": ["inst-mon00001"]}, "desiredState": "stopped", "dryRun": true}
+            }))
+            .unwrap();
         Api::<compute_operator::controllers::fleet::ComputeFleetAction>::namespaced(kube.clone(), &ns)
             .create(&Default::default(), &fleet)
             .await

@@ -36,17 +36,45 @@ fn on_by_default_it_selects_the_operator_pod_and_admits_only_prometheus_to_the_m
     for (k, v) in selected {
         assert_eq!(pod_labels.get(k), Some(v), "pod lacks {k:?}");
     }
-    assert_eq!(at(np, &["spec", "policyTypes"]), Some(&yaml("[Ingress]")), "egress is off by default");
+    assert_eq!(
+        at(np, &["spec", "policyTypes"]),
+        Some(&yaml("[Ingress]")),
+        "egress is off by default"
+    );
     assert!(at(np, &["spec", "egress"]).is_none());
     let want = yaml(
         "- ports: [{protocol: TCP, port: 8080}]\n  from:\n  - namespaceSelector: {}\n    podSelector: {matchLabels: {app.kubernetes.io/name: prometheus}}",
     );
     assert_eq!(at(np, &["spec", "ingress"]), Some(&want));
     // The one port is the one the probes and /metrics use.
-    let port = at(deployment, &["spec", "template", "spec", "containers", "0", "ports", "0", "containerPort"]);
+    let port = at(
+        deployment,
+        &[
+            "spec",
+            "template",
+            "spec",
+            "containers",
+            "0",
+            "ports",
+            "0",
+            "containerPort",
+        ],
+    );
     assert_eq!(port.and_then(Value::as_u64), Some(8080));
     assert_eq!(
-        str_at(deployment, &["spec", "template", "spec", "containers", "0", "livenessProbe", "httpGet", "port"]),
+        str_at(
+            deployment,
+            &[
+                "spec",
+                "template",
+                "spec",
+                "containers",
+                "0",
+                "livenessProbe",
+                "httpGet",
+                "port"
+            ]
+        ),
         "metrics"
     );
 
@@ -120,7 +148,8 @@ fn egress_when_enabled_allows_dns_the_api_server_and_the_admin_api_only() {
     );
     assert_eq!(egress, &want);
     // Egress without the API server's addresses would cut the operator off: refused, saying what is missing.
-    let err = try_template(&["--set", "networkPolicy.egress.enabled=true"]).expect_err("rendered without apiServer.cidrs");
+    let err =
+        try_template(&["--set", "networkPolicy.egress.enabled=true"]).expect_err("rendered without apiServer.cidrs");
     assert!(err.contains("networkPolicy.egress.apiServer.cidrs"), "{err}");
 }
 
@@ -129,13 +158,22 @@ fn the_values_schema_rejects_what_would_render_a_broken_policy() {
     for (set, why) in [
         ("networkPolicy.enabled=maybe", "enabled is a boolean"),
         ("networkPolicy.allow=all", "unknown key"),
-        ("networkPolicy.ingress.from[0].namespace=monitoring", "a peer has only selectors or ipBlock"),
-        ("networkPolicy.egress.apiServer.cidrs={10.0.0.1}", "a CIDR needs its prefix length"),
+        (
+            "networkPolicy.ingress.from[0].namespace=monitoring",
+            "a peer has only selectors or ipBlock",
+        ),
+        (
+            "networkPolicy.egress.apiServer.cidrs={10.0.0.1}",
+            "a CIDR needs its prefix length",
+        ),
         ("networkPolicy.egress.adminApi.ports={70000}", "a port is at most 65535"),
         ("networkPolicy.egress.dns.namespace=", "the DNS namespace is not empty"),
     ] {
         let err = try_template(&["--set", set]).expect_err(why);
-        assert!(err.contains("schema"), "{set} ({why}) was refused for another reason: {err}");
+        assert!(
+            err.contains("schema"),
+            "{set} ({why}) was refused for another reason: {err}"
+        );
     }
     lint(&[]);
 }
@@ -190,7 +228,12 @@ fn scan(args: &[&str]) -> (BTreeSet<String>, BTreeSet<String>) {
     let ids = |which: &str| -> BTreeSet<String> {
         report["results"][which]
             .as_array()
-            .map(|checks| checks.iter().filter_map(|c| c["check_id"].as_str().map(str::to_owned)).collect())
+            .map(|checks| {
+                checks
+                    .iter()
+                    .filter_map(|c| c["check_id"].as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     (ids("failed_checks"), ids("passed_checks"))
@@ -208,11 +251,17 @@ const USER_VALUES: [(&str, &str); 4] = [
 fn checkov_on_the_default_render_fails_only_what_user_values_decide() {
     let (failed, passed) = scan(&[]);
     println!("checkov: {} passed, failed: {failed:?}", passed.len());
-    assert!(passed.contains("CKV2_K8S_6"), "no NetworkPolicy selects the operator pod (CKV2_K8S_6): {failed:?}");
+    assert!(
+        passed.contains("CKV2_K8S_6"),
+        "no NetworkPolicy selects the operator pod (CKV2_K8S_6): {failed:?}"
+    );
     assert!(passed.len() > 50, "checkov ran only {} distinct checks", passed.len());
     let allowed: BTreeSet<String> = USER_VALUES.iter().map(|(id, _)| id.to_string()).collect();
     let chart_findings: Vec<&String> = failed.difference(&allowed).collect();
-    assert!(chart_findings.is_empty(), "checkov findings the chart must fix: {chart_findings:?}");
+    assert!(
+        chart_findings.is_empty(),
+        "checkov findings the chart must fix: {chart_findings:?}"
+    );
     let readme = std::fs::read_to_string(root().join(CHART).join("README.md")).unwrap();
     for (id, what) in USER_VALUES {
         assert!(readme.contains(id), "the chart README does not explain {id} ({what})");
@@ -226,5 +275,9 @@ fn checkov_on_the_default_render_fails_only_what_user_values_decide() {
         "--set",
         "resources.limits.cpu=500m",
     ]);
-    assert_eq!(failed, BTreeSet::from(["CKV_K8S_38".to_owned()]), "with the user values set");
+    assert_eq!(
+        failed,
+        BTreeSet::from(["CKV_K8S_38".to_owned()]),
+        "with the user values set"
+    );
 }

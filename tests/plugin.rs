@@ -470,23 +470,46 @@ async fn fields_and_labels_another_manager_owns_are_left_alone_unless_forced() {
     let refused = plugin(&["stop", "inst-plug09", "-n", &ns, "--wait", "--timeout", "30s"]).await;
     assert_eq!(refused.status.code(), Some(1), "{}", stdout(&refused));
     let err = stderr(&refused);
-    assert!(err.contains("spec.desiredState (owned by \"argocd-controller\")"), "{err}");
+    assert!(
+        err.contains("spec.desiredState (owned by \"argocd-controller\")"),
+        "{err}"
+    );
     assert!(err.contains("--force"), "{err}");
     let after = api.get(name).await.unwrap();
-    assert_eq!(after.metadata.resource_version, before.metadata.resource_version, "the object changed");
+    assert_eq!(
+        after.metadata.resource_version, before.metadata.resource_version,
+        "the object changed"
+    );
     assert_eq!(after.spec.desired_state, DesiredState::Running);
-    assert!(managers_of(&after, &[]).iter().all(|m| m != "kubectl-compute"), "{:?}", after.metadata.managed_fields);
+    assert!(
+        managers_of(&after, &[]).iter().all(|m| m != "kubectl-compute"),
+        "{:?}",
+        after.metadata.managed_fields
+    );
 
     // The same value is shared, not taken; the labels stay Argo CD's alone.
     let same = plugin(&["start", "inst-plug09", "-n", &ns, "--wait", "--timeout", "30s"]).await;
     assert!(same.status.success(), "{}", stderr(&same));
     let shared = api.get(name).await.unwrap();
     let label = ["f:metadata", "f:labels", "f:app.kubernetes.io/managed-by"];
-    assert_eq!(shared.labels().get("app.kubernetes.io/managed-by").map(String::as_str), Some("Helm"));
+    assert_eq!(
+        shared.labels().get("app.kubernetes.io/managed-by").map(String::as_str),
+        Some("Helm")
+    );
     assert_eq!(managers_of(&shared, &label), ["argocd-controller"]);
 
     // --force takes the field, says so, and still leaves the labels alone.
-    let forced = plugin(&["stop", "inst-plug09", "-n", &ns, "--force", "--wait", "--timeout", "60s"]).await;
+    let forced = plugin(&[
+        "stop",
+        "inst-plug09",
+        "-n",
+        &ns,
+        "--force",
+        "--wait",
+        "--timeout",
+        "60s",
+    ])
+    .await;
     assert!(forced.status.success(), "{}", stderr(&forced));
     assert!(
         stderr(&forced).contains("--force: taking spec.desiredState (owned by \"argocd-controller\")"),
@@ -519,10 +542,20 @@ async fn fields_and_labels_another_manager_owns_are_left_alone_unless_forced() {
     let ok = plugin(&["start", "inst-plug11", "-n", &ns, "--wait", "--timeout", "60s"]).await;
     assert!(ok.status.success(), "{}", stderr(&ok));
     let not_after = serde_json::json!({"spec": {"notAfter": "2020-01-01T00:00:00Z"}});
-    api.patch("instance-inst-plug11", &pp, &Patch::Merge(not_after)).await.unwrap();
+    api.patch("instance-inst-plug11", &pp, &Patch::Merge(not_after))
+        .await
+        .unwrap();
     let expired = plugin(&["restart", "inst-plug11", "-n", &ns, "--wait", "--timeout", "60s"]).await;
     assert_eq!(expired.status.code(), Some(1), "{}", stdout(&expired));
-    assert!(stderr(&expired).contains("nothing ran, Ready/Expired"), "{}", stderr(&expired));
-    assert!(stderr(&expired).contains("spec.notAfter has passed"), "{}", stderr(&expired));
+    assert!(
+        stderr(&expired).contains("nothing ran, Ready/Expired"),
+        "{}",
+        stderr(&expired)
+    );
+    assert!(
+        stderr(&expired).contains("spec.notAfter has passed"),
+        "{}",
+        stderr(&expired)
+    );
     assert!(audit_for(&sim, "inst-plug11").is_empty(), "an expired restart was sent");
 }

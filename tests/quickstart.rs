@@ -45,9 +45,17 @@ fn quickstart_lines(readme: &str) -> Vec<String> {
 fn the_quick_start_block_is_found_and_runs_to_an_end() {
     let lines = quickstart_lines(&std::fs::read_to_string(repo().join("README.md")).unwrap());
     assert!(lines[0].starts_with("export KUBECONFIG=.dev/kubeconfig"), "{lines:?}");
-    assert!(lines.iter().any(|l| l.starts_with("kubectl wait --for=condition=Ready cia --all")), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("kubectl wait --for=condition=Ready cia --all")),
+        "{lines:?}"
+    );
     // A line that never returns (`kubectl get -w`) would hang whoever follows the README as a script.
-    assert!(lines.iter().all(|l| !l.contains(" -w") && !l.contains("--watch")), "{lines:?}");
+    assert!(
+        lines.iter().all(|l| !l.contains(" -w") && !l.contains("--watch")),
+        "{lines:?}"
+    );
 }
 
 fn on_path(tool: &str) -> bool {
@@ -101,7 +109,10 @@ async fn dev_client(kubeconfig: &Path) -> Client {
 async fn the_readme_quick_start_ends_with_every_example_ready() {
     compute_operator::api::client::install_crypto_provider();
     for tool in ["bash", "kubectl", "curl"] {
-        assert!(on_path(tool), "{tool} is not on PATH: the README's quick start needs it");
+        assert!(
+            on_path(tool),
+            "{tool} is not on PATH: the README's quick start needs it"
+        );
     }
     let lines = quickstart_lines(&std::fs::read_to_string(repo().join("README.md")).unwrap());
     // A fresh directory standing in for the clone: the examples and build script from this repo, its own .dev.
@@ -128,7 +139,11 @@ async fn the_readme_quick_start_ends_with_every_example_ready() {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     println!("{stdout}\n{stderr}\n(quick start lines took {:?})", started.elapsed());
     let dev_log = || std::fs::read_to_string(dir.path().join("dev.out")).unwrap_or_default();
-    assert!(out.status.success(), "a quick-start line failed:\n{stderr}\n--- dev output ---\n{}", dev_log());
+    assert!(
+        out.status.success(),
+        "a quick-start line failed:\n{stderr}\n--- dev output ---\n{}",
+        dev_log()
+    );
     assert!(dev.exited().is_none(), "the dev stack stopped:\n{}", dev_log());
 
     let client = dev_client(&dir.path().join(".dev/kubeconfig")).await;
@@ -156,7 +171,11 @@ async fn the_readme_quick_start_ends_with_every_example_ready() {
             not_ready.push(format!("cps/{}: {conditions:?}", o.name_any()));
         }
     }
-    assert!(not_ready.is_empty(), "not Ready after the quick start:\n{}", not_ready.join("\n"));
+    assert!(
+        not_ready.is_empty(),
+        "not Ready after the quick start:\n{}",
+        not_ready.join("\n")
+    );
     assert_eq!(schedules.len(), 3, "every schedule example applied");
 
     // The fleet restarted its three runners, once each, through children that all succeeded.
@@ -165,23 +184,35 @@ async fn the_readme_quick_start_ends_with_every_example_ready() {
         .find(|f| f.name_any() == "restart-zone-runners")
         .and_then(|f| f.status.clone())
         .expect("restart-zone-runners has a status");
-    assert_eq!((runners.selected, runners.succeeded, runners.failed), (3, 3, 0), "{runners:?}");
+    assert_eq!(
+        (runners.selected, runners.succeeded, runners.failed),
+        (3, 3, 0),
+        "{runners:?}"
+    );
     // The demo override holds its instances running through a child fleet of its own.
     assert!(
-        fleets.iter().any(|f| f.labels().get("compute.threatwinds.com/schedule").map(String::as_str) == Some("demo-week")),
+        fleets
+            .iter()
+            .any(|f| f.labels().get("compute.threatwinds.com/schedule").map(String::as_str) == Some("demo-week")),
         "demo-week created no child fleet"
     );
 
     // No fight: each demo instance got exactly what its one example asks for (the curl line printed the audit).
     let last = stdout.lines().last().unwrap_or_default();
-    let audit: serde_json::Value = serde_json::from_str(last).unwrap_or_else(|e| {
-        panic!("the README's curl line did not print the audit as JSON ({e}):\n{stdout}")
-    });
-    let entries = audit.as_array().or_else(|| audit["entries"].as_array()).cloned().unwrap_or_default();
+    let audit: serde_json::Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("the README's curl line did not print the audit as JSON ({e}):\n{stdout}"));
+    let entries = audit
+        .as_array()
+        .or_else(|| audit["entries"].as_array())
+        .cloned()
+        .unwrap_or_default();
     let mut actions: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for e in &entries {
         let id = e["instanceId"].as_str().unwrap_or_default().to_owned();
-        actions.entry(id).or_default().push(e["action"].as_str().unwrap_or_default().to_owned());
+        actions
+            .entry(id)
+            .or_default()
+            .push(e["action"].as_str().unwrap_or_default().to_owned());
     }
     let want: std::collections::BTreeMap<String, Vec<String>> = [
         ("inst-demo0001", "stop"),

@@ -100,14 +100,21 @@ impl KindMetrics {
             this.fleet_children.get_or_create(&outcome_label(outcome)).set(0);
         }
         for result in ["on_time", "caught_up", "skipped", "failed"] {
-            let _ = this.schedule_events.get_or_create(&ResultLabel { result: result.into() });
+            let _ = this
+                .schedule_events
+                .get_or_create(&ResultLabel { result: result.into() });
         }
         this
     }
 
     /// One fleet reconcile: `after` is the status just written, `None` when nothing was written (then `before`
     /// is what the object holds). Counters move only on a written transition, so a retry never counts twice.
-    pub fn observe_fleet(&self, uid: &str, before: &ComputeFleetActionStatus, after: Option<&ComputeFleetActionStatus>) {
+    pub fn observe_fleet(
+        &self,
+        uid: &str,
+        before: &ComputeFleetActionStatus,
+        after: Option<&ComputeFleetActionStatus>,
+    ) {
         let now = after.unwrap_or(before);
         self.replace(
             uid,
@@ -116,7 +123,10 @@ impl KindMetrics {
                 children: children_of(now),
             },
         );
-        if after.is_some() && stalled_for(&now.conditions, BUDGET_EXCEEDED) && !stalled_for(&before.conditions, BUDGET_EXCEEDED) {
+        if after.is_some()
+            && stalled_for(&now.conditions, BUDGET_EXCEEDED)
+            && !stalled_for(&before.conditions, BUDGET_EXCEEDED)
+        {
             self.budget_stops.inc();
         }
     }
@@ -175,7 +185,9 @@ impl KindMetrics {
             self.by_condition.get_or_create(label).inc_by(sign);
         }
         for (outcome, n) in OUTCOMES.iter().zip(entry.children) {
-            self.fleet_children.get_or_create(&outcome_label(outcome)).inc_by(sign * n);
+            self.fleet_children
+                .get_or_create(&outcome_label(outcome))
+                .inc_by(sign * n);
         }
     }
 
@@ -185,7 +197,9 @@ impl KindMetrics {
 }
 
 fn outcome_label(outcome: &str) -> OutcomeLabel {
-    OutcomeLabel { outcome: outcome.into() }
+    OutcomeLabel {
+        outcome: outcome.into(),
+    }
 }
 
 fn true_conditions(kind: &str, conditions: &[Condition]) -> Vec<KindConditionLabels> {
@@ -273,20 +287,50 @@ mod tests {
     fn schedule_events_by_result() {
         use EventResult::*;
         let started = event(0, InProgress, Some("c1"));
-        let cases: Vec<(Option<LastEvent>, Option<LastEvent>, i64, Vec<(&str, Option<f64>)>)> = vec![
+        type Case = (
+            Option<LastEvent>,
+            Option<LastEvent>,
+            i64,
+            Vec<(&'static str, Option<f64>)>,
+        );
+        let cases: Vec<Case> = vec![
             (None, None, 5, vec![]),
             (None, Some(started.clone()), 2, vec![("on_time", Some(2.0))]),
             (None, Some(started.clone()), 600, vec![("caught_up", Some(600.0))]),
-            (None, Some(event(0, Skipped, None)), 7200, vec![("skipped", Some(7200.0))]),
+            (
+                None,
+                Some(event(0, Skipped, None)),
+                7200,
+                vec![("skipped", Some(7200.0))],
+            ),
             // The same event moving on is not a new one; its failure counts once.
             (Some(started.clone()), Some(event(0, Succeeded, Some("c1"))), 30, vec![]),
-            (Some(started.clone()), Some(event(0, Failed, Some("c1"))), 30, vec![("failed", None)]),
-            (Some(event(0, Failed, Some("c1"))), Some(event(0, Failed, Some("c1"))), 40, vec![]),
+            (
+                Some(started.clone()),
+                Some(event(0, Failed, Some("c1"))),
+                30,
+                vec![("failed", None)],
+            ),
+            (
+                Some(event(0, Failed, Some("c1"))),
+                Some(event(0, Failed, Some("c1"))),
+                40,
+                vec![],
+            ),
             // A new event whose child is already failed (re-created under the same name) counts both.
-            (Some(started.clone()), Some(event(3600, Failed, Some("c2"))), 3601, vec![("on_time", Some(1.0)), ("failed", None)]),
+            (
+                Some(started.clone()),
+                Some(event(3600, Failed, Some("c2"))),
+                3601,
+                vec![("on_time", Some(1.0)), ("failed", None)],
+            ),
         ];
         for (before, after, at, want) in cases {
-            assert_eq!(schedule_events(before.as_ref(), after.as_ref(), t(at)), want, "{before:?} -> {after:?}");
+            assert_eq!(
+                schedule_events(before.as_ref(), after.as_ref(), t(at)),
+                want,
+                "{before:?} -> {after:?}"
+            );
         }
     }
 
@@ -308,23 +352,45 @@ mod tests {
         let stopped = ComputeFleetActionStatus {
             failed: 3,
             succeeded: 2,
-            conditions: vec![cond(READY, "False", BUDGET_EXCEEDED), cond(STALLED, "True", BUDGET_EXCEEDED)],
+            conditions: vec![
+                cond(READY, "False", BUDGET_EXCEEDED),
+                cond(STALLED, "True", BUDGET_EXCEEDED),
+            ],
             ..Default::default()
         };
         let stalled = r#"compute_operator_resources_by_condition{kind="ComputeFleetAction",condition="Stalled",reason="FailureBudgetExceeded"}"#;
         m.observe_fleet_status("a", &ComputeFleetActionStatus::default(), Some(&rolling));
         m.observe_fleet_status("b", &ComputeFleetActionStatus::default(), Some(&rolling));
-        assert_eq!(scrape(&m, r#"compute_operator_fleet_children{outcome="in_progress"}"#), Some(4.0));
+        assert_eq!(
+            scrape(&m, r#"compute_operator_fleet_children{outcome="in_progress"}"#),
+            Some(4.0)
+        );
         m.observe_fleet_status("a", &rolling, Some(&stopped));
         // Observed again without a write (a resync): gauges unchanged, no second stop counted.
         m.observe_fleet_status("a", &stopped, None);
-        assert_eq!(scrape(&m, r#"compute_operator_fleet_children{outcome="in_progress"}"#), Some(2.0));
-        assert_eq!(scrape(&m, r#"compute_operator_fleet_children{outcome="failed"}"#), Some(3.0));
-        assert_eq!(scrape(&m, "compute_operator_fleet_failure_budget_stops_total"), Some(1.0));
+        assert_eq!(
+            scrape(&m, r#"compute_operator_fleet_children{outcome="in_progress"}"#),
+            Some(2.0)
+        );
+        assert_eq!(
+            scrape(&m, r#"compute_operator_fleet_children{outcome="failed"}"#),
+            Some(3.0)
+        );
+        assert_eq!(
+            scrape(&m, "compute_operator_fleet_failure_budget_stops_total"),
+            Some(1.0)
+        );
         assert_eq!(scrape(&m, stalled), Some(1.0));
         m.forget_resource("a");
-        assert_eq!(scrape(&m, stalled), Some(0.0), "a deleted fleet reads 0, the series stays");
-        assert_eq!(scrape(&m, r#"compute_operator_fleet_children{outcome="failed"}"#), Some(0.0));
+        assert_eq!(
+            scrape(&m, stalled),
+            Some(0.0),
+            "a deleted fleet reads 0, the series stays"
+        );
+        assert_eq!(
+            scrape(&m, r#"compute_operator_fleet_children{outcome="failed"}"#),
+            Some(0.0)
+        );
     }
 
     #[test]
@@ -345,9 +411,15 @@ mod tests {
             ..Default::default()
         };
         m.observe_schedule_status("s", &ComputePowerScheduleStatus::default(), Some(&waiting), t(7200));
-        assert_eq!(scrape(&m, r#"compute_operator_schedule_events_total{result="skipped"}"#), Some(1.0));
         assert_eq!(
-            scrape(&m, r#"compute_operator_resources_by_condition{kind="ComputePowerSchedule",condition="Ready",reason="Waiting"}"#),
+            scrape(&m, r#"compute_operator_schedule_events_total{result="skipped"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            scrape(
+                &m,
+                r#"compute_operator_resources_by_condition{kind="ComputePowerSchedule",condition="Ready",reason="Waiting"}"#
+            ),
             Some(1.0)
         );
     }

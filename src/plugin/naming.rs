@@ -169,7 +169,10 @@ mod tests {
         assert_eq!(b["kind"], "ComputeInstanceAction");
         let b = apply_body("instance-i-1", "ns", "i-1", Verb::Stop, Some("r1"), false);
         assert_eq!(b["spec"], json!({"instanceId": "i-1", "desiredState": "stopped"}));
-        assert!(b["metadata"].get("labels").is_none(), "no label: managed-by belongs to Helm/Argo CD");
+        assert!(
+            b["metadata"].get("labels").is_none(),
+            "no label: managed-by belongs to Helm/Argo CD"
+        );
         let table = [
             (Verb::Restart, "restarted"),
             (Verb::Reset, "reset"),

@@ -28,8 +28,12 @@ pub fn conflicts(message: &str) -> Vec<Owned> {
         }
         for part in line.split("conflict").skip(1) {
             let part = part.strip_prefix('s').unwrap_or(part);
-            let Some(rest) = part.strip_prefix(" with \"") else { continue };
-            let Some((name, tail)) = rest.split_once('"') else { continue };
+            let Some(rest) = part.strip_prefix(" with \"") else {
+                continue;
+            };
+            let Some((name, tail)) = rest.split_once('"') else {
+                continue;
+            };
             manager = Some(name.to_owned());
             if let Some(f) = tail.rsplit_once(": ").and_then(|(_, f)| field_name(f)) {
                 out.push(Owned {

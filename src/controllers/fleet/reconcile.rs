@@ -188,7 +188,9 @@ async fn reconcile_inner(cached: &ComputeFleetAction, ctx: &Context) -> Result<A
     new_status.in_progress -= not_created;
     new_status.pending += not_created;
     let written = write_status(&fleets, fleet, &status, new_status.clone()).await?;
-    ctx.config.metrics.observe_fleet_status(&uid, &status, written.then_some(&new_status));
+    ctx.config
+        .metrics
+        .observe_fleet_status(&uid, &status, written.then_some(&new_status));
     if written {
         publish(ctx, fleet, &planned.events).await;
     }
