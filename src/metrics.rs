@@ -18,6 +18,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
+pub mod kinds;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: String,
@@ -83,6 +85,8 @@ pub struct Metrics {
     pub view_round_requests: Gauge,
     /// 1 while view rounds do not fit the budget in one resync interval and are stretched.
     pub view_round_stretched: Gauge,
+    /// Fleet and schedule series (see [`kinds`]).
+    kinds: kinds::KindMetrics,
     /// Heartbeats behind `/healthz`.
     pub health: Arc<crate::health::Health>,
     /// Condition series set before, so that one that disappears is set to 0 rather than left stale.
@@ -186,6 +190,7 @@ impl Metrics {
             "1 while refresh rounds of the instance view exceed their budget and take longer than the resync interval",
             view_round_stretched.clone(),
         );
+        let kinds = kinds::KindMetrics::register(&mut registry);
         registry.register(
             "build",
             "Build information",
@@ -209,6 +214,7 @@ impl Metrics {
             held_object_state,
             view_round_requests,
             view_round_stretched,
+            kinds,
             health: Arc::default(),
             condition_series: Default::default(),
             watching: AtomicBool::new(false),
@@ -239,6 +245,32 @@ impl Metrics {
                 result: result.into(),
             })
             .inc();
+    }
+
+    /// After a fleet reconcile: `after` is the status it wrote, `None` when it wrote none (`before` stands).
+    pub fn observe_fleet_status(
+        &self,
+        uid: &str,
+        before: &crate::controllers::fleet::ComputeFleetActionStatus,
+        after: Option<&crate::controllers::fleet::ComputeFleetActionStatus>,
+    ) {
+        self.kinds.observe_fleet(uid, before, after);
+    }
+
+    /// After a schedule reconcile, as [`Self::observe_fleet_status`]; `now` is the schedule controller's clock.
+    pub fn observe_schedule_status(
+        &self,
+        uid: &str,
+        before: &crate::crd::power_schedule::ComputePowerScheduleStatus,
+        after: Option<&crate::crd::power_schedule::ComputePowerScheduleStatus>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) {
+        self.kinds.observe_schedule(uid, before, after, now);
+    }
+
+    /// A fleet or schedule was deleted: it no longer counts in the gauges.
+    pub fn forget_resource(&self, uid: &str) {
+        self.kinds.forget(uid);
     }
 
     /// Replaces the condition gauges: `counts` by (condition, reason), `stalled_oldest` in seconds by reason.

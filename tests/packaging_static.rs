@@ -747,6 +747,7 @@ fn helm_template_defaults_are_cluster_scoped_restricted_and_recreate() {
         "ClusterRoleBinding",
         "Service",
         "Deployment",
+        "NetworkPolicy",
     ]
     .into_iter()
     .collect();

@@ -13,7 +13,8 @@ use compute_operator::crd::instance_action::{ComputeInstanceAction, DesiredState
 use compute_operator::sim::{SimConfig, SimServer};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::ResourceExt;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use support::*;
 
 const TOKEN: &str = "dev-admin-token";
@@ -428,4 +429,133 @@ async fn schedule_status_and_an_override_that_is_set_and_cleared() {
         api.get("office").await.unwrap().spec.power_override.is_none(),
         "override removed"
     );
+}
+
+/// Who manages `field` (a `managedFields` path like `f:spec` / `f:desiredState`) on the object.
+fn managers_of(o: &ComputeInstanceAction, path: &[&str]) -> Vec<String> {
+    o.metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| {
+            let fields = m.fields_v1.as_ref().map(|f| &f.0).unwrap_or(&serde_json::Value::Null);
+            path.iter().try_fold(fields, |v, k| v.get(*k)).is_some()
+        })
+        .filter_map(|m| m.manager.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_and_labels_another_manager_owns_are_left_alone_unless_forced() {
+    let (client, ns, sim) = setup("plugin-owners", Duration::from_millis(300)).await;
+    add_instance(&sim, "inst-plug09", InstanceStatus::Running);
+    add_instance(&sim, "inst-plug10", InstanceStatus::Running);
+    add_instance(&sim, "inst-plug11", InstanceStatus::Running);
+    let _ctl = start_controller(&sim, TOKEN, test_controller_config(&ns)).await;
+    let api: Api<ComputeInstanceAction> = Api::namespaced(client.clone(), &ns);
+    let name = "instance-inst-plug09";
+    // What Argo CD would sync from Git: its own field manager, the managed-by label of the chart that made it.
+    let gitops = serde_json::json!({
+        "apiVersion": "compute.threatwinds.com/v1alpha1",
+        "kind": "ComputeInstanceAction",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "Helm", "team": "a"}},
+        "spec": {"instanceId": "inst-plug09", "desiredState": "running", "timeoutSeconds": 600},
+    });
+    api.patch(name, &PatchParams::apply("argocd-controller"), &Patch::Apply(&gitops))
+        .await
+        .expect("apply as argocd-controller");
+    let before = wait_ready(&api, name).await;
+
+    // A different desiredState than the one Argo CD owns: refused, named, and nothing written.
+    let refused = plugin(&["stop", "inst-plug09", "-n", &ns, "--wait", "--timeout", "30s"]).await;
+    assert_eq!(refused.status.code(), Some(1), "{}", stdout(&refused));
+    let err = stderr(&refused);
+    assert!(
+        err.contains("spec.desiredState (owned by \"argocd-controller\")"),
+        "{err}"
+    );
+    assert!(err.contains("--force"), "{err}");
+    let after = api.get(name).await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version, before.metadata.resource_version,
+        "the object changed"
+    );
+    assert_eq!(after.spec.desired_state, DesiredState::Running);
+    assert!(
+        managers_of(&after, &[]).iter().all(|m| m != "kubectl-compute"),
+        "{:?}",
+        after.metadata.managed_fields
+    );
+
+    // The same value is shared, not taken; the labels stay Argo CD's alone.
+    let same = plugin(&["start", "inst-plug09", "-n", &ns, "--wait", "--timeout", "30s"]).await;
+    assert!(same.status.success(), "{}", stderr(&same));
+    let shared = api.get(name).await.unwrap();
+    let label = ["f:metadata", "f:labels", "f:app.kubernetes.io/managed-by"];
+    assert_eq!(
+        shared.labels().get("app.kubernetes.io/managed-by").map(String::as_str),
+        Some("Helm")
+    );
+    assert_eq!(managers_of(&shared, &label), ["argocd-controller"]);
+
+    // --force takes the field, says so, and still leaves the labels alone.
+    let forced = plugin(&[
+        "stop",
+        "inst-plug09",
+        "-n",
+        &ns,
+        "--force",
+        "--wait",
+        "--timeout",
+        "60s",
+    ])
+    .await;
+    assert!(forced.status.success(), "{}", stderr(&forced));
+    assert!(
+        stderr(&forced).contains("--force: taking spec.desiredState (owned by \"argocd-controller\")"),
+        "{}",
+        stderr(&forced)
+    );
+    let taken = api.get(name).await.unwrap();
+    assert_eq!(taken.spec.desired_state, DesiredState::Stopped);
+    assert_eq!(taken.labels().get("team").map(String::as_str), Some("a"));
+    assert_eq!(managers_of(&taken, &label), ["argocd-controller"]);
+    assert_eq!(managers_of(&taken, &["f:spec", "f:desiredState"]), ["kubectl-compute"]);
+    assert_eq!(audit_for(&sim, "inst-plug09"), ["stop"]);
+
+    // --wait fails when nothing ran: a dry run the command did not ask for (spec.dryRun set by another tool),
+    // and a one-shot past its notAfter.
+    let other = "instance-inst-plug10";
+    let ok = plugin(&["stop", "inst-plug10", "-n", &ns, "--wait", "--timeout", "60s"]).await;
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let pp = PatchParams {
+        field_manager: Some("helm".into()),
+        ..Default::default()
+    };
+    api.patch(other, &pp, &Patch::Merge(serde_json::json!({"spec": {"dryRun": true}})))
+        .await
+        .unwrap();
+    let dry = plugin(&["start", "inst-plug10", "-n", &ns, "--wait", "--timeout", "60s"]).await;
+    assert_eq!(dry.status.code(), Some(1), "{}", stdout(&dry));
+    assert!(stderr(&dry).contains("nothing ran, Ready/DryRun"), "{}", stderr(&dry));
+    assert_eq!(audit_for(&sim, "inst-plug10"), ["stop"], "the dry run sent nothing");
+    let ok = plugin(&["start", "inst-plug11", "-n", &ns, "--wait", "--timeout", "60s"]).await;
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let not_after = serde_json::json!({"spec": {"notAfter": "2020-01-01T00:00:00Z"}});
+    api.patch("instance-inst-plug11", &pp, &Patch::Merge(not_after))
+        .await
+        .unwrap();
+    let expired = plugin(&["restart", "inst-plug11", "-n", &ns, "--wait", "--timeout", "60s"]).await;
+    assert_eq!(expired.status.code(), Some(1), "{}", stdout(&expired));
+    assert!(
+        stderr(&expired).contains("nothing ran, Ready/Expired"),
+        "{}",
+        stderr(&expired)
+    );
+    assert!(
+        stderr(&expired).contains("spec.notAfter has passed"),
+        "{}",
+        stderr(&expired)
+    );
+    assert!(audit_for(&sim, "inst-plug11").is_empty(), "an expired restart was sent");
 }

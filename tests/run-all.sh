@@ -12,8 +12,13 @@ missing=()
 command -v lua5.4 >/dev/null || missing+=(lua5.4)
 # promtool (tests/monitoring.rs: `promtool test rules` on the chart's alerts) ships in Debian's prometheus.
 command -v promtool >/dev/null || missing+=(prometheus)
+# tests/quickstart.rs runs the README's quick start, whose last line is a curl.
+command -v curl >/dev/null || missing+=(curl)
 # deploy/image/build.sh (tests/image.rs) puts the system CA bundle into the image.
 [[ -f /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
+# checkov (tests/packaging_network.rs scans the chart's default render) comes from PyPI into a venv; Debian's
+# python3-venv provides the venv module's pip.
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 command -v go >/dev/null || { echo "Go is required to build kube-apiserver and etcd (go >= 1.25)" >&2; exit 1; }
 command -v cargo >/dev/null || { echo "Rust (cargo) is required" >&2; exit 1; }
 if ((${#missing[@]})); then
@@ -21,6 +26,18 @@ if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]]; then apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
   else sudo apt-get update -qq && sudo apt-get install -y -qq "${missing[@]}" >/dev/null; fi
 fi
+
+# One venv per checkov version, next to the control-plane binaries; `.installed` marks a finished install.
+CHECKOV_VERSION=3.3.30
+checkov_dir="$(bash tests/controlplane/build.sh --print-dir)/checkov-$CHECKOV_VERSION"
+if [[ ! -f "$checkov_dir/.installed" ]]; then
+  echo "installing checkov $CHECKOV_VERSION from PyPI into $checkov_dir"
+  rm -rf "$checkov_dir"
+  python3 -m venv "$checkov_dir"
+  "$checkov_dir/bin/pip" install --quiet --disable-pip-version-check "checkov==$CHECKOV_VERSION"
+  touch "$checkov_dir/.installed"
+fi
+export CHECKOV_BIN="$checkov_dir/bin/checkov"
 
 step "control-plane binaries (cached in $(bash tests/controlplane/build.sh --print-dir))"
 bash tests/controlplane/build.sh all

@@ -33,26 +33,46 @@ pub struct DevArgs {
     pub metrics_addr: std::net::SocketAddr,
 }
 
-/// Demo instances the examples in deploy/examples/ refer to.
+/// Demo instances the examples in deploy/examples/ refer to, so that no two examples act on the same instance
+/// (apart from the two that both keep inst-demo0002 running, which agree): the instance actions use 0001-0004;
+/// `restart-zone-runners` selects 0005-0007 (template `ubuntu-22-runner`, which the generated instances never
+/// use); `office-hours` 0008-0009 (template `ubuntu-22-desktop`); `stop-nightly` 0010-0011; `demo-week`
+/// 0012-0013. `stop-customer-fleet` is a dry run over the demo customer (all of them) and changes nothing.
 pub fn demo_instances() -> Vec<Instance> {
-    let demo = |n: u32, status: InstanceStatus| Instance {
+    let demo = |n: u32, status: InstanceStatus, zone: &str, template: &str| Instance {
         id: format!("inst-demo{n:04}"),
         user_id: "5f35d2c4-5633-4b16-bbf0-5ca22ef8ea2e".into(),
         customer_id: "a1b2c3d4-5633-4b16-bbf0-5ca22ef8ea2e".into(),
         name: format!("demo-{n}"),
-        zone: "us-central1-a".into(),
+        zone: zone.into(),
         machine_type: "n2-standard-4".into(),
         external_ip: format!("203.0.113.{n}"),
         internal_ip: format!("10.128.0.{n}"),
         status,
-        template_id: "ubuntu-22-standard".into(),
+        template_id: template.into(),
         created_at: "2026-03-14T15:02:17Z".into(),
     };
+    use InstanceStatus::{Running, Stopped};
+    let (zone, standard, runner, desktop) = (
+        "us-central1-a",
+        "ubuntu-22-standard",
+        "ubuntu-22-runner",
+        "ubuntu-22-desktop",
+    );
     vec![
-        demo(1, InstanceStatus::Running),
-        demo(2, InstanceStatus::Stopped),
-        demo(3, InstanceStatus::Running),
-        demo(4, InstanceStatus::Running),
+        demo(1, Running, zone, standard),
+        demo(2, Stopped, zone, standard),
+        demo(3, Running, zone, standard),
+        demo(4, Running, zone, standard),
+        demo(5, Running, zone, runner),
+        demo(6, Running, zone, runner),
+        demo(7, Running, zone, runner),
+        demo(8, Running, "europe-west1-b", desktop),
+        demo(9, Stopped, "europe-west1-b", desktop),
+        demo(10, Running, zone, standard),
+        demo(11, Running, zone, standard),
+        demo(12, Stopped, zone, standard),
+        demo(13, Running, zone, standard),
     ]
 }
 
@@ -88,7 +108,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     let kc = kubeconfig.display();
     println!(
-        "\ncompute-operator dev stack is up.\n  kubeconfig:   {kc}\n  admin API:    {api_url}{}\n\nTry:\n  export KUBECONFIG={kc}\n  kubectl apply -f deploy/examples/\n  kubectl get cia -w\n  kubectl wait --for=condition=Ready cia --all --timeout=60s\n  curl -s {}/_sim/audit   # every action the simulator accepted\n\nCtrl-C stops everything.\n",
+        "\ncompute-operator dev stack is up.\n  kubeconfig:   {kc}\n  admin API:    {api_url}{}\n\nTry:\n  export KUBECONFIG={kc}\n  kubectl apply -f deploy/examples/\n  kubectl wait --for=condition=Ready cia --all --timeout=60s\n  kubectl wait --for=condition=Ready cfa,cps --all --timeout=60s\n  kubectl get cia,cfa,cps\n  curl -s {}/_sim/audit   # every action the simulator accepted\n\nCtrl-C stops everything.\n",
         if simulator.is_some() { " (simulator)" } else { "" },
         simulator
             .as_ref()

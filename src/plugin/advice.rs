@@ -119,6 +119,17 @@ pub fn stalled(reason: &str, desired: DesiredState, name: &str, namespace: &str)
                 .to_owned()
         }
         "InstanceDeleting" => "the instance is being deleted; nothing to do".to_owned(),
+        "Expired" => format!(
+            "spec.notAfter has passed, so the operator never sends it: set a later spec.notAfter or remove it \
+             (kubectl -n {namespace} edit cia {name}), then run the command again"
+        ),
+        "AlreadyRun" => "this requestId ran before and never runs twice: run the command again for a new one; if \
+                         another tool sets spec.requestId, change it there"
+            .to_owned(),
+        "DryRun" => format!(
+            "nothing was sent: spec.dryRun is true on cia {name} (set by another tool?) or the operator runs with \
+             --dry-run; remove spec.dryRun where it is managed, or ask the operator's administrator"
+        ),
         _ => format!("see kubectl -n {namespace} describe cia {name}"),
     }
 }
@@ -202,6 +213,9 @@ mod tests {
             ("RateLimited", "--max-one-shots"),
             ("InstanceNotFound", "check the instance id"),
             ("Forbidden", "admin API credentials"),
+            ("Expired", "spec.notAfter has passed"),
+            ("AlreadyRun", "new one"),
+            ("DryRun", "nothing was sent"),
             ("SomethingNew", "describe cia instance-i-1"),
         ];
         for (reason, want) in table {

@@ -14,6 +14,7 @@ use kube::{Client, ResourceExt};
 use super::advice::{self, Refusal};
 use super::cli_fleets::{self, FleetCommand, ScheduleCommand};
 use super::naming::{self, Verb};
+use super::ownership;
 use super::progress::{Outcome, Target, Tracker};
 use super::{FIELD_MANAGER, report};
 use crate::crd::instance_action::ComputeInstanceAction;
@@ -73,6 +74,10 @@ struct ActionArgs {
     /// Ask the operator to report what it would do without calling the admin API (sets spec.dryRun).
     #[arg(long)]
     dry_run: bool,
+    /// Take spec.desiredState/spec.requestId/spec.dryRun even when another tool (Helm, Argo CD, Flux) manages
+    /// them; without it the command refuses and names the owner.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -190,9 +195,25 @@ async fn act(verb: Verb, args: ActionArgs) -> Result<(), Failure> {
     let desired = verb.desired_state();
     let request_id = (!desired.is_level()).then(|| naming::request_id(Utc::now()));
     let body = naming::apply_body(&name, &ns, &args.instance, verb, request_id.as_deref(), args.dry_run);
-    // Server-side apply, forced: the plugin is the person's hand, like `kubectl apply --force-conflicts`.
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    let applied = call(api.patch(&name, &params, &Patch::Apply(&body)), "patch", &ns).await?;
+    // Server-side apply of the plugin's own fields, never forced unless asked: a field another manager owns is a
+    // refusal that names it (like `kubectl apply --server-side` without `--force-conflicts`).
+    let params = PatchParams::apply(FIELD_MANAGER);
+    let first = tokio::time::timeout(CALL_TIMEOUT, api.patch(&name, &params, &Patch::Apply(&body)))
+        .await
+        .map_err(|_| Failure::new(advice::unreachable("no answer to the apply")))?;
+    let applied = match first {
+        Err(kube::Error::Api(s)) if s.code == 409 && !ownership::conflicts(&s.message).is_empty() => {
+            let owned = ownership::conflicts(&s.message);
+            if !args.force {
+                return Err(Failure::new(ownership::refusal(&owned, &name, &ns)));
+            }
+            eprintln!("{}", ownership::taking(&owned));
+            let forced = params.force();
+            call(api.patch(&name, &forced, &Patch::Apply(&body)), "patch", &ns).await?
+        }
+        Err(e) => return Err(Failure::new(explain(&e, "patch", &ns))),
+        Ok(applied) => applied,
+    };
     let rid = request_id
         .as_deref()
         .map(|r| format!(", requestId {r}"))
@@ -226,6 +247,7 @@ async fn follow(
 ) -> Result<(), Failure> {
     let generation = target.generation;
     let desired = target.desired;
+    let dry_run_asked = target.dry_run;
     let mut tracker = Tracker::new(target);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut stream = watcher(api.clone(), config).applied_objects().boxed();
@@ -272,7 +294,11 @@ async fn follow(
             None => {}
             Some(Outcome::Done(_)) => return Ok(()),
             Some(Outcome::Failed { reason, message }) => {
-                let kind = if reason == "Suspended" { "Suspended" } else { "Stalled" };
+                let kind = match reason.as_str() {
+                    "Suspended" => "Suspended",
+                    r if super::progress::nothing_ran(r, dry_run_asked) => "nothing ran, Ready",
+                    _ => "Stalled",
+                };
                 let next = advice::stalled(&reason, desired, &object.name_any(), ns);
                 return Err(Failure::new(format!(
                     "failed: {kind}/{reason}: {message}\n  next: {next}"

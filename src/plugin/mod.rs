@@ -9,6 +9,7 @@ pub mod cli;
 mod cli_fleets;
 pub mod fleet_report;
 pub mod naming;
+pub mod ownership;
 pub mod progress;
 pub mod report;
 

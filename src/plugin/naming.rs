@@ -77,8 +77,9 @@ pub fn request_id(now: DateTime<Utc>) -> String {
 }
 
 /// The server-side-apply body. Only the fields the plugin decides are in it, so `timeoutSeconds`,
-/// `enforcement` and `suspend` set by someone else stay; `requestId` is left out for levels (a previous
-/// one-shot's value is then dropped, as the plugin owned it).
+/// `enforcement`, `suspend` and every label set by someone else stay, and it sets no label of its own (a
+/// `app.kubernetes.io/managed-by` of its own would take the field from Helm or Argo CD); `requestId` is left out
+/// for levels and `dryRun` unless asked for (a previous value the plugin owned is then dropped).
 pub fn apply_body(
     name: &str,
     namespace: &str,
@@ -90,8 +91,10 @@ pub fn apply_body(
     let mut spec = json!({
         "instanceId": instance_id,
         "desiredState": verb.desired_state().as_str(),
-        "dryRun": dry_run,
     });
+    if dry_run {
+        spec["dryRun"] = json!(true);
+    }
     if let (Some(rid), false) = (request_id, verb.desired_state().is_level()) {
         spec["requestId"] = json!(rid);
     }
@@ -101,7 +104,6 @@ pub fn apply_body(
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": {"app.kubernetes.io/managed-by": super::FIELD_MANAGER},
         },
         "spec": spec,
     })
@@ -166,9 +168,10 @@ mod tests {
         assert_eq!(b["metadata"]["namespace"], "ns");
         assert_eq!(b["kind"], "ComputeInstanceAction");
         let b = apply_body("instance-i-1", "ns", "i-1", Verb::Stop, Some("r1"), false);
-        assert_eq!(
-            b["spec"],
-            json!({"instanceId": "i-1", "desiredState": "stopped", "dryRun": false})
+        assert_eq!(b["spec"], json!({"instanceId": "i-1", "desiredState": "stopped"}));
+        assert!(
+            b["metadata"].get("labels").is_none(),
+            "no label: managed-by belongs to Helm/Argo CD"
         );
         let table = [
             (Verb::Restart, "restarted"),

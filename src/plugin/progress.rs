@@ -34,6 +34,13 @@ pub struct Tracker {
 /// Reasons whose progress the milestones already tell; other reasons are printed as notes when they change.
 const MILESTONE_REASONS: [&str; 2] = ["ActionRequested", "ActionAccepted"];
 
+/// Settled reasons under which nothing was sent: `Expired` (past `notAfter`), `AlreadyRun` (that requestId ran
+/// before), and `DryRun` when the command did not ask for one (spec.dryRun set by someone else, or the operator's
+/// `--dry-run`). `--wait` reports them as failures: the person asked for an action and none happened.
+pub fn nothing_ran(reason: &str, asked_dry_run: bool) -> bool {
+    matches!(reason, "Expired" | "AlreadyRun") || (reason == "DryRun" && !asked_dry_run)
+}
+
 impl Tracker {
     pub fn new(target: Target) -> Self {
         Self {
@@ -86,7 +93,7 @@ impl Tracker {
         };
         if let Some(ready) = condition("Ready") {
             // Settled on purpose, but nothing happens until someone sets spec.suspend back to false.
-            if ready.reason == "Suspended" {
+            if ready.reason == "Suspended" || nothing_ran(&ready.reason, self.target.dry_run) {
                 return (lines, Some(failed(&ready.reason, &ready.message)));
             }
             lines.push(format!("done: {}", ready.message));
@@ -101,6 +108,7 @@ impl Tracker {
                     lines.push(format!("done: {}", busy.message));
                     return (lines, Some(Outcome::Done(busy.message.clone())));
                 }
+                "DryRun" => return (lines, Some(failed(&busy.reason, &busy.message))),
                 // Nothing happens until someone sets spec.suspend back to false: waiting would only time out.
                 "Suspended" => return (lines, Some(failed(&busy.reason, &busy.message))),
                 reason if MILESTONE_REASONS.contains(&reason) => {}
@@ -286,7 +294,7 @@ mod tests {
     #[test]
     fn final_and_waiting_conditions() {
         type Case<'a> = (Option<(&'a str, &'a str, &'a str)>, bool, Vec<&'a str>, Option<Outcome>);
-        let table: [Case<'_>; 6] = [
+        let table: [Case<'_>; 11] = [
             (
                 Some(("Stalled", "PolicyDenied", "no policy allows it")),
                 false,
@@ -305,12 +313,44 @@ mod tests {
                 vec!["done: dry run: would restart"],
                 Some(Outcome::Done("dry run: would restart".into())),
             ),
-            // A dry-run report the plugin did not ask for (the operator runs with --dry-run) is only a note.
+            // A dry-run report the plugin did not ask for (the operator runs with --dry-run, or someone else set
+            // spec.dryRun): nothing ran, so --wait fails.
             (
                 Some(("Reconciling", "DryRun", "dry run: would restart")),
                 false,
-                vec!["waiting: DryRun: dry run: would restart"],
-                None,
+                vec![],
+                Some(failed("DryRun", "dry run: would restart")),
+            ),
+            (
+                Some(("Ready", "DryRun", "dry run: would restart")),
+                false,
+                vec![],
+                Some(failed("DryRun", "dry run: would restart")),
+            ),
+            (
+                Some(("Ready", "DryRun", "dry run: would restart")),
+                true,
+                vec!["done: dry run: would restart"],
+                Some(Outcome::Done("dry run: would restart".into())),
+            ),
+            // Settled, but nothing was sent.
+            (
+                Some(("Ready", "Expired", "not sent before notAfter")),
+                false,
+                vec![],
+                Some(failed("Expired", "not sent before notAfter")),
+            ),
+            (
+                Some(("Ready", "AlreadyRun", "ran before")),
+                false,
+                vec![],
+                Some(failed("AlreadyRun", "ran before")),
+            ),
+            (
+                Some(("Ready", "Succeeded", "restarted")),
+                false,
+                vec!["done: restarted"],
+                Some(Outcome::Done("restarted".into())),
             ),
             (
                 Some(("Reconciling", "WaitingForOtherAction", "ns/x is acting")),

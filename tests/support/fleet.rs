@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use compute_operator::api::{Instance, PowerAction};
-use compute_operator::controllers::fleet::children::FLEET_LABEL;
 use compute_operator::controllers::fleet::{ComputeFleetAction, ComputeFleetActionStatus};
 use compute_operator::crd::access_policy::PolicyMode;
+use compute_operator::crd::fleet_action::FLEET_LABEL;
 use compute_operator::crd::instance_action::ComputeInstanceAction;
 use compute_operator::sim::{SimConfig, SimServer};
 use kube::Client;

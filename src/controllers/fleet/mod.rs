@@ -147,6 +147,7 @@ pub async fn run(
                 }
                 if let Ok(watcher::Event::Delete(f)) = event {
                     forget.forget(f);
+                    forget.shared.metrics.forget_resource(&f.uid().unwrap_or_default());
                 }
             })
             .touched_objects()

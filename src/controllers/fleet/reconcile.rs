@@ -232,10 +232,14 @@ async fn reconcile_inner(cached: &ComputeFleetAction, ctx: &Context) -> Result<A
     let written = if fleet.status.is_some() && status == new_status {
         Written::Unchanged
     } else {
-        runtime::write_status(&fleets, fleet, FIELD_MANAGER, |f| f.status = Some(new_status))
+        let body = new_status.clone();
+        runtime::write_status(&fleets, fleet, FIELD_MANAGER, |f| f.status = Some(body))
             .await
             .map_err(Error::WriteStatus)?
     };
+    ctx.shared
+        .metrics
+        .observe_fleet_status(&uid, &status, (written == Written::Written).then_some(&new_status));
     match written {
         Written::Written => publish(ctx, fleet, planned.events).await,
         // Stale: the fleet changed meanwhile; the change wakes another reconcile.

@@ -117,6 +117,10 @@ pub async fn run(
                 }
                 if let Ok(watcher::Event::Delete(s)) = event {
                     forget.error_backoff.reset(&crate::controllers::object_key(s));
+                    forget
+                        .shared
+                        .metrics
+                        .forget_resource(&kube::ResourceExt::uid(s).unwrap_or_default());
                 }
             })
             .touched_objects();

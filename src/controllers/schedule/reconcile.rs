@@ -136,6 +136,10 @@ async fn reconcile_inner(obj: &ComputePowerSchedule, ctx: &Context) -> Result<Ac
         }
         publish(ctx, obj, &plan.notes).await;
     }
+    let written = (obj.status.as_ref() != Some(&plan.status)).then_some(&plan.status);
+    ctx.shared
+        .metrics
+        .observe_schedule_status(&obj.uid().unwrap_or_default(), &status, written, now);
     ctx.error_backoff.reset(&crate::controllers::object_key(obj));
     Ok(match plan.requeue_at {
         // Exactly at the next event (or the override's end); a timer that fires a hair early finds nothing
