@@ -576,6 +576,7 @@ mod tests {
                 never_finish: true,
                 queue_ms: 0,
                 gateway503_first_one_shot: false,
+                list_page_delay_ms: 0,
             }
         );
         for bad in [
