@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use packaging_support::*;
 use serde_json::json;
-use serde_yaml::Value;
+use serde_norway::Value;
 
 fn lua() -> &'static Path {
     static LUA: OnceLock<PathBuf> = OnceLock::new();
@@ -347,7 +347,7 @@ fn argocd_health_covers_schedules() {
 
 #[test]
 fn argocd_cm_patch_embeds_health_lua_verbatim() {
-    let patch: Value = serde_yaml::from_str(&read("deploy/argocd/argocd-cm-patch.yaml")).expect("patch YAML");
+    let patch: Value = serde_norway::from_str(&read("deploy/argocd/argocd-cm-patch.yaml")).expect("patch YAML");
     assert_eq!(kind(&patch), "ConfigMap");
     assert_eq!(name(&patch), "argocd-cm");
     for kind in ["ComputeInstanceAction", "ComputeFleetAction", "ComputePowerSchedule"] {

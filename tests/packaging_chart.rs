@@ -14,10 +14,10 @@ use std::process::Command;
 use packaging_support::invariants::assert_invariants;
 use packaging_support::rbac::*;
 use packaging_support::*;
-use serde_yaml::Value;
+use serde_norway::Value;
 
 fn chart_app_version() -> String {
-    let chart: Value = serde_yaml::from_str(&read("charts/compute-operator/Chart.yaml")).expect("Chart.yaml");
+    let chart: Value = serde_norway::from_str(&read("charts/compute-operator/Chart.yaml")).expect("Chart.yaml");
     str_at(&chart, &["appVersion"]).to_string()
 }
 

@@ -14,7 +14,7 @@ use std::process::Command;
 use packaging_support::invariants::assert_invariants;
 use packaging_support::rbac::strings;
 use packaging_support::*;
-use serde_yaml::Value;
+use serde_norway::Value;
 
 const CRD_SOURCE: &str = "crds/computeinstanceactions.yaml";
 const CRD_IN_CHART: &str = "charts/compute-operator/crds/computeinstanceactions.yaml";
@@ -40,7 +40,7 @@ fn chart_crd_is_byte_identical_to_crds_dir() {
         a == b,
         "{CRD_IN_CHART} differs from {CRD_SOURCE}; run: cp crds/computeinstanceactions.yaml charts/compute-operator/crds/"
     );
-    let crd: Value = serde_yaml::from_slice(&a).expect("the CRD is YAML");
+    let crd: Value = serde_norway::from_slice(&a).expect("the CRD is YAML");
     assert_eq!(
         str_at(&crd, &["metadata", "name"]),
         "computeinstanceactions.compute.threatwinds.com"
@@ -96,7 +96,7 @@ fn deploy_base_is_what_render_deploy_sh_produces() {
     );
 
     // The base is complete and self-consistent: kustomization lists every file; Namespace and CRD included.
-    let k: Value = serde_yaml::from_str(&read("deploy/base/kustomization.yaml")).unwrap();
+    let k: Value = serde_norway::from_str(&read("deploy/base/kustomization.yaml")).unwrap();
     let listed: BTreeSet<String> = strings(s(&k, &["resources"])).into_iter().collect();
     let present: BTreeSet<String> = want.keys().filter(|f| *f != "kustomization.yaml").cloned().collect();
     assert_eq!(listed, present, "deploy/base/kustomization.yaml resources");
@@ -132,7 +132,7 @@ fn deploy_base_is_what_render_deploy_sh_produces() {
         "no Helm labels in plain manifests"
     );
 
-    let top: Value = serde_yaml::from_str(&read("deploy/kustomization.yaml")).unwrap();
+    let top: Value = serde_norway::from_str(&read("deploy/kustomization.yaml")).unwrap();
     assert_eq!(
         strings(s(&top, &["resources"])),
         vec!["base".to_string()],
@@ -196,14 +196,14 @@ fn examples_match_the_crd_schema() {
         "{CRD_SOURCE} does not exist yet (generated from the Rust types)"
     );
     for (file, bytes) in files(&root().join("deploy/examples")) {
-        let o: Value = serde_yaml::from_slice(&bytes).unwrap();
+        let o: Value = serde_norway::from_slice(&bytes).unwrap();
         // The CRD of the example's kind: crds/<lowercase kind>s.yaml.
         let crd_file = format!("crds/{}s.yaml", kind(&o).to_lowercase());
         assert!(
             root().join(&crd_file).is_file(),
             "{file}: no CRD {crd_file} for its kind"
         );
-        let crd: Value = serde_yaml::from_str(&read(&crd_file)).unwrap();
+        let crd: Value = serde_norway::from_str(&read(&crd_file)).unwrap();
         let versions = s(&crd, &["spec", "versions"])
             .and_then(Value::as_sequence)
             .expect("versions");

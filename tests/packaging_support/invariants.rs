@@ -1,7 +1,7 @@
 //! The checks every rendering of the chart (and deploy/base) must pass: least-privilege RBAC, the restricted pod,
 //! probes on the metrics port, the update strategy, credentials as mounted files only, namespaces.
 
-use serde_yaml::Value;
+use serde_norway::Value;
 
 use super::rbac::{controller_grants, grant_set, grants, lease_grants, namespace_grants, policy_grants, strings};
 use super::{CREDENTIALS_DIR, NAMESPACE, container, env, kind, name, namespace, of_kind, s, str_at, the, yaml};

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize as _;
-use serde_yaml::Value;
+use serde_norway::Value;
 
 pub const RELEASE: &str = "compute-operator";
 pub const NAMESPACE: &str = "compute-operator";
@@ -103,8 +103,8 @@ pub fn template(args: &[&str]) -> Vec<Value> {
 
 pub fn parse_stream(text: &str) -> Vec<Value> {
     let mut docs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(text) {
-        let v = serde_yaml::Value::deserialize(doc).unwrap_or_else(|e| panic!("invalid YAML: {e}\n{text}"));
+    for doc in serde_norway::Deserializer::from_str(text) {
+        let v = serde_norway::Value::deserialize(doc).unwrap_or_else(|e| panic!("invalid YAML: {e}\n{text}"));
         if !v.is_null() {
             docs.push(v);
         }
@@ -142,7 +142,7 @@ pub fn str_at<'a>(v: &'a Value, path: &[&str]) -> &'a str {
 }
 
 pub fn yaml(v: &Value) -> String {
-    serde_yaml::to_string(v).unwrap_or_default()
+    serde_norway::to_string(v).unwrap_or_default()
 }
 
 pub fn kind(v: &Value) -> &str {
