@@ -21,7 +21,7 @@ use chart_support::*;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, PostParams};
 use kube::{Client, ResourceExt};
-use serde_yaml::Value;
+use serde_norway::Value;
 use support::{client, control_plane, namespace};
 
 const CIA_CRD: &str = "computeinstanceactions.compute.threatwinds.com";
@@ -136,7 +136,7 @@ fn older_chart(dir: &Path) -> std::path::PathBuf {
         .expect("cp");
     ok(&out, "copy the chart");
     let path = chart.join(CIA_FILE);
-    let mut crd: Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut crd: Value = serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     for version in crd["spec"]["versions"].as_sequence_mut().expect("versions") {
         let spec_props = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
             .as_mapping_mut()
@@ -146,7 +146,7 @@ fn older_chart(dir: &Path) -> std::path::PathBuf {
             "the current CRD has spec.{NEW_FIELD}"
         );
     }
-    std::fs::write(&path, serde_yaml::to_string(&crd).unwrap()).unwrap();
+    std::fs::write(&path, serde_norway::to_string(&crd).unwrap()).unwrap();
     chart
 }
 

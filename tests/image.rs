@@ -52,10 +52,10 @@ fn blob(layout: &Path, descriptor: &Value) -> PathBuf {
 /// The chart's default image reference: values.yaml image.repository and image.tag, else Chart.yaml appVersion.
 fn chart_image_reference() -> (String, String) {
     let chart = repo().join("charts/compute-operator");
-    let values: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(chart.join("values.yaml")).unwrap()).unwrap();
-    let meta: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(chart.join("Chart.yaml")).unwrap()).unwrap();
+    let values: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(chart.join("values.yaml")).unwrap()).unwrap();
+    let meta: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(chart.join("Chart.yaml")).unwrap()).unwrap();
     let repository = values["image"]["repository"].as_str().unwrap().to_owned();
     let tag = match values["image"]["tag"].as_str() {
         Some(t) if !t.is_empty() => t.to_owned(),

@@ -24,7 +24,7 @@ use compute_operator::crd::instance_action::{ComputeInstanceAction, DesiredState
 use compute_operator::sim::SimConfig;
 use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
 use kube::Api;
-use serde_yaml::Value;
+use serde_norway::Value;
 use support::{cia, client, create, namespace, simulator, wait_ready, wait_reason};
 
 const ALERTS: [&str; 7] = [
@@ -171,7 +171,7 @@ fn monitoring_is_off_by_default_and_renders_when_on() {
         "--set",
         r#"metrics.prometheusRule.selector=app="ops""#,
     ]);
-    let text = serde_yaml::to_string(&custom).unwrap();
+    let text = serde_norway::to_string(&custom).unwrap();
     assert!(text.contains("> 60"), "{text}");
     assert!(text.contains("> 0.5"), "{text}");
     assert!(text.contains("> 1\n"), "{text}");
@@ -191,7 +191,7 @@ fn alert_rules_pass_promtool_unit_tests() {
     let dir = tempfile::tempdir().expect("temp dir");
     // promtool reads plain rule files: the PrometheusRule's spec is one.
     let rules_file = dir.path().join("compute-operator-rules.yaml");
-    std::fs::write(&rules_file, serde_yaml::to_string(&rule["spec"]).unwrap()).unwrap();
+    std::fs::write(&rules_file, serde_norway::to_string(&rule["spec"]).unwrap()).unwrap();
     std::fs::copy(
         root().join("tests/packaging/alerts_test.yaml"),
         dir.path().join("alerts_test.yaml"),

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use chart_support::*;
-use serde_yaml::Value;
+use serde_norway::Value;
 
 fn the_policy(docs: &[Value]) -> &Value {
     let policies = of_kind(docs, "NetworkPolicy");
@@ -18,7 +18,7 @@ fn the_policy(docs: &[Value]) -> &Value {
 }
 
 fn yaml(text: &str) -> Value {
-    serde_yaml::from_str(text).unwrap()
+    serde_norway::from_str(text).unwrap()
 }
 
 #[test]

@@ -323,11 +323,11 @@ async fn bad_schedules_are_rejected_with_readable_messages_and_examples_are_acce
     let mut examples = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
         let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-        let value: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let value: serde_norway::Value = serde_norway::from_str(&text).unwrap();
         if value["kind"].as_str() != Some("ComputePowerSchedule") {
             continue;
         }
-        let s: ComputePowerSchedule = serde_yaml::from_value(value).unwrap();
+        let s: ComputePowerSchedule = serde_norway::from_value(value).unwrap();
         api.create(&PostParams::default(), &s)
             .await
             .unwrap_or_else(|e| panic!("example {}: {e}", s.name_any()));

@@ -13,7 +13,7 @@ const OPENAPI: &str = include_str!("../src/api/openapi.yaml");
 const ADMIN: &str = "dev-admin-token";
 
 fn spec() -> Value {
-    serde_yaml::from_str(OPENAPI).expect("openapi.yaml is valid YAML")
+    serde_norway::from_str(OPENAPI).expect("openapi.yaml is valid YAML")
 }
 
 /// Follow a local `$ref` (`#/a/b/c`), if any.

@@ -31,12 +31,12 @@ pub fn crds() -> Vec<(
 /// One CRD as YAML, exactly as `crds/` stores it.
 pub fn crd_to_yaml(
     crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-) -> Result<String, serde_yaml::Error> {
-    Ok(format!("---\n{}", serde_yaml::to_string(crd)?))
+) -> Result<String, serde_norway::Error> {
+    Ok(format!("---\n{}", serde_norway::to_string(crd)?))
 }
 
 /// All CRDs as one YAML stream, as `compute-operator crd` prints them.
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+pub fn crd_yaml() -> Result<String, serde_norway::Error> {
     crds().iter().map(|(_, crd)| crd_to_yaml(crd)).collect()
 }
 

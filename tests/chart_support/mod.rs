@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde::Deserialize as _;
-use serde_yaml::Value;
+use serde_norway::Value;
 
 pub const CHART: &str = "charts/compute-operator";
 pub const RELEASE: &str = "compute-operator";
@@ -92,7 +92,7 @@ pub fn lint(args: &[&str]) {
 }
 
 pub fn parse_stream(text: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(text)
+    serde_norway::Deserializer::from_str(text)
         .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("invalid YAML: {e}\n{text}")))
         .filter(|v| !v.is_null())
         .collect()
@@ -109,7 +109,7 @@ pub fn str_at<'a>(v: &'a Value, path: &[&str]) -> &'a str {
     at(v, path).and_then(Value::as_str).unwrap_or_else(|| {
         panic!(
             "no string at {path:?} in\n{}",
-            serde_yaml::to_string(v).unwrap_or_default()
+            serde_norway::to_string(v).unwrap_or_default()
         )
     })
 }

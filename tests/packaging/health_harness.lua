@@ -3,7 +3,7 @@
 --
 --   lua5.4 tests/packaging/health_harness.lua deploy/argocd/health.lua OBJECT.lua   (or - for stdin)
 --
--- OBJECT.lua is a chunk returning the object as a Lua table (tests/packaging_static.rs writes it from JSON).
+-- OBJECT.lua is a chunk returning the object as a Lua table (tests/packaging_argocd.rs writes it from JSON).
 -- Prints two lines: the status, then the message.
 local check_path, object_path = arg[1], arg[2]
 if check_path == nil or object_path == nil then

@@ -10,7 +10,7 @@
 #   tests/packaging/render-deploy.sh OUT_DIR    # write OUT_DIR/base and OUT_DIR/argocd instead (used by the test)
 #
 # helm: $HELM_BIN, else the one tests/controlplane/build.sh builds (bash tests/controlplane/build.sh helm).
-# tests/packaging_static.rs re-runs this script and fails when deploy/ differs from its output.
+# tests/packaging_deploy.rs re-runs this script and fails when deploy/ differs from its output.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
