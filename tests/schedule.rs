@@ -4,6 +4,8 @@
 
 mod support;
 
+use compute_operator::controllers::schedule::children::{ChildCause, child_name};
+
 use std::time::{Duration, Instant};
 
 use chrono::TimeDelta;
@@ -178,7 +180,8 @@ async fn an_override_holds_its_state_and_expires_by_itself() {
     });
     api.create(&PostParams::default(), &s).await.expect("create schedule");
 
-    let held = format!("demo-o{}-running", until.timestamp());
+    let name = |cause, state| child_name("demo", cause, until, state, Some(1));
+    let held = name(ChildCause::OverrideStart, ScheduledState::Running);
     let child = wait_child(&fleets, &held, Duration::from_secs(5)).await;
     assert_eq!(child.spec.desired_state, DesiredState::Running);
     let o = wait_schedule(&api, "demo", Duration::from_secs(5), "overridden", |o| {
@@ -194,7 +197,7 @@ async fn an_override_holds_its_state_and_expires_by_itself() {
     );
 
     // At `until`: back to the schedule without anyone touching it.
-    let resumed = format!("demo-r{}-stopped", until.timestamp());
+    let resumed = name(ChildCause::OverrideEnd, ScheduledState::Stopped);
     let child = wait_child(&fleets, &resumed, Duration::from_secs(12)).await;
     let late = Instant::now().saturating_duration_since(until_real);
     assert!(
@@ -349,20 +352,25 @@ async fn only_the_newest_child_acts_and_the_history_is_bounded() {
         until: until1,
     });
     api.create(&PostParams::default(), &s).await.expect("create schedule");
-    let a = format!("hist-o{}-running", until1.timestamp());
+    // Override children are named by their time and the generation that set them.
+    let name = |cause, until, state, generation| child_name("hist", cause, until, state, Some(generation));
+    let a = name(ChildCause::OverrideStart, until1, ScheduledState::Running, 1);
     wait_child(&fleets, &a, Duration::from_secs(5)).await;
 
     // Each override change makes a new child; removing the override resumes the calendar (stopped).
     let steps = [
         (
             serde_json::json!({"state": "stopped", "until": until1.to_rfc3339()}),
-            format!("hist-o{}-stopped", until1.timestamp()),
+            name(ChildCause::OverrideStart, until1, ScheduledState::Stopped, 2),
         ),
         (
             serde_json::json!({"state": "running", "until": until2.to_rfc3339()}),
-            format!("hist-o{}-running", until2.timestamp()),
+            name(ChildCause::OverrideStart, until2, ScheduledState::Running, 3),
         ),
-        (serde_json::Value::Null, format!("hist-r{}-stopped", until2.timestamp())),
+        (
+            serde_json::Value::Null,
+            name(ChildCause::OverrideEnd, until2, ScheduledState::Stopped, 4),
+        ),
     ];
     for (over, child) in &steps {
         let patch = Patch::Merge(serde_json::json!({"spec": {"override": over}}));
