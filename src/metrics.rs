@@ -25,6 +25,13 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// Which controller (`instance`, `fleet`, `schedule`) and whether its reconcile succeeded.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindResultLabels {
+    pub kind: String,
+    pub result: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabels {
     pub action: String,
@@ -65,6 +72,8 @@ pub struct Metrics {
     pub reconciles: Counter,
     pub reconcile_errors: Family<ReasonLabel, Counter>,
     pub reconcile_duration: Histogram,
+    /// Reconciles of every kind, by kind and result (`ok`, `error`): the shared controller driver counts them.
+    pub kind_reconciles: Family<KindResultLabels, Counter>,
     pub actions: Family<ActionLabels, Counter>,
     pub action_duration: Family<ActionLabel, Histogram>,
     pub api_requests: Family<RequestLabels, Counter>,
@@ -109,6 +118,7 @@ impl Metrics {
         let reconciles = Counter::default();
         let reconcile_errors = Family::<ReasonLabel, Counter>::default();
         let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        let kind_reconciles = Family::<KindResultLabels, Counter>::default();
         let actions = Family::<ActionLabels, Counter>::default();
         let action_duration = Family::<ActionLabel, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.1, 2.0, 12))
@@ -131,6 +141,11 @@ impl Metrics {
             "reconcile_errors",
             "Reconciles that failed, by reason",
             reconcile_errors.clone(),
+        );
+        registry.register(
+            "kind_reconciles",
+            "Reconciles of every controller, by kind and result",
+            kind_reconciles.clone(),
         );
         registry.register(
             "reconcile_duration_seconds",
@@ -200,6 +215,7 @@ impl Metrics {
             registry,
             reconciles,
             reconcile_errors,
+            kind_reconciles,
             reconcile_duration,
             actions,
             action_duration,

@@ -220,6 +220,18 @@ async fn an_earlier_request_id_never_runs_again() {
     e.wait_reason("roll", "Ready", "AlreadyRun", LONG).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!((restarts(&e), resets(&e)), (6, 3), "{:?}", e.actions());
+    // Every kind's reconciles are counted by the shared driver.
+    let m = &e.controllers[0].metrics;
+    for kind in ["instance", "fleet"] {
+        let ok = compute_operator::metrics::KindResultLabels {
+            kind: kind.into(),
+            result: "ok".into(),
+        };
+        assert!(
+            m.kind_reconciles.get_or_create(&ok).get() > 0,
+            "{kind} reconciles are counted"
+        );
+    }
     assert!(e.children("roll").await.len() <= 3, "no child for an old run");
 }
 

@@ -162,6 +162,8 @@ pub async fn run(
             shutdown: shutdown.clone(),
             health: config.health.clone(),
             what: "fleet controller",
+            kind: "fleet",
+            metrics: ctx.shared.metrics.clone(),
         };
         runtime::drive(
             controller,

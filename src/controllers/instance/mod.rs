@@ -314,6 +314,8 @@ pub async fn run(
             shutdown: shutdown.clone(),
             health: Some(metrics.health.clone()),
             what: "instance controller",
+            kind: "instance",
+            metrics: metrics.clone(),
         };
         runtime::drive(c, how, reconcile::reconcile, reconcile::error_policy, ctx.clone()).inspect(move |()| {
             if stopping.peek().is_none() {

@@ -21,6 +21,10 @@ pub struct Drive<S> {
     pub health: Option<Arc<Health>>,
     /// What the controller is, for its logs ("fleet controller").
     pub what: &'static str,
+    /// The kind's name in metrics (`instance`, `fleet`, `schedule`).
+    pub kind: &'static str,
+    /// Reconciles are counted here by kind and result.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Runs `controller` until `drive.shutdown` resolves (in-flight reconciles finish first).
@@ -40,11 +44,22 @@ pub async fn drive<K, S, Ctx, Fut, E>(
 {
     let health = drive.health;
     let what = drive.what;
+    let (kind, metrics) = (drive.kind, drive.metrics);
     controller
         .with_config(controller::Config::default().concurrency(drive.concurrency))
         .graceful_shutdown_on(drive.shutdown)
         .run(
-            move |obj, ctx| crate::health::counted(health.as_ref(), reconcile(obj, ctx)),
+            move |obj, ctx| {
+                let metrics = metrics.clone();
+                let counted = crate::health::counted(health.as_ref(), reconcile(obj, ctx));
+                futures::FutureExt::inspect(counted, move |result: &Result<Action, E>| {
+                    let labels = crate::metrics::KindResultLabels {
+                        kind: kind.into(),
+                        result: if result.is_ok() { "ok" } else { "error" }.into(),
+                    };
+                    metrics.kind_reconciles.get_or_create(&labels).inc();
+                })
+            },
             error_policy,
             ctx,
         )

@@ -131,6 +131,8 @@ pub async fn run(
             shutdown: shutdown.clone(),
             health: config.health.clone(),
             what: "schedule controller",
+            kind: "schedule",
+            metrics: ctx.shared.metrics.clone(),
         };
         runtime::drive(
             controller,
