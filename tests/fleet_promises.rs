@@ -409,7 +409,8 @@ async fn drift_seen_first_by_another_objects_get_wakes_the_settled_continuous_ob
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_kept_for_objects_deleted_mid_action() {
-    let e = env("promise-memory", zone_fleet("m", "z1", 100), 200, PolicyMode::Off).await;
+    // Each round on instances of its own: the last round's actions never finish, so their instances stay busy.
+    let e = env("promise-memory", zone_fleet("m", "z1", 300), 200, PolicyMode::Off).await;
     // Actions never finish: every object is deleted with its action open.
     e.sim.set_faults(Faults {
         never_finish: true,
@@ -420,7 +421,7 @@ async fn nothing_is_kept_for_objects_deleted_mid_action() {
         for n in 0..100 {
             let o = cia(
                 &format!("r{round}-{n:02}"),
-                &format!("m-{n:02}"),
+                &format!("m-{:02}", round * 100 + n),
                 DesiredState::Restarted,
                 Some("r1"),
             );
@@ -440,7 +441,13 @@ async fn nothing_is_kept_for_objects_deleted_mid_action() {
             if open == 100 {
                 break;
             }
-            assert!(Instant::now() < deadline, "round {round}: only {open} of 100 acting");
+            if Instant::now() > deadline {
+                let one = e.cias.get(&format!("r{round}-00")).await.unwrap();
+                panic!(
+                    "round {round}: only {open} of 100 acting; r{round}-00: {:?}",
+                    one.status
+                );
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         // Objects mid-action hold state (acceptances, held statuses): the gauge (refreshed every 15 s) shows it.

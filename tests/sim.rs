@@ -790,7 +790,8 @@ async fn control_endpoints() {
     assert_eq!(
         faults,
         json!({"errorRate": 0.0, "errorStatus": 503, "retryAfterSeconds": null, "latencyMs": 0,
-               "dropAfterAcceptRate": 0.0, "neverFinish": false, "queueMs": 0, "gateway503FirstOneShot": false})
+               "dropAfterAcceptRate": 0.0, "neverFinish": false, "queueMs": 0, "gateway503FirstOneShot": false,
+               "listPageDelayMs": 0})
     );
     for bad in [
         json!({"errorRate": 2}),
@@ -803,7 +804,8 @@ async fn control_endpoints() {
     let resp = h.put(s.ctl("/_sim/faults")).body("{not json").send().await.unwrap();
     assert_error(resp, StatusCode::BAD_REQUEST).await;
     let set = json!({"errorRate": 0.25, "errorStatus": 500, "retryAfterSeconds": 3, "latencyMs": 5,
-                     "dropAfterAcceptRate": 0.5, "neverFinish": true, "queueMs": 0, "gateway503FirstOneShot": false});
+                     "dropAfterAcceptRate": 0.5, "neverFinish": true, "queueMs": 0, "gateway503FirstOneShot": false,
+                     "listPageDelayMs": 40});
     assert_eq!(s.put_faults(set.clone()).await, StatusCode::OK);
     let back: Value = h.get(s.ctl("/_sim/faults")).send().await.unwrap().json().await.unwrap();
     assert_eq!(back, set);
@@ -844,6 +846,22 @@ async fn control_endpoints() {
     assert!(!s.sim.set_status("zz", InstanceStatus::Running));
     assert_eq!(s.status("a").await, InstanceStatus::Other("hibernating".into()));
     assert_eq!(s.act("a", "start").await, StatusCode::CONFLICT);
+
+    // Slow list pages: every page answers that much later; other requests do not wait.
+    assert_eq!(s.put_faults(json!({"listPageDelayMs": 300})).await, StatusCode::OK);
+    let t = std::time::Instant::now();
+    let page = s.list("page=1&pageSize=2").await;
+    assert!(t.elapsed() >= Duration::from_millis(300), "{:?}", t.elapsed());
+    assert_eq!(page.instances.len(), 2);
+    let t = std::time::Instant::now();
+    s.get("/admin/instances/a").await;
+    assert!(t.elapsed() < Duration::from_millis(300), "a GET is not a list page");
+    assert!(
+        s.sim.list_queries().iter().any(|q| q.contains("pageSize=2")),
+        "{:?}",
+        s.sim.list_queries()
+    );
+    s.sim.set_faults(Faults::default());
 
     // Instances: create, replace, mismatched id, bad body.
     let new = inst("new-1", "u9", "c9", "z9", "t9", InstanceStatus::Stopped);
@@ -896,6 +914,20 @@ async fn control_endpoints() {
     assert_eq!(s.audit().await[0].instance_id, "a/b c");
     s.sim.clear_audit();
     assert!(s.sim.set_status("a/b c", InstanceStatus::Running));
+    // Deleting an instance (a user deleting it while the operator works): gone from get and list.
+    s.sim
+        .upsert_instance(inst("gone-1", "u9", "c9", "z7", "t9", InstanceStatus::Running));
+    assert_eq!(
+        h.delete(s.ctl("/_sim/instances/gone-1")).send().await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(s.get("/admin/instances/gone-1").await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(s.list("zone=z7").await.pagination.total_count, 0);
+    assert_error(
+        h.delete(s.ctl("/_sim/instances/gone-1")).send().await.unwrap(),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
     s.sim
         .upsert_instance(inst("new-2", "u9", "c9", "z9", "t9", InstanceStatus::Running));
     assert_eq!(s.list("zone=z9").await.pagination.total_count, 2);
