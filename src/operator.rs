@@ -200,9 +200,9 @@ async fn run_controllers(
     let settings = RuntimeSettings::of(&config);
     let shared = Shared::start(client, api, &settings, metrics.clone(), fence).await?;
     let mut fleet_config = crate::controllers::fleet::FleetConfig::following(&config);
-    fleet_config.health = Some(metrics.health.clone());
+    fleet_config.run.health = Some(metrics.health.clone());
     let mut schedule_config = crate::controllers::schedule::ScheduleConfig::following(&config);
-    schedule_config.health = Some(metrics.health.clone());
+    schedule_config.run.health = Some(metrics.health.clone());
     let instances = controller::run(shared.clone(), config, shutdown.clone()).map(|r| r.map_err(anyhow::Error::from));
     let fleets = crate::controllers::fleet::run(shared.clone(), fleet_config, shutdown.clone())
         .map(|r| r.map_err(anyhow::Error::from));

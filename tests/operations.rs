@@ -41,7 +41,7 @@ impl Replica {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_compute-operator"));
         cmd.args([
             "run",
-            // Access policies are covered by tests/guardrails.rs; this file is about leadership.
+            // Access policies are covered by tests/instance_e2e/guardrails.rs; this file is about leadership.
             "--policy-mode",
             "off",
             "--leader-election",

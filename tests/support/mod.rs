@@ -297,14 +297,15 @@ pub fn name_of(o: &ComputeInstanceAction) -> String {
 
 /// Fleet controller settings for tests: fast relisting and polling.
 pub fn test_fleet_config(ns: &str) -> compute_operator::controllers::fleet::FleetConfig {
-    compute_operator::controllers::fleet::FleetConfig {
-        namespaces: vec![ns.to_owned()],
+    let mut config = compute_operator::controllers::fleet::FleetConfig {
         settings: compute_operator::controllers::fleet::plan::FleetSettings {
             relist: Duration::from_secs(2),
             poll: Duration::from_secs(2),
         },
         ..Default::default()
-    }
+    };
+    config.run.namespaces = vec![ns.to_owned()];
+    config
 }
 
 /// The instance and fleet controllers of one operator, on one shared runtime (one policy gate, one fence,
@@ -342,12 +343,13 @@ pub async fn start_schedule_controller(
     ns: &str,
     clock: compute_operator::controllers::schedule::Clock,
 ) -> RunningController {
-    let config = compute_operator::controllers::schedule::ScheduleConfig {
-        namespaces: vec![ns.to_owned()],
+    let mut config = compute_operator::controllers::schedule::ScheduleConfig {
         clock,
-        error_backoff: compute_operator::api::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2)),
         ..Default::default()
     };
+    config.run.namespaces = vec![ns.to_owned()];
+    config.run.error_backoff =
+        compute_operator::api::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     // Schedules never call the admin API; the client is there because the runtime is shared.
     let unused = AdminClient::new(
         ClientConfig {

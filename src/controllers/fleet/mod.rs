@@ -21,9 +21,8 @@ use kube::runtime::controller::Controller;
 use kube::runtime::events::Reporter;
 use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 
-use crate::api::backoff::Backoff;
 use crate::controllers::events::EventRecorder;
-use crate::controllers::runtime::{self, Drive, ErrorBackoff, Shared, StartError};
+use crate::controllers::runtime::{self, Drive, ErrorBackoff, RunSettings, Shared, StartError};
 use crate::crd::instance_action::ComputeInstanceAction;
 use crate::crd::selector::InstanceSelector;
 use plan::FleetSettings;
@@ -32,37 +31,27 @@ use walk::Listed;
 /// How the fleet controller runs.
 #[derive(Clone, Debug)]
 pub struct FleetConfig {
-    /// Namespaces to watch; empty means all.
-    pub namespaces: Vec<String>,
-    pub concurrency: u16,
+    /// Namespaces, concurrency, error backoff, liveness.
+    pub run: RunSettings,
     pub settings: FleetSettings,
     /// The operator's `--dry-run`: every fleet reports as if `spec.dryRun` were set and creates no child.
     pub dry_run: bool,
-    pub error_backoff: Backoff,
-    /// Liveness (`/healthz`): the watch streams and reconciles report here when set.
-    pub health: Option<Arc<crate::health::Health>>,
 }
 
 impl Default for FleetConfig {
     fn default() -> Self {
-        Self {
-            namespaces: Vec::new(),
-            concurrency: 4,
-            settings: FleetSettings::default(),
-            dry_run: false,
-            error_backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(60)),
-            health: None,
-        }
+        Self::following(&Default::default())
     }
 }
 
 impl FleetConfig {
-    /// The fleet controller's settings for an operator whose instance controller runs with `instance`.
+    /// The fleet controller's settings for an operator whose instance controller runs with `instance`: its
+    /// namespaces and its `--dry-run`.
     pub fn following(instance: &crate::controllers::instance::ControllerConfig) -> Self {
         Self {
-            namespaces: instance.namespaces.clone(),
+            run: RunSettings::new(4, Duration::from_secs(60)).serving(&instance.namespaces),
+            settings: FleetSettings::default(),
             dry_run: instance.plan.dry_run,
-            ..Self::default()
         }
     }
 }
@@ -111,10 +100,10 @@ pub async fn run(
     config: FleetConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), StartError> {
-    runtime::check_crd::<ComputeFleetAction>(&shared.kube, &config.namespaces).await?;
+    runtime::check_crd::<ComputeFleetAction>(&shared.kube, &config.run.namespaces).await?;
     let client = shared.kube.clone();
-    let fleets = runtime::scoped::<ComputeFleetAction>(&client, &config.namespaces);
-    let cias = runtime::scoped::<ComputeInstanceAction>(&client, &config.namespaces);
+    let fleets = runtime::scoped::<ComputeFleetAction>(&client, &config.run.namespaces);
+    let cias = runtime::scoped::<ComputeInstanceAction>(&client, &config.run.namespaces);
     let ctx = Arc::new(Context {
         recorder: EventRecorder::new(
             client.clone(),
@@ -133,6 +122,7 @@ pub async fn run(
         let (reader, writer) = reflector::store();
         let forget = ctx.clone();
         let probe = config
+            .run
             .health
             .as_ref()
             .map(|h| h.watch(format!("fleets in {}", fleets.namespace().unwrap_or("all namespaces"))));
@@ -157,14 +147,7 @@ pub async fn run(
         let controller = Controller::for_stream(stream, reader)
             .owns(cias, children)
             .reconcile_all_on(ctx.shared.gate.subscribe());
-        let how = Drive {
-            concurrency: config.concurrency,
-            shutdown: shutdown.clone(),
-            health: config.health.clone(),
-            what: "fleet controller",
-            kind: "fleet",
-            metrics: ctx.shared.metrics.clone(),
-        };
+        let how = Drive::of(&config.run, shutdown.clone(), "fleet", ctx.shared.metrics.clone());
         runtime::drive(
             controller,
             how,
@@ -173,9 +156,7 @@ pub async fn run(
             ctx.clone(),
         )
     });
-    tracing::info!(namespaces = ?config.namespaces, "fleet controller started");
-    futures::future::join_all(runs).await;
-    tracing::info!("fleet controller stopped");
+    runtime::every_scope("fleet", &config.run.namespaces, runs).await;
     Ok(())
 }
 
@@ -191,7 +172,7 @@ mod tests {
         };
         instance.plan.dry_run = true;
         let fleet = FleetConfig::following(&instance);
-        assert_eq!(fleet.namespaces, ["a"]);
+        assert_eq!(fleet.run.namespaces, ["a"]);
         assert!(fleet.dry_run, "--dry-run: fleets create no children");
     }
 }

@@ -71,7 +71,9 @@ pub async fn reconcile(fleet: Arc<ComputeFleetAction>, ctx: Arc<Context>) -> Res
 /// Per-fleet jittered exponential backoff, honouring `Retry-After` from the admin API.
 pub fn error_policy(fleet: Arc<ComputeFleetAction>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = crate::controllers::object_key(fleet.as_ref());
-    let delay = ctx.errors.next(&key, &ctx.config.error_backoff, error.retry_after());
+    let delay = ctx
+        .errors
+        .next(&key, &ctx.config.run.error_backoff, error.retry_after());
     tracing::warn!(fleet = %key, %error, delay_ms = delay.as_millis() as u64, "fleet reconcile failed; backing off");
     Action::requeue(delay)
 }

@@ -313,7 +313,6 @@ pub async fn run(
             concurrency: config.concurrency,
             shutdown: shutdown.clone(),
             health: Some(metrics.health.clone()),
-            what: "instance controller",
             kind: "instance",
             metrics: metrics.clone(),
         };

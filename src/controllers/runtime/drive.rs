@@ -19,12 +19,39 @@ pub struct Drive<S> {
     pub shutdown: S,
     /// Liveness: reconciles report here when set.
     pub health: Option<Arc<Health>>,
-    /// What the controller is, for its logs ("fleet controller").
-    pub what: &'static str,
-    /// The kind's name in metrics (`instance`, `fleet`, `schedule`).
+    /// The kind's name in logs and metrics (`instance`, `fleet`, `schedule`).
     pub kind: &'static str,
     /// Reconciles are counted here by kind and result.
     pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl<S> Drive<S> {
+    /// The way `kind` runs under `run`'s settings.
+    pub fn of(
+        run: &super::RunSettings,
+        shutdown: S,
+        kind: &'static str,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
+        Self {
+            concurrency: run.concurrency,
+            shutdown,
+            health: run.health.clone(),
+            kind,
+            metrics,
+        }
+    }
+}
+
+/// Runs one controller per scope until every one has stopped, saying so at start and stop.
+pub async fn every_scope(
+    kind: &'static str,
+    namespaces: &[String],
+    runs: impl IntoIterator<Item = impl Future<Output = ()>>,
+) {
+    tracing::info!(kind, ?namespaces, "controller started");
+    futures::future::join_all(runs).await;
+    tracing::info!(kind, "controller stopped");
 }
 
 /// Runs `controller` until `drive.shutdown` resolves (in-flight reconciles finish first).
@@ -43,7 +70,6 @@ pub async fn drive<K, S, Ctx, Fut, E>(
     E: std::error::Error + Send + 'static,
 {
     let health = drive.health;
-    let what = drive.what;
     let (kind, metrics) = (drive.kind, drive.metrics);
     controller
         .with_config(controller::Config::default().concurrency(drive.concurrency))
@@ -65,7 +91,7 @@ pub async fn drive<K, S, Ctx, Fut, E>(
         )
         .for_each(|r| {
             if let Err(e) = r {
-                tracing::debug!(error = %e, controller = what, "controller event");
+                tracing::debug!(error = %e, kind, "controller event");
             }
             futures::future::ready(())
         })

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use crate::api::AdminClient;
 use crate::leader::Fence;
 use crate::metrics::Metrics;
-pub use drive::{Drive, drive};
+pub use drive::{Drive, drive, every_scope};
 pub use list_budget::ListBudget;
 pub use policy_gate::PolicyGate;
 pub use status::{STALE_RETRY, Written, put_status, write_status};
@@ -38,6 +38,37 @@ pub struct Shared {
     /// The share of `--api-rate` that list walks (the instance view, fleets) may use together.
     pub lists: Arc<ListBudget>,
     pub metrics: Arc<Metrics>,
+}
+
+/// How one kind's controller runs: what every kind's configuration shares.
+#[derive(Clone, Debug)]
+pub struct RunSettings {
+    /// Namespaces to watch; empty means all.
+    pub namespaces: Vec<String>,
+    /// Reconciles at once.
+    pub concurrency: u16,
+    /// Per-object backoff after a failed reconcile.
+    pub error_backoff: crate::api::backoff::Backoff,
+    /// Liveness (`/healthz`): the watch streams and reconciles report here when set.
+    pub health: Option<Arc<crate::health::Health>>,
+}
+
+impl RunSettings {
+    /// `concurrency` reconciles at once, errors backing off from 500 ms up to `max_backoff`.
+    pub fn new(concurrency: u16, max_backoff: Duration) -> Self {
+        Self {
+            namespaces: Vec::new(),
+            concurrency,
+            error_backoff: crate::api::backoff::Backoff::new(Duration::from_millis(500), max_backoff),
+            health: None,
+        }
+    }
+
+    /// The same, for these namespaces.
+    pub fn serving(mut self, namespaces: &[String]) -> Self {
+        self.namespaces = namespaces.to_vec();
+        self
+    }
 }
 
 /// What the shared runtime needs to start.

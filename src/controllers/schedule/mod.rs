@@ -18,8 +18,7 @@ use crate::controllers::events::EventRecorder;
 use kube::runtime::reflector;
 use kube::runtime::{WatchStreamExt, watcher};
 
-use crate::api::backoff::Backoff;
-use crate::controllers::runtime::{self, Drive, ErrorBackoff, Shared, StartError};
+use crate::controllers::runtime::{self, Drive, ErrorBackoff, RunSettings, Shared, StartError};
 use crate::crd::fleet_action::ComputeFleetAction;
 use crate::crd::power_schedule::ComputePowerSchedule;
 pub use reconcile::Clock;
@@ -30,28 +29,17 @@ const EVENT_SLOTS: usize = 16;
 /// How the schedule controller runs.
 #[derive(Clone, Debug)]
 pub struct ScheduleConfig {
-    /// Namespaces to watch; empty means all.
-    pub namespaces: Vec<String>,
-    pub concurrency: u16,
-    pub error_backoff: Backoff,
+    /// Namespaces, concurrency, error backoff, liveness.
+    pub run: RunSettings,
     /// Name reported on Events.
     pub reporter: String,
     /// The system clock in production; shifted only by tests.
     pub clock: Clock,
-    /// Liveness (`/healthz`): the watch streams and reconciles report here when set.
-    pub health: Option<Arc<crate::health::Health>>,
 }
 
 impl Default for ScheduleConfig {
     fn default() -> Self {
-        Self {
-            namespaces: Vec::new(),
-            concurrency: 4,
-            error_backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(300)),
-            reporter: "compute-operator".into(),
-            clock: Clock::default(),
-            health: None,
-        }
+        Self::following(&Default::default())
     }
 }
 
@@ -59,9 +47,9 @@ impl ScheduleConfig {
     /// The same namespaces and Event reporter as the instance controller, the system clock.
     pub fn following(instance: &crate::controllers::instance::ControllerConfig) -> Self {
         Self {
-            namespaces: instance.namespaces.clone(),
+            run: RunSettings::new(4, Duration::from_secs(300)).serving(&instance.namespaces),
             reporter: instance.reporter.clone(),
-            ..Self::default()
+            clock: Clock::default(),
         }
     }
 }
@@ -82,10 +70,10 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), StartError> {
     let client = shared.kube.clone();
-    runtime::check_crd::<ComputePowerSchedule>(&client, &config.namespaces).await?;
-    runtime::check_crd::<ComputeFleetAction>(&client, &config.namespaces).await?;
-    let schedules = runtime::scoped::<ComputePowerSchedule>(&client, &config.namespaces);
-    let fleets = runtime::scoped::<ComputeFleetAction>(&client, &config.namespaces);
+    runtime::check_crd::<ComputePowerSchedule>(&client, &config.run.namespaces).await?;
+    runtime::check_crd::<ComputeFleetAction>(&client, &config.run.namespaces).await?;
+    let schedules = runtime::scoped::<ComputePowerSchedule>(&client, &config.run.namespaces);
+    let fleets = runtime::scoped::<ComputeFleetAction>(&client, &config.run.namespaces);
     let reporter = Reporter {
         controller: config.reporter.clone(),
         instance: std::env::var("POD_NAME").ok(),
@@ -99,7 +87,7 @@ pub async fn run(
     });
     let shutdown = shutdown.shared();
     let runs = schedules.into_iter().zip(fleets).map(|(schedules, fleets)| {
-        let probe = config.health.as_ref().map(|h| {
+        let probe = config.run.health.as_ref().map(|h| {
             h.watch(format!(
                 "schedules in {}",
                 schedules.namespace().unwrap_or("all namespaces")
@@ -126,14 +114,7 @@ pub async fn run(
             .touched_objects();
         // Child changes wake their schedule (the last event's result follows its child).
         let controller = Controller::for_stream(stream, reader).owns(fleets, watcher::Config::default().any_semantic());
-        let how = Drive {
-            concurrency: config.concurrency,
-            shutdown: shutdown.clone(),
-            health: config.health.clone(),
-            what: "schedule controller",
-            kind: "schedule",
-            metrics: ctx.shared.metrics.clone(),
-        };
+        let how = Drive::of(&config.run, shutdown.clone(), "schedule", ctx.shared.metrics.clone());
         runtime::drive(
             controller,
             how,
@@ -142,8 +123,6 @@ pub async fn run(
             ctx.clone(),
         )
     });
-    tracing::info!(namespaces = ?config.namespaces, "schedule controller started");
-    futures::future::join_all(runs).await;
-    tracing::info!("schedule controller stopped");
+    runtime::every_scope("schedule", &config.run.namespaces, runs).await;
     Ok(())
 }

@@ -78,7 +78,7 @@ pub async fn reconcile(obj: Arc<ComputePowerSchedule>, ctx: Arc<Context>) -> Res
 /// kube-rs error policy: jittered exponential backoff per object.
 pub fn error_policy(obj: Arc<ComputePowerSchedule>, err: &Error, ctx: Arc<Context>) -> Action {
     let key = crate::controllers::object_key(obj.as_ref());
-    let delay = ctx.error_backoff.next(&key, &ctx.config.error_backoff, None);
+    let delay = ctx.error_backoff.next(&key, &ctx.config.run.error_backoff, None);
     tracing::warn!(schedule = %key, error = %err, delay_ms = delay.as_millis() as u64, "reconcile failed; backing off");
     Action::requeue(delay)
 }

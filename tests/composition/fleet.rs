@@ -1,7 +1,7 @@
 //! ComputeFleetAction on the real API server (with kube-controller-manager for garbage collection) and the
 //! simulator: selection by filters, snapshot vs follow, pacing, failure budget, pause, restart, policy, dry
 //! run, deletion. Helpers: tests/support/fleet.rs.
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! Guardrails against the real API server and the simulator: access policy, dry run, suspend, loop protection.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! action ran, long `Retry-After`s; one-shots stay at most once for their whole life; dry run and suspend
 //! settle. All on the real API server with the simulator in the matching mode.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! composition, against the same adversaries: a tenant probing other tenants' instances, a rollback of a
 //! spec to an earlier requestId, a pause or delete in the middle of a slow walk, instances deleted between
 //! pages, a leader that lost its fence. Real API server, simulator with slow list pages.
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

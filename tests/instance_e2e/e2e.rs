@@ -1,6 +1,6 @@
 //! End to end: the real kube-apiserver + etcd, the simulator, and the controller.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! events within and beyond the deadline, an override that expires, suspend, history and supersession of
 //! children, and admission rules. The whole chain down to instances is in schedule_chain.rs.
 
-mod support;
+use crate::support;
 
 use compute_operator::controllers::schedule::children::{ChildCause, child_name};
 

@@ -1,7 +1,7 @@
 //! ComputePowerSchedule down to the instances: schedule -> child fleet -> child instance actions -> the
 //! simulator, with the fleet and instance controllers running (real API server, garbage collection included).
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
