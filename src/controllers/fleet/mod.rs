@@ -13,9 +13,8 @@ pub use crate::crd::fleet_action::{ComputeFleetAction, ComputeFleetActionSpec, C
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use kube::ResourceExt;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::Reporter;
@@ -29,7 +28,7 @@ use plan::FleetSettings;
 use walk::Listed;
 
 /// How the fleet controller runs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct FleetConfig {
     /// Namespaces, concurrency, error backoff, liveness.
     pub run: RunSettings,
@@ -38,20 +37,16 @@ pub struct FleetConfig {
     pub dry_run: bool,
 }
 
-impl Default for FleetConfig {
-    fn default() -> Self {
-        Self::following(&Default::default())
-    }
-}
-
 impl FleetConfig {
     /// The fleet controller's settings for an operator whose instance controller runs with `instance`: its
     /// namespaces and its `--dry-run`.
     pub fn following(instance: &crate::controllers::instance::ControllerConfig) -> Self {
+        let run = RunSettings::default().serving(&instance.namespaces);
+        let dry_run = instance.plan.dry_run;
         Self {
-            run: RunSettings::new(4, Duration::from_secs(60)).serving(&instance.namespaces),
-            settings: FleetSettings::default(),
-            dry_run: instance.plan.dry_run,
+            run,
+            dry_run,
+            ..Self::default()
         }
     }
 }
@@ -100,10 +95,10 @@ pub async fn run(
     config: FleetConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), StartError> {
-    runtime::check_crd::<ComputeFleetAction>(&shared.kube, &config.run.namespaces).await?;
     let client = shared.kube.clone();
-    let fleets = runtime::scoped::<ComputeFleetAction>(&client, &config.run.namespaces);
-    let cias = runtime::scoped::<ComputeInstanceAction>(&client, &config.run.namespaces);
+    let scopes =
+        runtime::parent_and_child_scopes::<ComputeFleetAction, ComputeInstanceAction>(&client, &config.run.namespaces)
+            .await?;
     let ctx = Arc::new(Context {
         recorder: EventRecorder::new(
             client.clone(),
@@ -118,30 +113,16 @@ pub async fn run(
         selections: Mutex::default(),
     });
     let shutdown = shutdown.shared();
-    let runs = fleets.into_iter().zip(cias).map(|(fleets, cias)| {
+    let runs = scopes.into_iter().map(|(fleets, cias)| {
         let (reader, writer) = reflector::store();
         let forget = ctx.clone();
-        let probe = config
-            .run
-            .health
-            .as_ref()
-            .map(|h| h.watch(format!("fleets in {}", fleets.namespace().unwrap_or("all namespaces"))));
+        let name = format!("fleets in {}", fleets.namespace().unwrap_or("all namespaces"));
         // Only spec changes wake a fleet (its own status writes do not); a deleted fleet's state is dropped.
-        let stream = watcher(fleets, watcher::Config::default().any_semantic())
-            .default_backoff()
-            .modify(|f: &mut ComputeFleetAction| f.managed_fields_mut().clear())
-            .reflect(writer)
-            .inspect(move |event| {
-                if let Some(p) = &probe {
-                    p.observe(event);
-                }
-                if let Ok(watcher::Event::Delete(f)) = event {
-                    forget.forget(f);
-                    forget.shared.metrics.forget_resource(&f.uid().unwrap_or_default());
-                }
-            })
-            .touched_objects()
-            .predicate_filter(predicates::generation, Default::default());
+        let stream = runtime::watched(fleets, writer, config.run.health.clone(), name, move |f| {
+            forget.forget(f);
+            forget.shared.metrics.forget_resource(&f.uid().unwrap_or_default());
+        })
+        .predicate_filter(predicates::generation, Default::default());
         // A child's status change wakes its fleet.
         let children = watcher::Config::default().labels(children::FLEET_LABEL).any_semantic();
         let controller = Controller::for_stream(stream, reader)

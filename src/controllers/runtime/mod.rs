@@ -5,6 +5,7 @@ pub mod drive;
 pub mod list_budget;
 pub mod policy_gate;
 pub mod status;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,7 @@ pub use drive::{Drive, drive, every_scope};
 pub use list_budget::ListBudget;
 pub use policy_gate::PolicyGate;
 pub use status::{STALE_RETRY, Written, put_status, write_status};
+pub use watch::watched;
 
 /// Bound on one Kubernetes API call made by a reconcile.
 pub const KUBE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -51,6 +53,13 @@ pub struct RunSettings {
     pub error_backoff: crate::api::backoff::Backoff,
     /// Liveness (`/healthz`): the watch streams and reconciles report here when set.
     pub health: Option<Arc<crate::health::Health>>,
+}
+
+impl Default for RunSettings {
+    /// All namespaces, 4 reconciles at once, errors backing off up to a minute.
+    fn default() -> Self {
+        Self::new(4, Duration::from_secs(60))
+    }
 }
 
 impl RunSettings {
@@ -155,6 +164,26 @@ where
             .map(|ns| Api::namespaced(client.clone(), ns))
             .collect()
     }
+}
+
+/// For a kind `P` that acts through children of kind `C`: both CRDs checked, then one (parent, child) pair of
+/// `Api`s per served namespace.
+pub async fn parent_and_child_scopes<P, C>(
+    client: &Client,
+    namespaces: &[String],
+) -> Result<Vec<(Api<P>, Api<C>)>, StartError>
+where
+    P: Resource<Scope = kube::core::NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+    P::DynamicType: Default,
+    C: Resource<Scope = kube::core::NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+    C::DynamicType: Default,
+{
+    check_crd::<P>(client, namespaces).await?;
+    check_crd::<C>(client, namespaces).await?;
+    Ok(scoped::<P>(client, namespaces)
+        .into_iter()
+        .zip(scoped::<C>(client, namespaces))
+        .collect())
 }
 
 /// Checks that kind `K` is served, by listing one object (needs only the RBAC a controller has anyway). Only a

@@ -9,14 +9,14 @@ pub mod reconcile;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use kube::ResourceExt;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::Reporter;
 
 use crate::controllers::events::EventRecorder;
 use kube::runtime::reflector;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 
 use crate::controllers::runtime::{self, Drive, ErrorBackoff, RunSettings, Shared, StartError};
 use crate::crd::fleet_action::ComputeFleetAction;
@@ -70,10 +70,9 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), StartError> {
     let client = shared.kube.clone();
-    runtime::check_crd::<ComputePowerSchedule>(&client, &config.run.namespaces).await?;
-    runtime::check_crd::<ComputeFleetAction>(&client, &config.run.namespaces).await?;
-    let schedules = runtime::scoped::<ComputePowerSchedule>(&client, &config.run.namespaces);
-    let fleets = runtime::scoped::<ComputeFleetAction>(&client, &config.run.namespaces);
+    let scopes =
+        runtime::parent_and_child_scopes::<ComputePowerSchedule, ComputeFleetAction>(&client, &config.run.namespaces)
+            .await?;
     let reporter = Reporter {
         controller: config.reporter.clone(),
         instance: std::env::var("POD_NAME").ok(),
@@ -86,32 +85,14 @@ pub async fn run(
         error_backoff: ErrorBackoff::default(),
     });
     let shutdown = shutdown.shared();
-    let runs = schedules.into_iter().zip(fleets).map(|(schedules, fleets)| {
-        let probe = config.run.health.as_ref().map(|h| {
-            h.watch(format!(
-                "schedules in {}",
-                schedules.namespace().unwrap_or("all namespaces")
-            ))
-        });
+    let runs = scopes.into_iter().map(|(schedules, fleets)| {
         let (reader, writer) = reflector::store();
         let forget = ctx.clone();
-        let stream = watcher(schedules, watcher::Config::default().any_semantic())
-            .default_backoff()
-            .modify(|s: &mut ComputePowerSchedule| s.managed_fields_mut().clear())
-            .reflect(writer)
-            .inspect(move |event| {
-                if let Some(p) = &probe {
-                    p.observe(event);
-                }
-                if let Ok(watcher::Event::Delete(s)) = event {
-                    forget.error_backoff.reset(&crate::controllers::object_key(s));
-                    forget
-                        .shared
-                        .metrics
-                        .forget_resource(&kube::ResourceExt::uid(s).unwrap_or_default());
-                }
-            })
-            .touched_objects();
+        let name = format!("schedules in {}", schedules.namespace().unwrap_or("all namespaces"));
+        let stream = runtime::watched(schedules, writer, config.run.health.clone(), name, move |s| {
+            forget.error_backoff.reset(&crate::controllers::object_key(s));
+            forget.shared.metrics.forget_resource(&s.uid().unwrap_or_default());
+        });
         // Child changes wake their schedule (the last event's result follows its child).
         let controller = Controller::for_stream(stream, reader).owns(fleets, watcher::Config::default().any_semantic());
         let how = Drive::of(&config.run, shutdown.clone(), "schedule", ctx.shared.metrics.clone());
