@@ -337,22 +337,7 @@ async fn a_snapshot_walked_while_instances_are_deleted_misses_none() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_without_its_fence_creates_no_child() {
-    let client = client().await;
-    let ns = namespace(&client, "promise-fence").await;
-    let sim = simulator(compute_operator::sim::SimConfig {
-        fleet: Some(zone_fleet("f", "z1", 4)),
-        transition: Duration::from_millis(200),
-        ..Default::default()
-    })
-    .await;
-    let mut e = Env {
-        fleets: Api::namespaced(client.clone(), &ns),
-        cias: Api::namespaced(client.clone(), &ns),
-        client,
-        ns,
-        sim,
-        controllers: Vec::new(),
-    };
+    let mut e = unstarted_env("promise-fence", zone_fleet("f", "z1", 4), 200).await;
     // A paused leader: its lease ran out while it was stopped, so its fence is closed.
     e.start_fenced(PolicyMode::Off, compute_operator::leader::Fence::closed())
         .await;

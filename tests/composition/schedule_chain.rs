@@ -195,20 +195,11 @@ async fn an_event_acts_on_what_matched_at_the_event_and_then_leaves_the_instance
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_child_starts_nothing_past_the_deadline_and_the_schedule_says_how_many() {
     let (ns, api, _fleets) = setup("sched-late").await;
-    let sim = simulator(compute_operator::sim::SimConfig {
-        instances: 0,
-        transition: Duration::from_millis(1500),
-        ..Default::default()
-    })
-    .await;
-    let mut config = test_controller_config(&ns);
-    config.plan.resync = Duration::from_secs(30);
-    let _operator = start_fleet_operator(
-        &sim,
-        TOKEN,
-        config,
-        test_fleet_config(&ns),
-        compute_operator::leader::Fence::always_open(),
+    let (sim, _operator) = chain_on(
+        &ns,
+        Duration::from_secs(30),
+        compute_operator::crd::access_policy::PolicyMode::Off,
+        Duration::from_millis(1500),
     )
     .await;
     for n in 0..6 {

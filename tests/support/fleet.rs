@@ -42,6 +42,13 @@ pub struct Env {
 }
 
 pub async fn env(prefix: &str, instances: Vec<Instance>, transition_ms: u64, mode: PolicyMode) -> Env {
+    let mut env = unstarted_env(prefix, instances, transition_ms).await;
+    env.start(mode).await;
+    env
+}
+
+/// A namespace and a simulator, no controller yet (a test starts them as it needs, e.g. fenced).
+pub async fn unstarted_env(prefix: &str, instances: Vec<Instance>, transition_ms: u64) -> Env {
     let client = client().await;
     let ns = namespace(&client, prefix).await;
     let sim = simulator(SimConfig {
@@ -50,16 +57,14 @@ pub async fn env(prefix: &str, instances: Vec<Instance>, transition_ms: u64, mod
         ..SimConfig::default()
     })
     .await;
-    let mut env = Env {
+    Env {
         fleets: Api::namespaced(client.clone(), &ns),
         cias: Api::namespaced(client.clone(), &ns),
         client,
         ns,
         sim,
         controllers: Vec::new(),
-    };
-    env.start(mode).await;
-    env
+    }
 }
 
 impl Env {

@@ -145,9 +145,19 @@ pub async fn chain_with(
     resync: Duration,
     mode: compute_operator::crd::access_policy::PolicyMode,
 ) -> (compute_operator::sim::SimServer, RunningController) {
+    chain_on(ns, resync, mode, Duration::from_millis(300)).await
+}
+
+/// [`chain_with`] on a simulator whose transitions take `transition`.
+pub async fn chain_on(
+    ns: &str,
+    resync: Duration,
+    mode: compute_operator::crd::access_policy::PolicyMode,
+    transition: Duration,
+) -> (compute_operator::sim::SimServer, RunningController) {
     let sim = simulator(compute_operator::sim::SimConfig {
         instances: 0,
-        transition: Duration::from_millis(300),
+        transition,
         ..Default::default()
     })
     .await;
