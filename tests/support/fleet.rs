@@ -10,8 +10,8 @@ use compute_operator::crd::access_policy::PolicyMode;
 use compute_operator::crd::fleet_action::FLEET_LABEL;
 use compute_operator::crd::instance_action::ComputeInstanceAction;
 use compute_operator::sim::{SimConfig, SimServer};
-use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
 
 use super::*;
 
@@ -119,9 +119,17 @@ impl Env {
                 return f;
             }
             if Instant::now() > deadline {
+                // The children's conditions say why a fleet stalled; the fleet's own status only counts.
+                let children: Vec<String> = self
+                    .children(name)
+                    .await
+                    .iter()
+                    .map(|c| format!("{}: {:?}", c.name_any(), c.status.as_ref().map(|s| &s.conditions)))
+                    .collect();
                 panic!(
-                    "{name}: not {what} within {limit:?}; status: {}",
-                    serde_json::to_string_pretty(&f.status).unwrap_or_default()
+                    "{name}: not {what} within {limit:?}; status: {}\nchildren:\n{}",
+                    serde_json::to_string_pretty(&f.status).unwrap_or_default(),
+                    children.join("\n")
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
