@@ -381,6 +381,7 @@ fn status(rng: &mut StdRng, now: DateTime<Utc>) -> ComputeInstanceActionStatus {
             .map(|_| record(rng, now))
             .collect(),
         sent_one_shots: (0..pick(rng, &[0, 0, 1, 5])).map(|_| random_string(rng, 16)).collect(),
+        held_until: rng.random_bool(0.1).then(|| time_near(rng, now)),
     }
 }
 
@@ -454,6 +455,10 @@ fn planner_never_panics_and_never_resends_a_one_shot() {
             dry_run: rng.random_bool(0.1),
             suspend: rng.random_bool(0.05),
             not_after: None,
+            escalation: rng.random_bool(0.2).then(|| compute_operator::crd::instance_action::Escalation {
+                after: pick_str(&mut rng, &["1s", "30s", "5m"], 4),
+                to: compute_operator::crd::instance_action::EscalationTarget::Reset,
+            }),
         };
         let generation = pick(&mut rng, &[0, 1, 2, 3, i64::MAX, -1]);
         let st = status(&mut rng, now);
@@ -479,6 +484,20 @@ fn planner_never_panics_and_never_resends_a_one_shot() {
             .collect();
         let s = settings(&mut rng);
         let denial = rng.random_bool(0.1).then(|| random_string(&mut rng, 30));
+        // Change control holds some action back now and then (until some time, or until woken).
+        let mut held = Vec::new();
+        for a in PowerAction::ALL {
+            if rng.random_bool(0.1) {
+                let until = rng.random_bool(0.7).then(|| time_near(&mut rng, now));
+                let hold = plan::Hold {
+                    reason: pick(&mut rng, &["WaitingForWindow", "WaitingForBudget"]),
+                    message: random_string(&mut rng, 20),
+                    until,
+                };
+                held.push((a, hold));
+            }
+        }
+        let holds = plan::Holds(held);
         let input = PlanInput {
             spec: &spec,
             generation,
@@ -489,6 +508,7 @@ fn planner_never_panics_and_never_resends_a_one_shot() {
             settings: &s,
             policy_denial: denial.as_deref(),
             recent_one_shots: rng.random_range(0..12),
+            holds: &holds,
         };
         let p = plan::plan(&input);
         let _ = plan_suspended(&st, generation, now);
@@ -506,8 +526,10 @@ fn planner_never_panics_and_never_resends_a_one_shot() {
             "no POST without a fresh read"
         );
         assert!(!spec.dry_run && !s.dry_run, "dry run never acts");
+        assert!(holds.of(action).is_none(), "an action change control holds back is never sent");
         if action.is_one_shot() {
-            assert_eq!(action, spec.desired_state.action());
+            let escalated = spec.escalation.is_some() && action == PowerAction::Reset;
+            assert!(action == spec.desired_state.action() || escalated);
             assert_eq!(rec.request_id, spec.request_id);
             assert!(
                 !answered(&st, action, &spec.request_id),

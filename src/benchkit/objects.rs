@@ -60,6 +60,7 @@ pub fn new_object(
             dry_run: false,
             suspend: false,
             not_after: None,
+            escalation: None,
         },
     )
 }

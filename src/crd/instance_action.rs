@@ -34,6 +34,7 @@ pub const SENT_ONE_SHOTS_LIMIT: usize = 1024;
     printcolumn(name = "Desired", type_ = "string", json_path = ".spec.desiredState"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Observed", type_ = "string", json_path = ".status.instance.status"),
+    printcolumn(name = "Held Until", type_ = "string", json_path = ".status.heldUntil"),
     printcolumn(
         name = "Reason",
         type_ = "string",
@@ -43,6 +44,8 @@ pub const SENT_ONE_SHOTS_LIMIT: usize = 1024;
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.escalation) || self.desiredState == 'restarted'")
+    .message("escalation applies to desiredState restarted only (a restart that does not bring the instance back is escalated to a reset)"))]
 pub struct ComputeInstanceActionSpec {
     /// The admin API instance ID, e.g. `inst-7g2xq4bm`. Immutable.
     #[schemars(length(min = 1, max = 128))]
@@ -82,6 +85,41 @@ pub struct ComputeInstanceActionSpec {
     /// `Ready` with reason `Expired`. Protects against a re-created object (GitOps rebuild, restore) running again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_after: Option<DateTime<Utc>>,
+
+    /// For `restarted`: if the restart was accepted but the instance is not `running` again within `after`, one
+    /// `reset` is sent (at most once, with its own intent; never after an unclear answer without evidence that
+    /// the restart ran, nor while a maintenance window or disruption budget holds it back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<Escalation>,
+}
+
+/// A soft-then-hard power action: restart first, reset if the restart did not bring the instance back.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Escalation {
+    /// How long after the restart was accepted the instance may take to be `running` again: `90s`, `5m`,
+    /// `1h30m` (hours, minutes, seconds in that order). Keep it below `timeoutSeconds`.
+    #[schemars(length(min = 2, max = 16))]
+    #[x_kube(
+        validation = Rule::new("self.matches('^([0-9]+h)?([0-9]+m)?([0-9]+s)?$') && self != ''")
+            .message("after must be a duration like 90s, 5m or 1h30m")
+    )]
+    pub after: String,
+    /// The action to escalate to. Only `reset`.
+    pub to: EscalationTarget,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EscalationTarget {
+    Reset,
+}
+
+impl Escalation {
+    /// `after` as a duration (`None` if it does not read as one, which the API server's rule prevents).
+    pub fn after(&self) -> Option<std::time::Duration> {
+        crate::crd::duration::parse(&self.after)
+    }
 }
 
 fn default_timeout_seconds() -> u32 {
@@ -166,6 +204,9 @@ pub struct ComputeInstanceActionStatus {
     /// oldest first, at most 1024: an old requestId never runs again, however long ago it ran.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sent_one_shots: Vec<String>,
+    /// While a maintenance window holds the action back: when it may next be sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_until: Option<DateTime<Utc>>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

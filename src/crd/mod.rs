@@ -2,8 +2,11 @@
 //! These types are the CRDs (generated from them; `crds/` holds the same text) and import nothing from the
 //! controllers, so the plugin and the tests read them without the controllers.
 pub mod access_policy;
+pub mod disruption_budget;
+pub mod duration;
 pub mod fleet_action;
 pub mod instance_action;
+pub mod maintenance_window;
 pub mod power_schedule;
 pub mod selector;
 
@@ -24,6 +27,14 @@ pub fn crds() -> Vec<(
         (
             "computepowerschedules.yaml",
             power_schedule::ComputePowerSchedule::crd(),
+        ),
+        (
+            "computemaintenancewindows.yaml",
+            maintenance_window::ComputeMaintenanceWindow::crd(),
+        ),
+        (
+            "computedisruptionbudgets.yaml",
+            disruption_budget::ComputeDisruptionBudget::crd(),
         ),
     ]
 }

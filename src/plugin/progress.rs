@@ -166,6 +166,7 @@ mod tests {
                 dry_run: false,
                 suspend: false,
                 not_after: None,
+                escalation: None,
             },
         );
         o.metadata.generation = Some(generation);

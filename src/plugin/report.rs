@@ -164,6 +164,7 @@ mod tests {
                 dry_run: true,
                 suspend: false,
                 not_after: None,
+                escalation: None,
             },
         );
         o.metadata.namespace = Some(ns.into());

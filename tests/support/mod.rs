@@ -194,6 +194,7 @@ pub fn cia(name: &str, instance: &str, desired: DesiredState, request_id: Option
             dry_run: false,
             suspend: false,
             not_after: None,
+            escalation: None,
         },
     )
 }

@@ -52,6 +52,7 @@ pub fn child_spec(spec: &ComputeFleetActionSpec, instance_id: &str) -> ComputeIn
         dry_run: spec.dry_run,
         suspend: spec.suspend,
         not_after: if one_shot { spec.not_after } else { None },
+        escalation: None,
     }
 }
 

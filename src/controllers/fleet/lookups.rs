@@ -45,6 +45,20 @@ pub fn lookups(selector: &InstanceSelector, coverage: &Coverage) -> Vec<Lookup> 
     out.into_iter().collect()
 }
 
+/// The lookups that find every instance an attribute match covers (a disruption budget's count): its IDs
+/// read one by one, or one walk per combination of its attribute lists (past [`MAX_LIST_LOOKUPS`], one walk of
+/// everything, judged by the match).
+pub fn lookups_of_match(m: &InstanceMatch) -> Vec<Lookup> {
+    if let Some(ids) = &m.ids {
+        return ids.iter().cloned().map(Lookup::Get).collect();
+    }
+    let combos = attribute_combinations(m);
+    if combos.len() > MAX_LIST_LOOKUPS {
+        return vec![Lookup::List(ListFilter::default())];
+    }
+    combos.into_iter().map(Lookup::List).collect()
+}
+
 /// The lookups of `selector` that one policy's instance match allows.
 fn narrowed(selector: &InstanceSelector, m: &InstanceMatch) -> Vec<Lookup> {
     if let Some(ids) = &m.ids {

@@ -18,6 +18,8 @@ struct Entry {
     scope: usize,
     generation: Option<i64>,
     acting: bool,
+    /// Counts against disruption budgets (see `change::budgets::disrupts`).
+    disrupting: bool,
 }
 
 #[derive(Default)]
@@ -59,6 +61,8 @@ pub struct InstanceIndex {
     relisting: Mutex<BTreeMap<usize, Vec<(String, Entry)>>>,
     stores: Vec<Store<ComputeInstanceAction>>,
     wakers: Vec<mpsc::Sender<ObjectRef<ComputeInstanceAction>>>,
+    /// Objects a disruption budget holds back (`namespace/name`), woken when any disruption ends.
+    budget_waiters: Mutex<std::collections::HashSet<String>>,
 }
 
 fn entry_of(obj: &ComputeInstanceAction, scope: usize) -> Entry {
@@ -71,7 +75,16 @@ fn entry_of(obj: &ComputeInstanceAction, scope: usize) -> Entry {
             .as_ref()
             .and_then(|s| s.action.as_ref())
             .is_some_and(|a| matches!(a.state, ActionState::Requested | ActionState::Accepted)),
+        disrupting: obj
+            .status
+            .as_ref()
+            .is_some_and(|s| crate::controllers::change::budgets::disrupts(&obj.spec, s)),
     }
+}
+
+/// Did a disruption end (a budget's waiters may go)?
+fn disruption_ended(before: Option<&Entry>, after: Option<&Entry>) -> bool {
+    before.is_some_and(|b| b.disrupting) && after.is_none_or(|a| !a.disrupting)
 }
 
 /// Does a change from `before` to `after` concern the other objects on the instance?
@@ -94,6 +107,7 @@ impl InstanceIndex {
             relisting: Mutex::default(),
             stores,
             wakers,
+            budget_waiters: Mutex::default(),
         }
     }
 
@@ -144,6 +158,9 @@ impl InstanceIndex {
                 if concerns_peers(previous.as_ref(), Some(&entry)) {
                     self.wake_peers(&instance, &key);
                 }
+                if disruption_ended(previous.as_ref(), Some(&entry)) {
+                    self.wake_budget_waiters();
+                }
             }
             watcher::Event::Delete(obj) => {
                 let key = crate::controllers::object_key(obj);
@@ -151,9 +168,51 @@ impl InstanceIndex {
                 let removed = self.maps().remove(&key);
                 if let Some(previous) = removed {
                     self.wake_peers(&previous.instance_id, &key);
+                    if disruption_ended(Some(&previous), None) {
+                        self.wake_budget_waiters();
+                    }
                 }
+                self.budget_waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
             }
         }
+    }
+
+    /// `key` waits for a disruption budget: it is woken when any disruption ends.
+    pub fn wait_for_budget(&self, key: &str) {
+        self.budget_waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_owned());
+    }
+
+    /// Wakes every object a budget holds back (each decides again; those still held wait again).
+    pub fn wake_budget_waiters(&self) {
+        let waiting: Vec<String> = self
+            .budget_waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        let targets: Vec<(usize, String)> = {
+            let maps = self.maps();
+            waiting
+                .into_iter()
+                .filter_map(|k| maps.objects.get(&k).map(|e| (e.scope, k)))
+                .collect()
+        };
+        for (scope, key) in targets {
+            let Some((ns, name)) = key.split_once('/') else {
+                continue;
+            };
+            if let Some(waker) = self.wakers.get(scope) {
+                let _ = waker.clone().try_send(ObjectRef::new(name).within(ns));
+            }
+        }
+    }
+
+    /// Every cached object, of every scope.
+    pub fn all_objects(&self) -> Vec<Arc<ComputeInstanceAction>> {
+        self.stores.iter().flat_map(|s| s.state()).collect()
     }
 
     /// Asks for a reconcile of every other object on `instance_id`.
@@ -240,6 +299,7 @@ mod tests {
                 dry_run: false,
                 suspend: false,
                 not_after: None,
+                escalation: None,
             },
         );
         o.metadata.namespace = Some("ns".into());

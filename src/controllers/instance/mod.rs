@@ -87,6 +87,8 @@ pub struct Context {
     pub error_backoff: ErrorBackoff,
     pub metrics: Arc<Metrics>,
     pub policy: Arc<runtime::PolicyGate>,
+    /// Maintenance windows and disruption budgets, asked right before every intent.
+    pub change: Arc<crate::controllers::change::ChangeGate>,
     /// Which objects name which instance (peers, locks, loop protection, waking peers).
     pub index: Arc<crate::controllers::instance::index::InstanceIndex>,
     /// One concurrency limit for every watched namespace together.
@@ -153,6 +155,7 @@ pub async fn run(
         kube: client,
         api,
         gate: policy,
+        change,
         fence,
         lists,
         metrics,
@@ -231,10 +234,16 @@ pub async fn run(
             .predicate_filter(predicates::generation, Default::default());
         controllers.push(Controller::for_stream(stream, reader).reconcile_on(wake));
     }
+    // Budgets count disruptions from what these caches hold (every namespace this operator serves).
+    change.count_from({
+        let index = index.clone();
+        Arc::new(move || index.all_objects())
+    });
     let controllers: Vec<_> = controllers
         .into_iter()
         .map(|c| {
             c.reconcile_all_on(policy.subscribe())
+                .reconcile_all_on(change.subscribe())
                 .reconcile_all_on(settled_sweep(config.plan.resync))
         })
         .collect();
@@ -267,6 +276,7 @@ pub async fn run(
         metrics: metrics.clone(),
         fence,
         policy,
+        change: change.clone(),
         index: index.clone(),
         memory: memory.clone(),
         view: view.clone(),

@@ -11,6 +11,7 @@ pub use super::after_post::{after_post, first_look, merge_action_record, not_sen
 pub use super::judge::count_recent_one_shots;
 use super::judge::{self, Completion, completion, departed, push_history, remember_one_shot};
 use crate::api::{ApiError, Instance, InstanceStatus, PowerAction};
+pub use crate::controllers::change::Hold;
 use crate::controllers::conditions::{Verdict, apply_verdict};
 use crate::crd::instance_action::{
     ActionRecord, ActionState, ComputeInstanceActionSpec, ComputeInstanceActionStatus, DesiredState, Enforcement,
@@ -87,12 +88,26 @@ pub struct PlanInput<'a> {
     pub policy_denial: Option<&'a str>,
     /// Restart/reset actions sent to this instance (by any object) within the loop-protection window.
     pub recent_one_shots: u32,
+    /// What change control (maintenance windows, disruption budgets) holds back now, per action.
+    pub holds: &'a Holds,
+}
+
+/// Change control's answer, asked before the decision for each action this object may send now.
+#[derive(Clone, Debug, Default)]
+pub struct Holds(pub Vec<(PowerAction, Hold)>);
+
+impl Holds {
+    pub fn of(&self, action: PowerAction) -> Option<&Hold> {
+        self.0.iter().find(|(a, _)| *a == action).map(|(_, h)| h)
+    }
 }
 
 /// When to look again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Requeue {
     After(Duration),
+    /// At this delay and no other (not spread): a maintenance window opens then.
+    Exactly(Duration),
     /// Per-object exponential backoff, at least the server's `Retry-After`.
     Backoff {
         retry_after: Option<Duration>,
@@ -194,6 +209,9 @@ pub fn poll_delay(settings: &PlanSettings, since_accept: Duration) -> Duration {
     delay
 }
 
+/// A held action looks again this long after the opening it waits for (never a moment before it).
+pub const HOLD_MARGIN: Duration = Duration::from_millis(20);
+
 fn since(now: DateTime<Utc>, then: DateTime<Utc>) -> Duration {
     (now - then).to_std().unwrap_or(Duration::ZERO)
 }
@@ -202,6 +220,8 @@ struct Builder<'i, 'a> {
     input: &'i PlanInput<'a>,
     status: ComputeInstanceActionStatus,
     events: Vec<EventNote>,
+    /// Set when change control holds the action back until a known time (`status.heldUntil`).
+    held_until: Option<DateTime<Utc>>,
 }
 
 impl<'i, 'a> Builder<'i, 'a> {
@@ -210,6 +230,7 @@ impl<'i, 'a> Builder<'i, 'a> {
             input,
             status: input.status.clone(),
             events: Vec::new(),
+            held_until: None,
         }
     }
 
@@ -248,6 +269,7 @@ impl<'i, 'a> Builder<'i, 'a> {
 
     fn done(mut self, verdict: Verdict, phase: Phase, post: Option<PowerAction>, requeue: Requeue) -> Plan {
         finish(&mut self.status, &verdict, phase, self.input.generation, self.input.now);
+        self.status.held_until = self.held_until;
         Plan {
             status: self.status,
             post,
@@ -505,6 +527,40 @@ impl<'i, 'a> Builder<'i, 'a> {
         self.request(action, instance, false)
     }
 
+    /// Change control holds the action back: no intent, no request. Comes back exactly when the window
+    /// opens (or at a one-shot's `notAfter`, if sooner); a budget's holder is woken when a disruption ends,
+    /// and looks again after `slowRetry` at the latest.
+    pub(super) fn held(mut self, hold: &Hold, phase: Phase) -> Plan {
+        let s = self.input.settings;
+        let now = self.input.now;
+        let mut wake = match hold.until {
+            Some(t) => (t - now).to_std().unwrap_or_default() + HOLD_MARGIN,
+            None if hold.reason == crate::controllers::change::WAITING_FOR_BUDGET => s.slow_retry,
+            None => s.resync,
+        };
+        if self.spec().desired_state.action().is_one_shot()
+            && let Some(not_after) = self.spec().not_after
+        {
+            wake = wake.min((not_after - now).to_std().unwrap_or_default() + HOLD_MARGIN);
+        }
+        self.held_until = hold.until;
+        let new_hold = !self
+            .input
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Reconciling" && c.reason == hold.reason && c.message == hold.message);
+        if new_hold {
+            self.event(false, hold.reason, hold.message.clone());
+        }
+        self.done(
+            Verdict::reconciling(hold.reason, hold.message.clone()),
+            phase,
+            None,
+            Requeue::Exactly(wake),
+        )
+    }
+
     /// Plans a POST: a new (or renewed) intent record, unless someone else is acting or this is a dry run.
     fn request(mut self, action: PowerAction, instance: &Instance, drift: bool) -> Plan {
         let s = self.input.settings;
@@ -523,11 +579,15 @@ impl<'i, 'a> Builder<'i, 'a> {
                 Requeue::After(s.resync),
             );
         }
+        let hold = self.input.holds.of(action);
         if spec.dry_run || s.dry_run {
-            let message = format!(
+            let mut message = format!(
                 "dry run: would {action} instance {} (now {}); nothing was sent",
                 spec.instance_id, instance.status
             );
+            if let Some(hold) = hold {
+                message.push_str(&format!("; held back now: {}", hold.message));
+            }
             if self.status.message.as_deref() != Some(message.as_str()) {
                 self.event(false, "DryRun", message.clone());
             }
@@ -547,6 +607,10 @@ impl<'i, 'a> Builder<'i, 'a> {
                 ),
             );
             return self.done(verdict, Phase::Pending, None, Requeue::After(s.poll_max));
+        }
+        if let Some(hold) = hold {
+            let phase = if drift { Phase::Succeeded } else { Phase::Pending };
+            return self.held(hold, phase);
         }
         // Renew a refused/re-read intent of the same kind; otherwise start a new record.
         let renew = self

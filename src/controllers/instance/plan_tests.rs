@@ -20,6 +20,7 @@ fn spec(desired: DesiredState) -> ComputeInstanceActionSpec {
         dry_run: false,
         suspend: false,
         not_after: None,
+        escalation: None,
     }
 }
 
@@ -56,6 +57,9 @@ fn record(action: PowerAction, state: ActionState, request_id: Option<&str>) -> 
     }
 }
 
+/// Change control holds nothing back.
+pub(super) static NO_HOLDS: Holds = Holds(Vec::new());
+
 fn status_with(action: Option<ActionRecord>) -> ComputeInstanceActionStatus {
     ComputeInstanceActionStatus {
         action,
@@ -88,6 +92,7 @@ fn run_with(
         settings: &settings,
         policy_denial: None,
         recent_one_shots: 0,
+        holds: &NO_HOLDS,
     })
 }
 
@@ -904,6 +909,7 @@ fn policy_denial_stalls_without_posting_and_tells_once() {
         settings: &settings,
         policy_denial: Some("no ComputeAccessPolicy allows it"),
         recent_one_shots: 0,
+        holds: &NO_HOLDS,
     };
     let mut seen = status_with(None);
     seen.instance = Some(ObservedInstance {
@@ -952,6 +958,7 @@ fn loop_protection_limits_one_shots_per_window() {
         settings: &settings,
         policy_denial: None,
         recent_one_shots: recent,
+        holds: &NO_HOLDS,
     };
     assert!(plan(&mk(1)).post.is_some());
     let p = plan(&mk(2));

@@ -130,7 +130,8 @@ async fn reconcile_inner(cached: &ComputeInstanceAction, ctx: &Context, key: &st
         (None, Observation::Failed(_)) => None,
     };
     let (peers, recent_one_shots) = peers_of(ctx, obj, &status, instance, now);
-    let plan = plan::plan(&PlanInput {
+    let holds = window_holds(ctx, obj, &ns, instance, now);
+    let input = PlanInput {
         spec: &obj.spec,
         generation,
         status: &status,
@@ -140,7 +141,31 @@ async fn reconcile_inner(cached: &ComputeInstanceAction, ctx: &Context, key: &st
         settings: &ctx.config.plan,
         policy_denial: denial.as_deref(),
         recent_one_shots,
-    });
+        holds: &holds,
+    };
+    let mut plan = plan::plan(&input);
+    // A disruption budget is asked only for an action about to be sent, and atomically: of two reconciles
+    // racing for its last unit, one waits.
+    if let Some(action) = plan.post {
+        let intent_at = plan.status.action.as_ref().map_or(now, |a| a.intent_at);
+        let show_counts = ctx.config.policy_mode == crate::crd::access_policy::PolicyMode::Off;
+        if let Err(hold) = ctx
+            .change
+            .reserve(key, &instance_id, instance, action, intent_at, show_counts)
+        {
+            let mut with_budget = holds.clone();
+            with_budget.0.push((action, hold));
+            plan = plan::plan(&PlanInput {
+                holds: &with_budget,
+                ..input.clone()
+            });
+        }
+    }
+    if plan.status.conditions.iter().any(|c| {
+        c.type_ == "Reconciling" && c.status == "True" && c.reason == crate::controllers::change::WAITING_FOR_BUDGET
+    }) {
+        ctx.index.wait_for_budget(key);
+    }
 
     let Some(action) = plan.post else {
         if write_if_changed(&api, obj, &base_rv, &status, &plan.status, ctx).await? == StatusWrite::Stale {
@@ -166,6 +191,36 @@ async fn reconcile_inner(cached: &ComputeInstanceAction, ctx: &Context, key: &st
         });
     };
     act(obj, ctx, key, &api, plan, action, generation, &base_rv).await
+}
+
+/// What maintenance windows hold back now, for each action this object may send (its own, and the reset it
+/// may escalate to). Only with the instance known: a window may select by its attributes.
+fn window_holds(
+    ctx: &Context,
+    obj: &ComputeInstanceAction,
+    ns: &str,
+    instance: Option<&crate::api::Instance>,
+    now: DateTime<Utc>,
+) -> plan::Holds {
+    let Some(instance) = instance else {
+        return plan::Holds::default();
+    };
+    let labels = ctx.policy.labels_of(ns);
+    let view = crate::crd::access_policy::NamespaceView { name: ns, labels: &labels };
+    let mut actions = vec![obj.spec.desired_state.action()];
+    if obj.spec.escalation.is_some() {
+        actions.push(PowerAction::Reset);
+    }
+    plan::Holds(
+        actions
+            .into_iter()
+            .filter_map(|a| {
+                ctx.change
+                    .window_hold(&view, &obj.spec.instance_id, Some(instance), a, now)
+                    .map(|h| (a, h))
+            })
+            .collect(),
+    )
 }
 
 /// The instance as this reconcile sees it: a settled object (nothing open, this generation already judged) is
@@ -220,11 +275,13 @@ async fn act(
         .try_acquire(instance_id, key, |holder| ctx.index.contains(holder))
     {
         tracing::debug!(holder = ?ctx.locks.holder(instance_id), "instance busy in this process; waiting");
+        ctx.change.release(key);
         return Ok(Action::requeue(ctx.config.plan.poll_min));
     }
     // A replica that lost its lease must not act (checked again right before the POST).
     if !ctx.fence.may_act() {
         ctx.locks.release(instance_id, key);
+        ctx.change.release(key);
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     // The intent write fails if the object changed since we read it (resourceVersion precondition).
@@ -237,11 +294,13 @@ async fn act(
         Err(kube::Error::Api(s)) if s.code == 409 => {
             ctx.memory.forget(obj);
             ctx.locks.release(instance_id, key);
+            ctx.change.release(key);
             tracing::debug!("the object changed meanwhile; not acting on it");
             return Ok(Action::requeue(Duration::from_millis(100)));
         }
         Err(e) => {
             ctx.locks.release(instance_id, key);
+            ctx.change.release(key);
             return Err(Error::WriteStatus(e));
         }
     };
@@ -346,6 +405,7 @@ async fn record_not_sent(
         Err(e) => tracing::warn!(error = %e, "could not record an action that was not sent"),
     }
     ctx.locks.release(&obj.spec.instance_id, key);
+    ctx.change.release(key);
     tracing::info!(reason = why, "action not sent");
     Action::requeue(Duration::from_secs(1))
 }
@@ -422,6 +482,10 @@ fn requeue(ctx: &Context, key: &str, r: Requeue) -> Action {
             } else {
                 Action::requeue(d)
             }
+        }
+        Requeue::Exactly(d) => {
+            ctx.error_backoff.reset(key);
+            Action::requeue(d)
         }
         Requeue::Backoff { retry_after } => {
             Action::requeue(ctx.error_backoff.next(key, &ctx.config.error_backoff, retry_after))

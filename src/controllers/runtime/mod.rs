@@ -28,12 +28,14 @@ pub use watch::watched;
 pub const KUBE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What every controller of one operator shares: one admin client (one rate limit), one access-policy gate,
-/// one lease fence, one list budget, one metrics registry.
+/// one change-control gate, one lease fence, one list budget, one metrics registry.
 #[derive(Clone)]
 pub struct Shared {
     pub kube: Client,
     pub api: AdminClient,
     pub gate: Arc<PolicyGate>,
+    /// Change control (maintenance windows, disruption budgets), asked right before every intent.
+    pub change: Arc<crate::controllers::change::ChangeGate>,
     /// Closed on a replica that does not (or no longer) hold the lease: every admin API POST and every write
     /// to another object asks it right before it leaves.
     pub fence: Arc<Fence>,
@@ -120,12 +122,23 @@ impl Shared {
             settings.namespace_label_poll,
         )
         .await?;
+        let lists = Arc::new(ListBudget::new(settings.list_rate));
+        let change = Arc::new(crate::controllers::change::ChangeGate::start(&kube).await?);
+        crate::controllers::change::upkeep::Upkeep {
+            gate: Arc::downgrade(&change),
+            kube: kube.clone(),
+            api: api.clone(),
+            lists: lists.clone(),
+            fence: fence.clone(),
+        }
+        .start();
         Ok(Self {
             kube,
             api,
             gate: Arc::new(gate),
+            change,
             fence,
-            lists: Arc::new(ListBudget::new(settings.list_rate)),
+            lists,
             metrics,
         })
     }

@@ -143,25 +143,29 @@ impl PolicyGate {
         watched: &[String],
         label_poll: Duration,
     ) -> Result<Self, StartError> {
-        if mode == PolicyMode::Off {
-            return Ok(Self::off());
-        }
         let subscribers: Subscribers = Arc::default();
-        let api: Api<ComputeAccessPolicy> = Api::all(client.clone());
-        api.list_metadata(&ListParams::default().limit(1))
-            .await
-            .map_err(StartError::PolicyCrdMissing)?;
-        let (reader, writer) = reflector::store();
-        let mut policies = watcher(api, watcher::Config::default().any_semantic())
-            .default_backoff()
-            .modify(|p: &mut ComputeAccessPolicy| p.managed_fields_mut().clear())
-            .reflect(writer)
-            .boxed();
-        if !listed(&mut policies).await {
-            return Err(StartError::PolicyCrdMissing(kube::Error::Service(
-                "listing policies timed out".into(),
-            )));
-        }
+        // Policies only in enforce mode; namespace labels in every mode (maintenance windows select namespaces
+        // by label too).
+        let (store, mut policies) = if mode == PolicyMode::Enforce {
+            let api: Api<ComputeAccessPolicy> = Api::all(client.clone());
+            api.list_metadata(&ListParams::default().limit(1))
+                .await
+                .map_err(StartError::PolicyCrdMissing)?;
+            let (reader, writer) = reflector::store();
+            let mut policies = watcher(api, watcher::Config::default().any_semantic())
+                .default_backoff()
+                .modify(|p: &mut ComputeAccessPolicy| p.managed_fields_mut().clear())
+                .reflect(writer)
+                .boxed();
+            if !listed(&mut policies).await {
+                return Err(StartError::PolicyCrdMissing(kube::Error::Service(
+                    "listing policies timed out".into(),
+                )));
+            }
+            (Some(reader), Some(policies))
+        } else {
+            (None, None)
+        };
         // Namespace labels, for policies that select namespaces by label; only labels are kept. Cluster-wide:
         // watched. Serving only some namespaces (a Role in each, which can grant `get` on its own namespace but
         // never a list or watch of namespaces): each is read by name every `label_poll`.
@@ -204,6 +208,9 @@ impl PolicyGate {
         let mut namespaces = futures::stream::select_all(ns_streams);
         let policy_subscribers = subscribers.clone();
         let policy_task = tokio::spawn(async move {
+            let Some(policies) = policies.as_mut() else {
+                return;
+            };
             while let Some(event) = policies.next().await {
                 if matches!(
                     event,
@@ -238,7 +245,7 @@ impl PolicyGate {
         });
         let gate = Self {
             mode,
-            store: Some(reader),
+            store,
             namespaces: ns_stores,
             polled,
             subscribers,
@@ -266,7 +273,7 @@ impl PolicyGate {
 
     /// The namespace's labels as last seen. Unknown labels match no selector: a namespace not (yet) cached
     /// can only be denied, never granted.
-    fn labels_of(&self, ns: &str) -> BTreeMap<String, String> {
+    pub fn labels_of(&self, ns: &str) -> BTreeMap<String, String> {
         self.namespaces
             .iter()
             .find_map(|s| s.get(&ObjectRef::new(ns)))

@@ -81,24 +81,9 @@ pub fn parse_zone(name: &str) -> Result<Tz, CalendarError> {
         .map_err(|_| CalendarError::UnknownTimeZone(name.to_owned()))
 }
 
-/// `1h`, `30m`, `90s`, `1h30m`, `2h0m5s`: hours, minutes and seconds in that order, at least one.
+/// `1h`, `30m`, `90s`, `1h30m`: hours, minutes and seconds in that order, at least one.
 pub fn parse_deadline(s: &str) -> Option<TimeDelta> {
-    let mut rest = s;
-    let mut total: i64 = 0;
-    let mut seen_any = false;
-    for (unit, seconds) in [('h', 3600_i64), ('m', 60), ('s', 1)] {
-        if let Some(pos) = rest.find(unit) {
-            let digits = &rest[..pos];
-            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            let n: i64 = digits.parse().ok()?;
-            total = total.checked_add(n.checked_mul(seconds)?)?;
-            rest = &rest[pos + 1..];
-            seen_any = true;
-        }
-    }
-    (seen_any && rest.is_empty()).then(|| TimeDelta::try_seconds(total))?
+    crate::crd::duration::seconds(s).and_then(TimeDelta::try_seconds)
 }
 
 impl Calendar {
@@ -194,7 +179,7 @@ impl Calendar {
 
 /// The instant a wall-clock time stands for: itself; the first of two (fall back); or the first valid instant
 /// after it (spring forward: the transition itself, found as the first local minute that exists again).
-fn resolve(zone: Tz, wall: NaiveDateTime) -> Option<DateTime<Utc>> {
+pub fn resolve(zone: Tz, wall: NaiveDateTime) -> Option<DateTime<Utc>> {
     match zone.from_local_datetime(&wall) {
         LocalResult::Single(t) => Some(t.with_timezone(&Utc)),
         LocalResult::Ambiguous(a, b) => Some(a.min(b).with_timezone(&Utc)),

@@ -1,0 +1,393 @@
+//! The change-control gate, started once per operator and shared by every controller: watched caches of
+//! ComputeMaintenanceWindows and ComputeDisruptionBudgets, evaluated in memory for each action right before
+//! its intent is written; budget admissions made atomic within the process by short reservations; and a nudge
+//! to every subscriber when a window or budget changes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::channel::mpsc;
+use futures::{StreamExt, TryStreamExt};
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+
+use super::budgets::{self, Budget};
+use super::windows::{self, MaintenanceWindow, WindowDecision};
+use crate::api::{Instance, PowerAction};
+use crate::controllers::runtime::StartError;
+use crate::crd::access_policy::NamespaceView;
+use crate::crd::disruption_budget::ComputeDisruptionBudget;
+use crate::crd::instance_action::ComputeInstanceAction;
+use crate::crd::maintenance_window::ComputeMaintenanceWindow;
+
+/// An action change control holds back now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hold {
+    /// `WaitingForWindow` or `WaitingForBudget`.
+    pub reason: &'static str,
+    /// Names the window or budget and times only.
+    pub message: String,
+    /// When it may go (a window's next opening); `None`: when woken (a budget) or not within the horizon.
+    pub until: Option<DateTime<Utc>>,
+}
+
+pub const WAITING_FOR_WINDOW: &str = "WaitingForWindow";
+pub const WAITING_FOR_BUDGET: &str = "WaitingForBudget";
+
+/// Every object the instance controller caches (the budgets count disruptions from their statuses).
+pub type ObjectsSource = Arc<dyn Fn() -> Vec<Arc<ComputeInstanceAction>> + Send + Sync>;
+
+/// The last count of a budget's matching instances.
+#[derive(Clone, Debug)]
+pub struct Counted {
+    pub generation: Option<i64>,
+    pub ids: HashSet<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// A disruption admitted in this process whose intent the cache may not show yet.
+#[derive(Clone, Debug)]
+struct Reservation {
+    instance_id: String,
+    instance: Option<Instance>,
+    intent_at: DateTime<Utc>,
+    made: std::time::Instant,
+}
+
+/// Longest a reservation outlives its admission when the cache never shows its intent (a failed write).
+const RESERVATION_TTL: Duration = Duration::from_secs(30);
+
+/// Where a change is announced: one bounded channel per subscriber.
+type Subscribers = Arc<Mutex<Vec<mpsc::Sender<()>>>>;
+
+pub struct ChangeGate {
+    windows: Option<Store<ComputeMaintenanceWindow>>,
+    budgets: Option<Store<ComputeDisruptionBudget>>,
+    counts: Arc<Mutex<HashMap<String, Counted>>>,
+    reservations: Mutex<HashMap<String, Reservation>>,
+    admission: Mutex<()>,
+    objects: OnceLock<ObjectsSource>,
+    subscribers: Subscribers,
+    /// Woken when a budget changes (its count is taken again at once).
+    pub(super) recount: Arc<tokio::sync::Notify>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for ChangeGate {
+    fn drop(&mut self) {
+        for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            t.abort();
+        }
+    }
+}
+
+fn nudge(subscribers: &Subscribers) {
+    let mut senders = subscribers.lock().unwrap_or_else(|p| p.into_inner());
+    senders.retain_mut(|s| match s.try_send(()) {
+        Ok(()) => true,
+        Err(e) => !e.is_disconnected(),
+    });
+}
+
+/// Lists a watch stream into its store before returning.
+async fn listed<S, E>(stream: &mut S) -> bool
+where
+    S: futures::Stream<Item = Result<watcher::Event<E>, watcher::Error>> + Unpin,
+{
+    let first_list = async {
+        while let Some(event) = stream.next().await {
+            if matches!(event, Ok(watcher::Event::InitDone)) {
+                return true;
+            }
+        }
+        false
+    };
+    tokio::time::timeout(Duration::from_secs(30), first_list)
+        .await
+        .unwrap_or(false)
+}
+
+impl ChangeGate {
+    /// A gate that holds nothing back and starts nothing (unit tests of other parts).
+    pub fn off() -> Self {
+        Self {
+            windows: None,
+            budgets: None,
+            counts: Arc::default(),
+            reservations: Mutex::default(),
+            admission: Mutex::default(),
+            objects: OnceLock::new(),
+            subscribers: Arc::default(),
+            recount: Arc::default(),
+            tasks: Mutex::default(),
+        }
+    }
+
+    /// Starts watching windows and budgets (cluster-wide); the caches are filled before it returns.
+    pub async fn start(client: &Client) -> Result<Self, StartError> {
+        let mut gate = Self::off();
+        let (windows, mut window_events) = watch::<ComputeMaintenanceWindow>(client).await?;
+        let (budgets, mut budget_events) = watch::<ComputeDisruptionBudget>(client).await?;
+        gate.windows = Some(windows);
+        gate.budgets = Some(budgets);
+        let subscribers = gate.subscribers.clone();
+        let recount = gate.recount.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    Some(_) = window_events.next() => nudge(&subscribers),
+                    Some(_) = budget_events.next() => {
+                        recount.notify_one();
+                        nudge(&subscribers);
+                    }
+                    else => break,
+                }
+            }
+        });
+        gate.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(task);
+        Ok(gate)
+    }
+
+    /// A change stream: yields whenever a window or budget changes. One per controller and scope.
+    pub fn subscribe(&self) -> mpsc::Receiver<()> {
+        let (tx, rx) = mpsc::channel::<()>(1);
+        self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
+        rx
+    }
+
+    /// The instance controller hands over its caches once (budgets count from them).
+    pub fn count_from(&self, objects: ObjectsSource) {
+        let _ = self.objects.set(objects);
+    }
+
+    pub(super) fn nudge_all(&self) {
+        nudge(&self.subscribers);
+    }
+
+    pub(super) fn add_task(&self, task: tokio::task::JoinHandle<()>) {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(task);
+    }
+
+    pub fn windows(&self) -> Vec<Arc<ComputeMaintenanceWindow>> {
+        self.windows.as_ref().map(Store::state).unwrap_or_default()
+    }
+
+    pub fn budget_objects(&self) -> Vec<Arc<ComputeDisruptionBudget>> {
+        self.budgets.as_ref().map(Store::state).unwrap_or_default()
+    }
+
+    pub(super) fn record_count(&self, name: &str, counted: Counted) {
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), counted);
+    }
+
+    pub(super) fn count_of(&self, name: &str) -> Option<Counted> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+
+    /// Does a maintenance window hold this action back now?
+    pub fn window_hold(
+        &self,
+        ns: &NamespaceView<'_>,
+        id: &str,
+        instance: Option<&Instance>,
+        action: PowerAction,
+        now: DateTime<Utc>,
+    ) -> Option<Hold> {
+        let read: Vec<MaintenanceWindow> = self
+            .windows()
+            .iter()
+            .map(|w| MaintenanceWindow::new(&w.name_any(), &w.spec))
+            .filter(|w| w.covers(ns, id, instance, action))
+            .collect();
+        let covering: Vec<&MaintenanceWindow> = read.iter().collect();
+        match windows::decide(&covering, now) {
+            WindowDecision::Open => None,
+            WindowDecision::Held { window, why, until } => Some(Hold {
+                reason: WAITING_FOR_WINDOW,
+                message: windows::held_message(action, &window, &why, until),
+                until,
+            }),
+        }
+    }
+
+    /// The budgets as last counted.
+    pub fn budgets(&self) -> Vec<Budget> {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        self.budget_objects()
+            .iter()
+            .map(|b| {
+                let name = b.name_any();
+                let matching = counts
+                    .get(&name)
+                    .filter(|c| c.generation == b.metadata.generation)
+                    .map(|c| c.ids.clone());
+                Budget {
+                    name,
+                    instances: b.spec.instances.clone(),
+                    max_disrupted: b.spec.max_disrupted.clone(),
+                    matching,
+                }
+            })
+            .collect()
+    }
+
+    /// Instances disrupted now: by what the cached statuses record, and by admissions the cache does not show
+    /// yet. `except` (an object key) is left out: an object deciding again does not count against itself.
+    pub fn disrupted(&self, except: Option<&str>) -> Vec<(String, Option<Instance>)> {
+        let objects = self.objects.get().map(|f| f()).unwrap_or_default();
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        let mut reflected = HashSet::new();
+        {
+            let reservations = self.reservations.lock().unwrap_or_else(|p| p.into_inner());
+            for o in &objects {
+                let key = crate::controllers::object_key(o.as_ref());
+                let Some(status) = o.status.as_ref() else {
+                    continue;
+                };
+                if let Some(r) = reservations.get(&key)
+                    && status.action.as_ref().is_some_and(|a| a.intent_at >= r.intent_at)
+                {
+                    reflected.insert(key.clone());
+                }
+                if Some(key.as_str()) == except || !budgets::disrupts(&o.spec, status) {
+                    continue;
+                }
+                if seen.insert(o.spec.instance_id.clone()) {
+                    out.push((o.spec.instance_id.clone(), observed_instance(o)));
+                }
+            }
+        }
+        let mut reservations = self.reservations.lock().unwrap_or_else(|p| p.into_inner());
+        reservations.retain(|key, r| !reflected.contains(key) && r.made.elapsed() < RESERVATION_TTL);
+        for (key, r) in reservations.iter() {
+            if Some(key.as_str()) != except && seen.insert(r.instance_id.clone()) {
+                out.push((r.instance_id.clone(), r.instance.clone()));
+            }
+        }
+        out
+    }
+
+    /// Would a disruption budget hold this action back now? (No reservation is made.)
+    pub fn budget_hold(
+        &self,
+        key: &str,
+        id: &str,
+        instance: Option<&Instance>,
+        action: PowerAction,
+        show_counts: bool,
+    ) -> Option<Hold> {
+        if !budgets::is_disruptive(action) || self.budgets.is_none() {
+            return None;
+        }
+        let budgets = self.budgets();
+        if budgets.is_empty() {
+            return None;
+        }
+        let disrupted = self.disrupted(Some(key));
+        budgets::admit(&budgets, id, instance, &disrupted)
+            .err()
+            .map(|hold| Hold {
+                reason: WAITING_FOR_BUDGET,
+                message: budgets::held_message(action, &hold, show_counts),
+                until: None,
+            })
+    }
+
+    /// Admits a disruption atomically within this process (no two reconciles can both take the last unit of
+    /// a budget) and reserves it until the cache shows its intent. `Err`: held back after all.
+    pub fn reserve(
+        &self,
+        key: &str,
+        id: &str,
+        instance: Option<&Instance>,
+        action: PowerAction,
+        intent_at: DateTime<Utc>,
+        show_counts: bool,
+    ) -> Result<(), Hold> {
+        if !budgets::is_disruptive(action) || self.budgets.is_none() {
+            return Ok(());
+        }
+        // One admission at a time: the count and the reservation happen under the same lock.
+        let _one = self.admission.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(hold) = self.budget_hold(key, id, instance, action, show_counts) {
+            return Err(hold);
+        }
+        if self.budgets().iter().any(|b| b.covers(id, instance)) {
+            self.reservations.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                key.to_owned(),
+                Reservation {
+                    instance_id: id.to_owned(),
+                    instance: instance.cloned(),
+                    intent_at,
+                    made: std::time::Instant::now(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// The admitted action was not sent after all (its intent was not written, or it was recorded as not sent).
+    pub fn release(&self, key: &str) {
+        self.reservations.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+}
+
+/// What an object's status records of its instance, as an instance (attributes the status does not keep are
+/// empty, so a budget by such an attribute covers it only through its last count).
+fn observed_instance(o: &ComputeInstanceAction) -> Option<Instance> {
+    let seen = o.status.as_ref()?.instance.as_ref()?;
+    Some(Instance {
+        id: o.spec.instance_id.clone(),
+        user_id: String::new(),
+        customer_id: String::new(),
+        name: seen.name.clone(),
+        zone: seen.zone.clone(),
+        machine_type: String::new(),
+        external_ip: String::new(),
+        internal_ip: String::new(),
+        status: crate::api::InstanceStatus::parse(&seen.status),
+        template_id: String::new(),
+        created_at: String::new(),
+    })
+}
+
+/// A cluster-wide cache of `K`, listed before it returns, and the stream of its changes.
+async fn watch<K>(
+    client: &Client,
+) -> Result<(Store<K>, futures::stream::BoxStream<'static, ()>), StartError>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let kind = K::kind(&()).into_owned();
+    let api: Api<K> = Api::all(client.clone());
+    if let Err(e) = crate::controllers::runtime::bounded(api.list_metadata(&kube::api::ListParams::default().limit(1))).await {
+        return Err(StartError::CrdMissing { kind, source: e });
+    }
+    let (reader, writer) = reflector::store();
+    let mut stream = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|o: &mut K| o.managed_fields_mut().clear())
+        .reflect(writer)
+        .boxed();
+    if !listed(&mut stream).await {
+        return Err(StartError::CrdMissing {
+            kind: kind.clone(),
+            source: kube::Error::Service(format!("listing {kind}s timed out").into()),
+        });
+    }
+    let changes = stream
+        .try_filter_map(|event| async move {
+            Ok(matches!(event, watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone).then_some(()))
+        })
+        .filter_map(|r| async move { r.ok() })
+        .boxed();
+    Ok((reader, changes))
+}
