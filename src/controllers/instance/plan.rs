@@ -444,13 +444,18 @@ impl<'i, 'a> Builder<'i, 'a> {
         let action = spec.desired_state.action();
         // At most once per (object, action, requestId): any record that already answered it, then the digests
         // of every one-shot this object ever sent (the history is short, the digests are not).
+        // The newest first: after an escalation, the reset's record answers the request, not the restart's.
         let answered = self
             .status
             .action
             .iter()
-            .chain(self.status.history.iter())
-            .rev()
-            .find(|a| a.action == action && a.request_id == spec.request_id && a.state.is_terminal())
+            .chain(self.status.history.iter().rev())
+            .find(|a| {
+                (a.action == action || is_escalation_of(&spec, a))
+                    && a.request_id == spec.request_id
+                    && a.state.is_terminal()
+                    && a.reason.as_deref() != Some(ESCALATED)
+            })
             .cloned();
         let rid = spec.request_id.as_deref().unwrap_or("<none>");
         // A refused attempt of this very request (409, not sent) is renewed, not "already run".
@@ -476,7 +481,9 @@ impl<'i, 'a> Builder<'i, 'a> {
                 ActionState::Succeeded => {
                     // The same message as at completion, so a resync finds nothing to write.
                     let assumed = record.reason.as_deref() == Some(COMPLETED_ASSUMED);
-                    let verdict = Verdict::ready("Succeeded", success_message(&spec, &instance.status, assumed, s));
+                    let mut message = success_message(&spec, &instance.status, assumed, s);
+                    message.push_str(&escalated_suffix(&spec, &record));
+                    let verdict = Verdict::ready("Succeeded", message);
                     self.done(verdict, Phase::Succeeded, None, Requeue::After(s.resync))
                 }
                 ActionState::OutcomeUnknown => self.stalled(
@@ -685,6 +692,8 @@ fn expired_message(action: PowerAction, spec: &ComputeInstanceActionSpec, not_af
     )
 }
 
+use plan_escalate::{ESCALATED, escalated_suffix, is_escalation_of};
+
 /// Closing reason of a restart/reset judged complete by the settle rule (no departure was ever visible).
 const COMPLETED_ASSUMED: &str = "CompletedAssumed";
 
@@ -736,6 +745,9 @@ pub(crate) fn finish(
 
 #[path = "plan_open.rs"]
 mod open;
+
+#[path = "plan_escalate.rs"]
+mod plan_escalate;
 
 #[cfg(test)]
 #[path = "plan_tests.rs"]

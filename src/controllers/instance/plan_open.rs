@@ -10,7 +10,7 @@ impl Builder<'_, '_> {
         let now = self.input.now;
         let spec = self.spec().clone();
         // The spec changed under an open action (another state, another requestId).
-        let still_wanted = open.action == spec.desired_state.action()
+        let still_wanted = (open.action == spec.desired_state.action() || is_escalation_of(&spec, &open))
             && (!open.action.is_one_shot() || open.request_id == spec.request_id);
         match open.state {
             ActionState::Requested if open.action.is_one_shot() => self.confirm_by_evidence(open, instance),
@@ -18,6 +18,12 @@ impl Builder<'_, '_> {
                 // Never happened (or a level we may redo): drop it and decide afresh.
                 self.close_open_action(ActionState::Failed, "Superseded");
                 self.start_if_needed(instance)
+            }
+            ActionState::Rejected if is_escalation_of(&spec, &open) => {
+                if let Some(message) = self.timed_out_action() {
+                    return self.stalled("Timeout", message, Requeue::After(s.resync));
+                }
+                self.renew_escalation(instance)
             }
             ActionState::Requested | ActionState::Rejected => {
                 let reached = spec.desired_state.level_target().is_some_and(|t| t == instance.status);
@@ -35,6 +41,28 @@ impl Builder<'_, '_> {
                 let record = self.status.action.clone().unwrap_or(open);
                 let accepted_at = record.accepted_at.unwrap_or(record.intent_at);
                 let elapsed = since(now, accepted_at);
+                if let Some(after) = self.escalation_after(&record)
+                    && instance.status != InstanceStatus::Running
+                {
+                    if elapsed >= after {
+                        return self.escalate(record, instance, elapsed);
+                    }
+                    if let Completion::Failed(why) = completion(&record, &instance.status, elapsed, s.settle) {
+                        // Not back (an error): the reset is what comes next, at `after`.
+                        let message = format!(
+                            "{} of instance {}: {why}; escalating to reset at {}s if it is not running by then",
+                            record.action,
+                            spec.instance_id,
+                            after.as_secs()
+                        );
+                        return self.done(
+                            Verdict::reconciling("ActionAccepted", message),
+                            Phase::InProgress,
+                            None,
+                            Requeue::After((after - elapsed).max(s.poll_min)),
+                        );
+                    }
+                }
                 match completion(&record, &instance.status, elapsed, s.settle) {
                     Completion::Done { assumed } => {
                         let reason = if assumed { COMPLETED_ASSUMED } else { "Completed" };
@@ -53,7 +81,9 @@ impl Builder<'_, '_> {
                         if !still_wanted {
                             return self.start_if_needed(instance);
                         }
-                        let verdict = Verdict::ready("Succeeded", success_message(&spec, &instance.status, assumed, s));
+                        let mut message = success_message(&spec, &instance.status, assumed, s);
+                        message.push_str(&escalated_suffix(&spec, &record));
+                        let verdict = Verdict::ready("Succeeded", message);
                         self.done(verdict, Phase::Succeeded, None, Requeue::After(s.resync))
                     }
                     Completion::Failed(why) => {

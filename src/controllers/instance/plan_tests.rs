@@ -977,3 +977,6 @@ fn loop_protection_limits_one_shots_per_window() {
         0
     );
 }
+
+#[path = "plan_change_tests.rs"]
+mod change;
