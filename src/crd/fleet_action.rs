@@ -182,6 +182,9 @@ pub struct ComputeFleetActionStatus {
     /// Selected, allowed instances without a child yet.
     #[serde(default)]
     pub pending: u32,
+    /// Children in progress that a maintenance window or disruption budget holds back (nothing sent yet).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub waiting: u32,
     /// One-shot instances not started before `notAfter` (never started).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub expired: u32,

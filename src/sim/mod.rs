@@ -316,6 +316,11 @@ impl SimServer {
         lock(&self.shared.failing).insert(id.to_owned());
     }
 
+    /// Lifts [`Self::fail_actions_on`]: the instance's next actions end in their target again (a host repaired).
+    pub fn heal(&self, id: &str) {
+        lock(&self.shared.failing).remove(id);
+    }
+
     /// Every accepted action so far, oldest first.
     pub fn audit(&self) -> Vec<AuditEntry> {
         self.shared.recorder().entries().to_vec()

@@ -139,6 +139,8 @@ pub struct ChildView {
     pub request_id: Option<String>,
     pub synced: SyncedFields,
     pub outcome: Outcome,
+    /// In flight, but held back by a maintenance window or a disruption budget (nothing sent yet).
+    pub held: bool,
 }
 
 impl ChildView {
@@ -150,8 +152,14 @@ impl ChildView {
             request_id: child.spec.request_id.clone(),
             synced: SyncedFields::of_child(&child.spec),
             outcome: outcome_of(child),
+            held: held_by_change_control(child),
         }
     }
+}
+
+/// Is the child waiting for a maintenance window or a disruption budget?
+pub fn held_by_change_control(child: &ComputeInstanceAction) -> bool {
+    child.status.as_ref().is_some_and(crate::controllers::change::is_held)
 }
 
 /// Reads a child's kstatus conditions (only those written for its current generation count).

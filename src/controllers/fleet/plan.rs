@@ -335,6 +335,8 @@ pub struct Counts {
     pub in_progress: u32,
     pub pending: u32,
     pub expired: u32,
+    /// In progress, but held back by a maintenance window or a disruption budget.
+    pub waiting: u32,
 }
 
 struct Counted {
@@ -349,7 +351,11 @@ fn count(members: &[String], sorted: &SortedChildren<'_>, started: &BTreeSet<Str
     let mut failed_ids = Vec::new();
     let mut pending = Vec::new();
     for id in members {
-        match by_instance.get(id.as_str()).map(|c| &c.outcome) {
+        let child = by_instance.get(id.as_str());
+        if child.is_some_and(|c| c.outcome.in_flight() && c.held) {
+            counts.waiting += 1;
+        }
+        match child.map(|c| &c.outcome) {
             Some(Outcome::Succeeded) => counts.succeeded += 1,
             Some(Outcome::Failed { .. }) => {
                 counts.failed += 1;
@@ -427,6 +433,7 @@ fn set_counts(status: &mut ComputeFleetActionStatus, c: Counts) {
     status.in_progress = c.in_progress;
     status.pending = c.pending;
     status.expired = c.expired;
+    status.waiting = c.waiting;
 }
 
 fn finish(plan: &mut Plan, mut status: ComputeFleetActionStatus, verdict: &Verdict, input: &PlanInput<'_>) {

@@ -57,6 +57,7 @@ fn child(s: &ComputeFleetActionSpec, id: &str, outcome: Outcome) -> ChildView {
         request_id: rid,
         synced: SyncedFields::of_fleet(s),
         outcome,
+        held: false,
     }
 }
 
@@ -176,6 +177,32 @@ fn never_more_than_max_concurrent_in_flight() {
         assert_eq!(created(&p), want, "{children:?}");
         assert!(p.status.in_progress <= 3);
     }
+}
+
+#[test]
+fn children_held_by_change_control_keep_their_slot_and_are_counted() {
+    let s = spec("restarted", serde_json::json!({"strategy": {"maxConcurrent": 2}}));
+    let first = run(&s, &Default::default(), Some(&selection(&FIVE)), &[], t(1));
+    let held = |id| ChildView {
+        held: true,
+        ..child(&s, id, Outcome::InProgress)
+    };
+    let p = run(&s, &first.status, None, &[held("i-1"), held("i-2")], t(2));
+    assert!(created(&p).is_empty(), "a held child is in flight: the cap holds");
+    assert_eq!((p.status.in_progress, p.status.waiting), (2, 2));
+    let message = p.status.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("2 in progress (2 waiting for a maintenance window or disruption budget)"),
+        "{message}"
+    );
+    let p = run(
+        &s,
+        &first.status,
+        None,
+        &[held("i-1"), child(&s, "i-2", Outcome::Succeeded)],
+        t(3),
+    );
+    assert_eq!((created(&p), p.status.waiting), (vec!["i-3"], 1));
 }
 
 #[test]

@@ -27,8 +27,13 @@ pub(super) fn rollout_verdict(
     } else {
         String::new()
     };
+    let waiting = if c.waiting > 0 {
+        format!(" ({} waiting for a maintenance window or disruption budget)", c.waiting)
+    } else {
+        String::new()
+    };
     let progress = format!(
-        "{} succeeded, {} failed, {} in progress, {} pending of {selected} selected{denied}; maxConcurrent {cap}{incomplete}",
+        "{} succeeded, {} failed, {} in progress{waiting}, {} pending of {selected} selected{denied}; maxConcurrent {cap}{incomplete}",
         c.succeeded, c.failed, c.in_progress, c.pending
     );
     if budget_exceeded {

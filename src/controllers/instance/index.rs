@@ -20,6 +20,8 @@ struct Entry {
     acting: bool,
     /// Counts against disruption budgets (see `change::budgets::disrupts`).
     disrupting: bool,
+    /// Held back by a window or budget: nothing to observe for it until it may act.
+    held: bool,
 }
 
 #[derive(Default)]
@@ -79,6 +81,7 @@ fn entry_of(obj: &ComputeInstanceAction, scope: usize) -> Entry {
             .status
             .as_ref()
             .is_some_and(|s| crate::controllers::change::budgets::disrupts(&obj.spec, s)),
+        held: obj.status.as_ref().is_some_and(crate::controllers::change::is_held),
     }
 }
 
@@ -243,9 +246,23 @@ impl InstanceIndex {
         self.wake_peers(instance_id, "");
     }
 
-    /// Every instance ID some object names.
+    /// Every instance ID some object names, but those whose every object a window or budget holds back
+    /// (the instance view does not look at them: nothing is asked while they wait).
     pub fn instance_ids(&self) -> std::collections::HashSet<String> {
-        self.maps().by_instance.keys().cloned().collect()
+        let maps = self.maps();
+        maps.by_instance
+            .iter()
+            .filter(|(_, keys)| keys.iter().any(|k| maps.objects.get(k).is_none_or(|e| !e.held)))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Is `instance_id` named by some object that is not held back (see [`Self::instance_ids`])?
+    pub fn wants(&self, instance_id: &str) -> bool {
+        let maps = self.maps();
+        maps.by_instance
+            .get(instance_id)
+            .is_some_and(|keys| keys.iter().any(|k| maps.objects.get(k).is_none_or(|e| !e.held)))
     }
 
     /// Every cached object naming `instance_id`.

@@ -242,6 +242,10 @@ impl Refresher {
             RoundMode::GetEach { .. } => {
                 for id in &wanted {
                     tokio::time::sleep(pause).await;
+                    // Held back (or gone) since the round began: nothing to look at for it.
+                    if !self.index.wants(id) {
+                        continue;
+                    }
                     self.budget.page().await;
                     made += 1;
                     match self.api.get_instance(id).await {
