@@ -455,10 +455,12 @@ fn planner_never_panics_and_never_resends_a_one_shot() {
             dry_run: rng.random_bool(0.1),
             suspend: rng.random_bool(0.05),
             not_after: None,
-            escalation: rng.random_bool(0.2).then(|| compute_operator::crd::instance_action::Escalation {
-                after: pick_str(&mut rng, &["1s", "30s", "5m"], 4),
-                to: compute_operator::crd::instance_action::EscalationTarget::Reset,
-            }),
+            escalation: rng
+                .random_bool(0.2)
+                .then(|| compute_operator::crd::instance_action::Escalation {
+                    after: pick_str(&mut rng, &["1s", "30s", "5m"], 4),
+                    to: compute_operator::crd::instance_action::EscalationTarget::Reset,
+                }),
         };
         let generation = pick(&mut rng, &[0, 1, 2, 3, i64::MAX, -1]);
         let st = status(&mut rng, now);
@@ -526,7 +528,10 @@ fn planner_never_panics_and_never_resends_a_one_shot() {
             "no POST without a fresh read"
         );
         assert!(!spec.dry_run && !s.dry_run, "dry run never acts");
-        assert!(holds.of(action).is_none(), "an action change control holds back is never sent");
+        assert!(
+            holds.of(action).is_none(),
+            "an action change control holds back is never sent"
+        );
         if action.is_one_shot() {
             let escalated = spec.escalation.is_some() && action == PowerAction::Reset;
             assert!(action == spec.desired_state.action() || escalated);

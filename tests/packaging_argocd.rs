@@ -346,11 +346,67 @@ fn argocd_health_covers_schedules() {
 }
 
 #[test]
+fn argocd_health_covers_change_control() {
+    let object = |kind: &str, status: serde_json::Value| {
+        json!({
+            "apiVersion": "compute.threatwinds.com/v1alpha1", "kind": kind,
+            "metadata": {"name": "c", "generation": 1, "uid": "0003"},
+            "spec": {}, "status": status,
+        })
+    };
+    let valid = object(
+        "ComputeMaintenanceWindow",
+        json!({"observedGeneration": 1, "conditions": [
+        cond("Ready", "True", "Valid", "the windows read as a calendar", 1)]}),
+    );
+    assert_eq!(health(valid).0, "Healthy");
+    let unreadable = object(
+        "ComputeMaintenanceWindow",
+        json!({"observedGeneration": 1, "conditions": [
+        cond("Ready", "False", "InvalidSpec", "timeZone \"Mars/Olympus\" is not a known IANA time zone", 1),
+        cond("Stalled", "True", "InvalidSpec", "timeZone \"Mars/Olympus\" is not a known IANA time zone", 1)]}),
+    );
+    assert_eq!(health(unreadable).0, "Degraded");
+    let counting = object(
+        "ComputeDisruptionBudget",
+        json!({"observedGeneration": 1, "conditions": [
+        cond("Ready", "False", "Counting", "counting", 1), cond("Reconciling", "True", "Counting", "counting", 1)]}),
+    );
+    assert_eq!(health(counting).0, "Progressing");
+    let counted = object(
+        "ComputeDisruptionBudget",
+        json!({"observedGeneration": 1, "conditions": [
+        cond("Ready", "True", "Counted", "1 of 6 matching instances disrupted; 2 allowed at once", 1)]}),
+    );
+    assert_eq!(health(counted).0, "Healthy");
+    // An action a freeze holds back is Suspended (it waits for a time, not for progress); a budget's wait is
+    // Progressing (it moves as soon as another instance is back).
+    let held = |reason: &str| {
+        object(
+            "ComputeInstanceAction",
+            json!({"observedGeneration": 1, "conditions": [
+            cond("Ready", "False", reason, "restart waits", 1), cond("Reconciling", "True", reason, "restart waits", 1)]}),
+        )
+    };
+    assert_eq!(
+        health(held("WaitingForWindow")),
+        ("Suspended".into(), "restart waits".into())
+    );
+    assert_eq!(health(held("WaitingForBudget")).0, "Progressing");
+}
+
+#[test]
 fn argocd_cm_patch_embeds_health_lua_verbatim() {
     let patch: Value = serde_norway::from_str(&read("deploy/argocd/argocd-cm-patch.yaml")).expect("patch YAML");
     assert_eq!(kind(&patch), "ConfigMap");
     assert_eq!(name(&patch), "argocd-cm");
-    for kind in ["ComputeInstanceAction", "ComputeFleetAction", "ComputePowerSchedule"] {
+    for kind in [
+        "ComputeInstanceAction",
+        "ComputeFleetAction",
+        "ComputePowerSchedule",
+        "ComputeMaintenanceWindow",
+        "ComputeDisruptionBudget",
+    ] {
         let key = format!("resource.customizations.health.compute.threatwinds.com_{kind}");
         let script = str_at(&patch, &["data", key.as_str()]);
         assert!(

@@ -168,19 +168,24 @@ fn helm_template_defaults_are_cluster_scoped_restricted_and_recreate() {
 fn helm_template_namespaced_scope_uses_roles_in_each_watched_namespace_only() {
     let docs = template(&["-f", "tests/packaging/values-namespaced.yaml"]);
     assert_invariants(&docs, "namespaced");
-    // Cluster-wide: only reading the (cluster-scoped) ComputeAccessPolicies.
+    // Cluster-wide: only reading the (cluster-scoped) ComputeAccessPolicies, windows and budgets.
     for k in ["ClusterRole", "ClusterRoleBinding"] {
         let names: Vec<&str> = of_kind(&docs, k).into_iter().map(name).collect();
         assert_eq!(
             names,
-            vec!["compute-operator-policies"],
-            "namespaced mode: no {k} but the policies' one"
+            vec!["compute-operator-change-control", "compute-operator-policies"],
+            "namespaced mode: no {k} but the change-control and policies' ones"
         );
     }
     assert_eq!(
-        grants(the(&docs, "ClusterRole")),
+        grants(named(&docs, "ClusterRole", "compute-operator-policies")),
         policy_grants(),
         "namespaced mode: no namespaces beyond the watched ones"
+    );
+    assert_eq!(
+        grants(named(&docs, "ClusterRole", "compute-operator-change-control")),
+        change_control_grants(),
+        "namespaced mode: windows and budgets, no namespaces beyond the watched ones"
     );
     for kind_ in ["Role", "RoleBinding"] {
         let nss: BTreeSet<&str> = of_kind(&docs, kind_).iter().filter_map(|r| namespace(r)).collect();
@@ -202,7 +207,8 @@ fn helm_template_namespaced_scope_uses_roles_in_each_watched_namespace_only() {
         );
     }
 
-    // Policies off: no cluster-wide permission at all, nothing beyond the controller's in the Roles.
+    // Policies off: cluster-wide only the change-control reads; the Roles as with policies (windows select
+    // namespaces by label too).
     let docs = template(&[
         "-f",
         "tests/packaging/values-namespaced.yaml",
@@ -210,10 +216,17 @@ fn helm_template_namespaced_scope_uses_roles_in_each_watched_namespace_only() {
         "policyMode=off",
     ]);
     assert_invariants(&docs, "namespaced, policies off");
-    assert!(of_kind(&docs, "ClusterRole").is_empty());
-    assert!(of_kind(&docs, "ClusterRoleBinding").is_empty());
+    let names: Vec<&str> = of_kind(&docs, "ClusterRole").into_iter().map(name).collect();
+    assert_eq!(names, ["compute-operator-change-control"]);
+    assert_eq!(of_kind(&docs, "ClusterRoleBinding").len(), 1);
     for role in of_kind(&docs, "Role") {
-        assert_eq!(grants(role), controller_grants());
+        assert_eq!(
+            grants(role),
+            controller_grants()
+                .union(&grant_set(&[("", "namespaces", &["get"])]))
+                .cloned()
+                .collect()
+        );
     }
     let e = env(&docs);
     assert_eq!(e["COMPUTE_OPERATOR_NAMESPACES"], "team-a,team-b");
@@ -226,7 +239,11 @@ fn helm_template_namespaced_scope_uses_roles_in_each_watched_namespace_only() {
     // With leader election on top: one more Role, for leases, in the operator's namespace only.
     let docs = template(&["-f", "tests/packaging/values-namespaced.yaml", "--set", "replicas=2"]);
     assert_invariants(&docs, "namespaced, 2 replicas");
-    assert_eq!(of_kind(&docs, "ClusterRole").len(), 1, "only the policies' one");
+    assert_eq!(
+        of_kind(&docs, "ClusterRole").len(),
+        2,
+        "only the change-control and policies' ones"
+    );
     let lease_role = of_kind(&docs, "Role")
         .into_iter()
         .find(|r| name(r).ends_with("-leader-election"))

@@ -1,11 +1,13 @@
--- Argo CD health check for compute.threatwinds.com/ComputeInstanceAction and ComputeFleetAction (both report
--- kstatus conditions). Register it in argocd-cm under resource.customizations.health.compute.threatwinds.com_<Kind>
+-- Argo CD health check for every compute.threatwinds.com kind that reports kstatus conditions
+-- (ComputeInstanceAction, ComputeFleetAction, ComputePowerSchedule, ComputeMaintenanceWindow,
+-- ComputeDisruptionBudget). Register it in argocd-cm under resource.customizations.health.compute.threatwinds.com_<Kind>
 -- (see README.md). Plain Lua 5.1 (Argo CD runs gopher-lua); `obj` is the live object.
 --
 --   status.observedGeneration < metadata.generation  -> Progressing (the operator has not seen the spec yet)
 --   spec.suspend with Ready reason Suspended           -> Suspended
 --   Stalled=True                                      -> Degraded (message from the condition)
 --   Reconciling=True, reason Paused                   -> Suspended (a fleet with spec.paused)
+--   Reconciling=True, reason WaitingForWindow         -> Suspended (a maintenance window holds the action back)
 --   Reconciling=True                                  -> Progressing
 --   Ready=True                                        -> Healthy (also for a declared `stopped` that is stopped)
 --   status.phase Failed (without the above)           -> Degraded (status.message)
@@ -63,9 +65,9 @@ end
 
 local reconciling = condition(conditions, "Reconciling")
 if reconciling ~= nil and reconciling.status == "True" then
-  if reconciling.reason == "Paused" then
+  if reconciling.reason == "Paused" or reconciling.reason == "WaitingForWindow" then
     hs.status = "Suspended"
-    hs.message = describe(reconciling, "Paused")
+    hs.message = describe(reconciling, reconciling.reason)
     return hs
   end
   hs.status = "Progressing"

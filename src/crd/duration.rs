@@ -23,7 +23,9 @@ pub fn seconds(s: &str) -> Option<i64> {
 
 /// The same, as a `std` duration.
 pub fn parse(s: &str) -> Option<std::time::Duration> {
-    seconds(s).and_then(|n| u64::try_from(n).ok()).map(std::time::Duration::from_secs)
+    seconds(s)
+        .and_then(|n| u64::try_from(n).ok())
+        .map(std::time::Duration::from_secs)
 }
 
 #[cfg(test)]

@@ -21,7 +21,12 @@ fn budget_json(name: &str, zone: &str, max: serde_json::Value) -> serde_json::Va
     })
 }
 
-async fn wait_budget(client: &kube::Client, name: &str, what: &str, check: impl Fn(&ComputeDisruptionBudget) -> bool) -> ComputeDisruptionBudget {
+async fn wait_budget(
+    client: &kube::Client,
+    name: &str,
+    what: &str,
+    check: impl Fn(&ComputeDisruptionBudget) -> bool,
+) -> ComputeDisruptionBudget {
     let api: Api<ComputeDisruptionBudget> = Api::all(client.clone());
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -29,7 +34,11 @@ async fn wait_budget(client: &kube::Client, name: &str, what: &str, check: impl 
         if check(&b) {
             return b;
         }
-        assert!(std::time::Instant::now() < deadline, "{name}: not {what}: {:?}", b.status);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name}: not {what}: {:?}",
+            b.status
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -42,7 +51,9 @@ async fn a_budget_of_two_holds_a_fleet_and_single_objects_in_two_namespaces() {
     let fleet_ns = namespace(&client, "cdb-fleet").await;
     let (ns_a, ns_b) = (namespace(&client, "cdb-a").await, namespace(&client, "cdb-b").await);
     // Six instances in one zone: four for the fleet (customer cf), one for each single object (customer cs).
-    let mut instances: Vec<_> = (0..4).map(|n| inst(&format!("b-f{n}"), "cf", "u1", "zb", "t1", "running")).collect();
+    let mut instances: Vec<_> = (0..4)
+        .map(|n| inst(&format!("b-f{n}"), "cf", "u1", "zb", "t1", "running"))
+        .collect();
     instances.extend((0..2).map(|n| inst(&format!("b-s{n}"), "cs", "u1", "zb", "t1", "running")));
     let sim = simulator(SimConfig {
         fleet: Some(instances),
@@ -66,7 +77,9 @@ async fn a_budget_of_two_holds_a_fleet_and_single_objects_in_two_namespaces() {
     )
     .await;
     let counted = wait_budget(&client, &name, "counted", |b| {
-        b.status.as_ref().is_some_and(|s| s.matching == Some(6) && s.allowed == Some(2))
+        b.status
+            .as_ref()
+            .is_some_and(|s| s.matching == Some(6) && s.allowed == Some(2))
     })
     .await;
     assert_eq!(counted.status.and_then(|s| s.disrupted), Some(0));
@@ -78,7 +91,10 @@ async fn a_budget_of_two_holds_a_fleet_and_single_objects_in_two_namespaces() {
             "strategy": {"maxConcurrent": 6}},
     }))
     .expect("fleet");
-    fleets.create(&PostParams::default(), &fleet).await.expect("create fleet");
+    fleets
+        .create(&PostParams::default(), &fleet)
+        .await
+        .expect("create fleet");
     let a: Api<ComputeInstanceAction> = Api::namespaced(client.clone(), &ns_a);
     let b: Api<ComputeInstanceAction> = Api::namespaced(client.clone(), &ns_b);
     create(&a, &cia("single", "b-s0", DesiredState::Restarted, Some("r1"))).await;
@@ -100,7 +116,11 @@ async fn a_budget_of_two_holds_a_fleet_and_single_objects_in_two_namespaces() {
     assert!(saw_fleet_waiting, "the fleet reported children waiting for the budget");
     // Measured from the audit: restarts keep their instance down for a transition; the stop keeps b-s1 down
     // from its acceptance on.
-    let actions: Vec<_> = sim.audit().into_iter().map(|e| (e.instance_id, e.action, e.at)).collect();
+    let actions: Vec<_> = sim
+        .audit()
+        .into_iter()
+        .map(|e| (e.instance_id, e.action, e.at))
+        .collect();
     assert_eq!(actions.len(), 6, "every instance acted on once: {actions:?}");
     let stop_at = actions
         .iter()
@@ -116,7 +136,10 @@ async fn a_budget_of_two_holds_a_fleet_and_single_objects_in_two_namespaces() {
         "while b-s1 is stopped only one more may be down: {during_stop:?}"
     );
     // The stopped object holds its instance down: the budget counts it.
-    assert_eq!(condition(&stopped, "Ready").map(|c| c.reason.as_str()), Some("Succeeded"));
+    assert_eq!(
+        condition(&stopped, "Ready").map(|c| c.reason.as_str()),
+        Some("Succeeded")
+    );
     wait_budget(&client, &name, "one disrupted (the stop)", |b| {
         b.status.as_ref().is_some_and(|s| s.disrupted == Some(1))
     })
@@ -130,7 +153,11 @@ async fn a_new_leader_counts_the_full_budget_from_the_statuses() {
     let client = client().await;
     let ns = namespace(&client, "cdb-leader").await;
     let sim = simulator(SimConfig {
-        fleet: Some((0..2).map(|n| inst(&format!("l-{n}"), "c1", "u1", "zl", "t1", "running")).collect()),
+        fleet: Some(
+            (0..2)
+                .map(|n| inst(&format!("l-{n}"), "c1", "u1", "zl", "t1", "running"))
+                .collect(),
+        ),
         transition: Duration::from_millis(300),
         ..SimConfig::default()
     })
@@ -144,21 +171,37 @@ async fn a_new_leader_counts_the_full_budget_from_the_statuses() {
     wait_ready(&api, "stop-0").await;
     create(&api, &cia("stop-1", "l-1", DesiredState::Stopped, None)).await;
     let held = wait_reason(&api, "stop-1", "Reconciling", "WaitingForBudget").await;
-    let message = condition(&held, "Reconciling").map(|c| c.message.clone()).unwrap_or_default();
+    let message = condition(&held, "Reconciling")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
     assert!(message.contains(&name), "names the budget: {message}");
-    assert!(!message.contains("l-0"), "never names another object's instance: {message}");
+    assert!(
+        !message.contains("l-0"),
+        "never names another object's instance: {message}"
+    );
     // The leader changes while the budget is full: the new one knows nothing but what the statuses say.
     first.stop().await;
     let _second = start_controller(&sim, TOKEN, test_controller_config(&ns)).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(audit_for(&sim, "l-1"), Vec::<String>::new(), "the new leader keeps the budget");
+    assert_eq!(
+        audit_for(&sim, "l-1"),
+        Vec::<String>::new(),
+        "the new leader keeps the budget"
+    );
     let still = api.get("stop-1").await.expect("get");
-    assert_eq!(condition(&still, "Reconciling").map(|c| c.reason.as_str()), Some("WaitingForBudget"));
+    assert_eq!(
+        condition(&still, "Reconciling").map(|c| c.reason.as_str()),
+        Some("WaitingForBudget")
+    );
     // The first instance is let go: the held stop goes at once (woken, not polled).
     api.delete("stop-0", &Default::default()).await.expect("delete");
     let started = std::time::Instant::now();
     wait_ready(&api, "stop-1").await;
-    assert!(started.elapsed() < Duration::from_secs(2), "woken when the disruption ended: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "woken when the disruption ended: {:?}",
+        started.elapsed()
+    );
     assert_eq!(audit_for(&sim, "l-1"), ["stop"]);
     delete_cluster_object::<ComputeDisruptionBudget>(&client, &name).await;
 }

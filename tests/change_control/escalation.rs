@@ -39,7 +39,10 @@ async fn a_restart_that_leaves_the_instance_down_is_escalated_to_one_reset() {
     .await;
     // The host is repaired before the escalation: the reset brings the instance back.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(sim.instance("e-00").map(|i| i.status.as_str().to_owned()).as_deref(), Some("error"));
+    assert_eq!(
+        sim.instance("e-00").map(|i| i.status.as_str().to_owned()).as_deref(),
+        Some("error")
+    );
     sim.heal("e-00");
     assert_eq!(audit_for(&sim, "e-00"), ["restart"], "no reset before `after`");
     let done = wait_for(&api, "esc", Duration::from_secs(30), "Ready=Succeeded", |o| {
@@ -106,7 +109,11 @@ async fn escalation_is_refused_on_anything_but_a_restart() {
     obj.spec.desired_state = DesiredState::Stopped;
     obj.spec.request_id = None;
     match api.create(&Default::default(), &obj).await {
-        Err(kube::Error::Api(s)) => assert!(s.message.contains("escalation applies to desiredState restarted only"), "{}", s.message),
+        Err(kube::Error::Api(s)) => assert!(
+            s.message.contains("escalation applies to desiredState restarted only"),
+            "{}",
+            s.message
+        ),
         other => panic!("accepted: {other:?}"),
     }
     let mut obj = escalating("bad-after", "x-1");

@@ -47,5 +47,7 @@ where
         + serde::de::DeserializeOwned
         + std::fmt::Debug,
 {
-    let _ = Api::<K>::all(client.clone()).delete(name, &DeleteParams::default()).await;
+    let _ = Api::<K>::all(client.clone())
+        .delete(name, &DeleteParams::default())
+        .await;
 }

@@ -17,7 +17,9 @@ fn held_until(o: &ComputeInstanceAction) -> Option<DateTime<Utc>> {
 }
 
 fn reconciling_message(o: &ComputeInstanceAction) -> String {
-    condition(o, "Reconciling").map(|c| c.message.clone()).unwrap_or_default()
+    condition(o, "Reconciling")
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,7 +39,8 @@ async fn an_allow_window_sends_right_when_it_opens_and_asks_nothing_before() {
     let _controller = start_controller(&sim, TOKEN, config).await;
     // Windows are minute-grained: the next minute boundary at least 8 s away opens it.
     let now = Utc::now();
-    let mut opens = now.with_second(0).and_then(|t| t.with_nanosecond(0)).expect("a minute") + chrono::Duration::minutes(1);
+    let mut opens =
+        now.with_second(0).and_then(|t| t.with_nanosecond(0)).expect("a minute") + chrono::Duration::minutes(1);
     if opens - now < chrono::Duration::seconds(10) {
         opens += chrono::Duration::minutes(1);
     }
@@ -65,7 +68,11 @@ async fn an_allow_window_sends_right_when_it_opens_and_asks_nothing_before() {
         message.contains(&name) && message.contains(&opens.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
         "names the window and the time: {message}"
     );
-    assert_eq!(held.status.as_ref().and_then(|s| s.action.as_ref()), None, "no intent while held");
+    assert_eq!(
+        held.status.as_ref().and_then(|s| s.action.as_ref()),
+        None,
+        "no intent while held"
+    );
     // Nothing is asked of the admin API while it waits (the controller comes back at the opening, no polling).
     // (A view round that began before the hold may still be finishing.)
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -81,7 +88,10 @@ async fn an_allow_window_sends_right_when_it_opens_and_asks_nothing_before() {
         "no admin API request while waiting for the window: {:?} then {:?}",
         before_stats.requests, after.requests
     );
-    assert!(audit_for(&sim, "w-00").is_empty(), "nothing sent before the window opens");
+    assert!(
+        audit_for(&sim, "w-00").is_empty(),
+        "nothing sent before the window opens"
+    );
     let done = wait_ready(&api, "restart").await;
     let sent = sim
         .audit()
@@ -133,27 +143,55 @@ async fn a_freeze_holds_its_date_range_and_a_shortened_freeze_is_picked_up_at_on
     create(&api, &cia("stop-free", "f-01", DesiredState::Stopped, None)).await;
     wait_ready(&api, "stop-free").await;
     let held = wait_reason(&api, "stop-frozen", "Reconciling", "WaitingForWindow").await;
-    assert!(reconciling_message(&held).contains("release freeze"), "{}", reconciling_message(&held));
+    assert!(
+        reconciling_message(&held).contains("release freeze"),
+        "{}",
+        reconciling_message(&held)
+    );
     let until_secs = DateTime::from_timestamp(until.timestamp(), 0).expect("until");
-    assert!(held_until(&held).is_some_and(|t| t >= until_secs && t <= until), "{:?}", held_until(&held));
+    assert!(
+        held_until(&held).is_some_and(|t| t >= until_secs && t <= until),
+        "{:?}",
+        held_until(&held)
+    );
     wait_ready(&api, "stop-frozen").await;
-    let sent = sim.audit().into_iter().find(|e| e.instance_id == "f-00").expect("stop sent");
-    assert!(sent.at >= until - chrono::Duration::milliseconds(1), "sent at {} before {until}", sent.at);
+    let sent = sim
+        .audit()
+        .into_iter()
+        .find(|e| e.instance_id == "f-00")
+        .expect("stop sent");
+    assert!(
+        sent.at >= until - chrono::Duration::milliseconds(1),
+        "sent at {} before {until}",
+        sent.at
+    );
 
     // A long freeze, then shortened: the held object sees the change at once (watched, in memory).
     let windows: Api<ComputeMaintenanceWindow> = Api::all(client.clone());
     let long = Utc::now() + chrono::Duration::hours(2);
     windows
-        .patch(&name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"freezes": freeze(long)}})))
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"freezes": freeze(long)}})),
+        )
         .await
         .expect("lengthen the freeze");
     tokio::time::sleep(Duration::from_millis(500)).await;
     create(&api, &cia("start-frozen", "f-00", DesiredState::Running, None)).await;
-    api.delete("stop-frozen", &Default::default()).await.expect("delete the stop");
+    api.delete("stop-frozen", &Default::default())
+        .await
+        .expect("delete the stop");
     // A start is not gated by default: it goes.
     wait_ready(&api, "start-frozen").await;
-    create(&api, &cia("restart-frozen", "f-00", DesiredState::Restarted, Some("r1"))).await;
-    api.delete("start-frozen", &Default::default()).await.expect("delete the start");
+    create(
+        &api,
+        &cia("restart-frozen", "f-00", DesiredState::Restarted, Some("r1")),
+    )
+    .await;
+    api.delete("start-frozen", &Default::default())
+        .await
+        .expect("delete the start");
     let held = wait_reason(&api, "restart-frozen", "Reconciling", "WaitingForWindow").await;
     assert!(held_until(&held).is_some_and(|t| t > Utc::now() + chrono::Duration::minutes(90)));
     let shortened = Utc::now() + chrono::Duration::seconds(3);

@@ -129,7 +129,7 @@ done <"$tmp/index"
 # The argocd-cm patch carries the health check verbatim, indented as a YAML block scalar.
 {
   echo "$GENERATED"
-  echo "# Registers deploy/argocd/health.lua as the Argo CD health check of ComputeInstanceAction, ComputeFleetAction and ComputePowerSchedule:"
+  echo "# Registers deploy/argocd/health.lua as the Argo CD health check of ComputeInstanceAction, ComputeFleetAction, ComputePowerSchedule, ComputeMaintenanceWindow and ComputeDisruptionBudget:"
   echo "#   kubectl -n argocd patch configmap argocd-cm --patch-file deploy/argocd/argocd-cm-patch.yaml"
   echo "apiVersion: v1"
   echo "kind: ConfigMap"
@@ -137,7 +137,7 @@ done <"$tmp/index"
   echo "  name: argocd-cm"
   echo "  namespace: argocd"
   echo "data:"
-  for kind in ComputeInstanceAction ComputeFleetAction ComputePowerSchedule; do
+  for kind in ComputeInstanceAction ComputeFleetAction ComputePowerSchedule ComputeMaintenanceWindow ComputeDisruptionBudget; do
     echo "  resource.customizations.health.compute.threatwinds.com_$kind: |"
     awk '{ if ($0 == "") print ""; else print "    " $0 }' "$ROOT/deploy/argocd/health.lua"
   done

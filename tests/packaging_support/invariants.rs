@@ -3,7 +3,9 @@
 
 use serde_norway::Value;
 
-use super::rbac::{controller_grants, grant_set, grants, lease_grants, namespace_grants, policy_grants, strings};
+use super::rbac::{
+    change_control_grants, controller_grants, grant_set, grants, lease_grants, namespace_grants, policy_grants, strings,
+};
 use super::{CREDENTIALS_DIR, NAMESPACE, container, env, kind, name, namespace, of_kind, s, str_at, the, yaml};
 
 /// Checks that hold for every rendering: least-privilege RBAC, the restricted pod, credentials as files only.
@@ -21,6 +23,7 @@ pub fn assert_invariants(docs: &[Value], what: &str) {
     let mut policy_roles = 0;
     let mut lease_roles = 0;
     let mut tenant_roles = 0;
+    let mut change_roles = 0;
     for role in docs.iter().filter(|d| kind(d) == "Role" || kind(d) == "ClusterRole") {
         for rule in s(role, &["rules"])
             .and_then(Value::as_sequence)
@@ -88,7 +91,27 @@ pub fn assert_invariants(docs: &[Value], what: &str) {
                 g.iter().all(|(_, r, _)| !r.contains('/')),
                 "{what}: tenants never get a subresource (no status writes): {g:?}"
             );
+            assert!(
+                g.iter()
+                    .all(|(_, r, _)| r != "computemaintenancewindows" && r != "computedisruptionbudgets"),
+                "{what}: change control is for administrators only: {g:?}"
+            );
             tenant_roles += 1;
+        } else if name(role).ends_with("-change-control") {
+            assert_eq!(
+                kind(role),
+                "ClusterRole",
+                "{what}: windows and budgets are cluster-scoped"
+            );
+            let mut want = change_control_grants();
+            if cluster_wide {
+                want.extend(namespace_grants());
+            }
+            assert_eq!(
+                g, want,
+                "{what}: the change-control ClusterRole reads windows and budgets"
+            );
+            change_roles += 1;
         } else if name(role).ends_with("-policies") {
             assert_eq!(kind(role), "ClusterRole", "{what}: policies are cluster-scoped");
             assert!(enforce, "{what}: policy permissions although policies are off");
@@ -100,7 +123,7 @@ pub fn assert_invariants(docs: &[Value], what: &str) {
             policy_roles += 1;
         } else {
             let mut want = controller_grants();
-            if enforce && kind(role) == "Role" {
+            if kind(role) == "Role" {
                 // A Role can grant `get` of its own namespace, never a list or watch of namespaces.
                 want.extend(grant_set(&[("", "namespaces", &["get"])]));
                 // Only the labels of the namespace the Role lives in.
@@ -134,6 +157,7 @@ pub fn assert_invariants(docs: &[Value], what: &str) {
         usize::from(leader),
         "{what}: one lease Role exactly when leader election is on"
     );
+    assert_eq!(change_roles, 1, "{what}: one change-control ClusterRole, always");
     assert!(
         tenant_roles == 0 || tenant_roles == 2,
         "{what}: the aggregated tenant edit and view roles come as a pair ({tenant_roles})"
@@ -180,8 +204,10 @@ pub fn assert_invariants(docs: &[Value], what: &str) {
             || name(d).ends_with("-leader-election")
             || of_kind(docs, "ClusterRole")
                 .iter()
-                .all(|r| name(r).ends_with("-policies") || name(r).contains("-tenant-"))),
-        "{what}: ClusterRole and per-namespace Roles are exclusive (the tenants' aggregated roles aside)"
+                .all(|r| name(r).ends_with("-policies")
+                    || name(r).ends_with("-change-control")
+                    || name(r).contains("-tenant-"))),
+        "{what}: ClusterRole and per-namespace Roles are exclusive (the tenants' aggregated roles, policies and change control aside)"
     );
 
     // The restricted Pod Security Standard.

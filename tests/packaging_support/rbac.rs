@@ -112,6 +112,32 @@ pub fn namespace_grants() -> BTreeSet<Grant> {
     grant_set(&[("", "namespaces", &["get", "list", "watch"])])
 }
 
+/// Always: read the cluster-scoped ComputeMaintenanceWindows and ComputeDisruptionBudgets, write their status.
+pub fn change_control_grants() -> BTreeSet<Grant> {
+    grant_set(&[
+        (
+            "compute.threatwinds.com",
+            "computemaintenancewindows",
+            &["get", "list", "watch"],
+        ),
+        (
+            "compute.threatwinds.com",
+            "computedisruptionbudgets",
+            &["get", "list", "watch"],
+        ),
+        (
+            "compute.threatwinds.com",
+            "computemaintenancewindows/status",
+            &["get", "patch"],
+        ),
+        (
+            "compute.threatwinds.com",
+            "computedisruptionbudgets/status",
+            &["get", "patch"],
+        ),
+    ])
+}
+
 pub fn lease_grants() -> BTreeSet<Grant> {
     grant_set(&[("coordination.k8s.io", "leases", &["create", "get", "update"])])
 }

@@ -148,7 +148,9 @@ mod tests {
     }
 
     fn down(ids: &[(&str, &str)]) -> Vec<(String, Option<Instance>)> {
-        ids.iter().map(|(id, zone)| (id.to_string(), Some(inst(id, zone)))).collect()
+        ids.iter()
+            .map(|(id, zone)| (id.to_string(), Some(inst(id, zone))))
+            .collect()
     }
 
     #[test]
@@ -270,7 +272,12 @@ mod tests {
             (D::Running, with(P::Stop, S::Succeeded, "stopped"), false),
             (D::Stopped, ComputeInstanceActionStatus::default(), false),
         ] {
-            assert_eq!(disrupts(&spec(desired), &status), want, "{desired:?} {:?}", status.action);
+            assert_eq!(
+                disrupts(&spec(desired), &status),
+                want,
+                "{desired:?} {:?}",
+                status.action
+            );
         }
         let mut suspended = spec(D::Stopped);
         suspended.suspend = true;

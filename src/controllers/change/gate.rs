@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use futures::channel::mpsc;
-use futures::{StreamExt, TryStreamExt};
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -360,15 +360,15 @@ fn observed_instance(o: &ComputeInstanceAction) -> Option<Instance> {
 }
 
 /// A cluster-wide cache of `K`, listed before it returns, and the stream of its changes.
-async fn watch<K>(
-    client: &Client,
-) -> Result<(Store<K>, futures::stream::BoxStream<'static, ()>), StartError>
+async fn watch<K>(client: &Client) -> Result<(Store<K>, futures::stream::BoxStream<'static, ()>), StartError>
 where
     K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let kind = K::kind(&()).into_owned();
     let api: Api<K> = Api::all(client.clone());
-    if let Err(e) = crate::controllers::runtime::bounded(api.list_metadata(&kube::api::ListParams::default().limit(1))).await {
+    if let Err(e) =
+        crate::controllers::runtime::bounded(api.list_metadata(&kube::api::ListParams::default().limit(1))).await
+    {
         return Err(StartError::CrdMissing { kind, source: e });
     }
     let (reader, writer) = reflector::store();
@@ -383,11 +383,26 @@ where
             source: kube::Error::Service(format!("listing {kind}s timed out").into()),
         });
     }
+    // Only a change of spec (a new generation) or a deletion is a change: the upkeep's own status writes are not.
+    let mut generations: HashMap<String, Option<i64>> = HashMap::new();
     let changes = stream
-        .try_filter_map(|event| async move {
-            Ok(matches!(event, watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone).then_some(()))
+        .filter_map(move |event| {
+            let changed = match event {
+                Ok(watcher::Event::Apply(o)) => {
+                    generations.insert(o.name_any(), o.meta().generation) != Some(o.meta().generation)
+                }
+                Ok(watcher::Event::Delete(o)) => {
+                    generations.remove(&o.name_any());
+                    true
+                }
+                // A re-list after a watch error: a change only where a generation moved.
+                Ok(watcher::Event::InitApply(o)) => {
+                    generations.insert(o.name_any(), o.meta().generation) != Some(o.meta().generation)
+                }
+                _ => false,
+            };
+            futures::future::ready(changed.then_some(()))
         })
-        .filter_map(|r| async move { r.ok() })
         .boxed();
     Ok((reader, changes))
 }

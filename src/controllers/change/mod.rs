@@ -13,6 +13,8 @@ use crate::crd::instance_action::ComputeInstanceActionStatus;
 /// Does the status say a window or budget holds its action back (nothing sent, nothing to look at yet)?
 pub fn is_held(status: &ComputeInstanceActionStatus) -> bool {
     status.conditions.iter().any(|c| {
-        c.type_ == "Reconciling" && c.status == "True" && (c.reason == WAITING_FOR_WINDOW || c.reason == WAITING_FOR_BUDGET)
+        c.type_ == "Reconciling"
+            && c.status == "True"
+            && (c.reason == WAITING_FOR_WINDOW || c.reason == WAITING_FOR_BUDGET)
     })
 }

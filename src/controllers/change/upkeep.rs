@@ -101,7 +101,9 @@ impl Upkeep {
         };
         let ids: HashSet<String> = listed.members.into_iter().map(|(id, _)| id).collect();
         let before = gate.count_of(&name);
-        let changed = before.as_ref().is_none_or(|c| c.ids != ids || c.generation != b.metadata.generation);
+        let changed = before
+            .as_ref()
+            .is_none_or(|c| c.ids != ids || c.generation != b.metadata.generation);
         gate.record_count(
             &name,
             Counted {
@@ -142,9 +144,7 @@ impl Upkeep {
 
 /// Is a budget's count missing, of another generation, or old?
 pub fn due(count: Option<&Counted>, generation: Option<i64>, now: DateTime<Utc>) -> bool {
-    count.is_none_or(|c| {
-        c.generation != generation || (now - c.at).to_std().unwrap_or_default() >= RECOUNT
-    })
+    count.is_none_or(|c| c.generation != generation || (now - c.at).to_std().unwrap_or_default() >= RECOUNT)
 }
 
 /// A budget's status: its counts, and `Ready` once counted.
@@ -156,7 +156,10 @@ pub fn budget_status(
     now: DateTime<Utc>,
 ) -> ComputeDisruptionBudgetStatus {
     let mut status = obj.status.clone().unwrap_or_default();
-    let matching = budget.matching.as_ref().map(|m| u32::try_from(m.len()).unwrap_or(u32::MAX));
+    let matching = budget
+        .matching
+        .as_ref()
+        .map(|m| u32::try_from(m.len()).unwrap_or(u32::MAX));
     let allowed = budget.allowed();
     let verdict = match (matching, allowed) {
         (Some(m), Some(a)) => Verdict::ready(

@@ -99,16 +99,27 @@ impl MaintenanceWindow {
     /// Does this object alone let an action start at `t`? `Err` carries why not.
     fn admits(&self, t: DateTime<Utc>) -> Result<(), HeldBy> {
         let calendar = self.calendar.as_ref().map_err(|e| HeldBy::Unreadable(e.clone()))?;
-        if let Some((_, _, reason)) = calendar.freezes.iter().find(|(from, until, _)| *from <= t && t < *until) {
+        if let Some((_, _, reason)) = calendar
+            .freezes
+            .iter()
+            .find(|(from, until, _)| *from <= t && t < *until)
+        {
             return Err(HeldBy::Freeze(reason.clone()));
         }
         let day_before = t - TimeDelta::days(1);
         let around = calendar.intervals(day_before, t + TimeDelta::days(1));
-        if around.iter().any(|(k, from, to)| *k == WindowKind::Deny && *from <= t && t < *to) {
+        if around
+            .iter()
+            .any(|(k, from, to)| *k == WindowKind::Deny && *from <= t && t < *to)
+        {
             return Err(HeldBy::Deny);
         }
         let has_allow = calendar.weekly.iter().any(|w| w.kind == WindowKind::Allow);
-        if has_allow && !around.iter().any(|(k, from, to)| *k == WindowKind::Allow && *from <= t && t < *to) {
+        if has_allow
+            && !around
+                .iter()
+                .any(|(k, from, to)| *k == WindowKind::Allow && *from <= t && t < *to)
+        {
             return Err(HeldBy::OutsideAllow);
         }
         Ok(())
@@ -161,7 +172,8 @@ impl Calendar {
             .enumerate()
             .map(|(i, w)| {
                 let time = |s: &str, field: &str| {
-                    parse_wall_time(s).ok_or_else(|| format!("windows[{i}].{field} {s:?} is not a wall-clock time HH:MM"))
+                    parse_wall_time(s)
+                        .ok_or_else(|| format!("windows[{i}].{field} {s:?} is not a wall-clock time HH:MM"))
                 };
                 let days = if w.days.is_empty() {
                     0x7f
@@ -239,7 +251,9 @@ pub fn held_message(action: PowerAction, window: &str, why: &HeldBy, until: Opti
         HeldBy::Deny => format!("inside a deny window of maintenance window {window}"),
         HeldBy::Freeze(Some(reason)) => format!("inside a change freeze of maintenance window {window} ({reason})"),
         HeldBy::Freeze(None) => format!("inside a change freeze of maintenance window {window}"),
-        HeldBy::Unreadable(e) => format!("maintenance window {window} cannot be read ({e}), so it holds back what it covers"),
+        HeldBy::Unreadable(e) => {
+            format!("maintenance window {window} cannot be read ({e}), so it holds back what it covers")
+        }
     };
     match until {
         Some(t) => format!(

@@ -142,7 +142,11 @@ fn every_covering_window_must_agree() {
         decide(&[&evenings, &nights], at("2026-12-07T22:30:00Z")),
         WindowDecision::Open
     );
-    assert_eq!(decide(&[], at("2026-12-07T12:00:00Z")), WindowDecision::Open, "nothing covers it");
+    assert_eq!(
+        decide(&[], at("2026-12-07T12:00:00Z")),
+        WindowDecision::Open,
+        "nothing covers it"
+    );
 }
 
 #[test]
@@ -237,8 +241,8 @@ fn what_a_window_covers() {
     }))
     .expect("spec");
     let zoned = MaintenanceWindow::new("zoned", &zoned);
-    let instance: Instance = serde_json::from_value(serde_json::json!({"id": "i-1", "zone": "z1", "status": "running"}))
-        .expect("instance");
+    let instance: Instance =
+        serde_json::from_value(serde_json::json!({"id": "i-1", "zone": "z1", "status": "running"})).expect("instance");
     for (w, ns, instance, action, want) in [
         (&w, &team_a, None, PowerAction::Restart, true),
         (&w, &team_b, None, PowerAction::Restart, false),
@@ -262,8 +266,14 @@ fn what_a_window_covers() {
 fn next_change_and_open() {
     let w = nightly();
     assert!(!w.open_at(at("2026-12-07T12:00:00Z")));
-    assert_eq!(w.next_change(at("2026-12-07T12:00:00Z")), Some(at("2026-12-07T22:00:00Z")));
-    assert_eq!(w.next_change(at("2026-12-07T23:00:00Z")), Some(at("2026-12-08T02:00:00Z")));
+    assert_eq!(
+        w.next_change(at("2026-12-07T12:00:00Z")),
+        Some(at("2026-12-07T22:00:00Z"))
+    );
+    assert_eq!(
+        w.next_change(at("2026-12-07T23:00:00Z")),
+        Some(at("2026-12-08T02:00:00Z"))
+    );
 }
 
 #[test]

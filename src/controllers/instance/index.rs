@@ -175,7 +175,10 @@ impl InstanceIndex {
                         self.wake_budget_waiters();
                     }
                 }
-                self.budget_waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                self.budget_waiters
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&key);
             }
         }
     }

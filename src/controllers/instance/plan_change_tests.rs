@@ -90,7 +90,11 @@ fn not_after_still_applies_while_held() {
     sp.not_after = Some(t(2_000));
     let holds = Holds(vec![(PowerAction::Restart, hold("WaitingForWindow", Some(60_000)))]);
     let p = run_held(&sp, &status_with(None), &instance("running"), &holds, 0);
-    assert_eq!(p.requeue, Requeue::Exactly(Duration::from_secs(2) + HOLD_MARGIN), "back at notAfter");
+    assert_eq!(
+        p.requeue,
+        Requeue::Exactly(Duration::from_secs(2) + HOLD_MARGIN),
+        "back at notAfter"
+    );
     let late = run_held(&sp, &p.status, &instance("running"), &holds, 2_001);
     assert_eq!(late.post, None);
     assert_eq!(ready(&late), ("True", "Expired"), "the window opened too late for it");
@@ -203,7 +207,12 @@ fn escalation_fires_when_the_restart_does_not_bring_the_instance_back() {
     let done = run_held(&sp, &done.status, &instance("resetting"), &NO_HOLDS, 12_500);
     let done = run_held(&sp, &done.status, &instance("running"), &NO_HOLDS, 13_000);
     assert_eq!(ready(&done), ("True", "Succeeded"));
-    assert!(done.status.message.as_deref().is_some_and(|m| m.contains("escalated to a reset")));
+    assert!(
+        done.status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("escalated to a reset"))
+    );
     // A resync says the same and sends nothing.
     let resync = run_held(&sp, &done.status, &instance("running"), &NO_HOLDS, 60_000);
     assert_eq!((resync.post, ready(&resync)), (None, ("True", "Succeeded")));

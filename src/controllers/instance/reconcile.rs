@@ -206,7 +206,10 @@ fn window_holds(
         return plan::Holds::default();
     };
     let labels = ctx.policy.labels_of(ns);
-    let view = crate::crd::access_policy::NamespaceView { name: ns, labels: &labels };
+    let view = crate::crd::access_policy::NamespaceView {
+        name: ns,
+        labels: &labels,
+    };
     let mut actions = vec![obj.spec.desired_state.action()];
     if obj.spec.escalation.is_some() {
         actions.push(PowerAction::Reset);
