@@ -152,6 +152,9 @@ pub struct Snapshot {
 pub struct DryRunReport {
     /// Instances that would be acted on (not already at a level).
     pub would_act: u32,
+    /// Of those, how many a maintenance window holds back now.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held_back: u32,
     /// The first few instance IDs that would be acted on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub first_ids: Vec<String>,

@@ -246,3 +246,62 @@ async fn invalid_windows_are_refused_with_a_clear_message() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_dry_run_reports_what_a_window_holds_back() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let client = client().await;
+    let ns = namespace(&client, "cmw-dry").await;
+    let sim = simulator(SimConfig {
+        fleet: Some(zone_fleet("d", "zd", 3)),
+        transition: Duration::from_millis(300),
+        ..SimConfig::default()
+    })
+    .await;
+    let name = format!("{ns}-freeze");
+    let now = Utc::now();
+    create_cluster_object::<ComputeMaintenanceWindow>(
+        &client,
+        serde_json::json!({
+            "apiVersion": "compute.threatwinds.com/v1alpha1", "kind": "ComputeMaintenanceWindow",
+            "metadata": {"name": name},
+            "spec": {"namespaces": {"names": [ns]}, "instances": {"ids": ["d-00", "d-01"]},
+                "freezes": [{"from": (now - chrono::Duration::hours(1)).to_rfc3339(),
+                    "until": (now + chrono::Duration::hours(1)).to_rfc3339()}]},
+        }),
+    )
+    .await;
+    let _operator = start_fleet_operator(
+        &sim,
+        TOKEN,
+        test_controller_config(&ns),
+        test_fleet_config(&ns),
+        compute_operator::leader::Fence::always_open(),
+    )
+    .await;
+    let fleets: Api<compute_operator::controllers::fleet::ComputeFleetAction> = Api::namespaced(client.clone(), &ns);
+    let fleet = serde_json::from_value(serde_json::json!({
+        "apiVersion": "compute.threatwinds.com/v1alpha1", "kind": "ComputeFleetAction",
+        "metadata": {"name": "dry"},
+        "spec": {"selector": {"zone": "zd"}, "desiredState": "restarted", "requestId": "r1", "dryRun": true},
+    }))
+    .expect("fleet");
+    fleets.create(&Default::default(), &fleet).await.expect("create");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let f = fleets.get("dry").await.expect("get");
+        let report = f.status.as_ref().and_then(|s| s.dry_run.clone());
+        if let Some(r) = report {
+            assert_eq!((r.would_act, r.held_back), (3, 2));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no dry run report: {:?}",
+            f.status
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(sim.audit().is_empty(), "a dry run sends nothing");
+    delete_cluster_object::<ComputeMaintenanceWindow>(&client, &name).await;
+}

@@ -85,6 +85,7 @@ impl Upkeep {
             keep: &keep,
             keep_missing: false,
             attempts: WALK_ATTEMPTS,
+            held: None,
         };
         let lookups = lookups_of_match(&b.spec.instances);
         let walked = tokio::time::timeout(SELECTION_TIMEOUT, walk(&self.api, &self.lists, &lookups, &rules)).await;

@@ -28,6 +28,8 @@ pub struct Candidate {
     pub id: String,
     /// Its status when listed (`None` when not known, e.g. an explicit ID that was not found).
     pub status: Option<InstanceStatus>,
+    /// A maintenance window held its action back when listed (reported by a dry run).
+    pub held: bool,
 }
 
 /// The selection as listed from the admin API (all pages), in list order.
@@ -382,26 +384,31 @@ fn count(members: &[String], sorted: &SortedChildren<'_>, started: &BTreeSet<Str
 
 /// What a dry run would act on: the pending members not already at the level.
 fn dry_run(input: &PlanInput<'_>, pending: &[String]) -> DryRunReport {
-    let statuses: HashMap<&str, Option<&InstanceStatus>> = input
+    let statuses: HashMap<&str, (Option<&InstanceStatus>, bool)> = input
         .selection
         .map(|s| {
             s.candidates
                 .iter()
-                .map(|c| (c.id.as_str(), c.status.as_ref()))
+                .map(|c| (c.id.as_str(), (c.status.as_ref(), c.held)))
                 .collect()
         })
         .unwrap_or_default();
     let target = input.spec.desired_state.level_target();
     let would: Vec<String> = pending
         .iter()
-        .filter(|id| match (&target, statuses.get(id.as_str()).copied().flatten()) {
+        .filter(|id| match (&target, statuses.get(id.as_str()).and_then(|s| s.0)) {
             (Some(t), Some(now)) => now != t,
             _ => true,
         })
         .cloned()
         .collect();
+    let held_back = would
+        .iter()
+        .filter(|id| statuses.get(id.as_str()).is_some_and(|s| s.1))
+        .count();
     DryRunReport {
         would_act: would.len() as u32,
+        held_back: held_back as u32,
         first_ids: would.into_iter().take(SAMPLE_IDS).collect(),
     }
 }

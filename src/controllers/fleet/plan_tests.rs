@@ -33,6 +33,7 @@ fn selection(ids: &[&str]) -> Selection {
             .map(|id| Candidate {
                 id: id.to_string(),
                 status: Some(InstanceStatus::Running),
+                held: false,
             })
             .collect(),
         complete: true,
@@ -395,6 +396,22 @@ fn dry_run_reports_and_creates_nothing() {
     let p = run(&s, &Default::default(), Some(&selection(&FIVE)), &[], t(1));
     assert!(p.status.snapshot.is_none() && p.create.is_empty());
     assert_eq!(p.status.dry_run.as_ref().unwrap().would_act, 5);
+    // What a maintenance window would hold back is reported.
+    let mut sel = selection(&FIVE);
+    sel.candidates[0].held = true;
+    sel.candidates[3].held = true;
+    let p = run(&s, &Default::default(), Some(&sel), &[], t(1));
+    assert_eq!(
+        p.status.dry_run.as_ref().map(|r| (r.would_act, r.held_back)),
+        Some((5, 2))
+    );
+    assert!(
+        cond(&p, READY)
+            .message
+            .ends_with("; a maintenance window holds back 2 of them now"),
+        "{}",
+        cond(&p, READY).message
+    );
 }
 
 #[test]

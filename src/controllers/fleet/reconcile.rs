@@ -145,7 +145,11 @@ async fn reconcile_inner(cached: &ComputeFleetAction, ctx: &Context) -> Result<A
         candidates: l
             .members
             .into_iter()
-            .map(|(id, status)| Candidate { id, status })
+            .map(|(id, status)| Candidate {
+                held: l.held.contains(&id),
+                id,
+                status,
+            })
             .collect(),
         complete: l.complete,
     });
@@ -271,7 +275,24 @@ async fn list_selection(ctx: &Context, fleet: &ComputeFleetAction, coverage: &Co
             policy.denial(&probe, Some(i)).is_none()
         }
     };
+    // A dry run reports what a maintenance window would hold back now (children ask the gate themselves).
+    let labels = policy.labels_of(&fleet.namespace().unwrap_or_default());
+    let ns = fleet.namespace().unwrap_or_default();
+    let view = crate::crd::access_policy::NamespaceView {
+        name: &ns,
+        labels: &labels,
+    };
+    let action = fleet.spec.desired_state.action();
+    let now = Utc::now();
+    let held = |i: &crate::api::Instance| {
+        ctx.shared
+            .change
+            .window_hold(&view, &i.id, Some(i), action, now)
+            .is_some()
+    };
+    let dry_run = fleet.spec.dry_run || ctx.config.dry_run;
     let rules = WalkRules {
+        held: dry_run.then_some(&held as &(dyn Fn(&crate::api::Instance) -> bool + Sync)),
         keep: &keep,
         keep_missing: matches!(coverage, Coverage::Everything),
         attempts: if plan::run_kind(&fleet.spec) == plan::RunKind::Level {

@@ -100,8 +100,13 @@ pub(super) fn dry_run_message(spec: &ComputeFleetActionSpec, report: &DryRunRepo
     } else {
         ""
     };
+    let held = if report.held_back > 0 {
+        format!("; a maintenance window holds back {} of them now", report.held_back)
+    } else {
+        String::new()
+    };
     format!(
-        "dry run: would {} {} of {selected} selected instances{}",
+        "dry run: would {} {} of {selected} selected instances{}{held}",
         spec.desired_state.action(),
         report.would_act,
         if shown.is_empty() {

@@ -25,6 +25,8 @@ pub struct Listed {
     pub members: Vec<(String, Option<InstanceStatus>)>,
     /// False when a list walked [`WALK_ATTEMPTS`] times never agreed with its own `totalCount`.
     pub complete: bool,
+    /// Members [`WalkRules::held`] marked (a maintenance window holds their action back now).
+    pub held: HashSet<String>,
 }
 
 /// How a walk treats what it finds.
@@ -36,6 +38,9 @@ pub struct WalkRules<'a> {
     pub keep_missing: bool,
     /// Walk again when pages disagree (one-shot snapshots); levels list again soon anyway.
     pub attempts: u32,
+    /// Marks members whose action would be held back now (a dry run reports them); judged while the
+    /// instance's attributes are at hand, which the selection does not keep.
+    pub held: Option<&'a (dyn Fn(&Instance) -> bool + Sync)>,
 }
 
 /// Runs every lookup. Fails on the first admin API error (the reconcile retries with backoff).
@@ -48,7 +53,13 @@ pub async fn walk(
     let listed_at = Utc::now();
     let mut seen = HashSet::new();
     let mut members = Vec::new();
+    let mut held = HashSet::new();
     let mut complete = true;
+    let mut mark = |i: &Instance| {
+        if rules.held.is_some_and(|h| h(i)) {
+            held.insert(i.id.clone());
+        }
+    };
     for lookup in lookups {
         match lookup {
             Lookup::Get(id) => {
@@ -58,6 +69,7 @@ pub async fn walk(
                 budget.page().await;
                 match api.get_instance(id).await {
                     Ok(i) if (rules.keep)(&i) => {
+                        mark(&i);
                         seen.insert(i.id.clone());
                         members.push((i.id, Some(i.status)));
                     }
@@ -75,6 +87,7 @@ pub async fn walk(
                 complete &= consistent;
                 for i in found.into_iter().filter(|i| (rules.keep)(i)) {
                     if seen.insert(i.id.clone()) {
+                        mark(&i);
                         members.push((i.id, Some(i.status)));
                     }
                 }
@@ -85,6 +98,7 @@ pub async fn walk(
         listed_at,
         members,
         complete,
+        held,
     })
 }
 
