@@ -205,3 +205,76 @@ async fn a_new_leader_counts_the_full_budget_from_the_statuses() {
     assert_eq!(audit_for(&sim, "l-1"), ["stop"]);
     delete_cluster_object::<ComputeDisruptionBudget>(&client, &name).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_held_by_a_budget_learns_its_name_and_nothing_of_other_tenants() {
+    use compute_operator::crd::access_policy::{
+        ComputeAccessPolicy, ComputeAccessPolicySpec, InstanceMatch, NamespaceMatch, PolicyMode,
+    };
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let client = client().await;
+    let (ns_a, ns_b) = (namespace(&client, "cdb-ta").await, namespace(&client, "cdb-tb").await);
+    let sim = simulator(SimConfig {
+        fleet: Some(vec![
+            inst("t-a", "ca", "u1", "zt", "t1", "running"),
+            inst("t-b", "cb", "u1", "zt", "t1", "running"),
+        ]),
+        transition: Duration::from_millis(300),
+        ..SimConfig::default()
+    })
+    .await;
+    let policies: Api<ComputeAccessPolicy> = Api::all(client.clone());
+    let mut names = Vec::new();
+    for (ns, customer) in [(&ns_a, "ca"), (&ns_b, "cb")] {
+        let policy = ComputeAccessPolicy::new(
+            &format!("{ns}-own"),
+            ComputeAccessPolicySpec {
+                namespaces: NamespaceMatch {
+                    names: Some(vec![ns.to_string()]),
+                    selector: None,
+                },
+                instances: InstanceMatch {
+                    customer_ids: Some(vec![customer.into()]),
+                    ..Default::default()
+                },
+                desired_states: vec![DesiredState::Stopped, DesiredState::Restarted],
+            },
+        );
+        policies.create(&PostParams::default(), &policy).await.expect("policy");
+        names.push(format!("{ns}-own"));
+    }
+    let name = format!("{ns_a}-budget");
+    create_cluster_object::<ComputeDisruptionBudget>(&client, budget_json(&name, "zt", serde_json::json!(1))).await;
+    let mut config = test_controller_config(&ns_a);
+    config.namespaces = vec![ns_a.clone(), ns_b.clone()];
+    config.policy_mode = PolicyMode::Enforce;
+    let _controller = start_controller(&sim, TOKEN, config).await;
+    let a: Api<ComputeInstanceAction> = Api::namespaced(client.clone(), &ns_a);
+    let b: Api<ComputeInstanceAction> = Api::namespaced(client.clone(), &ns_b);
+    // Tenant b holds its instance stopped: the budget is spent.
+    create(&b, &cia("stop", "t-b", DesiredState::Stopped, None)).await;
+    wait_ready(&b, "stop").await;
+    create(&a, &cia("restart", "t-a", DesiredState::Restarted, Some("r1"))).await;
+    let held = wait_reason(&a, "restart", "Reconciling", "WaitingForBudget").await;
+    let message = condition(&held, "Reconciling")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(message.contains(&name), "names the budget: {message}");
+    assert!(
+        !message.contains("t-b") && !message.replace(&name, "").chars().any(|c| c.is_ascii_digit()),
+        "no other tenant's instance, no counts: {message}"
+    );
+    // Probing the other tenant's instance shows a denial, nothing about windows or budgets.
+    create(&a, &cia("probe", "t-b", DesiredState::Restarted, Some("r1"))).await;
+    let probe = wait_reason(&a, "probe", "Stalled", "PolicyDenied").await;
+    let text = serde_json::to_string(&probe.status).unwrap_or_default();
+    assert!(!text.contains(&name) && !text.contains("Budget"), "{text}");
+    assert!(audit_for(&sim, "t-a").is_empty(), "held: nothing sent");
+    b.delete("stop", &Default::default()).await.expect("delete");
+    wait_ready(&a, "restart").await;
+    assert_eq!(audit_for(&sim, "t-a"), ["restart"]);
+    for n in names {
+        let _ = policies.delete(&n, &Default::default()).await;
+    }
+    delete_cluster_object::<ComputeDisruptionBudget>(&client, &name).await;
+}

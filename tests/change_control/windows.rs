@@ -305,3 +305,74 @@ async fn a_fleet_dry_run_reports_what_a_window_holds_back() {
     assert!(sim.audit().is_empty(), "a dry run sends nothing");
     delete_cluster_object::<ComputeMaintenanceWindow>(&client, &name).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_event_waits_for_a_freeze_through_its_fleet() {
+    use crate::support::schedule::*;
+    use compute_operator::api::InstanceStatus;
+    use compute_operator::crd::power_schedule::{EventResult, ScheduledState};
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (ns, schedules, _fleets) = setup("cmw-sched").await;
+    let client = client().await;
+    let (sim, _operator) = chain(&ns, Duration::from_secs(30)).await;
+    add_instance(&sim, "i-sched-1", InstanceStatus::Running);
+    let name = format!("{ns}-freeze");
+    let until = Utc::now() + chrono::Duration::seconds(6);
+    create_cluster_object::<ComputeMaintenanceWindow>(
+        &client,
+        serde_json::json!({
+            "apiVersion": "compute.threatwinds.com/v1alpha1", "kind": "ComputeMaintenanceWindow",
+            "metadata": {"name": name},
+            "spec": {"namespaces": {"names": [ns]},
+                "freezes": [{"from": (Utc::now() - chrono::Duration::hours(1)).to_rfc3339(), "until": until.to_rfc3339(),
+                    "reason": "schedule freeze"}]},
+        }),
+    )
+    .await;
+    // The event is 2 s away on the schedule controller's clock, inside the freeze.
+    let _ctl = start_schedule_controller(&ns, clock_before_event(Duration::from_secs(2))).await;
+    schedules
+        .create(
+            &Default::default(),
+            &schedule("nightly", vec![at("10:00", ScheduledState::Stopped)]),
+        )
+        .await
+        .expect("create schedule");
+    let cias: Api<ComputeInstanceAction> = Api::namespaced(client.clone(), &ns);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let held = loop {
+        let list = cias.list(&Default::default()).await.expect("children");
+        if let Some(c) = list
+            .items
+            .into_iter()
+            .find(|c| condition(c, "Reconciling").is_some_and(|r| r.reason == "WaitingForWindow"))
+        {
+            break c;
+        }
+        assert!(std::time::Instant::now() < deadline, "no child held by the freeze");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(reconciling_message(&held).contains("schedule freeze"));
+    assert!(
+        audit_for(&sim, "i-sched-1").is_empty(),
+        "nothing is stopped inside the freeze"
+    );
+    wait_schedule(&schedules, "nightly", Duration::from_secs(30), "succeeded", |o| {
+        o.status
+            .as_ref()
+            .and_then(|s| s.last_event.as_ref())
+            .is_some_and(|l| l.result == EventResult::Succeeded)
+    })
+    .await;
+    let stop = sim
+        .audit()
+        .into_iter()
+        .find(|e| e.instance_id == "i-sched-1")
+        .expect("stopped");
+    assert!(
+        stop.at >= until - chrono::Duration::milliseconds(1),
+        "stopped at {} inside the freeze",
+        stop.at
+    );
+    delete_cluster_object::<ComputeMaintenanceWindow>(&client, &name).await;
+}
