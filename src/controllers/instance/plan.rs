@@ -92,16 +92,6 @@ pub struct PlanInput<'a> {
     pub holds: &'a Holds,
 }
 
-/// Change control's answer, asked before the decision for each action this object may send now.
-#[derive(Clone, Debug, Default)]
-pub struct Holds(pub Vec<(PowerAction, Hold)>);
-
-impl Holds {
-    pub fn of(&self, action: PowerAction) -> Option<&Hold> {
-        self.0.iter().find(|(a, _)| *a == action).map(|(_, h)| h)
-    }
-}
-
 /// When to look again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Requeue {
@@ -208,9 +198,6 @@ pub fn poll_delay(settings: &PlanSettings, since_accept: Duration) -> Duration {
     }
     delay
 }
-
-/// A held action looks again this long after the opening it waits for (never a moment before it).
-pub const HOLD_MARGIN: Duration = Duration::from_millis(20);
 
 fn since(now: DateTime<Utc>, then: DateTime<Utc>) -> Duration {
     (now - then).to_std().unwrap_or(Duration::ZERO)
@@ -363,209 +350,6 @@ impl<'i, 'a> Builder<'i, 'a> {
             a.completed_at = Some(self.input.now);
             a.reason = Some(reason.to_owned());
         }
-    }
-
-    /// No action open: decide whether one is needed.
-    fn start_if_needed(self, instance: &Instance) -> Plan {
-        if self.spec().desired_state.is_level() {
-            self.level(instance)
-        } else {
-            self.one_shot(instance)
-        }
-    }
-
-    fn level(mut self, instance: &Instance) -> Plan {
-        let s = self.input.settings;
-        let spec = self.spec().clone();
-        let target = spec.desired_state.level_target().unwrap_or(InstanceStatus::Running);
-        let action = spec.desired_state.action();
-        let last = self.status.action.as_ref();
-        // Converged before for this generation: a wrong state now is drift.
-        let converged_before = last.is_some_and(|a| {
-            a.state == ActionState::Succeeded && a.generation == self.input.generation && a.action == action
-        }) || (self.status.observed_generation == Some(self.input.generation)
-            && self.status.phase == Some(Phase::Succeeded));
-        if instance.status == target {
-            // A re-read intent (crash, lost answer) whose level is reached is done.
-            self.close_open_action(ActionState::Succeeded, "Completed");
-            let verdict = Verdict::ready("Succeeded", success_message(&spec, &instance.status, false, s));
-            return self.done(verdict, Phase::Succeeded, None, Requeue::After(s.resync));
-        }
-        if instance.status.is_transitional() {
-            let verdict = Verdict::reconciling(
-                "WaitingForInstance",
-                format!(
-                    "instance {} is {}; waiting for it to settle",
-                    spec.instance_id, instance.status
-                ),
-            );
-            let phase = if converged_before {
-                Phase::Succeeded
-            } else {
-                Phase::InProgress
-            };
-            return self.done(verdict, phase, None, Requeue::After(s.poll_max));
-        }
-        if converged_before && spec.enforcement == Enforcement::Once {
-            let mut b = self;
-            b.close_open_action(ActionState::Failed, "Superseded");
-            let message = format!(
-                "instance {} drifted to {} after converging to {}; enforcement is once, so it is left alone",
-                spec.instance_id, instance.status, target
-            );
-            if b.status.phase == Some(Phase::Succeeded)
-                && b.status
-                    .instance
-                    .as_ref()
-                    .is_some_and(|i| i.last_seen == Some(b.input.now))
-            {
-                b.event(false, "DriftIgnored", message.clone());
-            }
-            return b.done(
-                Verdict::ready("ConvergedOnce", message),
-                Phase::Succeeded,
-                None,
-                Requeue::After(s.resync),
-            );
-        }
-        if instance.status == InstanceStatus::Deleting {
-            return self.stalled(
-                "InstanceDeleting",
-                format!("instance {} is being deleted", spec.instance_id),
-                Requeue::After(s.resync),
-            );
-        }
-        self.request(action, instance, converged_before)
-    }
-
-    fn one_shot(self, instance: &Instance) -> Plan {
-        let s = self.input.settings;
-        let spec = self.spec().clone();
-        let action = spec.desired_state.action();
-        // At most once per (object, action, requestId): any record that already answered it, then the digests
-        // of every one-shot this object ever sent (the history is short, the digests are not).
-        // The newest first: after an escalation, the reset's record answers the request, not the restart's.
-        let answered = self
-            .status
-            .action
-            .iter()
-            .chain(self.status.history.iter().rev())
-            .find(|a| {
-                (a.action == action || is_escalation_of(&spec, a))
-                    && a.request_id == spec.request_id
-                    && a.state.is_terminal()
-                    && a.reason.as_deref() != Some(ESCALATED)
-            })
-            .cloned();
-        let rid = spec.request_id.as_deref().unwrap_or("<none>");
-        // A refused attempt of this very request (409, not sent) is renewed, not "already run".
-        let renewing = self
-            .status
-            .action
-            .as_ref()
-            .is_some_and(|a| !a.state.is_terminal() && a.action == action && a.request_id == spec.request_id);
-        if !renewing && answered.is_none() && judge::one_shot_was_sent(&self.status, action, spec.request_id.as_deref())
-        {
-            let message = format!(
-                "{action} for requestId {rid} already ran on this object (or may have); it never runs twice: set a new spec.requestId to run it again"
-            );
-            return self.done(
-                Verdict::ready("AlreadyRun", message),
-                Phase::Skipped,
-                None,
-                Requeue::After(s.resync),
-            );
-        }
-        if let Some(record) = answered {
-            return match record.state {
-                ActionState::Succeeded => {
-                    // The same message as at completion, so a resync finds nothing to write.
-                    let assumed = record.reason.as_deref() == Some(COMPLETED_ASSUMED);
-                    let mut message = success_message(&spec, &instance.status, assumed, s);
-                    message.push_str(&escalated_suffix(&spec, &record));
-                    let verdict = Verdict::ready("Succeeded", message);
-                    self.done(verdict, Phase::Succeeded, None, Requeue::After(s.resync))
-                }
-                ActionState::OutcomeUnknown => self.stalled(
-                    "OutcomeUnknown",
-                    format!("the outcome of {} for requestId {rid} is unknown and it is not resent; set a new spec.requestId to run it again", record.action),
-                    Requeue::After(s.resync),
-                ),
-                _ => {
-                    let reason = record.reason.clone().unwrap_or_else(|| "Failed".into());
-                    self.stalled(
-                        &reason,
-                        format!("{} for requestId {rid} failed ({reason}); set a new spec.requestId to try again", record.action),
-                        Requeue::After(s.resync),
-                    )
-                }
-            };
-        }
-        if instance.status.is_transitional() {
-            let verdict = Verdict::reconciling(
-                "WaitingForInstance",
-                format!(
-                    "instance {} is {}; {action} waits for it to settle",
-                    spec.instance_id, instance.status
-                ),
-            );
-            return self.done(verdict, Phase::Pending, None, Requeue::After(s.poll_max));
-        }
-        let recent = self.input.recent_one_shots;
-        if recent >= s.max_one_shots {
-            let message = format!(
-                "instance {} had {recent} restart/reset actions in the last {}s (limit {}); waiting so a runaway automation cannot reboot it in a loop",
-                spec.instance_id,
-                s.one_shot_window.as_secs(),
-                s.max_one_shots
-            );
-            return self.stalled("RateLimited", message, Requeue::After(s.slow_retry));
-        }
-        if !action_allowed_from(action, &instance.status) {
-            return self.stalled(
-                "InvalidInstanceState",
-                format!(
-                    "instance {} is {}; {action} needs a running instance",
-                    spec.instance_id, instance.status
-                ),
-                Requeue::After(s.slow_retry),
-            );
-        }
-        self.request(action, instance, false)
-    }
-
-    /// Change control holds the action back: no intent, no request. Comes back exactly when the window
-    /// opens (or at a one-shot's `notAfter`, if sooner); a budget's holder is woken when a disruption ends,
-    /// and looks again after `slowRetry` at the latest.
-    pub(super) fn held(mut self, hold: &Hold, phase: Phase) -> Plan {
-        let s = self.input.settings;
-        let now = self.input.now;
-        let mut wake = match hold.until {
-            Some(t) => (t - now).to_std().unwrap_or_default() + HOLD_MARGIN,
-            None if hold.reason == crate::controllers::change::WAITING_FOR_BUDGET => s.slow_retry,
-            None => s.resync,
-        };
-        if self.spec().desired_state.action().is_one_shot()
-            && let Some(not_after) = self.spec().not_after
-        {
-            wake = wake.min((not_after - now).to_std().unwrap_or_default() + HOLD_MARGIN);
-        }
-        self.held_until = hold.until;
-        let new_hold = !self
-            .input
-            .status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Reconciling" && c.reason == hold.reason && c.message == hold.message);
-        if new_hold {
-            self.event(false, hold.reason, hold.message.clone());
-        }
-        self.done(
-            Verdict::reconciling(hold.reason, hold.message.clone()),
-            phase,
-            None,
-            Requeue::Exactly(wake),
-        )
     }
 
     /// Plans a POST: a new (or renewed) intent record, unless someone else is acting or this is a dry run.
@@ -748,6 +532,13 @@ mod open;
 
 #[path = "plan_escalate.rs"]
 mod plan_escalate;
+
+#[path = "plan_hold.rs"]
+mod plan_hold;
+pub use plan_hold::{HOLD_MARGIN, Holds};
+
+#[path = "plan_start.rs"]
+mod plan_start;
 
 #[cfg(test)]
 #[path = "plan_tests.rs"]
