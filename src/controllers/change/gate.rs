@@ -19,6 +19,7 @@ use super::budgets::{self, Budget};
 use super::windows::{self, MaintenanceWindow, WindowDecision};
 use crate::api::{Instance, PowerAction};
 use crate::controllers::runtime::StartError;
+use crate::controllers::runtime::announce::{Subscribers, listed};
 use crate::crd::access_policy::NamespaceView;
 use crate::crd::disruption_budget::ComputeDisruptionBudget;
 use crate::crd::instance_action::ComputeInstanceAction;
@@ -61,9 +62,6 @@ struct Reservation {
 /// Longest a reservation outlives its admission when the cache never shows its intent (a failed write).
 const RESERVATION_TTL: Duration = Duration::from_secs(30);
 
-/// Where a change is announced: one bounded channel per subscriber.
-type Subscribers = Arc<Mutex<Vec<mpsc::Sender<()>>>>;
-
 pub struct ChangeGate {
     windows: Option<Store<ComputeMaintenanceWindow>>,
     budgets: Option<Store<ComputeDisruptionBudget>>,
@@ -85,32 +83,6 @@ impl Drop for ChangeGate {
     }
 }
 
-fn nudge(subscribers: &Subscribers) {
-    let mut senders = subscribers.lock().unwrap_or_else(|p| p.into_inner());
-    senders.retain_mut(|s| match s.try_send(()) {
-        Ok(()) => true,
-        Err(e) => !e.is_disconnected(),
-    });
-}
-
-/// Lists a watch stream into its store before returning.
-async fn listed<S, E>(stream: &mut S) -> bool
-where
-    S: futures::Stream<Item = Result<watcher::Event<E>, watcher::Error>> + Unpin,
-{
-    let first_list = async {
-        while let Some(event) = stream.next().await {
-            if matches!(event, Ok(watcher::Event::InitDone)) {
-                return true;
-            }
-        }
-        false
-    };
-    tokio::time::timeout(Duration::from_secs(30), first_list)
-        .await
-        .unwrap_or(false)
-}
-
 impl ChangeGate {
     /// A gate that holds nothing back and starts nothing (unit tests of other parts).
     pub fn off() -> Self {
@@ -121,7 +93,7 @@ impl ChangeGate {
             reservations: Mutex::default(),
             admission: Mutex::default(),
             objects: OnceLock::new(),
-            subscribers: Arc::default(),
+            subscribers: Subscribers::default(),
             recount: Arc::default(),
             tasks: Mutex::default(),
         }
@@ -139,10 +111,10 @@ impl ChangeGate {
         let task = tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    Some(_) = window_events.next() => nudge(&subscribers),
+                    Some(_) = window_events.next() => subscribers.nudge(),
                     Some(_) = budget_events.next() => {
                         recount.notify_one();
-                        nudge(&subscribers);
+                        subscribers.nudge();
                     }
                     else => break,
                 }
@@ -154,9 +126,7 @@ impl ChangeGate {
 
     /// A change stream: yields whenever a window or budget changes. One per controller and scope.
     pub fn subscribe(&self) -> mpsc::Receiver<()> {
-        let (tx, rx) = mpsc::channel::<()>(1);
-        self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
-        rx
+        self.subscribers.subscribe()
     }
 
     /// The instance controller hands over its caches once (budgets count from them).
@@ -165,7 +135,7 @@ impl ChangeGate {
     }
 
     pub(super) fn nudge_all(&self) {
-        nudge(&self.subscribers);
+        self.subscribers.nudge();
     }
 
     pub(super) fn add_task(&self, task: tokio::task::JoinHandle<()>) {

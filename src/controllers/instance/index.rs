@@ -206,14 +206,7 @@ impl InstanceIndex {
                 .filter_map(|k| maps.objects.get(&k).map(|e| (e.scope, k)))
                 .collect()
         };
-        for (scope, key) in targets {
-            let Some((ns, name)) = key.split_once('/') else {
-                continue;
-            };
-            if let Some(waker) = self.wakers.get(scope) {
-                let _ = waker.clone().try_send(ObjectRef::new(name).within(ns));
-            }
-        }
+        self.wake(targets);
     }
 
     /// Every cached object, of every scope.
@@ -233,6 +226,11 @@ impl InstanceIndex {
                 .filter_map(|k| maps.objects.get(k).map(|e| (e.scope, k.clone())))
                 .collect()
         };
+        self.wake(targets);
+    }
+
+    /// Asks for a reconcile of each `(scope, namespace/name)`.
+    fn wake(&self, targets: Vec<(usize, String)>) {
         for (scope, key) in targets {
             let Some((ns, name)) = key.split_once('/') else {
                 continue;

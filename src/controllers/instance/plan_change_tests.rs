@@ -16,22 +16,7 @@ fn run_held(
     holds: &Holds,
     now_ms: i64,
 ) -> Plan {
-    let settings = PlanSettings {
-        settle: Duration::from_secs(5),
-        ..Default::default()
-    };
-    plan(&PlanInput {
-        spec: sp,
-        generation: GEN,
-        status,
-        observation: obs,
-        peers: &[],
-        now: t(now_ms),
-        settings: &settings,
-        policy_denial: None,
-        recent_one_shots: 0,
-        holds,
-    })
+    run_full(sp, status, obs, &[], holds, now_ms)
 }
 
 fn reconciling(p: &Plan) -> Option<(&str, &str)> {

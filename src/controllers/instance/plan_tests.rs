@@ -78,6 +78,18 @@ fn run_with(
     peers: &[Peer],
     now_ms: i64,
 ) -> Plan {
+    run_full(spec, status, obs, peers, &NO_HOLDS, now_ms)
+}
+
+/// The planner with a settle time of 5 s, no policy denial and no recent one-shots.
+fn run_full(
+    spec: &ComputeInstanceActionSpec,
+    status: &ComputeInstanceActionStatus,
+    obs: &Observation,
+    peers: &[Peer],
+    holds: &Holds,
+    now_ms: i64,
+) -> Plan {
     let settings = PlanSettings {
         settle: Duration::from_secs(5),
         ..Default::default()
@@ -92,7 +104,7 @@ fn run_with(
         settings: &settings,
         policy_denial: None,
         recent_one_shots: 0,
-        holds: &NO_HOLDS,
+        holds,
     })
 }
 

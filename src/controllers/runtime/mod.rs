@@ -1,6 +1,7 @@
 //! The runtime the three controllers share, started once per operator: the namespace scopes, the CRD check,
 //! the gates every write passes (the lease fence and the access policy), the list budget, per-object error
 //! backoff and a bound on every Kubernetes call. Each kind adds only its planner and a thin reconciler.
+pub mod announce;
 pub mod drive;
 pub mod list_budget;
 pub mod policy_gate;

@@ -3,11 +3,11 @@
 //! scope) when a policy or a namespace's labels change. Evaluation is in memory: no request per reconcile.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use futures::channel::mpsc;
-use futures::{SinkExt, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams};
 use kube::core::PartialObjectMeta;
@@ -17,6 +17,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
 use super::StartError;
+use super::announce::{Subscribers, listed};
 use crate::api::Instance;
 use crate::crd::access_policy::{self as policy, ComputeAccessPolicy, NamespaceView, PolicyMode, Verdict};
 use crate::crd::instance_action::ComputeInstanceAction;
@@ -33,33 +34,12 @@ pub struct PolicyGate {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Where a change is announced: one bounded channel per subscriber (a full one already carries a nudge).
-type Subscribers = Arc<Mutex<Vec<mpsc::Sender<()>>>>;
-
 impl Drop for PolicyGate {
     fn drop(&mut self) {
         for t in self.tasks.drain(..) {
             t.abort();
         }
     }
-}
-
-/// Lists a watch stream into its store before returning (no `Store::wait_until_ready`: it wakes one waiter).
-async fn listed<S, E>(stream: &mut S) -> bool
-where
-    S: futures::Stream<Item = Result<watcher::Event<E>, watcher::Error>> + Unpin,
-{
-    let first_list = async {
-        while let Some(event) = stream.next().await {
-            if matches!(event, Ok(watcher::Event::InitDone)) {
-                return true;
-            }
-        }
-        false
-    };
-    tokio::time::timeout(Duration::from_secs(30), first_list)
-        .await
-        .unwrap_or(false)
 }
 
 /// Labels of the served namespaces, by name.
@@ -100,19 +80,10 @@ async fn poll_namespaces(
             }
         }
         if changed {
-            nudge(&subscribers);
+            subscribers.nudge();
         }
         tokio::time::sleep(every).await;
     }
-}
-
-fn nudge(subscribers: &Subscribers) {
-    let mut senders = subscribers.lock().unwrap_or_else(|p| p.into_inner());
-    // A full channel already carries a pending nudge; that is enough. A closed one has gone away.
-    senders.retain_mut(|s| match s.try_send(()) {
-        Ok(()) => true,
-        Err(e) => !e.is_disconnected(),
-    });
 }
 
 impl PolicyGate {
@@ -123,7 +94,7 @@ impl PolicyGate {
             store: None,
             namespaces: Vec::new(),
             polled: Arc::default(),
-            subscribers: Arc::default(),
+            subscribers: Subscribers::default(),
             tasks: Vec::new(),
         }
     }
@@ -131,9 +102,7 @@ impl PolicyGate {
     /// A change stream: it yields whenever a policy or a served namespace's labels change (every object may
     /// then be judged differently). One per controller and scope.
     pub fn subscribe(&self) -> mpsc::Receiver<()> {
-        let (tx, rx) = mpsc::channel::<()>(1);
-        self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
-        rx
+        self.subscribers.subscribe()
     }
 
     /// Starts watching policies (in enforce mode); the caches are filled before it returns.
@@ -143,7 +112,7 @@ impl PolicyGate {
         watched: &[String],
         label_poll: Duration,
     ) -> Result<Self, StartError> {
-        let subscribers: Subscribers = Arc::default();
+        let subscribers = Subscribers::default();
         // Policies only in enforce mode; namespace labels in every mode (maintenance windows select namespaces
         // by label too).
         let (store, mut policies) = if mode == PolicyMode::Enforce {
@@ -216,13 +185,10 @@ impl PolicyGate {
                     event,
                     Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone)
                 ) {
-                    nudge(&policy_subscribers);
+                    policy_subscribers.nudge();
                 }
             }
-            let senders = std::mem::take(&mut *policy_subscribers.lock().unwrap_or_else(|p| p.into_inner()));
-            for mut s in senders {
-                let _ = s.close().await;
-            }
+            policy_subscribers.close();
         });
         let ns_subscribers = subscribers.clone();
         let ns_task = tokio::spawn(async move {
@@ -239,7 +205,7 @@ impl PolicyGate {
                     _ => false,
                 };
                 if changed {
-                    nudge(&ns_subscribers);
+                    ns_subscribers.nudge();
                 }
             }
         });
