@@ -11,7 +11,7 @@ use kube::api::{Api, PostParams};
 
 use crate::support::fleet::{TOKEN, has, inst, max_in_flight, status};
 use crate::support::*;
-use crate::{ONE_AT_A_TIME, create_cluster_object, delete_cluster_object};
+use crate::{ONE_AT_A_TIME, create_cluster_object, delete_cluster_object, setup};
 
 fn budget_json(name: &str, zone: &str, max: serde_json::Value) -> serde_json::Value {
     serde_json::json!({
@@ -150,18 +150,10 @@ async fn a_budget_of_two_holds_a_fleet_and_single_objects_in_two_namespaces() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_counts_the_full_budget_from_the_statuses() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let client = client().await;
-    let ns = namespace(&client, "cdb-leader").await;
-    let sim = simulator(SimConfig {
-        fleet: Some(
-            (0..2)
-                .map(|n| inst(&format!("l-{n}"), "c1", "u1", "zl", "t1", "running"))
-                .collect(),
-        ),
-        transition: Duration::from_millis(300),
-        ..SimConfig::default()
-    })
-    .await;
+    let instances = (0..2)
+        .map(|n| inst(&format!("l-{n}"), "c1", "u1", "zl", "t1", "running"))
+        .collect();
+    let (client, ns, sim) = setup("cdb-leader", instances, 300).await;
     let name = format!("{ns}-budget");
     create_cluster_object::<ComputeDisruptionBudget>(&client, budget_json(&name, "zl", serde_json::json!(1))).await;
     tokio::time::sleep(Duration::from_millis(500)).await;

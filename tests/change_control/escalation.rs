@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use compute_operator::crd::instance_action::{ComputeInstanceAction, DesiredState, Escalation, EscalationTarget};
-use compute_operator::sim::SimConfig;
 use kube::api::Api;
 
+use crate::setup;
 use crate::support::fleet::{TOKEN, zone_fleet};
 use crate::support::*;
 
@@ -20,14 +20,7 @@ fn escalating(name: &str, instance: &str) -> ComputeInstanceAction {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_that_leaves_the_instance_down_is_escalated_to_one_reset() {
-    let client = client().await;
-    let ns = namespace(&client, "esc-fires").await;
-    let sim = simulator(SimConfig {
-        fleet: Some(zone_fleet("e", "ze", 1)),
-        transition: Duration::from_millis(400),
-        ..SimConfig::default()
-    })
-    .await;
+    let (client, ns, sim) = setup("esc-fires", zone_fleet("e", "ze", 1), 400).await;
     // The host fails the restart: the instance ends in error.
     sim.fail_actions_on("e-00");
     let _controller = start_controller(&sim, TOKEN, test_controller_config(&ns)).await;
@@ -82,14 +75,7 @@ async fn a_restart_that_leaves_the_instance_down_is_escalated_to_one_reset() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_that_completes_is_not_escalated() {
-    let client = client().await;
-    let ns = namespace(&client, "esc-quiet").await;
-    let sim = simulator(SimConfig {
-        fleet: Some(zone_fleet("q", "zq", 1)),
-        transition: Duration::from_millis(400),
-        ..SimConfig::default()
-    })
-    .await;
+    let (client, ns, sim) = setup("esc-quiet", zone_fleet("q", "zq", 1), 400).await;
     let _controller = start_controller(&sim, TOKEN, test_controller_config(&ns)).await;
     let api: Api<ComputeInstanceAction> = Api::namespaced(client.clone(), &ns);
     create(&api, &escalating("quiet", "q-00")).await;

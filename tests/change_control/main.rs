@@ -14,6 +14,23 @@ use std::time::Duration;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, ResourceExt};
 
+/// A client, a fresh namespace and a simulator of these instances whose transitions take `transition_ms`.
+pub async fn setup(
+    prefix: &str,
+    instances: Vec<compute_operator::api::Instance>,
+    transition_ms: u64,
+) -> (Client, String, compute_operator::sim::SimServer) {
+    let client = support::client().await;
+    let ns = support::namespace(&client, prefix).await;
+    let sim = support::simulator(compute_operator::sim::SimConfig {
+        fleet: Some(instances),
+        transition: Duration::from_millis(transition_ms),
+        ..Default::default()
+    })
+    .await;
+    (client, ns, sim)
+}
+
 /// One test at a time: every operator of this binary sees every window and budget.
 pub static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 

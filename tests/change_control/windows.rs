@@ -5,12 +5,11 @@ use std::time::Duration;
 use chrono::{DateTime, Timelike, Utc};
 use compute_operator::crd::instance_action::{ComputeInstanceAction, DesiredState};
 use compute_operator::crd::maintenance_window::ComputeMaintenanceWindow;
-use compute_operator::sim::SimConfig;
 use kube::api::{Api, Patch, PatchParams};
 
 use crate::support::fleet::{TOKEN, zone_fleet};
 use crate::support::*;
-use crate::{ONE_AT_A_TIME, create_cluster_object, delete_cluster_object};
+use crate::{ONE_AT_A_TIME, create_cluster_object, delete_cluster_object, setup};
 
 fn held_until(o: &ComputeInstanceAction) -> Option<DateTime<Utc>> {
     o.status.as_ref()?.held_until
@@ -25,14 +24,7 @@ fn reconciling_message(o: &ComputeInstanceAction) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_allow_window_sends_right_when_it_opens_and_asks_nothing_before() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let client = client().await;
-    let ns = namespace(&client, "cmw-allow").await;
-    let sim = simulator(SimConfig {
-        fleet: Some(zone_fleet("w", "zw", 1)),
-        transition: Duration::from_millis(300),
-        ..SimConfig::default()
-    })
-    .await;
+    let (client, ns, sim) = setup("cmw-allow", zone_fleet("w", "zw", 1), 300).await;
     let mut config = test_controller_config(&ns);
     // No view round during the wait: whatever the simulator sees then comes from the held object.
     config.plan.resync = Duration::from_secs(300);
@@ -111,14 +103,7 @@ async fn an_allow_window_sends_right_when_it_opens_and_asks_nothing_before() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_freeze_holds_its_date_range_and_a_shortened_freeze_is_picked_up_at_once() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let client = client().await;
-    let ns = namespace(&client, "cmw-freeze").await;
-    let sim = simulator(SimConfig {
-        fleet: Some(zone_fleet("f", "zf", 2)),
-        transition: Duration::from_millis(300),
-        ..SimConfig::default()
-    })
-    .await;
+    let (client, ns, sim) = setup("cmw-freeze", zone_fleet("f", "zf", 2), 300).await;
     let _controller = start_controller(&sim, TOKEN, test_controller_config(&ns)).await;
     let now = Utc::now();
     let until = now + chrono::Duration::seconds(6);
@@ -250,14 +235,7 @@ async fn invalid_windows_are_refused_with_a_clear_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_dry_run_reports_what_a_window_holds_back() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let client = client().await;
-    let ns = namespace(&client, "cmw-dry").await;
-    let sim = simulator(SimConfig {
-        fleet: Some(zone_fleet("d", "zd", 3)),
-        transition: Duration::from_millis(300),
-        ..SimConfig::default()
-    })
-    .await;
+    let (client, ns, sim) = setup("cmw-dry", zone_fleet("d", "zd", 3), 300).await;
     let name = format!("{ns}-freeze");
     let now = Utc::now();
     create_cluster_object::<ComputeMaintenanceWindow>(
