@@ -381,6 +381,7 @@ fn status(rng: &mut StdRng, now: DateTime<Utc>) -> ComputeInstanceActionStatus {
             .map(|_| record(rng, now))
             .collect(),
         sent_one_shots: (0..pick(rng, &[0, 0, 1, 5])).map(|_| random_string(rng, 16)).collect(),
+        held_by: None,
         held_until: rng.random_bool(0.1).then(|| time_near(rng, now)),
     }
 }
@@ -492,6 +493,7 @@ fn planner_never_panics_and_never_resends_a_one_shot() {
             if rng.random_bool(0.1) {
                 let until = rng.random_bool(0.7).then(|| time_near(&mut rng, now));
                 let hold = plan::Hold {
+                    by: random_string(&mut rng, 8),
                     reason: pick(&mut rng, &["WaitingForWindow", "WaitingForBudget"]),
                     message: random_string(&mut rng, 20),
                     until,

@@ -476,19 +476,40 @@ fn controller_grants() -> BTreeSet<Grant> {
     ])
 }
 
-/// The guardrails' read-only access to the cluster-scoped policies (visible from every namespace).
-fn policy_grants(args: &RunArgs) -> BTreeSet<Grant> {
-    if args.policy_mode != PolicyMode::Enforce {
-        return BTreeSet::new();
+/// The cluster-scoped reads (visible from every namespace): change control's windows and budgets (always, and
+/// their status), and the guardrails' policies (with policies enforced).
+fn cluster_grants(args: &RunArgs) -> BTreeSet<Grant> {
+    let mut grants = grant_set(&[
+        (
+            "computemaintenancewindows.compute.threatwinds.com",
+            "",
+            &["get", "list", "watch"],
+        ),
+        (
+            "computedisruptionbudgets.compute.threatwinds.com",
+            "",
+            &["get", "list", "watch"],
+        ),
+        (
+            "computemaintenancewindows.compute.threatwinds.com/status",
+            "",
+            &["get", "patch"],
+        ),
+        (
+            "computedisruptionbudgets.compute.threatwinds.com/status",
+            "",
+            &["get", "patch"],
+        ),
+    ]);
+    if args.policy_mode == PolicyMode::Enforce {
+        grants.extend(grant_set(&[(POLICY_CRD, "", &["get", "list", "watch"])]));
     }
-    grant_set(&[(POLICY_CRD, "", &["get", "list", "watch"])])
+    grants
 }
 
-/// The guardrails' watch of namespace labels: every namespace (`names` empty) or only the one served.
-fn namespace_grants(args: &RunArgs, names: &str) -> BTreeSet<Grant> {
-    if args.policy_mode != PolicyMode::Enforce {
-        return BTreeSet::new();
-    }
+/// The watch of namespace labels (policies and windows select by them), in every policy mode: every namespace
+/// (`names` empty) or only the one served.
+fn namespace_grants(_args: &RunArgs, names: &str) -> BTreeSet<Grant> {
     // Cluster-wide the labels are watched; a namespaced Role can grant only `get` of its own namespace.
     let verbs: &[&str] = if names.is_empty() {
         &["get", "list", "watch"]
@@ -714,7 +735,7 @@ async fn cluster_wide_install_is_enough_and_no_more() {
     // Exactly the controller's permissions, in every namespace (and the guardrails' reads).
     let everywhere = union(&[
         &controller_grants(),
-        &policy_grants(&args),
+        &cluster_grants(&args),
         &namespace_grants(&args, ""),
     ]);
     assert_exact_grants(
@@ -813,7 +834,7 @@ async fn namespaced_install_is_enough_and_no_more() {
     let watched = |ns: &str| {
         union(&[
             &controller_grants(),
-            &policy_grants(&args),
+            &cluster_grants(&args),
             &namespace_grants(&args, ns),
         ])
     };
@@ -822,8 +843,8 @@ async fn namespaced_install_is_enough_and_no_more() {
         vec![
             (team_a.clone(), watched(&team_a)),
             (team_b.clone(), watched(&team_b)),
-            (r.namespace.clone(), policy_grants(&args)),
-            (other.clone(), policy_grants(&args)),
+            (r.namespace.clone(), cluster_grants(&args)),
+            (other.clone(), cluster_grants(&args)),
         ],
     )
     .await;
@@ -907,12 +928,12 @@ async fn leader_election_grants_only_the_own_lease() {
     assert_exact_grants(
         &r,
         vec![
-            (r.namespace.clone(), union(&[&own, &policy_grants(&args)])),
+            (r.namespace.clone(), union(&[&own, &cluster_grants(&args)])),
             (
                 team.clone(),
                 union(&[
                     &controller_grants(),
-                    &policy_grants(&args),
+                    &cluster_grants(&args),
                     &namespace_grants(&args, &team),
                 ]),
             ),

@@ -34,6 +34,7 @@ pub const SENT_ONE_SHOTS_LIMIT: usize = 1024;
     printcolumn(name = "Desired", type_ = "string", json_path = ".spec.desiredState"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Observed", type_ = "string", json_path = ".status.instance.status"),
+    printcolumn(name = "Held By", type_ = "string", json_path = ".status.heldBy"),
     printcolumn(name = "Held Until", type_ = "string", json_path = ".status.heldUntil"),
     printcolumn(
         name = "Reason",
@@ -204,6 +205,9 @@ pub struct ComputeInstanceActionStatus {
     /// oldest first, at most 1024: an old requestId never runs again, however long ago it ran.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sent_one_shots: Vec<String>,
+    /// While change control holds the action back: the ComputeMaintenanceWindow or ComputeDisruptionBudget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_by: Option<String>,
     /// While a maintenance window holds the action back: when it may next be sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_until: Option<DateTime<Utc>>,

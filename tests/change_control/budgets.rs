@@ -130,6 +130,7 @@ async fn a_budget_of_two_holds_a_fleet_and_single_objects_in_two_namespaces() {
     let restarts: Vec<_> = actions.iter().filter(|(id, _, _)| id != "b-s1").cloned().collect();
     let during_stop: Vec<_> = restarts.iter().filter(|(_, _, at)| *at >= stop_at).cloned().collect();
     let overlap = max_in_flight(&restarts, transition);
+    eprintln!("at most {overlap} restarts of the budget's instances in flight at once");
     assert!(overlap <= 2, "more than 2 restarts at once: {overlap}");
     assert!(
         max_in_flight(&during_stop, transition) <= 1,

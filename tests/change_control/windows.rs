@@ -55,6 +55,10 @@ async fn an_allow_window_sends_right_when_it_opens_and_asks_nothing_before() {
     create(&api, &cia("restart", "w-00", DesiredState::Restarted, Some("r1"))).await;
     let held = wait_reason(&api, "restart", "Reconciling", "WaitingForWindow").await;
     assert_eq!(held_until(&held), Some(opens), "the time the window opens");
+    assert_eq!(
+        held.status.as_ref().and_then(|s| s.held_by.as_deref()),
+        Some(name.as_str())
+    );
     let message = reconciling_message(&held);
     assert!(
         message.contains(&name) && message.contains(&opens.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
@@ -91,6 +95,7 @@ async fn an_allow_window_sends_right_when_it_opens_and_asks_nothing_before() {
         .find(|e| e.instance_id == "w-00")
         .expect("the restart was sent");
     let late = sent.at - opens;
+    eprintln!("restart sent {} ms after the window opened", late.num_milliseconds());
     assert!(
         late >= chrono::Duration::zero() && late < chrono::Duration::seconds(1),
         "sent {late} after the window opened"

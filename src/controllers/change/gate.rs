@@ -30,6 +30,8 @@ use crate::crd::maintenance_window::ComputeMaintenanceWindow;
 pub struct Hold {
     /// `WaitingForWindow` or `WaitingForBudget`.
     pub reason: &'static str,
+    /// The window or budget that holds it back (its name: administrators name them).
+    pub by: String,
     /// Names the window or budget and times only.
     pub message: String,
     /// When it may go (a window's next opening); `None`: when woken (a budget) or not within the horizon.
@@ -181,6 +183,7 @@ impl ChangeGate {
             WindowDecision::Open => None,
             WindowDecision::Held { window, why, until } => Some(Hold {
                 reason: WAITING_FOR_WINDOW,
+                by: window.clone(),
                 message: windows::held_message(action, &window, &why, until),
                 until,
             }),
@@ -266,6 +269,7 @@ impl ChangeGate {
             .err()
             .map(|hold| Hold {
                 reason: WAITING_FOR_BUDGET,
+                by: hold.budget.clone(),
                 message: budgets::held_message(action, &hold, show_counts),
                 until: None,
             })

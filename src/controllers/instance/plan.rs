@@ -207,8 +207,8 @@ struct Builder<'i, 'a> {
     input: &'i PlanInput<'a>,
     status: ComputeInstanceActionStatus,
     events: Vec<EventNote>,
-    /// Set when change control holds the action back until a known time (`status.heldUntil`).
-    held_until: Option<DateTime<Utc>>,
+    /// Set when change control holds the action back: by what (`status.heldBy`), until when (`heldUntil`).
+    held: Option<(String, Option<DateTime<Utc>>)>,
 }
 
 impl<'i, 'a> Builder<'i, 'a> {
@@ -217,7 +217,7 @@ impl<'i, 'a> Builder<'i, 'a> {
             input,
             status: input.status.clone(),
             events: Vec::new(),
-            held_until: None,
+            held: None,
         }
     }
 
@@ -256,7 +256,8 @@ impl<'i, 'a> Builder<'i, 'a> {
 
     fn done(mut self, verdict: Verdict, phase: Phase, post: Option<PowerAction>, requeue: Requeue) -> Plan {
         finish(&mut self.status, &verdict, phase, self.input.generation, self.input.now);
-        self.status.held_until = self.held_until;
+        self.status.held_by = self.held.as_ref().map(|(by, _)| by.clone());
+        self.status.held_until = self.held.and_then(|(_, until)| until);
         Plan {
             status: self.status,
             post,

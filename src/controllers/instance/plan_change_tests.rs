@@ -4,6 +4,7 @@ use super::*;
 fn hold(reason: &'static str, until_ms: Option<i64>) -> Hold {
     Hold {
         reason,
+        by: "test-gate".into(),
         message: format!("{reason} by test-gate"),
         until: until_ms.map(t),
     }
@@ -45,6 +46,7 @@ fn a_window_holds_every_kind_of_action_until_it_opens() {
             Some(("WaitingForWindow", "WaitingForWindow by test-gate"))
         );
         assert_eq!(p.status.held_until, Some(t(5_000)));
+        assert_eq!(p.status.held_by.as_deref(), Some("test-gate"));
         assert_eq!(
             p.requeue,
             Requeue::Exactly(Duration::from_secs(5) + HOLD_MARGIN),
@@ -57,7 +59,7 @@ fn a_window_holds_every_kind_of_action_until_it_opens() {
         // Open: sent, and the hold's time is gone from the status.
         let open = run_held(&sp, &again.status, &instance(seen), &NO_HOLDS, 5_000);
         assert_eq!(open.post, Some(desired.action()), "{desired:?}: sent once open");
-        assert_eq!(open.status.held_until, None);
+        assert_eq!((open.status.held_until, open.status.held_by), (None, None));
     }
 }
 

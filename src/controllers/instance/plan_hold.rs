@@ -33,7 +33,7 @@ impl Builder<'_, '_> {
         {
             wake = wake.min((not_after - now).to_std().unwrap_or_default() + HOLD_MARGIN);
         }
-        self.held_until = hold.until;
+        self.held = Some((hold.by.clone(), hold.until));
         let new_hold = !self
             .input
             .status
