@@ -196,12 +196,12 @@ pub(super) async fn phase_breakdown(
     report.phases = phases.into_iter().map(|(k, v)| (k, Spread::of(v))).collect();
 }
 
-fn check(ok: bool) -> &'static str {
+pub(super) fn check(ok: bool) -> &'static str {
     if ok { "hit" } else { "MISS" }
 }
 
 /// `12.345` or `-` when the run did not measure it.
-fn opt(v: Option<f64>, digits: usize) -> String {
+pub(super) fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.digits$}"))
 }
 

@@ -47,7 +47,7 @@ pub struct BenchOptions {
 }
 
 /// `/proc/loadavg`'s three load averages.
-fn load_average() -> String {
+pub(super) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()

@@ -26,7 +26,8 @@ pub const BENCH_POLICY: &str = "bench-allow";
 pub const BENCH_CUSTOMER: &str = "a1b2c3d4-5633-4b16-bbf0-5ca22ef8ea2e";
 
 /// How to start the stack.
-pub(super) struct StackOptions {
+#[derive(Clone, Debug)]
+pub struct StackOptions {
     pub operator_binary: PathBuf,
     pub transition: Duration,
     pub concurrency: u16,
