@@ -1,5 +1,6 @@
 //! The ComputeInstanceAction controller: pure planning, a thin reconciler, and the kube-rs wiring.
 pub mod after_post;
+pub mod hot;
 pub mod index;
 pub mod judge;
 pub mod locks;
@@ -255,6 +256,7 @@ pub async fn run(
         }
         .run(),
     );
+    let hot_pages = tokio::spawn(hot::HotPages::new(view.clone(), api.clone(), index.clone()).run());
     let ctx = Arc::new(Context {
         kube: client.clone(),
         api,
@@ -329,6 +331,7 @@ pub async fn run(
     gauges.abort();
     forgetting.abort();
     refresher.abort();
+    hot_pages.abort();
     // Let Events already decided reach the API server (bounded).
     let flushed = tokio::time::timeout(Duration::from_secs(5), ctx.event_slots.acquire_many(EVENT_SLOTS as u32)).await;
     if flushed.is_err() {
