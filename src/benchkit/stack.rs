@@ -127,6 +127,11 @@ impl Stack {
         mib(status_kib(self.ctl.pid(), "VmRSS"))
     }
 
+    /// One part of the RSS from `/proc/<pid>/status` (`RssAnon`, `RssFile`, `RssShmem`).
+    pub fn rss_part_mib(&self, field: &str) -> f64 {
+        mib(status_kib(self.ctl.pid(), field))
+    }
+
     pub fn peak_rss_mib(&self) -> f64 {
         mib(status_kib(self.ctl.pid(), "VmHWM"))
     }

@@ -1,11 +1,12 @@
 //! The hot loop: instances with an action in flight read through the list pages they are on, every
 //! [`HOT_TICK`], instead of one GET per poll each; a change wakes the objects on the instance at once.
 //!
-//! It lists with the narrowest filter every hot instance shares (their zone, else their customer, else none),
+//! It lists with the narrowest filter every hot instance shares (their zone and their customer, each if all
+//! share it),
 //! learns where each one is by walking that filter's pages once, then reads only the pages hot instances are
-//! on. It lists only when that costs fewer requests than the objects' own GETs would (fewer pages than hot
-//! instances), so it draws on the client's request budget, not the list budget of the resting view: it only
-//! ever replaces requests. An instance that is not where it was (the listing moved) is dropped from the
+//! on. It reads pages no faster than the objects' own polls would GET (their backoff from the acceptance, see
+//! [`read_interval`]), and only with fewer pages than hot instances, so it draws on the client's request
+//! budget, not the list budget of the resting view: it only ever replaces requests. An instance that is not where it was (the listing moved) is dropped from the
 //! positions, and its object falls back to GET until the next walk.
 
 use std::collections::{BTreeSet, HashMap};
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use super::index::InstanceIndex;
+use super::plan::{PlanSettings, poll_delay};
 use super::view::{HotInstance, InstanceView, PAGE_SIZE};
 use crate::api::{AdminClient, ListFilter};
 use crate::crd::instance_action::{ActionState, ComputeInstanceActionStatus};
@@ -102,19 +104,37 @@ pub fn hot_step(
     HotStep::Idle
 }
 
-/// The narrowest filter every hot instance shares: their zone, else their customer, else none.
+/// The GETs per second the hot instances' own polls would make now (each polls on the planner's backoff from
+/// its acceptance).
+pub fn poll_rate(hot: &[HotInstance], settings: &PlanSettings, now: Instant) -> f64 {
+    hot.iter()
+        .map(|h| {
+            1.0 / poll_delay(settings, now.saturating_duration_since(h.since))
+                .as_secs_f64()
+                .max(1e-3)
+        })
+        .sum()
+}
+
+/// How long after reading `pages` pages the next read may come: at least a tick, and no sooner than the polls
+/// they stand in for would have made as many GETs.
+pub fn read_interval(pages: usize, poll_rate: f64) -> Duration {
+    if poll_rate <= 0.0 {
+        return HOT_TTL;
+    }
+    HOT_TICK.max(Duration::from_secs_f64(
+        (pages as f64 / poll_rate).min(HOT_TTL.as_secs_f64()),
+    ))
+}
+
+/// The narrowest filter every hot instance shares: their zone and their customer, each when all share it.
 pub fn common_filter(hot: &[HotInstance]) -> ListFilter {
     let shared = |field: fn(&HotInstance) -> Option<&String>| {
         let first = field(hot.first()?)?;
         (!first.is_empty() && hot.iter().all(|h| field(h) == Some(first))).then(|| first.clone())
     };
-    if let Some(zone) = shared(|h| h.zone.as_ref()) {
-        return ListFilter {
-            zone: Some(zone),
-            ..ListFilter::default()
-        };
-    }
     ListFilter {
+        zone: shared(|h| h.zone.as_ref()),
         customer_id: shared(|h| h.customer_id.as_ref()),
         ..ListFilter::default()
     }
@@ -143,10 +163,13 @@ pub struct HotPages {
     filter_pages: Option<u64>,
     walked: Option<Instant>,
     clock: TransitionClock,
+    settings: PlanSettings,
+    /// Pages are not read again before this.
+    next_read: Instant,
 }
 
 impl HotPages {
-    pub fn new(view: Arc<InstanceView>, api: AdminClient, index: Arc<InstanceIndex>) -> Self {
+    pub fn new(view: Arc<InstanceView>, api: AdminClient, index: Arc<InstanceIndex>, settings: PlanSettings) -> Self {
         Self {
             view,
             api,
@@ -156,6 +179,8 @@ impl HotPages {
             filter_pages: None,
             walked: None,
             clock: TransitionClock::default(),
+            settings,
+            next_read: Instant::now(),
         }
     }
 
@@ -200,6 +225,12 @@ impl HotPages {
             HotStep::Idle => Ok(()),
             HotStep::Walk => self.walk(hot.len() - placed).await,
             HotStep::Pages(pages) => {
+                let now = Instant::now();
+                if now < self.next_read {
+                    return Ok(());
+                }
+                let rate = poll_rate(&hot, &self.settings, now);
+                self.next_read = now + read_interval(pages.len(), rate);
                 for page in pages {
                     self.read(page).await?;
                 }
@@ -301,8 +332,36 @@ mod tests {
         }
     }
 
+    #[test]
+    fn pages_are_read_no_faster_than_the_polls_they_replace() {
+        let s = PlanSettings::default();
+        let now = Instant::now();
+        let at = |ago_ms: u64| HotInstance {
+            since: now - Duration::from_millis(ago_ms),
+            ..hot("a", None, None)
+        };
+        // 50 just accepted poll every 100 ms: 500 GETs/s.
+        let fresh: Vec<_> = (0..50).map(|_| at(0)).collect();
+        assert!((poll_rate(&fresh, &s, now) - 500.0).abs() < 1e-6);
+        // 50 a minute in poll every 5 s (poll_max): 10 GETs/s.
+        let old: Vec<_> = (0..50).map(|_| at(60_000)).collect();
+        assert!((poll_rate(&old, &s, now) - 10.0).abs() < 1e-6);
+        // (pages, poll rate, interval)
+        let rows = [
+            (2, 500.0, HOT_TICK),
+            (2, 10.0, Duration::from_millis(200)),
+            (1, 0.5, Duration::from_secs(2)),
+            (1, 0.0, HOT_TTL),
+            (10, 0.01, HOT_TTL),
+        ];
+        for (pages, rate, want) in rows {
+            assert_eq!(read_interval(pages, rate), want, "{pages} pages at {rate}/s");
+        }
+    }
+
     fn hot(id: &str, zone: Option<&str>, customer: Option<&str>) -> HotInstance {
         HotInstance {
+            since: Instant::now(),
             id: id.into(),
             zone: zone.map(Into::into),
             customer_id: customer.map(Into::into),
@@ -311,8 +370,9 @@ mod tests {
 
     #[test]
     fn the_filter_is_what_every_hot_instance_shares() {
-        let zone = |z: &str| ListFilter {
+        let both = |z: &str, c: &str| ListFilter {
             zone: Some(z.into()),
+            customer_id: Some(c.into()),
             ..ListFilter::default()
         };
         let customer = |c: &str| ListFilter {

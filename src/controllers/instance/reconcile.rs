@@ -63,6 +63,10 @@ pub async fn reconcile(obj: Arc<ComputeInstanceAction>, ctx: Arc<Context>) -> Re
     let Ok(_slot) = ctx.slots.clone().acquire_owned().await else {
         return Ok(Action::requeue(Duration::from_secs(1)));
     };
+    // The wait for a slot may be long (a burst): decide from the newest cached object, not the one handed over
+    // when the reconcile was scheduled (our own write may have arrived meanwhile, and the memory covering it is
+    // let go soon after the watch shows it: deciding from the older object was the burst's 409s).
+    let obj = ctx.newest(&obj);
     let started = std::time::Instant::now();
     ctx.metrics.reconciles.inc();
     let result = reconcile_inner(&obj, &ctx, &key).instrument(span).await;

@@ -129,6 +129,8 @@ impl Seen {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HotInstance {
     pub id: String,
+    /// Since when its object follows the action (its acceptance).
+    pub since: Instant,
     pub zone: Option<String>,
     pub customer_id: Option<String>,
 }
@@ -138,8 +140,8 @@ pub struct HotInstance {
 #[derive(Default)]
 pub struct InstanceView {
     seen: Mutex<HashMap<String, Seen>>,
-    /// Instances an object follows an open action on, with when it last asked.
-    hot: Mutex<HashMap<String, Instant>>,
+    /// Instances an object follows an open action on: when it last asked, and since when it follows.
+    hot: Mutex<HashMap<String, (Instant, Instant)>>,
     /// Set by the hot loop while the transitions it saw all lasted several ticks: a departure on a hot page is
     /// then seen without a look of its own.
     pages_see_transitions: std::sync::atomic::AtomicBool,
@@ -208,7 +210,7 @@ impl InstanceView {
         self.hot
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_owned(), Instant::now());
+            .insert(id.to_owned(), (Instant::now(), since));
         self.seen()
             .get(id)
             .filter(|s| s.at >= since && s.at.elapsed() <= FOLLOW_FRESH)
@@ -217,16 +219,17 @@ impl InstanceView {
 
     /// The hot instances (marks older than `ttl` are dropped: their objects stopped asking).
     pub fn hot(&self, ttl: Duration) -> Vec<HotInstance> {
-        let ids: Vec<String> = {
+        let ids: Vec<(String, Instant)> = {
             let mut hot = self.hot.lock().unwrap_or_else(|p| p.into_inner());
-            hot.retain(|_, asked| asked.elapsed() <= ttl);
-            hot.keys().cloned().collect()
+            hot.retain(|_, (asked, _)| asked.elapsed() <= ttl);
+            hot.iter().map(|(id, (_, since))| (id.clone(), *since)).collect()
         };
         let seen = self.seen();
         ids.into_iter()
-            .map(|id| {
+            .map(|(id, since)| {
                 let s = seen.get(&id);
                 HotInstance {
+                    since,
                     zone: s.map(|s| s.zone.to_string()),
                     customer_id: s.map(|s| s.customer_id.to_string()),
                     id,
