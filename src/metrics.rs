@@ -59,6 +59,13 @@ pub struct PhaseLabel {
     pub phase: String,
 }
 
+/// A status write that answered 409: which write, and why (see `instance::status_write::conflict_cause`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConflictLabels {
+    pub write: String,
+    pub cause: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConditionLabels {
     /// `Ready` or `Stalled`.
@@ -79,6 +86,8 @@ pub struct Metrics {
     pub api_requests: Family<RequestLabels, Counter>,
     pub api_latency: Family<EndpointLabel, Histogram>,
     pub status_writes: Counter,
+    /// Status writes of the instance controller that answered 409, by write and cause.
+    pub status_conflicts: Family<ConflictLabels, Counter>,
     pub objects_by_phase: Family<PhaseLabel, Gauge>,
     /// Objects whose `Ready` or `Stalled` condition is True, by reason (what alerts page on).
     pub objects_by_condition: Family<ConditionLabels, Gauge>,
@@ -128,6 +137,7 @@ impl Metrics {
             Histogram::new(exponential_buckets(0.001, 2.0, 14))
         });
         let status_writes = Counter::default();
+        let status_conflicts = Family::<ConflictLabels, Counter>::default();
         let objects_by_phase = Family::<PhaseLabel, Gauge>::default();
         let objects_by_condition = Family::<ConditionLabels, Gauge>::default();
         let stalled_oldest = Family::<ReasonLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
@@ -172,6 +182,11 @@ impl Metrics {
             "status_writes",
             "Status writes to the Kubernetes API",
             status_writes.clone(),
+        );
+        registry.register(
+            "status_conflicts",
+            "Status writes that answered 409 (the object changed since it was read), by write and cause",
+            status_conflicts.clone(),
         );
         registry.register("objects", "ComputeInstanceActions by phase", objects_by_phase.clone());
         registry.register(
@@ -222,6 +237,7 @@ impl Metrics {
             api_requests,
             api_latency,
             status_writes,
+            status_conflicts,
             objects_by_phase,
             objects_by_condition,
             stalled_oldest,

@@ -68,6 +68,28 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// A metric's samples summed by the value of one label (`cause="x"` -> `x`), all other labels together.
+pub fn metric_by_label(text: &str, name: &str, label: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let key = format!("{label}=\"");
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((labels, value)) = l.strip_prefix(name).and_then(|r| r.strip_prefix('{')?.split_once('}')) else {
+            continue;
+        };
+        let Some(v) = value.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()) else {
+            continue;
+        };
+        let Some(of) = labels
+            .split(',')
+            .find_map(|kv| kv.strip_prefix(key.as_str())?.strip_suffix('"'))
+        else {
+            continue;
+        };
+        *out.entry(of.to_owned()).or_default() += v as u64;
+    }
+    out
+}
+
 /// Nearest-rank percentile of sorted values (`p` in 0..=100).
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -164,6 +186,17 @@ pub(super) fn mib(kib: Option<u64>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metric_by_label_sums_over_the_other_labels() {
+        let text = "# HELP x_total conflicts\nx_total{write=\"intent\",cause=\"a\"} 2\nx_total{write=\"result\",cause=\"a\"} 1\nx_total{write=\"result\",cause=\"b\"} 4\nx_totals{cause=\"a\"} 9\n";
+        let got = metric_by_label(text, "x_total", "cause");
+        assert_eq!(
+            got,
+            std::collections::BTreeMap::from([("a".to_owned(), 3), ("b".to_owned(), 4)])
+        );
+        assert!(metric_by_label(text, "y_total", "cause").is_empty());
+    }
 
     #[test]
     fn metric_sum_adds_label_sets_and_skips_prefixes() {

@@ -12,7 +12,11 @@
 //!   and changing the leader; then checks that no one-shot ran twice for one requestId, that every object
 //!   settles (Ready, or Stalled with a reason), and that no process is left behind.
 //!
-//! Module map: [`runs`] the bench run top to bottom, [`stack`] what it starts, [`load`] the objects it
+//! - [`run_fleet_bench`] restarts N instances through one ComputeFleetAction and stops N through one
+//!   ComputePowerSchedule event, against the ideal time and with admin API requests per instance.
+//!
+//! Module map: [`runs`] the bench run top to bottom, [`fleet`] the fleet and schedule runs and
+//! [`fleet_report`] their figures, [`stack`] what it starts, [`load`] the objects it
 //! creates, [`limit`] the minimal client it is compared with, [`rest`] objects at rest and the policy change,
 //! [`report`] its figures and table; [`faults`] the fault run, [`faults_drive`] its driver and controllers,
 //! [`faults_judge`] its verdict; shared: [`controller`] (the operator process), [`objects`] (objects and the
@@ -24,6 +28,8 @@ pub mod faults_drive;
 pub mod faults_fleet;
 pub mod faults_judge;
 pub mod faults_report;
+pub mod fleet;
+pub mod fleet_report;
 pub mod limit;
 pub mod load;
 pub mod measure;
@@ -42,6 +48,8 @@ use serde::Serialize;
 pub use controller::{ControllerProcess, ControllerSpec, local_http, sibling_operator_binary};
 pub use faults::{FaultsOptions, run_faults};
 pub use faults_report::{FaultCounts, FaultsReport};
+pub use fleet::{FleetOptions, run_fleet_bench};
+pub use fleet_report::FleetBenchReport;
 pub use load::DesiredMix;
 pub use measure::{Spread, clock_ticks, cpu_seconds, metric_sum, percentile, process_present, status_kib};
 pub use objects::{Settled, instance, new_object, settled};

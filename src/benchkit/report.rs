@@ -61,6 +61,9 @@ pub struct BenchReport {
     /// The protocol minimum for this mix (2 per level object, 3 per one-shot), per action.
     pub status_writes_minimum_per_action: f64,
     pub status_writes: u64,
+    /// Status writes of the burst that answered 409, by cause (`compute_operator_status_conflicts_total`).
+    pub status_conflicts_by_cause: BTreeMap<String, u64>,
+    pub status_conflicts_by_write: BTreeMap<String, u64>,
     /// Event writes (creates and series updates) to kube-apiserver per action.
     pub events_per_action: f64,
     pub reconciles_per_action: f64,
@@ -120,6 +123,9 @@ pub struct BenchReport {
     /// How long the rest was measured (at least one resync interval).
     pub rest_seconds: Option<f64>,
     pub rest_rss_mib: Option<f64>,
+    /// `/proc` RssAnon (the allocator's pages) and RssFile (code and mapped files) at the same moment.
+    pub rest_rss_anon_mib: Option<f64>,
+    pub rest_rss_file_mib: Option<f64>,
     pub rest_idle_cpu_fraction: Option<f64>,
     pub rest_api_requests: Option<u64>,
     pub rest_api_requests_by_endpoint: BTreeMap<String, u64>,
@@ -196,12 +202,22 @@ pub(super) async fn phase_breakdown(
     report.phases = phases.into_iter().map(|(k, v)| (k, Spread::of(v))).collect();
 }
 
-fn check(ok: bool) -> &'static str {
+/// 409s on status writes this controller could have avoided: deciding from an object older than its own write,
+/// a status someone else wrote (there is no one else in a bench), or a cause not known.
+pub fn avoidable_conflicts(by_cause: &BTreeMap<String, u64>) -> u64 {
+    by_cause
+        .iter()
+        .filter(|(cause, _)| !matches!(cause.as_str(), "spec_changed" | "metadata_changed" | "deleted"))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+pub(super) fn check(ok: bool) -> &'static str {
     if ok { "hit" } else { "MISS" }
 }
 
 /// `12.345` or `-` when the run did not measure it.
-fn opt(v: Option<f64>, digits: usize) -> String {
+pub(super) fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.digits$}"))
 }
 
@@ -247,7 +263,7 @@ impl BenchReport {
             (
                 "ratio (vs strict limit)".into(),
                 format!("{:.2}", self.ratio),
-                target(Some(self.ratio), |v| v >= 0.8, ">= 0.80 at 1,000 mixed"),
+                target(Some(self.ratio), |v| v >= 0.9, ">= 0.90 at 1,000 mixed"),
             ),
             (
                 "ratio vs status-write limit".into(),
@@ -277,6 +293,15 @@ impl BenchReport {
                         "<= {:.2}: 2 per level, 3 per one-shot",
                         self.status_writes_minimum_per_action
                     ),
+                ),
+            ),
+            (
+                "status 409s by cause".into(),
+                format!("{:?}", self.status_conflicts_by_cause),
+                target(
+                    Some(avoidable_conflicts(&self.status_conflicts_by_cause) as f64),
+                    |v| v == 0.0,
+                    "none avoidable: only spec_changed, metadata_changed, deleted",
                 ),
             ),
             (
@@ -396,8 +421,13 @@ impl BenchReport {
             ));
             rows.push((
                 "rest RSS (MiB)".into(),
-                opt(self.rest_rss_mib, 1),
-                target(self.rest_rss_mib, |v| v <= 48.0, "<= 48"),
+                format!(
+                    "{} (allocator/anonymous {}, code and files {})",
+                    opt(self.rest_rss_mib, 1),
+                    opt(self.rest_rss_anon_mib, 1),
+                    opt(self.rest_rss_file_mib, 1)
+                ),
+                target(self.rest_rss_mib, |v| v <= 40.0, "<= 40"),
             ));
         }
         rows.push((
@@ -406,7 +436,7 @@ impl BenchReport {
                 "{:.1} (burst {:.1})",
                 self.controller_peak_rss_mib, self.burst_peak_rss_mib
             ),
-            target(Some(self.controller_peak_rss_mib), |v| v <= 64.0, "<= 64"),
+            target(Some(self.controller_peak_rss_mib), |v| v <= 56.0, "<= 56"),
         ));
         if self.policy_change_denied.is_some() {
             rows.push((
@@ -534,10 +564,11 @@ mod tests {
             ..BenchReport::default()
         };
         let t = r.table();
-        assert!(t.contains("hit (>= 0.80"), "{t}");
+        assert!(t.contains("hit (>= 0.90"), "{t}");
+        assert!(t.contains("hit (none avoidable"), "{t}");
         assert!(t.contains("hit (<= 2.50"), "{t}");
         assert!(t.contains("MISS (<= 2)"), "{t}");
-        assert!(t.contains("MISS (<= 48)"), "{t}");
+        assert!(t.contains("MISS (<= 40)"), "{t}");
         assert!(t.contains("- (< 0.01)"), "{t}");
         assert!(!t.contains("open loop"), "no open loop was run:\n{t}");
     }

@@ -67,6 +67,8 @@ pub(super) async fn measure_rest(
     report.rest_seconds = Some(secs);
     report.rest_idle_cpu_fraction = Some((cpu1 - cpu0) / secs);
     report.rest_rss_mib = Some(stack.rss_mib());
+    report.rest_rss_anon_mib = Some(stack.rss_part_mib("RssAnon"));
+    report.rest_rss_file_mib = Some(stack.rss_part_mib("RssFile"));
     report.rest_api_requests = Some(requests);
     report.rest_api_requests_by_endpoint = requests_between(&stats0, &stats1);
     report.rest_api_requests_per_object_per_resync =

@@ -10,7 +10,7 @@ use kube::ResourceExt as _;
 use super::limit::measure_limits;
 use super::load::{DesiredMix, acting_object, minimum_status_writes, open_loop, resting_object};
 use super::lock;
-use super::measure::{Spread, apiserver_requests, diff_requests, is_write, metric_sum, percentile};
+use super::measure::{Spread, apiserver_requests, diff_requests, is_write, metric_by_label, metric_sum, percentile};
 use super::objects::{create_all, wait_settled};
 use super::report::{BenchReport, phase_breakdown};
 use super::rest::{measure_rest, policy_change};
@@ -47,7 +47,7 @@ pub struct BenchOptions {
 }
 
 /// `/proc/loadavg`'s three load averages.
-fn load_average() -> String {
+pub(super) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
@@ -220,6 +220,9 @@ async fn measure_burst(
     report.actions_accepted = audit_at_ready;
     report.status_writes = metric_sum(&metrics_at_ready, "compute_operator_status_writes_total") as u64;
     report.status_writes_per_action = report.status_writes as f64 / n;
+    let conflicts = "compute_operator_status_conflicts_total";
+    report.status_conflicts_by_cause = metric_by_label(&metrics_at_ready, conflicts, "cause");
+    report.status_conflicts_by_write = metric_by_label(&metrics_at_ready, conflicts, "write");
     report.status_writes_minimum_per_action = minimum_writes as f64 / n;
     report.reconciles_per_action = metric_sum(&metrics_at_ready, "compute_operator_reconciles_total") / n;
     report.controller_cpu_s = cpu_after_load;

@@ -26,7 +26,8 @@ pub const BENCH_POLICY: &str = "bench-allow";
 pub const BENCH_CUSTOMER: &str = "a1b2c3d4-5633-4b16-bbf0-5ca22ef8ea2e";
 
 /// How to start the stack.
-pub(super) struct StackOptions {
+#[derive(Clone, Debug)]
+pub struct StackOptions {
     pub operator_binary: PathBuf,
     pub transition: Duration,
     pub concurrency: u16,
@@ -124,6 +125,11 @@ impl Stack {
 
     pub fn rss_mib(&self) -> f64 {
         mib(status_kib(self.ctl.pid(), "VmRSS"))
+    }
+
+    /// One part of the RSS from `/proc/<pid>/status` (`RssAnon`, `RssFile`, `RssShmem`).
+    pub fn rss_part_mib(&self, field: &str) -> f64 {
+        mib(status_kib(self.ctl.pid(), field))
     }
 
     pub fn peak_rss_mib(&self) -> f64 {

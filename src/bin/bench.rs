@@ -3,6 +3,9 @@
 //! operator as its own process (`cargo build --release` first).
 //!
 //! `cargo run --release --bin bench -- --objects 1000 --rest-objects 10000 --json bench.json`
+//!
+//! With `--fleet-instances` and/or `--schedule-instances` it measures a fleet rollout and a schedule event
+//! instead (no burst): `bench --fleet-instances 1000 --fleet-max-concurrent 50 --json fleet.json`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,9 +73,56 @@ struct Args {
     /// lean production build (`--no-default-features --features jemalloc`) to measure what the image runs.
     #[arg(long)]
     operator_binary: Option<PathBuf>,
+    /// Fleet figure instead of the burst: one ComputeFleetAction restarting this many instances.
+    #[arg(long, default_value_t = 0)]
+    fleet_instances: usize,
+    /// The fleet's `strategy.maxConcurrent`.
+    #[arg(long, default_value_t = 50)]
+    fleet_max_concurrent: u32,
+    /// Schedule figure instead of the burst: one ComputePowerSchedule stop event (at the next whole minute)
+    /// over this many instances, with the schedule's default strategy.
+    #[arg(long, default_value_t = 0)]
+    schedule_instances: usize,
+    /// Simulator transition time of the fleet and schedule runs.
+    #[arg(long, default_value_t = 1000)]
+    fleet_transition_ms: u64,
+}
+
+async fn run_fleets(args: Args, operator_binary: PathBuf) -> anyhow::Result<()> {
+    let transition = Duration::from_millis(args.fleet_transition_ms);
+    let opts = benchkit::FleetOptions {
+        fleet_instances: args.fleet_instances,
+        fleet_max_concurrent: args.fleet_max_concurrent,
+        schedule_instances: args.schedule_instances,
+        transition,
+        stack: benchkit::stack::StackOptions {
+            operator_binary,
+            transition,
+            concurrency: args.concurrency,
+            api_rate: args.api_rate,
+            resync: args.resync_interval,
+            policy_mode: args.policy_mode,
+            log_level: args.controller_log_level,
+        },
+        timeout: Duration::from_secs(args.ready_timeout_seconds),
+    };
+    let report = benchkit::run_fleet_bench(&opts).await?;
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        benchkit::write_json(path, &report)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if args.fleet_instances > 0 || args.schedule_instances > 0 {
+        let binary = match args.operator_binary.clone() {
+            Some(path) => path,
+            None => benchkit::sibling_operator_binary()?,
+        };
+        return run_fleets(args, binary).await;
+    }
     let opts = BenchOptions {
         objects: args.objects,
         transition: Duration::from_millis(args.transition_ms),

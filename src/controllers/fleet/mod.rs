@@ -1,6 +1,7 @@
 //! The ComputeFleetAction controller: many instances through child ComputeInstanceActions. The pure planner
 //! (plan.rs, with children.rs and lookups.rs), the thin reconciler (reconcile.rs, walk.rs), and the kube-rs
-//! wiring here on the shared runtime.
+//! wiring here on the shared runtime; child_cache.rs keeps what is known of the children between consistent reads.
+pub mod child_cache;
 pub mod children;
 pub mod lookups;
 pub mod plan;
@@ -12,9 +13,10 @@ pub mod walk;
 pub use crate::crd::fleet_action::{ComputeFleetAction, ComputeFleetActionSpec, ComputeFleetActionStatus};
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt as _};
 use kube::ResourceExt;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::Reporter;
@@ -61,6 +63,8 @@ pub struct Context {
     /// than `relist`, so the walk is not repeated for every child event. Only IDs and statuses are kept, and an
     /// entry goes with its fleet.
     selections: Mutex<HashMap<String, (InstanceSelector, Listed)>>,
+    /// The children between consistent reads.
+    pub children: child_cache::ChildCache,
 }
 
 impl Context {
@@ -80,6 +84,7 @@ impl Context {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fleet.uid().unwrap_or_default());
+        self.children.forget(&fleet.uid().unwrap_or_default());
         self.errors.reset(&crate::controllers::object_key(fleet));
     }
 
@@ -111,6 +116,7 @@ pub async fn run(
         config: config.clone(),
         errors: ErrorBackoff::default(),
         selections: Mutex::default(),
+        children: child_cache::ChildCache::default(),
     });
     let shutdown = shutdown.shared();
     let runs = scopes.into_iter().map(|(fleets, cias)| {
@@ -123,10 +129,25 @@ pub async fn run(
             forget.shared.metrics.forget_resource(&f.uid().unwrap_or_default());
         })
         .predicate_filter(predicates::generation, Default::default());
-        // A child's status change wakes its fleet.
+        // A child's status change wakes its fleet; the children's cache (slimmed) serves rounds between
+        // consistent reads.
+        let (child_reader, child_writer) = reflector::store();
+        let ready = Arc::new(AtomicBool::new(false));
+        ctx.children
+            .add_scope(cias.namespace().map(str::to_owned), child_reader, ready.clone());
         let children = watcher::Config::default().labels(children::FLEET_LABEL).any_semantic();
+        let child_events = watcher(cias, children)
+            .default_backoff()
+            .modify(child_cache::slim)
+            .reflect(child_writer)
+            .inspect(move |e| {
+                if matches!(e, Ok(watcher::Event::InitDone)) {
+                    ready.store(true, Ordering::Release);
+                }
+            })
+            .touched_objects();
         let controller = Controller::for_stream(stream, reader)
-            .owns(cias, children)
+            .owns_stream(child_events)
             .reconcile_all_on(ctx.shared.gate.subscribe());
         let how = Drive::of(&config.run, shutdown.clone(), "fleet", ctx.shared.metrics.clone());
         runtime::drive(

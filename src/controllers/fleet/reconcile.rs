@@ -102,14 +102,26 @@ async fn reconcile_inner(cached: &ComputeFleetAction, ctx: &Context) -> Result<A
 
     // A consistent read (not a cache): children created by the last round are always counted, so the
     // in-flight cap holds even when the watch lags.
-    let lp = ListParams::default().labels(&format!("{FLEET_LABEL}={}", children::fleet_label_value(&name)));
-    let listed = bounded(cias.list(&lp)).await.map_err(Error::ListChildren)?;
-    let children: Vec<ChildView> = listed
-        .items
-        .iter()
-        .filter(|c| c.owner_references().iter().any(|o| o.uid == uid))
-        .map(ChildView::of)
-        .collect();
+    // Between consistent reads, the children's cache plus the children created here (child_cache.rs).
+    let label = children::fleet_label_value(&name);
+    let began = std::time::Instant::now();
+    let cached = ctx.children.children(&ns, &label, &uid);
+    let consistent = cached.is_none();
+    let children: Vec<ChildView> = match cached {
+        Some(c) => c,
+        None => {
+            let lp = ListParams::default().labels(&format!("{FLEET_LABEL}={label}"));
+            let listed = bounded(cias.list(&lp)).await.map_err(Error::ListChildren)?;
+            ctx.children.read_consistently(&uid);
+            listed
+                .items
+                .iter()
+                .filter(|c| c.owner_references().iter().any(|o| o.uid == uid))
+                .map(ChildView::of)
+                .collect()
+        }
+    };
+    let list_ms = began.elapsed().as_millis() as u64;
 
     let status = fleet.status.clone().unwrap_or_default();
     let now = Utc::now();
@@ -196,36 +208,15 @@ async fn reconcile_inner(cached: &ComputeFleetAction, ctx: &Context) -> Result<A
             }
         }
     }
-    let mut created = Vec::new();
-    let mut create_error = None;
-    for new in &planned.create {
-        // Only the leader starts anything, and only for the fleet as it is now: a pause, suspend, spec change
-        // or delete that landed during the walk (or the previous create) creates nothing.
-        if !fence.may_act() {
-            break;
-        }
-        match bounded(fleets.get(&name)).await {
-            Ok(now_seen) if plan::still_asks(fleet, &now_seen) => {}
-            Ok(_) | Err(kube::Error::Api(_)) => break,
-            Err(e) => {
-                create_error = Some(Error::ReadFleet(e));
-                break;
-            }
-        }
-        let obj = children::child_object(fleet, &new.name, &new.instance_id);
-        let pp = PostParams {
-            dry_run: false,
-            field_manager: Some(FIELD_MANAGER.into()),
-        };
-        match bounded(cias.create(&pp, &obj)).await {
-            Ok(_) => created.push(new.clone()),
-            Err(kube::Error::Api(s)) if s.code == 409 => created.push(new.clone()),
-            Err(e) => {
-                create_error = Some(Error::CreateChild(new.name.clone(), e));
-                break;
-            }
-        }
-    }
+    let planned_at = began.elapsed().as_millis() as u64;
+    let (created, create_error) = create_children(ctx, fleet, &fleets, &cias, &planned.create).await;
+    ctx.children.created(
+        &uid,
+        created
+            .iter()
+            .map(|new| ChildView::of(&children::child_object(fleet, &new.name, &new.instance_id))),
+    );
+    let created_at = began.elapsed().as_millis() as u64;
     if !created.is_empty() {
         tracing::info!(count = created.len(), "created children");
     }
@@ -243,6 +234,15 @@ async fn reconcile_inner(cached: &ComputeFleetAction, ctx: &Context) -> Result<A
             .await
             .map_err(Error::WriteStatus)?
     };
+    tracing::debug!(
+        children = children.len(),
+        consistent,
+        list_ms,
+        planned_ms = planned_at,
+        created_ms = created_at,
+        written_ms = began.elapsed().as_millis() as u64,
+        "fleet round timed"
+    );
     ctx.shared
         .metrics
         .observe_fleet_status(&uid, &status, (written == Written::Written).then_some(&new_status));
@@ -256,6 +256,78 @@ async fn reconcile_inner(cached: &ComputeFleetAction, ctx: &Context) -> Result<A
         return Err(e);
     }
     Ok(Action::requeue(planned.requeue))
+}
+
+/// Creates at most this many children at once.
+const CREATE_CONCURRENCY: usize = 8;
+
+/// Creates the planned children, [`CREATE_CONCURRENCY`] at a time, each only while the fence is open and the
+/// fleet, read again right before that create, still asks for it: a pause, suspend, spec change or delete
+/// that landed during the walk (or an earlier create) creates nothing more. The created ones (or found
+/// existing), and the first error.
+async fn create_children(
+    ctx: &Context,
+    fleet: &ComputeFleetAction,
+    fleets: &Api<ComputeFleetAction>,
+    cias: &Api<ComputeInstanceAction>,
+    planned: &[plan::NewChild],
+) -> (Vec<plan::NewChild>, Option<Error>) {
+    use futures::StreamExt as _;
+    let name = fleet.name_any();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let stopped = || stop.load(std::sync::atomic::Ordering::Acquire);
+    let halt = || stop.store(true, std::sync::atomic::Ordering::Release);
+    let one = |new: &plan::NewChild| {
+        let (name, new) = (name.clone(), new.clone());
+        let (stopped, halt) = (&stopped, &halt);
+        async move {
+            // Only the leader starts anything, and only for the fleet as it is now.
+            if stopped() || !ctx.shared.fence.may_act() {
+                return Ok(None);
+            }
+            match bounded(fleets.get(&name)).await {
+                Ok(now_seen) if plan::still_asks(fleet, &now_seen) && !stopped() => {}
+                Ok(_) | Err(kube::Error::Api(_)) => {
+                    halt();
+                    return Ok(None);
+                }
+                Err(e) => {
+                    halt();
+                    return Err(Error::ReadFleet(e));
+                }
+            }
+            let obj = children::child_object(fleet, &new.name, &new.instance_id);
+            let pp = PostParams {
+                dry_run: false,
+                field_manager: Some(FIELD_MANAGER.into()),
+            };
+            match bounded(cias.create(&pp, &obj)).await {
+                Ok(_) => Ok(Some(new)),
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Some(new)),
+                Err(e) => {
+                    halt();
+                    Err(Error::CreateChild(new.name.clone(), e))
+                }
+            }
+        }
+    };
+    let results: Vec<Result<Option<plan::NewChild>, Error>> = futures::stream::iter(planned)
+        .map(one)
+        .buffered(CREATE_CONCURRENCY)
+        .collect()
+        .await;
+    let mut created = Vec::new();
+    let mut first_error = None;
+    for r in results {
+        match r {
+            Ok(Some(new)) => created.push(new),
+            Ok(None) => {}
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    (created, first_error)
 }
 
 /// Publishes the plan's Events in the background (see [`crate::controllers::events`]).

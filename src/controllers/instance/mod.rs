@@ -1,5 +1,6 @@
 //! The ComputeInstanceAction controller: pure planning, a thin reconciler, and the kube-rs wiring.
 pub mod after_post;
+pub mod hot;
 pub mod index;
 pub mod judge;
 pub mod locks;
@@ -100,6 +101,8 @@ pub struct Context {
     /// Closed on a replica that does not (or no longer) hold the lease: checked right before every POST.
     pub fence: Arc<crate::leader::Fence>,
     acceptances: AcceptanceMemory,
+    /// This process's recent status writes, to tell the cause of a 409.
+    pub writes: status_write::RecentWrites,
 }
 
 impl Context {
@@ -119,6 +122,16 @@ impl Context {
     ) -> Option<DateTime<Utc>> {
         let m = self.acceptances.lock().unwrap_or_else(|p| p.into_inner());
         m.get(&Self::acceptance_key(obj, intent_at)).copied()
+    }
+
+    /// The object as the cache holds it now (the one given if the cache no longer has it).
+    pub(crate) fn newest(&self, obj: &Arc<ComputeInstanceAction>) -> Arc<ComputeInstanceAction> {
+        let r = kube::runtime::reflector::ObjectRef::from_obj(obj.as_ref());
+        self.stores
+            .iter()
+            .find_map(|s| s.get(&r))
+            .filter(|o| o.uid() == obj.uid())
+            .unwrap_or_else(|| obj.clone())
     }
 
     /// Drops everything kept for an object that is gone: its held status, acceptances, backoff and lock.
@@ -264,6 +277,8 @@ pub async fn run(
         }
         .run(),
     );
+    let hot_pages =
+        tokio::spawn(hot::HotPages::new(view.clone(), api.clone(), index.clone(), config.plan.clone()).run());
     let ctx = Arc::new(Context {
         kube: client.clone(),
         api,
@@ -282,6 +297,7 @@ pub async fn run(
         view: view.clone(),
         slots: Arc::new(tokio::sync::Semaphore::new(usize::from(config.concurrency.max(1)))),
         acceptances: Default::default(),
+        writes: Default::default(),
     });
     drop(gone_tx);
     let forgetting = {
@@ -339,6 +355,7 @@ pub async fn run(
     gauges.abort();
     forgetting.abort();
     refresher.abort();
+    hot_pages.abort();
     // Let Events already decided reach the API server (bounded).
     let flushed = tokio::time::timeout(Duration::from_secs(5), ctx.event_slots.acquire_many(EVENT_SLOTS as u32)).await;
     if flushed.is_err() {

@@ -47,10 +47,10 @@ impl Error {
     }
 }
 
-/// Records what a GET showed; a change wakes every object on the instance (a settled `continuous` peer that
-/// would otherwise trust the view until its next round corrects the drift now).
-fn seen(ctx: &Context, instance: &crate::api::Instance) {
-    if ctx.view.record(instance) {
+/// Records what a GET sent at `sent` showed; a change wakes every object on the instance (a settled
+/// `continuous` peer that would otherwise trust the view until its next round corrects the drift now).
+fn seen(ctx: &Context, instance: &crate::api::Instance, sent: std::time::Instant) {
+    if ctx.view.record_at(instance, sent) {
         ctx.index.wake_instance(&instance.id);
     }
 }
@@ -63,6 +63,10 @@ pub async fn reconcile(obj: Arc<ComputeInstanceAction>, ctx: Arc<Context>) -> Re
     let Ok(_slot) = ctx.slots.clone().acquire_owned().await else {
         return Ok(Action::requeue(Duration::from_secs(1)));
     };
+    // The wait for a slot may be long (a burst): decide from the newest cached object, not the one handed over
+    // when the reconcile was scheduled (our own write may have arrived meanwhile, and the memory covering it is
+    // let go soon after the watch shows it: deciding from the older object was the burst's 409s).
+    let obj = ctx.newest(&obj);
     let started = std::time::Instant::now();
     ctx.metrics.reconciles.inc();
     let result = reconcile_inner(&obj, &ctx, &key).instrument(span).await;
@@ -176,6 +180,7 @@ async fn reconcile_inner(cached: &ComputeInstanceAction, ctx: &Context, key: &st
         note_finished(ctx, obj, &status, &plan.status);
         if !holds_open_action(&plan.status) {
             ctx.locks.release(&instance_id, key);
+            ctx.view.cool(&instance_id);
         }
         let watched_by_view =
             !holds_open_action(&plan.status) && ctx.view.fresh(&instance_id, ctx.config.plan.resync).is_some();
@@ -245,9 +250,19 @@ async fn observe(
     if settled && let Some(seen) = ctx.view.fresh(id, ctx.config.plan.resync * 2) {
         return Observation::Instance(seen);
     }
+    // Following an open action: what the hot pages showed since its acceptance; not settled: a fresh entry.
+    let sent = std::time::Instant::now();
+    let recent = match super::hot::follow_since(status, Utc::now(), sent) {
+        Some(since) => ctx.view.following(id, since),
+        None if !settled => ctx.view.fresh(id, super::view::FOLLOW_FRESH),
+        None => None,
+    };
+    if let Some(seen) = recent {
+        return Observation::Instance(seen);
+    }
     match ctx.api.get_instance(id).await {
         Ok(i) => {
-            seen(ctx, &i);
+            seen(ctx, &i, sent);
             Observation::Instance(i)
         }
         Err(e) => {
@@ -364,11 +379,14 @@ async fn act(
         &ctx.config.plan,
     );
     // A restart/reset can be over before the first poll: one look now, before the acceptance is written.
+    // Not needed when the hot pages, which show this instance every tick, are known to catch the departure.
+    let sent = std::time::Instant::now();
     if action.is_one_shot()
         && result.is_ok()
+        && !ctx.view.departure_visible(instance_id)
         && let Ok(seen) = ctx.api.get_instance(instance_id).await
     {
-        self::seen(ctx, &seen);
+        self::seen(ctx, &seen, sent);
         next.status = plan::first_look(&next.status, &seen.status);
     }
     // A level's acceptance stays in memory (resending a level is harmless); a one-shot's is written.

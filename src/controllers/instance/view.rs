@@ -5,6 +5,11 @@
 //!
 //! The resting cost is therefore proportional to the number of pages (or named instances, if fewer), not to
 //! the number of objects, and a changed instance wakes the objects on it within one interval.
+//!
+//! Objects following an open action mark their instance *hot* ([`InstanceView::following`]); the hot loop
+//! (hot.rs) then reads those instances through the few list pages they are on, so that many actions in flight
+//! cost a page each tick instead of a GET per poll each. What the view serves an open action was always
+//! requested after that action was accepted (an entry's time is when its request was sent).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -15,6 +20,10 @@ use crate::controllers::instance::index::InstanceIndex;
 
 /// Page size of the list walk (the API's maximum).
 pub const PAGE_SIZE: u32 = 100;
+
+/// How old an entry may be to stand in for a GET of an object that is not settled (the hot loop refreshes
+/// hot pages every [`super::hot::HOT_TICK`]).
+pub const FOLLOW_FRESH: Duration = Duration::from_millis(500);
 
 /// How a round refreshes the view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,11 +88,14 @@ struct Seen {
     customer_id: Box<str>,
     user_id: Box<str>,
     template_id: Box<str>,
+    /// When the request that showed it was sent.
     at: Instant,
+    /// Shown by a hot page (read every tick while it is hot).
+    paged: bool,
 }
 
 impl Seen {
-    fn of(instance: &Instance) -> Self {
+    fn of(instance: &Instance, at: Instant, paged: bool) -> Self {
         Self {
             status: instance.status.clone(),
             name: instance.name.as_str().into(),
@@ -91,7 +103,8 @@ impl Seen {
             customer_id: instance.customer_id.as_str().into(),
             user_id: instance.user_id.as_str().into(),
             template_id: instance.template_id.as_str().into(),
-            at: Instant::now(),
+            at,
+            paged,
         }
     }
 
@@ -112,10 +125,26 @@ impl Seen {
     }
 }
 
-/// The view itself: bounded to the instances objects name (pruned each round).
+/// What the hot loop lists by: the zone and customer of a hot instance, as last seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HotInstance {
+    pub id: String,
+    /// Since when its object follows the action (its acceptance).
+    pub since: Instant,
+    pub zone: Option<String>,
+    pub customer_id: Option<String>,
+}
+
+/// The view itself: bounded to the instances objects name (pruned each round; hot pages may add their
+/// neighbours until then).
 #[derive(Default)]
 pub struct InstanceView {
     seen: Mutex<HashMap<String, Seen>>,
+    /// Instances an object follows an open action on: when it last asked, and since when it follows.
+    hot: Mutex<HashMap<String, (Instant, Instant)>>,
+    /// Set by the hot loop while the transitions it saw all lasted several ticks: a departure on a hot page is
+    /// then seen without a look of its own.
+    pages_see_transitions: std::sync::atomic::AtomicBool,
 }
 
 impl InstanceView {
@@ -133,12 +162,85 @@ impl InstanceView {
 
     /// Records what a GET (or a list page) showed; true when the status changed from what the view held.
     pub fn record(&self, instance: &Instance) -> bool {
-        let previous = self.seen().insert(instance.id.clone(), Seen::of(instance));
+        self.record_at(instance, Instant::now())
+    }
+
+    /// [`record`](Self::record) for a request sent at `sent`. An older answer than the one held is dropped.
+    pub fn record_at(&self, instance: &Instance, sent: Instant) -> bool {
+        self.record_seen(instance, sent, false)
+    }
+
+    /// [`record_at`](Self::record_at) for what a hot page showed.
+    pub fn record_paged(&self, instance: &Instance, sent: Instant) -> bool {
+        self.record_seen(instance, sent, true)
+    }
+
+    fn record_seen(&self, instance: &Instance, sent: Instant, paged: bool) -> bool {
+        let mut seen = self.seen();
+        if seen.get(&instance.id).is_some_and(|p| p.at > sent) {
+            return false;
+        }
+        let previous = seen.insert(instance.id.clone(), Seen::of(instance, sent, paged));
         previous.is_some_and(|p| p.status != instance.status)
+    }
+
+    /// The action just accepted on `id` needs no look of its own to catch its departure: the instance is on a
+    /// page the hot loop reads every tick, and every transition it saw lasted several ticks.
+    pub fn departure_visible(&self, id: &str) -> bool {
+        self.pages_see_transitions.load(std::sync::atomic::Ordering::Relaxed)
+            && self
+                .seen()
+                .get(id)
+                .is_some_and(|s| s.paged && s.at.elapsed() <= 2 * super::hot::HOT_TICK)
+    }
+
+    pub(super) fn set_pages_see_transitions(&self, yes: bool) {
+        self.pages_see_transitions
+            .store(yes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The object on `id` no longer follows an action.
+    pub fn cool(&self, id: &str) {
+        self.hot.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+    /// For an object following an open action: marks the instance hot, and returns it if a request sent at or
+    /// after `since` (the action's acceptance) showed it within [`FOLLOW_FRESH`].
+    pub fn following(&self, id: &str, since: Instant) -> Option<Instance> {
+        self.hot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned(), (Instant::now(), since));
+        self.seen()
+            .get(id)
+            .filter(|s| s.at >= since && s.at.elapsed() <= FOLLOW_FRESH)
+            .map(|s| s.instance(id))
+    }
+
+    /// The hot instances (marks older than `ttl` are dropped: their objects stopped asking).
+    pub fn hot(&self, ttl: Duration) -> Vec<HotInstance> {
+        let ids: Vec<(String, Instant)> = {
+            let mut hot = self.hot.lock().unwrap_or_else(|p| p.into_inner());
+            hot.retain(|_, (asked, _)| asked.elapsed() <= ttl);
+            hot.iter().map(|(id, (_, since))| (id.clone(), *since)).collect()
+        };
+        let seen = self.seen();
+        ids.into_iter()
+            .map(|(id, since)| {
+                let s = seen.get(&id);
+                HotInstance {
+                    since,
+                    zone: s.map(|s| s.zone.to_string()),
+                    customer_id: s.map(|s| s.customer_id.to_string()),
+                    id,
+                }
+            })
+            .collect()
     }
 
     pub fn forget(&self, id: &str) {
         self.seen().remove(id);
+        self.hot.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 
     /// Keeps only the instances some object names.
@@ -202,6 +304,7 @@ impl Refresher {
             return Ok(0);
         }
         self.budget.page().await;
+        let first_sent = Instant::now();
         let first = self.api.list_page(&ListFilter::default(), 1, PAGE_SIZE).await?;
         let mode = choose_round(wanted.len() as u64, first.pagination.total_count);
         let (pause, stretched) = pace(self.interval, mode.requests(), self.max_rate);
@@ -218,15 +321,16 @@ impl Refresher {
         match mode {
             RoundMode::ListPages { pages } => {
                 let mut listed = HashSet::new();
-                self.absorb(first.instances.iter(), &wanted, &mut listed);
+                self.absorb(first.instances.iter(), first_sent, &wanted, &mut listed);
                 let mut page = 2;
                 let mut more = first.pagination.has_next && !first.instances.is_empty();
                 while more && u64::from(page) <= pages.saturating_add(1) {
                     tokio::time::sleep(pause).await;
                     self.budget.page().await;
+                    let sent = Instant::now();
                     let got = self.api.list_page(&ListFilter::default(), page, PAGE_SIZE).await?;
                     made += 1;
-                    self.absorb(got.instances.iter(), &wanted, &mut listed);
+                    self.absorb(got.instances.iter(), sent, &wanted, &mut listed);
                     more = got.pagination.has_next && !got.instances.is_empty();
                     page += 1;
                 }
@@ -248,8 +352,9 @@ impl Refresher {
                     }
                     self.budget.page().await;
                     made += 1;
+                    let sent = Instant::now();
                     match self.api.get_instance(id).await {
-                        Ok(i) => self.absorb(std::iter::once(&i), &wanted, &mut HashSet::new()),
+                        Ok(i) => self.absorb(std::iter::once(&i), sent, &wanted, &mut HashSet::new()),
                         Err(ApiError::NotFound) => {
                             self.view.forget(id);
                             self.index.wake_instance(id);
@@ -267,12 +372,13 @@ impl Refresher {
     fn absorb<'a>(
         &self,
         instances: impl Iterator<Item = &'a Instance>,
+        sent: Instant,
         wanted: &HashSet<String>,
         listed: &mut HashSet<String>,
     ) {
         for i in instances.filter(|i| wanted.contains(&i.id)) {
             listed.insert(i.id.clone());
-            if self.view.record(i) {
+            if self.view.record_at(i, sent) {
                 self.index.wake_instance(&i.id);
             }
         }
