@@ -157,6 +157,7 @@ mod tests {
                 enforcement: Enforcement::default(),
             },
             outcome,
+            held: false,
         }
     }
 
