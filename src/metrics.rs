@@ -191,7 +191,7 @@ impl Metrics {
         registry.register("objects", "ComputeInstanceActions by phase", objects_by_phase.clone());
         registry.register(
             "objects_by_condition",
-            "ComputeInstanceActions whose Ready or Stalled condition is True, by reason",
+            "ComputeInstanceActions whose Ready or Stalled condition is True, by reason (and Reconciling when a maintenance window or disruption budget holds the action back)",
             objects_by_condition.clone(),
         );
         registry.register(

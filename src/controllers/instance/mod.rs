@@ -391,9 +391,14 @@ pub fn count_phases(stores: &[Store<ComputeInstanceAction>], metrics: &Metrics) 
     count_conditions(stores, metrics);
 }
 
-/// Refreshes the Ready/Stalled-by-reason gauges and the age of the oldest Stalled condition per reason.
+/// Refreshes the Ready/Stalled-by-reason gauges (and Reconciling for actions change control holds back) and the
+/// age of the oldest Stalled condition per reason.
 fn count_conditions(stores: &[Store<ComputeInstanceAction>], metrics: &Metrics) {
-    use crate::controllers::conditions::{READY, STALLED};
+    use crate::controllers::change::{WAITING_FOR_BUDGET, WAITING_FOR_WINDOW};
+    use crate::controllers::conditions::{READY, RECONCILING, STALLED};
+    let held = |c: &crate::crd::instance_action::Condition| {
+        c.type_ == RECONCILING && (c.reason == WAITING_FOR_WINDOW || c.reason == WAITING_FOR_BUDGET)
+    };
     let now = Utc::now();
     let mut counts = std::collections::BTreeMap::<(String, String), i64>::new();
     let mut oldest = std::collections::BTreeMap::<String, f64>::new();
@@ -402,7 +407,7 @@ fn count_conditions(stores: &[Store<ComputeInstanceAction>], metrics: &Metrics) 
             let conditions = o.status.as_ref().map(|st| st.conditions.as_slice()).unwrap_or_default();
             for c in conditions
                 .iter()
-                .filter(|c| c.status == "True" && (c.type_ == READY || c.type_ == STALLED))
+                .filter(|c| c.status == "True" && (c.type_ == READY || c.type_ == STALLED || held(c)))
             {
                 *counts.entry((c.type_.clone(), c.reason.clone())).or_default() += 1;
                 if c.type_ == STALLED {
