@@ -382,7 +382,7 @@ mod tests {
         let rows = [
             (
                 vec![hot("a", Some("z1"), Some("c")), hot("b", Some("z1"), Some("c"))],
-                zone("z1"),
+                both("z1", "c"),
             ),
             (
                 vec![hot("a", Some("z1"), Some("c")), hot("b", Some("z2"), Some("c"))],
