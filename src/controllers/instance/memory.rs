@@ -213,8 +213,9 @@ mod tests {
     #[test]
     fn writes_in_a_row_keep_their_own_earlier_versions() {
         let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        type Before<'a> = Option<(Vec<String>, &'a str)>;
         // (held before: bases and current, base of the new write, bases after)
-        let rows: [(Option<(Vec<String>, &str)>, &str, Vec<String>); 5] = [
+        let rows: [(Before, &str, Vec<String>); 5] = [
             (None, "10", v(&["10"])),
             (Some((v(&["10"]), "11")), "10", v(&["10", "11"])),
             (Some((v(&["10"]), "11")), "11", v(&["10", "11"])),
