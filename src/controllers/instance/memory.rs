@@ -10,10 +10,15 @@ use kube::ResourceExt;
 
 use crate::crd::instance_action::{ActionState, ComputeInstanceAction, ComputeInstanceActionStatus};
 
+/// How many of our own earlier resourceVersions an entry remembers (writes that follow each other faster than
+/// the watch delivers them).
+const BASES: usize = 4;
+
 #[derive(Clone, Debug)]
 struct Held {
-    /// The resourceVersion the cache showed when we decided (a cache still at it is stale, not foreign).
-    base: String,
+    /// The resourceVersions a cache may still show that are ours (what we decided from, and our own earlier
+    /// writes this one followed): a cache at one of them is stale, not foreign.
+    bases: Vec<String>,
     /// The resourceVersion of the object this status belongs to (our write's answer, or `base` if not written).
     current: String,
     status: ComputeInstanceActionStatus,
@@ -43,11 +48,11 @@ impl StatusMemory {
         let mut held = self.held();
         match held.get(&uid) {
             // Our write is visible in the cache now: nothing left to hold (so nothing is held at rest).
-            Some(h) if h.current == rv && h.base != rv => {
+            Some(h) if h.current == rv && !h.bases.contains(&rv) => {
                 held.remove(&uid);
                 cached.clone()
             }
-            Some(h) if h.base == rv || h.current == rv => {
+            Some(h) if h.bases.contains(&rv) || h.current == rv => {
                 let mut obj = cached.clone();
                 obj.metadata.resource_version = Some(h.current.clone());
                 obj.status = Some(h.status.clone());
@@ -62,13 +67,17 @@ impl StatusMemory {
         }
     }
 
-    /// Holds `status` for `obj` whose resourceVersion is now `current` (decided from `base`).
+    /// Holds `status` for `obj` whose resourceVersion is now `current` (decided from `base`). A write that
+    /// followed our own held one (decided from a cache still at one of its bases) keeps those bases and the
+    /// earlier write's resourceVersion: the watch may still deliver them, and they are ours, not foreign.
     pub fn hold(&self, obj: &ComputeInstanceAction, base: &str, current: &str, status: &ComputeInstanceActionStatus) {
         let uid = obj.uid().unwrap_or_default();
-        self.held().insert(
+        let mut held = self.held();
+        let bases = next_bases(held.get(&uid).map(|h| (h.bases.as_slice(), h.current.as_str())), base);
+        held.insert(
             uid,
             Held {
-                base: base.to_owned(),
+                bases,
                 current: current.to_owned(),
                 status: status.clone(),
                 seen: None,
@@ -84,7 +93,7 @@ impl StatusMemory {
         let mut held = self.held();
         if let Some(h) = held.get_mut(&uid)
             && h.current == rv
-            && h.base != rv
+            && !h.bases.contains(&rv)
         {
             h.seen.get_or_insert_with(Instant::now);
         }
@@ -107,6 +116,25 @@ impl StatusMemory {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The bases of a new held write decided from `base` (its resourceVersion now `current`), given the entry held
+/// before (its bases and current): when `base` is ours (one of them), the chain is kept, newest last, bounded.
+pub fn next_bases(previous: Option<(&[String], &str)>, base: &str) -> Vec<String> {
+    let mut bases = match previous {
+        Some((bases, prev_current)) if bases.iter().any(|b| b == base) || prev_current == base => {
+            let mut chain = bases.to_vec();
+            chain.push(prev_current.to_owned());
+            chain
+        }
+        _ => Vec::new(),
+    };
+    bases.push(base.to_owned());
+    let mut seen = std::collections::HashSet::new();
+    bases.retain(|b| seen.insert(b.clone()));
+    let excess = bases.len().saturating_sub(BASES);
+    bases.drain(..excess);
+    bases
 }
 
 /// Must this change reach the API server, or is it progress that can stay in memory? Written: anything a
@@ -180,6 +208,40 @@ mod tests {
         done.phase = Some(Phase::Succeeded);
         assert!(needs_write(&a, &done), "the result is written");
         assert!(!needs_write(&done, &done.clone()), "at rest: nothing to write");
+    }
+
+    #[test]
+    fn writes_in_a_row_keep_their_own_earlier_versions() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        type Before<'a> = Option<(Vec<String>, &'a str)>;
+        // (held before: bases and current, base of the new write, bases after)
+        let rows: [(Before, &str, Vec<String>); 5] = [
+            (None, "10", v(&["10"])),
+            (Some((v(&["10"]), "11")), "10", v(&["10", "11"])),
+            (Some((v(&["10"]), "11")), "11", v(&["10", "11"])),
+            (Some((v(&["10"]), "11")), "20", v(&["20"])),
+            (Some((v(&["1", "2", "3", "4"]), "5")), "5", v(&["2", "3", "4", "5"])),
+        ];
+        for (before, base, want) in rows {
+            let got = next_bases(before.as_ref().map(|(b, c)| (b.as_slice(), *c)), base);
+            assert_eq!(got, want, "{before:?} then {base}");
+        }
+        // The burst's 409: a write decided from a cache at 10 while our write 11 was held (so against 11)
+        // answers 12; the cache then shows 11, which is ours: the memory still serves 12.
+        let mut obj = ComputeInstanceAction::new(
+            "o",
+            serde_json::from_str(r#"{"instanceId":"i","desiredState":"running"}"#).unwrap(),
+        );
+        obj.metadata.uid = Some("u".into());
+        let mem = StatusMemory::default();
+        let held = open(ActionState::Accepted, "held", true);
+        mem.hold(&obj, "10", "11", &held);
+        mem.hold(&obj, "10", "12", &held);
+        obj.metadata.resource_version = Some("11".into());
+        assert_eq!(mem.recall(&obj).resource_version().as_deref(), Some("12"));
+        obj.metadata.resource_version = Some("12".into());
+        mem.recall(&obj);
+        assert!(mem.is_empty(), "our last write is in the cache: nothing held");
     }
 
     #[test]

@@ -327,6 +327,7 @@ pub async fn run(
             loop {
                 tick.tick().await;
                 memory.sweep(std::time::Instant::now(), memory::SEEN_GRACE);
+                ctx.writes.sweep();
                 count_phases(&stores, &metrics);
                 metrics.held_object_state.set(ctx.held_object_state() as i64);
             }

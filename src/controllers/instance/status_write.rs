@@ -157,6 +157,13 @@ impl RecentWrites {
         );
     }
 
+    /// Drops writes older than the window (at rest nothing is kept).
+    pub fn sweep(&self) {
+        let now = std::time::Instant::now();
+        self.locked()
+            .retain(|_, (_, at)| now.duration_since(*at) < RECENT_WRITES);
+    }
+
     /// The resourceVersion of our last recent write of the object.
     pub fn last(&self, uid: &str) -> Option<String> {
         self.locked().get(uid).map(|(rv, _)| rv.clone())
