@@ -308,6 +308,26 @@ pub struct ActionRecord {
     pub drift: bool,
 }
 
+impl ActionRecord {
+    /// A fresh intent: requested at `intent_at`, nothing answered or seen yet.
+    pub fn intent(action: PowerAction, request_id: Option<String>, generation: i64, intent_at: DateTime<Utc>) -> Self {
+        Self {
+            action,
+            request_id,
+            generation,
+            state: ActionState::Requested,
+            intent_at,
+            accepted_at: None,
+            completed_at: None,
+            attempts: 1,
+            from_status: None,
+            saw_transition: false,
+            reason: None,
+            drift: false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,7 +38,7 @@ pub struct Budget {
     pub instances: InstanceMatch,
     pub max_disrupted: IntOrString,
     /// IDs of the covered instances at the last count; `None` before the first.
-    pub matching: Option<HashSet<String>>,
+    pub matching: Option<std::sync::Arc<HashSet<String>>>,
 }
 
 /// Why one more disruption does not fit now.
@@ -69,7 +69,7 @@ impl Budget {
     }
 
     pub fn allowed(&self) -> Option<u32> {
-        allowed(&self.max_disrupted, self.matching.as_ref().map(HashSet::len))
+        allowed(&self.max_disrupted, self.matching.as_ref().map(|m| m.len()))
     }
 
     /// Covered instances among `disrupted` (each with what is known of it).
@@ -143,7 +143,7 @@ mod tests {
                 ..Default::default()
             },
             max_disrupted: max,
-            matching: matching.map(|m| m.iter().map(|s| s.to_string()).collect()),
+            matching: matching.map(|m| std::sync::Arc::new(m.iter().map(|s| s.to_string()).collect())),
         }
     }
 
@@ -236,18 +236,8 @@ mod tests {
         };
         let with = |action: PowerAction, state: ActionState, seen: &str| ComputeInstanceActionStatus {
             action: Some(ActionRecord {
-                action,
-                request_id: None,
-                generation: 1,
                 state,
-                intent_at: chrono::Utc::now(),
-                accepted_at: None,
-                completed_at: None,
-                attempts: 1,
-                from_status: None,
-                saw_transition: false,
-                reason: None,
-                drift: false,
+                ..ActionRecord::intent(action, None, 1, chrono::Utc::now())
             }),
             instance: Some(ObservedInstance {
                 status: seen.into(),

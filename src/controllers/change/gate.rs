@@ -48,7 +48,8 @@ pub type ObjectsSource = Arc<dyn Fn() -> Vec<Arc<ComputeInstanceAction>> + Send 
 #[derive(Clone, Debug)]
 pub struct Counted {
     pub generation: Option<i64>,
-    pub ids: HashSet<String>,
+    /// Shared, not copied: every admission reads it.
+    pub ids: Arc<HashSet<String>>,
     pub at: DateTime<Utc>,
 }
 
@@ -257,17 +258,30 @@ impl ChangeGate {
         action: PowerAction,
         show_counts: bool,
     ) -> Option<Hold> {
+        self.check_budgets(key, id, instance, action, show_counts).err()
+    }
+
+    /// Whether a budget covers this action (`Ok(true)`: one does and it fits), or why it waits. Disruptions are
+    /// counted only when some budget covers the instance: every other action costs no scan of the objects.
+    fn check_budgets(
+        &self,
+        key: &str,
+        id: &str,
+        instance: Option<&Instance>,
+        action: PowerAction,
+        show_counts: bool,
+    ) -> Result<bool, Hold> {
         if !budgets::is_disruptive(action) || self.budgets.is_none() {
-            return None;
+            return Ok(false);
         }
         let budgets = self.budgets();
-        if budgets.is_empty() {
-            return None;
+        if !budgets.iter().any(|b| b.covers(id, instance)) {
+            return Ok(false);
         }
         let disrupted = self.disrupted(Some(key));
         budgets::admit(&budgets, id, instance, &disrupted)
-            .err()
-            .map(|hold| Hold {
+            .map(|()| true)
+            .map_err(|hold| Hold {
                 reason: WAITING_FOR_BUDGET,
                 by: hold.budget.clone(),
                 message: budgets::held_message(action, &hold, show_counts),
@@ -286,15 +300,9 @@ impl ChangeGate {
         intent_at: DateTime<Utc>,
         show_counts: bool,
     ) -> Result<(), Hold> {
-        if !budgets::is_disruptive(action) || self.budgets.is_none() {
-            return Ok(());
-        }
         // One admission at a time: the count and the reservation happen under the same lock.
         let _one = self.admission.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(hold) = self.budget_hold(key, id, instance, action, show_counts) {
-            return Err(hold);
-        }
-        if self.budgets().iter().any(|b| b.covers(id, instance)) {
+        if self.check_budgets(key, id, instance, action, show_counts)? {
             self.reservations.lock().unwrap_or_else(|p| p.into_inner()).insert(
                 key.to_owned(),
                 Reservation {
@@ -340,11 +348,8 @@ where
 {
     let kind = K::kind(&()).into_owned();
     let api: Api<K> = Api::all(client.clone());
-    if let Err(e) =
-        crate::controllers::runtime::bounded(api.list_metadata(&kube::api::ListParams::default().limit(1))).await
-    {
-        return Err(StartError::CrdMissing { kind, source: e });
-    }
+    // Served, or a definite no (an API server that is restarting is waited for, as for every kind).
+    crate::controllers::runtime::check_served(&api).await?;
     let (reader, writer) = reflector::store();
     let mut stream = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()

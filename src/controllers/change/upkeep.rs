@@ -104,12 +104,12 @@ impl Upkeep {
         let before = gate.count_of(&name);
         let changed = before
             .as_ref()
-            .is_none_or(|c| c.ids != ids || c.generation != b.metadata.generation);
+            .is_none_or(|c| *c.ids != ids || c.generation != b.metadata.generation);
         gate.record_count(
             &name,
             Counted {
                 generation: b.metadata.generation,
-                ids,
+                ids: Arc::new(ids),
                 at: listed.listed_at,
             },
         );

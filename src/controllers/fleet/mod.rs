@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex};
 use futures::{FutureExt, StreamExt as _};
 use kube::ResourceExt;
 use kube::runtime::controller::Controller;
-use kube::runtime::events::Reporter;
 use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 
 use crate::controllers::events::EventRecorder;
@@ -105,13 +104,7 @@ pub async fn run(
         runtime::parent_and_child_scopes::<ComputeFleetAction, ComputeInstanceAction>(&client, &config.run.namespaces)
             .await?;
     let ctx = Arc::new(Context {
-        recorder: EventRecorder::new(
-            client.clone(),
-            Reporter {
-                controller: "compute-operator-fleet".into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        ),
+        recorder: runtime::recorder(client.clone(), "compute-operator-fleet"),
         shared,
         config: config.clone(),
         errors: ErrorBackoff::default(),

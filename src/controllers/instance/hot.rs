@@ -407,18 +407,9 @@ mod tests {
         let now = Utc::now();
         let at = Instant::now();
         let record = |state, accepted: Option<i64>| ActionRecord {
-            action: PowerAction::Restart,
-            request_id: None,
-            generation: 1,
             state,
-            intent_at: now - chrono::Duration::seconds(3),
             accepted_at: accepted.map(|s| now - chrono::Duration::seconds(s)),
-            completed_at: None,
-            attempts: 1,
-            from_status: None,
-            saw_transition: false,
-            reason: None,
-            drift: false,
+            ..ActionRecord::intent(PowerAction::Restart, None, 1, now - chrono::Duration::seconds(3))
         };
         let status = |r: Option<ActionRecord>| ComputeInstanceActionStatus {
             action: r,

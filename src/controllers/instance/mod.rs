@@ -18,7 +18,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
 use kube::runtime::controller::Controller;
-use kube::runtime::events::Reporter;
 
 use crate::controllers::events::EventRecorder;
 use kube::runtime::reflector::{self, Store};
@@ -260,10 +259,6 @@ pub async fn run(
                 .reconcile_all_on(settled_sweep(config.plan.resync))
         })
         .collect();
-    let reporter = Reporter {
-        controller: config.reporter.clone(),
-        instance: std::env::var("POD_NAME").ok(),
-    };
     let view = Arc::new(crate::controllers::instance::view::InstanceView::default());
     let refresher = tokio::spawn(
         crate::controllers::instance::view::Refresher {
@@ -283,7 +278,7 @@ pub async fn run(
         kube: client.clone(),
         api,
         stores: stores.clone(),
-        recorder: EventRecorder::new(client, reporter),
+        recorder: runtime::recorder(client, &config.reporter),
         event_slots: Arc::new(tokio::sync::Semaphore::new(EVENT_SLOTS)),
         config: config.clone(),
         locks: InstanceLocks::default(),

@@ -421,23 +421,11 @@ impl<'i, 'a> Builder<'i, 'a> {
             if let Some(prev) = self.status.action.take() {
                 push_history(&mut self.status.history, prev);
             }
+            let request_id = action.is_one_shot().then(|| spec.request_id.clone()).flatten();
             self.status.action = Some(ActionRecord {
-                action,
-                request_id: if action.is_one_shot() {
-                    spec.request_id.clone()
-                } else {
-                    None
-                },
-                generation: self.input.generation,
-                state: ActionState::Requested,
-                intent_at: now,
-                accepted_at: None,
-                completed_at: None,
-                attempts: 1,
                 from_status: Some(instance.status.as_str().to_owned()),
-                saw_transition: false,
-                reason: None,
                 drift,
+                ..ActionRecord::intent(action, request_id, self.input.generation, now)
             });
         }
         if action.is_one_shot() {

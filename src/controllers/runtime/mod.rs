@@ -164,6 +164,15 @@ pub enum StartError {
     PolicyCrdMissing(#[source] kube::Error),
 }
 
+/// The Event recorder of one controller: reported as `controller`, from this pod (`POD_NAME`, when set).
+pub fn recorder(client: Client, controller: &str) -> crate::controllers::events::EventRecorder {
+    let reporter = kube::runtime::events::Reporter {
+        controller: controller.to_owned(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    crate::controllers::events::EventRecorder::new(client, reporter)
+}
+
 /// One `Api` per served namespace, or one for all of them.
 pub fn scoped<K>(client: &Client, namespaces: &[String]) -> Vec<Api<K>>
 where
@@ -208,11 +217,20 @@ where
     K: Resource<Scope = kube::core::NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
     K::DynamicType: Default,
 {
-    let kind = K::kind(&K::DynamicType::default()).into_owned();
     let api: Api<K> = match namespaces.first() {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
+    check_served(&api).await
+}
+
+/// [`check_crd`] through `api`, of any scope (a cluster-scoped kind is read through `Api::all`).
+pub async fn check_served<K>(api: &Api<K>) -> Result<(), StartError>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let kind = K::kind(&K::DynamicType::default()).into_owned();
     let lp = ListParams::default().limit(1);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut delay = Duration::from_millis(200);

@@ -12,7 +12,6 @@ use std::time::Duration;
 use futures::FutureExt;
 use kube::ResourceExt;
 use kube::runtime::controller::Controller;
-use kube::runtime::events::Reporter;
 
 use crate::controllers::events::EventRecorder;
 use kube::runtime::reflector;
@@ -73,13 +72,9 @@ pub async fn run(
     let scopes =
         runtime::parent_and_child_scopes::<ComputePowerSchedule, ComputeFleetAction>(&client, &config.run.namespaces)
             .await?;
-    let reporter = Reporter {
-        controller: config.reporter.clone(),
-        instance: std::env::var("POD_NAME").ok(),
-    };
     let ctx = Arc::new(Context {
         shared,
-        recorder: EventRecorder::new(client, reporter),
+        recorder: runtime::recorder(client, &config.reporter),
         event_slots: Arc::new(tokio::sync::Semaphore::new(EVENT_SLOTS)),
         config: config.clone(),
         error_backoff: ErrorBackoff::default(),
