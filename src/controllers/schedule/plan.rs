@@ -117,7 +117,9 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
 
     if let Some(o) = active_override {
         let held = plan.status.power_override.as_ref();
-        if let Some(held) = held.filter(|h| h.state == o.state && h.child.is_some()) {
+        if let Some(held) =
+            held.filter(|h| h.state == o.state && h.child.as_deref().is_some_and(|c| acting(c, input.children)))
+        {
             // Same state held already: a new `until` only moves the end.
             let child = held.child.clone();
             plan.status.power_override = Some(OverrideStatus {
@@ -331,6 +333,18 @@ fn recreate_missing_holder(plan: &mut Plan, input: &PlanInput<'_>) {
         scheduled_at,
         cause,
     });
+}
+
+/// Whether the child the status names still acts: not suspended and not superseded by a newer child. A
+/// status write lost after a newer child was created (the spec changed between the create and the write)
+/// leaves the status naming a child that was suspended since; holding "the same state" through it would hold
+/// nothing. A child missing from the list still counts (continuous enforcement creates it again).
+fn acting(name: &str, children: &[ChildView]) -> bool {
+    let key = |c: &ChildView| (c.scheduled_at, c.name.clone());
+    match children.iter().find(|c| c.name == name) {
+        None => true,
+        Some(held) => !held.suspended && children.iter().all(|c| key(c) <= key(held)),
+    }
 }
 
 /// Only the newest child acts; the history is bounded. Children the status names are never deleted.

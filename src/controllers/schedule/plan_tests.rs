@@ -558,3 +558,75 @@ fn a_child_that_skipped_late_instances_says_how_many() {
             .contains("8 not started")
     );
 }
+
+#[test]
+fn an_override_held_through_a_superseded_child_acts_again() {
+    // Generation 1 held running through `a`. Generation 2 (stopped) created `b` and suspended `a`, but its
+    // status write was lost (generation 3 came first). Generation 3 (running again) must not read "running is
+    // held already" from the stale status: `a` is suspended and superseded, so a new child acts.
+    let until = "2026-12-04T19:00:00Z";
+    let a = override_child(ChildCause::OverrideStart, until, Running);
+    let stale = ComputePowerScheduleStatus {
+        power_override: Some(OverrideStatus {
+            state: Running,
+            until: t(until),
+            child: Some(a.clone()),
+        }),
+        ..Default::default()
+    };
+    let b = "office-ob0000000-stopped";
+    let plan_with = |children: &[ChildView]| {
+        plan(&PlanInput {
+            name: "office",
+            spec: &with_override(Running, until),
+            status: &stale,
+            generation: Some(3),
+            created_at: t(CREATED),
+            now: t("2026-12-01T20:10:00Z"),
+            children,
+        })
+    };
+    let cases: [(&str, Vec<ChildView>, bool); 4] = [
+        (
+            "held child acts: nothing new",
+            vec![child(
+                &a,
+                "2026-12-01T20:00:00Z",
+                false,
+                false,
+                ChildOutcome::InProgress,
+            )],
+            false,
+        ),
+        (
+            "held child suspended",
+            vec![child(&a, "2026-12-01T20:00:00Z", false, true, ChildOutcome::InProgress)],
+            true,
+        ),
+        (
+            "a newer child superseded it",
+            vec![
+                child(&a, "2026-12-01T20:00:00Z", false, true, ChildOutcome::InProgress),
+                child(b, "2026-12-01T20:05:00Z", false, false, ChildOutcome::InProgress),
+            ],
+            true,
+        ),
+        ("held child missing: the status stands", vec![], false),
+    ];
+    for (what, children, acts) in cases {
+        let p = plan_with(&children);
+        let made = p.create.as_ref().map(|c| (c.cause, c.state));
+        assert_eq!(made.is_some(), acts, "{what}: {made:?}");
+        if acts {
+            let name = p.create.as_ref().map(|c| c.name.clone());
+            assert_eq!(made, Some((ChildCause::OverrideStart, Running)), "{what}");
+            assert_ne!(name.as_deref(), Some(a.as_str()), "{what}: a new generation's child");
+            assert_eq!(
+                p.status.power_override.as_ref().and_then(|o| o.child.clone()),
+                name,
+                "{what}"
+            );
+            assert!(p.suspend.iter().all(|n| Some(n) != name.as_ref()), "{what}");
+        }
+    }
+}
