@@ -12,6 +12,7 @@
 //!   and changing the leader; then checks that no one-shot ran twice for one requestId, that every object
 //!   settles (Ready, or Stalled with a reason), and that no process is left behind.
 //!
+//! - [`fleet_memory::measure`] sizes what the fleet controller keeps for many fleets (in-process, counted).
 //! - [`run_fleet_bench`] restarts N instances through one ComputeFleetAction and stops N through one
 //!   ComputePowerSchedule event, against the ideal time and with admin API requests per instance.
 //!
@@ -29,6 +30,7 @@ pub mod faults_fleet;
 pub mod faults_judge;
 pub mod faults_report;
 pub mod fleet;
+pub mod fleet_memory;
 pub mod fleet_report;
 pub mod limit;
 pub mod load;

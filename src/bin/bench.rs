@@ -6,6 +6,8 @@
 //!
 //! With `--fleet-instances` and/or `--schedule-instances` it measures a fleet rollout and a schedule event
 //! instead (no burst): `bench --fleet-instances 1000 --fleet-max-concurrent 50 --json fleet.json`.
+//! `bench --fleet-memory` sizes what the fleet controller keeps for 10 fleets over 2,000 instances each
+//! (in-process, with this binary's counting allocator).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,6 +15,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use compute_operator::benchkit::{self, BenchOptions, DesiredMix};
+
+/// Counts the bytes held, for `--fleet-memory` (the operator's own process is measured from `/proc`).
+#[global_allocator]
+static ALLOCATOR: benchkit::fleet_memory::LiveBytes = benchkit::fleet_memory::LiveBytes;
 
 #[derive(Parser)]
 #[command(
@@ -86,6 +92,14 @@ struct Args {
     /// Simulator transition time of the fleet and schedule runs.
     #[arg(long, default_value_t = 1000)]
     fleet_transition_ms: u64,
+    /// Fleet memory figure instead of a run: what the fleet controller keeps for `--memory-fleets` fleets over
+    /// `--memory-fleet-instances` instances each.
+    #[arg(long)]
+    fleet_memory: bool,
+    #[arg(long, default_value_t = 10)]
+    memory_fleets: usize,
+    #[arg(long, default_value_t = 2000)]
+    memory_fleet_instances: usize,
 }
 
 async fn run_fleets(args: Args, operator_binary: PathBuf) -> anyhow::Result<()> {
@@ -116,6 +130,15 @@ async fn run_fleets(args: Args, operator_binary: PathBuf) -> anyhow::Result<()> 
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if args.fleet_memory {
+        let report = benchkit::fleet_memory::measure(args.memory_fleets, args.memory_fleet_instances);
+        print!("{}", report.table());
+        if let Some(path) = &args.json {
+            benchkit::write_json(path, &report)?;
+            println!("wrote {}", path.display());
+        }
+        return Ok(());
+    }
     if args.fleet_instances > 0 || args.schedule_instances > 0 {
         let binary = match args.operator_binary.clone() {
             Some(path) => path,

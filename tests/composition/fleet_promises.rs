@@ -300,6 +300,40 @@ async fn a_reset_fleet_deleted_during_a_slow_walk_resets_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settled_fleet_deleted_during_its_relist_counts_nowhere() {
+    let e = env("promise-gone", zone_fleet("g", "z1", 10), 200, PolicyMode::Off).await;
+    e.create(
+        "hold-running",
+        serde_json::json!({"selector": {"zone": "z1"}, "desiredState": "running", "strategy": {"maxConcurrent": 10}}),
+    )
+    .await;
+    e.wait("hold-running", LONG, "Ready", |f| {
+        f.status
+            .as_ref()
+            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    })
+    .await;
+    // Slow pages, so the next relist (every 2 s here) is still walking when the fleet is deleted.
+    e.sim.set_faults(Faults {
+        list_page_delay_ms: 1500,
+        ..Faults::default()
+    });
+    e.sim.clear_audit();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !e.sim.list_queries().iter().any(|q| q.contains("zone=z1")) {
+        assert!(Instant::now() < deadline, "the fleet did not list again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    e.fleets.delete("hold-running", &DeleteParams::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // The round that was walking when the fleet went keeps nothing of it: the fleet counts nowhere.
+    let text = e.controllers[0].metrics.encode();
+    let fleets = compute_operator::benchkit::metric_sum(&text, "compute_operator_resources_by_condition");
+    let instances = compute_operator::benchkit::metric_sum(&text, "compute_operator_fleet_children");
+    assert_eq!((fleets, instances), (0.0, 0.0), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_walked_while_instances_are_deleted_misses_none() {
     let e = env("promise-walk", zone_fleet("w", "z1", 250), 300, PolicyMode::Off).await;
     e.sim.set_faults(Faults {

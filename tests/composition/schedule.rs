@@ -116,10 +116,7 @@ async fn missed_events_are_caught_up_within_the_deadline_and_skipped_beyond_it()
     beyond.spec.starting_deadline = "3s".into();
     for s in [&within, &beyond] {
         api.create(&PostParams::default(), s).await.expect("create schedule");
-        wait_schedule(&api, &s.name_any(), WAIT, "seen", |o| {
-            o.status.is_some()
-        })
-        .await;
+        wait_schedule(&api, &s.name_any(), WAIT, "seen", |o| o.status.is_some()).await;
     }
     // The controller goes away before the event and comes back 8 s after it.
     ctl.stop().await;
@@ -244,12 +241,7 @@ async fn suspend_creates_nothing_and_resuming_catches_up() {
 
     let patch = Patch::Merge(serde_json::json!({"spec": {"suspend": false}}));
     api.patch("paused", &PatchParams::default(), &patch).await.unwrap();
-    wait_child(
-        &fleets,
-        &format!("paused-{}-stopped", event_at().timestamp()),
-        WAIT,
-    )
-    .await;
+    wait_child(&fleets, &format!("paused-{}-stopped", event_at().timestamp()), WAIT).await;
     ctl.stop().await;
 }
 

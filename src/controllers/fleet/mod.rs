@@ -13,7 +13,6 @@ pub mod walk;
 pub use crate::crd::fleet_action::{ComputeFleetAction, ComputeFleetActionSpec, ComputeFleetActionStatus};
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::{FutureExt, StreamExt as _};
@@ -64,7 +63,13 @@ pub struct Context {
     selections: Mutex<HashMap<String, (InstanceSelector, Listed)>>,
     /// The children between consistent reads.
     pub children: child_cache::ChildCache,
+    /// Fleets deleted recently (UID, when): a reconcile that was mid-walk when its fleet went must not put
+    /// back what the deletion dropped (its listing, its created children, its metrics).
+    gone: Mutex<HashMap<String, std::time::Instant>>,
 }
+
+/// How long a deleted fleet's UID is remembered: longer than the longest walk.
+const GONE_FOR: std::time::Duration = walk::SELECTION_TIMEOUT.saturating_add(std::time::Duration::from_secs(60));
 
 impl Context {
     fn cached_selection(&self, uid: &str, selector: &InstanceSelector) -> Option<Listed> {
@@ -73,17 +78,30 @@ impl Context {
     }
 
     fn store_selection(&self, uid: &str, selector: &InstanceSelector, listed: Listed) {
+        if self.is_gone(uid) {
+            return;
+        }
         let mut map = self.selections.lock().unwrap_or_else(|p| p.into_inner());
         map.insert(uid.to_owned(), (selector.clone(), listed));
     }
 
-    /// Drops what is kept for a fleet that is gone (or going).
+    /// Was the fleet with this UID deleted (while a reconcile of it may still have been running)?
+    fn is_gone(&self, uid: &str) -> bool {
+        let mut gone = self.gone.lock().unwrap_or_else(|p| p.into_inner());
+        gone.retain(|_, at| at.elapsed() < GONE_FOR);
+        gone.contains_key(uid)
+    }
+
+    /// Drops what is kept for a fleet that is gone (or going); a reconcile still running for it keeps nothing.
     fn forget(&self, fleet: &ComputeFleetAction) {
-        self.selections
+        let uid = fleet.uid().unwrap_or_default();
+        self.gone
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&fleet.uid().unwrap_or_default());
-        self.children.forget(&fleet.uid().unwrap_or_default());
+            .insert(uid.clone(), std::time::Instant::now());
+        self.selections.lock().unwrap_or_else(|p| p.into_inner()).remove(&uid);
+        self.children.forget(&uid);
+        self.shared.metrics.forget_resource(&uid);
         self.errors.reset(&crate::controllers::object_key(fleet));
     }
 
@@ -110,6 +128,7 @@ pub async fn run(
         errors: ErrorBackoff::default(),
         selections: Mutex::default(),
         children: child_cache::ChildCache::default(),
+        gone: Mutex::default(),
     });
     let shutdown = shutdown.shared();
     let runs = scopes.into_iter().map(|(fleets, cias)| {
@@ -118,24 +137,19 @@ pub async fn run(
         let name = format!("fleets in {}", fleets.namespace().unwrap_or("all namespaces"));
         // Only spec changes wake a fleet (its own status writes do not); a deleted fleet's state is dropped.
         let stream = runtime::watched(fleets, writer, config.run.health.clone(), name, move |f| {
-            forget.forget(f);
-            forget.shared.metrics.forget_resource(&f.uid().unwrap_or_default());
+            forget.forget(f)
         })
         .predicate_filter(predicates::generation, Default::default());
         // A child's status change wakes its fleet; the children's cache (slimmed) serves rounds between
         // consistent reads.
-        let (child_reader, child_writer) = reflector::store();
-        let ready = Arc::new(AtomicBool::new(false));
-        ctx.children
-            .add_scope(cias.namespace().map(str::to_owned), child_reader, ready.clone());
+        let feed = ctx.children.add_scope(cias.namespace().map(str::to_owned));
         let children = watcher::Config::default().labels(children::FLEET_LABEL).any_semantic();
         let child_events = watcher(cias, children)
             .default_backoff()
             .modify(child_cache::slim)
-            .reflect(child_writer)
             .inspect(move |e| {
-                if matches!(e, Ok(watcher::Event::InitDone)) {
-                    ready.store(true, Ordering::Release);
+                if let Ok(event) = e {
+                    feed.observe(event);
                 }
             })
             .touched_objects();

@@ -14,7 +14,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::children::{ChildKey, ChildView, Outcome, SyncedFields, child_name};
-pub use super::runs::{RunKind, needs_selection, record_started, run_digest, run_kind, still_asks};
+pub use super::runs::{RunKind, needs_selection, record_started, run_digest, run_kind, same_spec, still_asks};
 use super::runs::{already_ran, has_snapshot, past_not_after, record_existing, request_id, take_snapshot};
 pub use super::verdict::events_between;
 use super::verdict::{dry_run_message, policy_denied_message, rollout_verdict};

@@ -713,7 +713,10 @@ fn needs_selection_table() {
     let st = FleetSettings::default();
     let level = spec("running", serde_json::json!({}));
     let suspended = spec("running", serde_json::json!({"suspend": true}));
+    let paused = spec("running", serde_json::json!({"paused": true}));
+    let paused_report = spec("reset", serde_json::json!({"paused": true, "dryRun": true}));
     let one = spec("reset", serde_json::json!({}));
+    let paused_one = spec("reset", serde_json::json!({"paused": true}));
     let snap = run(&one, &Default::default(), Some(&selection(&FIVE)), &[], t(1)).status;
     let rows = [
         (
@@ -726,6 +729,24 @@ fn needs_selection_table() {
         ("level, fresh", &level, Default::default(), Some(t(0)), false),
         ("level, stale", &level, Default::default(), Some(t(-61)), true),
         ("suspended", &suspended, Default::default(), None, false),
+        // A pause lists once (what the fleet holds) and never again: a paused fleet spends no list budget.
+        ("paused level, never listed", &paused, Default::default(), None, true),
+        (
+            "paused level, stale",
+            &paused,
+            Default::default(),
+            Some(t(-3600)),
+            false,
+        ),
+        (
+            "paused dry run, stale",
+            &paused_report,
+            Default::default(),
+            Some(t(-3600)),
+            false,
+        ),
+        // A paused one-shot takes its snapshot (resuming continues that run), then nothing more.
+        ("paused one-shot, new run", &paused_one, Default::default(), None, true),
         ("one-shot, new run", &one, Default::default(), Some(t(0)), true),
         ("one-shot with its snapshot", &one, snap, None, false),
     ];

@@ -105,7 +105,7 @@ async fn reconcile_inner(cached: &ComputeFleetAction, ctx: &Context) -> Result<A
     // Between consistent reads, the children's cache plus the children created here (child_cache.rs).
     let label = children::fleet_label_value(&name);
     let began = std::time::Instant::now();
-    let cached = ctx.children.children(&ns, &label, &uid);
+    let cached = ctx.children.children(&ns, &uid);
     let consistent = cached.is_none();
     let children: Vec<ChildView> = match cached {
         Some(c) => c,
@@ -180,6 +180,11 @@ async fn reconcile_inner(cached: &ComputeFleetAction, ctx: &Context) -> Result<A
         settings,
     });
 
+    // A walk can take long (slow pages): deletes and spec syncs, like creates, are for the fleet as it is now.
+    if (!planned.delete.is_empty() || !planned.sync.is_empty()) && !same_spec_now(&fleets, fleet).await? {
+        tracing::debug!("the fleet changed during the round; deciding again");
+        return Ok(Action::requeue(runtime::STALE_RETRY));
+    }
     let fence = &ctx.shared.fence;
     for child in &planned.delete {
         if !fence.may_act() {
@@ -210,6 +215,10 @@ async fn reconcile_inner(cached: &ComputeFleetAction, ctx: &Context) -> Result<A
     }
     let planned_at = began.elapsed().as_millis() as u64;
     let (created, create_error) = create_children(ctx, fleet, &fleets, &cias, &planned.create).await;
+    if ctx.is_gone(&uid) {
+        // Deleted during the round: what it created goes with it (garbage collection); keep nothing.
+        return Ok(Action::await_change());
+    }
     ctx.children.created(
         &uid,
         created
@@ -243,9 +252,11 @@ async fn reconcile_inner(cached: &ComputeFleetAction, ctx: &Context) -> Result<A
         written_ms = began.elapsed().as_millis() as u64,
         "fleet round timed"
     );
-    ctx.shared
-        .metrics
-        .observe_fleet_status(&uid, &status, (written == Written::Written).then_some(&new_status));
+    if !ctx.is_gone(&uid) {
+        ctx.shared
+            .metrics
+            .observe_fleet_status(&uid, &status, (written == Written::Written).then_some(&new_status));
+    }
     match written {
         Written::Written => publish(ctx, fleet, planned.events).await,
         // Stale: the fleet changed meanwhile; the change wakes another reconcile.
@@ -256,6 +267,17 @@ async fn reconcile_inner(cached: &ComputeFleetAction, ctx: &Context) -> Result<A
         return Err(e);
     }
     Ok(Action::requeue(planned.requeue))
+}
+
+/// Is the fleet, read again, the one this round planned for (same object and spec generation, not being
+/// deleted)? Unlike [`plan::still_asks`] a pause or suspend does not stop it: that change bumps the generation
+/// and is planned (and synced) by the next round.
+async fn same_spec_now(fleets: &Api<ComputeFleetAction>, fleet: &ComputeFleetAction) -> Result<bool, Error> {
+    match bounded(fleets.get(&fleet.name_any())).await {
+        Ok(now) => Ok(plan::same_spec(fleet, &now)),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(Error::ReadFleet(e)),
+    }
 }
 
 /// Creates at most this many children at once.
@@ -281,8 +303,9 @@ async fn create_children(
         let (name, new) = (name.clone(), new.clone());
         let (stopped, halt) = (&stopped, &halt);
         async move {
-            // Only the leader starts anything, and only for the fleet as it is now.
-            if stopped() || !ctx.shared.fence.may_act() {
+            // Only the leader starts anything, and only for the fleet as it is now: the fence is checked after
+            // the read (which may take seconds), right before the create.
+            if stopped() {
                 return Ok(None);
             }
             match bounded(fleets.get(&name)).await {
@@ -295,6 +318,10 @@ async fn create_children(
                     halt();
                     return Err(Error::ReadFleet(e));
                 }
+            }
+            if !ctx.shared.fence.may_act() {
+                halt();
+                return Ok(None);
             }
             let obj = children::child_object(fleet, &new.name, &new.instance_id);
             let pp = PostParams {

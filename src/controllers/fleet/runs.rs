@@ -60,7 +60,9 @@ pub fn needs_selection(
     }
     let fresh = listed_at.is_some_and(|t| (now - t).to_std().is_ok_and(|age| age < settings.relist));
     if run_kind(spec) == RunKind::Level || spec.dry_run {
-        return !fresh;
+        // Paused: nothing starts, so nothing is listed again (a paused fleet spends no list budget after the
+        // one listing that shows what it holds).
+        return if spec.paused { listed_at.is_none() } else { !fresh };
     }
     // A new run's snapshot is taken from a listing made for it, never from an older cache.
     !(has_snapshot(spec, status) || past_not_after(spec, now))
@@ -136,6 +138,13 @@ pub fn still_asks(seen: &super::ComputeFleetAction, now: &super::ComputeFleetAct
         && !now.spec.suspend
         && now.spec.desired_state == seen.spec.desired_state
         && now.spec.request_id == seen.spec.request_id
+}
+
+/// Same object, same spec generation, not being deleted: the spec a round planned from is still the spec.
+pub fn same_spec(seen: &super::ComputeFleetAction, now: &super::ComputeFleetAction) -> bool {
+    now.metadata.uid == seen.metadata.uid
+        && now.metadata.generation == seen.metadata.generation
+        && now.metadata.deletion_timestamp.is_none()
 }
 
 /// Records children that were created (after the create calls succeeded) in the run's `startedIds`.
