@@ -383,6 +383,15 @@ async fn a_leader_without_its_fence_creates_no_child() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(e.children("fenced").await.is_empty(), "no child without the lease");
     assert_eq!(posts(&e), 0);
+    let f = e.fleets.get("fenced").await.unwrap();
+    assert!(f.status.is_none(), "no status write without the lease: {:?}", f.status);
+    let walks: Vec<String> = e
+        .sim
+        .list_queries()
+        .into_iter()
+        .filter(|q| q.contains("zone=z1"))
+        .collect();
+    assert!(walks.is_empty(), "no walk without the lease: {walks:?}");
     // With the fence open (a new leader), the same fleet rolls out: the test could have failed.
     e.controllers.clear();
     e.start(PolicyMode::Off).await;

@@ -403,3 +403,37 @@ async fn only_the_newest_child_acts_and_the_history_is_bounded() {
     .await;
     ctl.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_controller_without_its_fence_creates_and_writes_nothing() {
+    let (ns, api, fleets) = setup("sched-fence").await;
+    let clock = clock_before_event(Duration::from_secs(600));
+    // A paused leader: its lease ran out while it was stopped, so its fence is closed.
+    let ctl = start_fenced_schedule_controller(&ns, clock, compute_operator::leader::Fence::closed()).await;
+    let until = event_at() + TimeDelta::hours(1);
+    let mut s = schedule("fenced", vec![at("09:00", ScheduledState::Stopped)]);
+    s.spec.power_override = Some(PowerOverride {
+        state: ScheduledState::Running,
+        until,
+    });
+    api.create(&PostParams::default(), &s).await.expect("create schedule");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        children(&fleets, "fenced").await.is_empty(),
+        "no child without the lease"
+    );
+    let o = api.get("fenced").await.unwrap();
+    assert!(o.status.is_none(), "no status without the lease: {:?}", o.status);
+    ctl.stop().await;
+    // A leader with its fence open acts on the same schedule: the test could have failed.
+    let ctl = start_schedule_controller(&ns, clock).await;
+    let held = child_name(
+        "fenced",
+        ChildCause::OverrideStart,
+        until,
+        ScheduledState::Running,
+        Some(1),
+    );
+    wait_child(&fleets, &held, WAIT).await;
+    ctl.stop().await;
+}

@@ -344,6 +344,15 @@ pub async fn start_schedule_controller(
     ns: &str,
     clock: compute_operator::controllers::schedule::Clock,
 ) -> RunningController {
+    start_fenced_schedule_controller(ns, clock, compute_operator::leader::Fence::always_open()).await
+}
+
+/// [`start_schedule_controller`] on a runtime whose lease fence is `fence` (a test may close it).
+pub async fn start_fenced_schedule_controller(
+    ns: &str,
+    clock: compute_operator::controllers::schedule::Clock,
+    fence: Arc<compute_operator::leader::Fence>,
+) -> RunningController {
     let mut config = compute_operator::controllers::schedule::ScheduleConfig {
         clock,
         ..Default::default()
@@ -365,7 +374,6 @@ pub async fn start_schedule_controller(
         ..Default::default()
     };
     let metrics = Metrics::new();
-    let fence = compute_operator::leader::Fence::always_open();
     let shared = shared_runtime(unused, &instance_config, metrics.clone(), fence).await;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {

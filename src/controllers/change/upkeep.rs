@@ -127,7 +127,7 @@ impl Upkeep {
             let counted_at = gate.count_of(&budget.name).map(|c| c.at);
             let next = budget_status(&obj, budget, budget.count(&disrupted), counted_at, now);
             if obj.status.as_ref() != Some(&next) {
-                patch_status(&api, &obj.name_any(), &next).await;
+                patch_status(&api, &self.fence, &obj.name_any(), &next).await;
             }
         }
     }
@@ -137,7 +137,7 @@ impl Upkeep {
         for obj in gate.windows() {
             let next = window_status(&obj, now);
             if obj.status.as_ref() != Some(&next) {
-                patch_status(&api, &obj.name_any(), &next).await;
+                patch_status(&api, &self.fence, &obj.name_any(), &next).await;
             }
         }
     }
@@ -199,13 +199,25 @@ pub fn window_status(obj: &ComputeMaintenanceWindow, now: DateTime<Utc>) -> Comp
     status
 }
 
-/// A merge patch of `.status`, bounded; failures are logged (the next round tries again).
-async fn patch_status<K>(api: &Api<K>, name: &str, status: &impl serde::Serialize)
+/// Field manager of the change-control statuses.
+const FIELD_MANAGER: &str = "compute-operator-change-control";
+
+/// A merge patch of `.status` under [`FIELD_MANAGER`], bounded, only while the fence is open (checked right
+/// before each write: a round over many objects outlives a lease that was open when it began); failures are
+/// logged (the next round tries again).
+async fn patch_status<K>(api: &Api<K>, fence: &Fence, name: &str, status: &impl serde::Serialize)
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
+    if !fence.may_act() {
+        return;
+    }
     let body = serde_json::json!({ "status": status });
-    if let Err(e) = bounded(api.patch_status(name, &PatchParams::default(), &Patch::Merge(&body))).await {
+    let pp = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    if let Err(e) = bounded(api.patch_status(name, &pp, &Patch::Merge(&body))).await {
         tracing::debug!(object = %name, error = %e, "could not write a change-control status");
     }
 }

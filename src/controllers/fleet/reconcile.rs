@@ -79,6 +79,11 @@ pub fn error_policy(fleet: Arc<ComputeFleetAction>, error: &Error, ctx: Arc<Cont
 }
 
 async fn reconcile_inner(cached: &ComputeFleetAction, ctx: &Context) -> Result<Action, Error> {
+    if !ctx.shared.fence.may_act() {
+        // Only the leader walks, creates and writes: a replica without the lease (or a leader paused past
+        // it) spends no admin API budget and writes nothing.
+        return Ok(Action::requeue(std::time::Duration::from_secs(5)));
+    }
     let ns = cached.namespace().ok_or(Error::NoNamespace)?;
     let name = cached.name_any();
     let fleets: Api<ComputeFleetAction> = Api::namespaced(ctx.shared.kube.clone(), &ns);
@@ -237,6 +242,9 @@ async fn reconcile_inner(cached: &ComputeFleetAction, ctx: &Context) -> Result<A
     new_status.pending += not_created;
     let written = if fleet.status.is_some() && status == new_status {
         Written::Unchanged
+    } else if !ctx.shared.fence.may_act() {
+        // A replica that lost the lease writes nothing; the leader's next round writes this round's truth.
+        return Ok(Action::requeue(std::time::Duration::from_secs(5)));
     } else {
         let body = new_status.clone();
         runtime::write_status(&fleets, fleet, FIELD_MANAGER, |f| f.status = Some(body))

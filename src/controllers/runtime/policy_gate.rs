@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::channel::mpsc;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -117,9 +117,11 @@ impl PolicyGate {
         // by label too).
         let (store, mut policies) = if mode == PolicyMode::Enforce {
             let api: Api<ComputeAccessPolicy> = Api::all(client.clone());
-            api.list_metadata(&ListParams::default().limit(1))
-                .await
-                .map_err(StartError::PolicyCrdMissing)?;
+            // Served, or a definite no; an API server that is restarting is waited for, as for every kind.
+            super::check_served(&api).await.map_err(|e| match e {
+                StartError::CrdMissing { source, .. } => StartError::PolicyCrdMissing(source),
+                other => other,
+            })?;
             let (reader, writer) = reflector::store();
             let mut policies = watcher(api, watcher::Config::default().any_semantic())
                 .default_backoff()

@@ -120,7 +120,11 @@ async fn reconcile_inner(obj: &ComputePowerSchedule, ctx: &Context) -> Result<Ac
         // A replica without the lease writes nothing to a child; the leader does it.
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
-    execute(obj, &schedules, &fleets, &plan, ctx).await?;
+    if execute(obj, &schedules, &fleets, &plan, ctx).await? == Executed::Interrupted {
+        // The status would name a child that was not created (and an Event would say it was): write nothing;
+        // the next reconcile decides again.
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
 
     if obj.status.as_ref() != Some(&plan.status) {
         let status = plan.status.clone();
@@ -149,6 +153,14 @@ async fn reconcile_inner(obj: &ComputePowerSchedule, ctx: &Context) -> Result<Ac
     })
 }
 
+/// Whether [`execute`] carried out the whole plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Executed {
+    Done,
+    /// The fence closed, or the schedule changed before the create: the plan's status is not true.
+    Interrupted,
+}
+
 /// Suspend first (so two children never act at once), then create, then trim the history; each write only
 /// while the fence is open, the create only while the schedule, read again, is unchanged and not suspended.
 async fn execute(
@@ -157,7 +169,7 @@ async fn execute(
     fleets: &Api<ComputeFleetAction>,
     plan: &Plan,
     ctx: &Context,
-) -> Result<(), Error> {
+) -> Result<Executed, Error> {
     let fence = &ctx.shared.fence;
     let pp = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
@@ -165,7 +177,7 @@ async fn execute(
     };
     for name in &plan.suspend {
         if !fence.may_act() {
-            return Ok(());
+            return Ok(Executed::Interrupted);
         }
         let patch = Patch::Merge(serde_json::json!({"spec": {"suspend": true}}));
         match bounded(fleets.patch(name, &pp, &patch)).await {
@@ -180,15 +192,16 @@ async fn execute(
         }
     }
     if let Some(request) = &plan.create {
-        if !fence.may_act() {
-            return Ok(());
-        }
         let now = bounded(schedules.get(&obj.name_any()))
             .await
             .map_err(Error::ReadSchedule)?;
         if !super::plan::still_asks(obj, &now) {
             tracing::debug!(child = %request.name, "the schedule changed since it was read; deciding again");
-            return Ok(());
+            return Ok(Executed::Interrupted);
+        }
+        // After the read (which may take seconds), right before the create.
+        if !fence.may_act() {
+            return Ok(Executed::Interrupted);
         }
         let mut child = child_fleet(obj, request);
         // The child's deadline is read by the fleet controller on the real clock (tests shift this one).
@@ -217,7 +230,7 @@ async fn execute(
     };
     for name in &plan.delete {
         if !fence.may_act() {
-            return Ok(());
+            return Ok(Executed::Interrupted);
         }
         match bounded(fleets.delete(name, &dp)).await {
             Ok(_) => tracing::debug!(child = %name, "deleted an old child fleet (history limit)"),
@@ -230,7 +243,7 @@ async fn execute(
             }
         }
     }
-    Ok(())
+    Ok(Executed::Done)
 }
 
 /// Publishes Events in the background (see [`crate::controllers::events`]).
