@@ -7,7 +7,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use compute_operator::controllers::fleet::ComputeFleetAction;
+use compute_operator::crd::disruption_budget::ComputeDisruptionBudget;
 use compute_operator::crd::instance_action::{ComputeInstanceAction, Condition};
+use compute_operator::crd::maintenance_window::ComputeMaintenanceWindow;
 use compute_operator::crd::power_schedule::ComputePowerSchedule;
 use compute_operator::devenv::process::Guarded;
 use kube::api::Api;
@@ -171,12 +173,57 @@ async fn the_readme_quick_start_ends_with_every_example_ready() {
             not_ready.push(format!("cps/{}: {conditions:?}", o.name_any()));
         }
     }
+    // Change control: every window and budget example is Ready, and none holds an example action back.
+    let windows = Api::<ComputeMaintenanceWindow>::all(client.clone())
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items;
+    for o in &windows {
+        let conditions = o.status.clone().map(|s| s.conditions).unwrap_or_default();
+        if is_true(&conditions, "Ready").is_none() {
+            not_ready.push(format!("cmw/{}: {conditions:?}", o.name_any()));
+        }
+    }
+    let budgets = Api::<ComputeDisruptionBudget>::all(client.clone())
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items;
+    for o in &budgets {
+        let conditions = o.status.clone().map(|s| s.conditions).unwrap_or_default();
+        if is_true(&conditions, "Ready").is_none() {
+            not_ready.push(format!("cdb/{}: {conditions:?}", o.name_any()));
+        }
+    }
+    assert_eq!(
+        (windows.len(), budgets.len()),
+        (2, 1),
+        "every change-control example applied"
+    );
+    let held: Vec<String> = cias
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|o| o.status.as_ref().is_some_and(|s| s.held_by.is_some()))
+        .map(|o| o.name_any())
+        .collect();
+    assert!(held.is_empty(), "held back by change control: {held:?}");
     assert!(
         not_ready.is_empty(),
         "not Ready after the quick start:\n{}",
         not_ready.join("\n")
     );
     assert_eq!(schedules.len(), 3, "every schedule example applied");
+    // The dev stack prints the same lines to try (its banner and this README cannot drift apart).
+    let banner = dev_log();
+    for line in lines.iter().filter(|l| l.starts_with("kubectl")) {
+        assert!(
+            banner.contains(line.as_str()),
+            "the dev banner lacks the README's {line:?}:\n{banner}"
+        );
+    }
 
     // The fleet restarted its three runners, once each, through children that all succeeded.
     let runners = fleets

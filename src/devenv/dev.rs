@@ -108,7 +108,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     let kc = kubeconfig.display();
     println!(
-        "\ncompute-operator dev stack is up.\n  kubeconfig:   {kc}\n  admin API:    {api_url}{}\n\nTry:\n  export KUBECONFIG={kc}\n  kubectl apply -f deploy/examples/\n  kubectl wait --for=condition=Ready cia --all --timeout=60s\n  kubectl wait --for=condition=Ready cfa,cps --all --timeout=60s\n  kubectl get cia,cfa,cps\n  curl -s {}/_sim/audit   # every action the simulator accepted\n\nCtrl-C stops everything.\n",
+        "\ncompute-operator dev stack is up.\n  kubeconfig:   {kc}\n  admin API:    {api_url}{}\n\nTry:\n  export KUBECONFIG={kc}\n  kubectl apply -f deploy/examples/\n  kubectl wait --for=condition=Ready cia --all --timeout=60s\n  kubectl wait --for=condition=Ready cfa,cps --all --timeout=60s\n  kubectl wait --for=condition=Ready cmw,cdb --all --timeout=60s\n  kubectl get cia,cfa,cps,cmw,cdb\n  curl -s {}/_sim/audit   # every action the simulator accepted\n\nCtrl-C stops everything.\n",
         if simulator.is_some() { " (simulator)" } else { "" },
         simulator
             .as_ref()

@@ -88,7 +88,7 @@ impl KindMetrics {
         );
         registry.register(
             "schedule_events",
-            "Schedule events by result: on_time, caught_up (run late, within startingDeadline), skipped (missed), failed (its fleet failed)",
+            "Schedule events by result: on_time, caught_up (run late, within startingDeadline), skipped (missed), failed (its fleet failed), late (its fleet finished, some instances not started within startingDeadline)",
             this.schedule_events.clone(),
         );
         registry.register(
