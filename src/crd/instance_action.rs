@@ -82,8 +82,9 @@ pub struct ComputeInstanceActionSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
 
-    /// For `restarted`/`reset`: a one-shot not sent by this time (RFC 3339) is never sent; the object ends
-    /// `Ready` with reason `Expired`. Protects against a re-created object (GitOps rebuild, restore) running again.
+    /// No action is sent after this time (RFC 3339); one not sent by then ends `Ready` with reason `Expired`.
+    /// For `restarted`/`reset` it protects against a re-created object (GitOps rebuild, restore) running again;
+    /// for levels (a schedule event's children) it keeps an action from running long after its event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_after: Option<DateTime<Utc>>,
 

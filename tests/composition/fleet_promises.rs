@@ -505,3 +505,57 @@ async fn nothing_is_kept_for_objects_deleted_mid_action() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_once_child_that_could_not_act_in_time_does_not_act_late() {
+    // One instance that cannot move yet (provisioning): its child exists in time, but the stop cannot be sent.
+    let mut instances = zone_fleet("n", "z1", 2);
+    instances[1].status = compute_operator::api::InstanceStatus::Provisioning;
+    let e = env("promise-late", instances, 200, PolicyMode::Off).await;
+    let not_after = chrono::Utc::now() + chrono::TimeDelta::seconds(5);
+    e.create(
+        "evening",
+        serde_json::json!({"selector": {"zone": "z1"}, "desiredState": "stopped", "enforcement": "once",
+            "notAfter": not_after.to_rfc3339(), "strategy": {"maxConcurrent": 2}}),
+    )
+    .await;
+    let deadline = Instant::now() + LONG;
+    while posts(&e) < 1 {
+        assert!(Instant::now() < deadline, "n-00 was not stopped: {:?}", e.actions());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(e.children("evening").await.len(), 2, "both children exist in time");
+    // Past notAfter the instance can move: its child must not stop it now, hours (here: seconds) late.
+    let wait = (not_after - chrono::Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(1);
+    tokio::time::sleep(wait).await;
+    let mut ready = e.sim.instance("n-01").expect("n-01");
+    ready.status = compute_operator::api::InstanceStatus::Running;
+    e.sim.upsert_instance(ready);
+    let f = e
+        .wait("evening", LONG, "settled", |f| {
+            f.status.as_ref().is_some_and(|s| s.in_progress == 0 && s.pending == 0)
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(e.acted_on(), vec!["n-00".to_owned()], "nothing is sent after notAfter");
+    let late = e
+        .cias
+        .get(
+            &e.children("evening")
+                .await
+                .into_iter()
+                .find(|c| c.spec.instance_id == "n-01")
+                .unwrap()
+                .name_any(),
+        )
+        .await
+        .unwrap();
+    let conditions = late.status.map(|s| s.conditions).unwrap_or_default();
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True" && c.reason == "Expired"),
+        "{conditions:?}"
+    );
+    assert_eq!(status(&f).expired, 1, "{:?}", f.status);
+}

@@ -51,7 +51,13 @@ pub fn child_spec(spec: &ComputeFleetActionSpec, instance_id: &str) -> ComputeIn
         enforcement: spec.enforcement,
         dry_run: spec.dry_run,
         suspend: spec.suspend,
-        not_after: if one_shot { spec.not_after } else { None },
+        // A run (one-shots, and `once` levels such as a schedule event's) ends at notAfter for every child, so a
+        // child created in time but not sent in time (the operator was down) does not act hours late.
+        not_after: if super::runs::run_kind(spec) == super::runs::RunKind::Level {
+            None
+        } else {
+            spec.not_after
+        },
         escalation: None,
     }
 }
@@ -320,6 +326,13 @@ mod tests {
         assert_eq!(c.not_after, s.not_after);
         s.desired_state = DesiredState::Stopped;
         let c = child_spec(&s, "i-9");
-        assert!(c.request_id.is_none() && c.not_after.is_none());
+        assert!(
+            c.request_id.is_none() && c.not_after.is_none(),
+            "a continuous level never ends"
+        );
+        // A `once` level is a run (a schedule event's child): its deadline holds for every child.
+        s.enforcement = crate::crd::instance_action::Enforcement::Once;
+        let c = child_spec(&s, "i-9");
+        assert!(c.request_id.is_none() && c.not_after == s.not_after);
     }
 }

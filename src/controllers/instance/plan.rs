@@ -358,10 +358,9 @@ impl<'i, 'a> Builder<'i, 'a> {
         let s = self.input.settings;
         let spec = self.spec().clone();
         let now = self.input.now;
-        if action.is_one_shot()
-            && let Some(not_after) = spec.not_after.filter(|t| now > *t)
-        {
-            // Never sent, and too late now: a re-created object (GitOps rebuild, restore) does not run again.
+        if let Some(not_after) = spec.not_after.filter(|t| now > *t) {
+            // Never sent, and too late now: a re-created one-shot (GitOps rebuild, restore) does not run again,
+            // and a level (a schedule event's child) does not act hours after its event.
             self.close_open_action(ActionState::Failed, "Expired");
             let message = expired_message(action, &spec, not_after);
             return self.done(
@@ -458,8 +457,13 @@ impl<'i, 'a> Builder<'i, 'a> {
 }
 
 fn expired_message(action: PowerAction, spec: &ComputeInstanceActionSpec, not_after: DateTime<Utc>) -> String {
+    let again = if action.is_one_shot() {
+        "set a new spec.requestId and notAfter to run it"
+    } else {
+        "set a later spec.notAfter (or remove it) to act again"
+    };
     format!(
-        "{action} of instance {} was not run: spec.notAfter ({}) passed before it was sent; set a new spec.requestId and notAfter to run it",
+        "{action} of instance {} was not run: spec.notAfter ({}) passed before it was sent; {again}",
         spec.instance_id,
         not_after.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     )

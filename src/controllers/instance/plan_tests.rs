@@ -678,13 +678,25 @@ fn a_one_shot_past_not_after_is_expired_not_sent() {
     let p = run(&sp, &refused, &instance("running"), 1001);
     assert!(p.post.is_none());
     assert_eq!(ready(&p).1, "Expired");
-    // Levels ignore notAfter (they are safe to apply at any time).
+    // Levels too: a schedule event's child that could not be sent in time does not act hours after its event.
     let mut lvl = spec(DesiredState::Stopped);
-    lvl.not_after = Some(t(0));
+    lvl.not_after = Some(t(1000));
     assert_eq!(
-        run(&lvl, &status_with(None), &instance("running"), 1001).post,
+        run(&lvl, &status_with(None), &instance("running"), 999).post,
         Some(PowerAction::Stop)
     );
+    let late = run(&lvl, &status_with(None), &instance("running"), 1001);
+    assert!(late.post.is_none());
+    assert_eq!(ready(&late), ("True", "Expired"));
+    let message = late.status.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("was not run") && message.contains("later spec.notAfter"),
+        "{message}"
+    );
+    // A level that converged in time stays Ready as it was (nothing to send).
+    let converged = run(&lvl, &status_with(None), &instance("stopped"), 1001);
+    assert!(converged.post.is_none());
+    assert_ne!(ready(&converged).1, "Expired", "{:?}", converged.status.message);
 }
 
 #[test]

@@ -436,7 +436,7 @@ fn not_sending_now(ctx: &Context, obj: &ComputeInstanceAction) -> Option<&'stati
     if !ctx.fence.may_act() {
         return Some("NotLeader");
     }
-    if obj.spec.desired_state.action().is_one_shot() && obj.spec.not_after.is_some_and(|t| Utc::now() > t) {
+    if obj.spec.not_after.is_some_and(|t| Utc::now() > t) {
         return Some("Expired");
     }
     None
