@@ -144,6 +144,9 @@ async fn reconcile_inner(cached: &ComputeFleetAction, ctx: &Context) -> Result<A
         None
     } else if plan::needs_selection(spec, &status, remembered.as_ref().map(|l| l.listed_at), now, settings) {
         match ctx.shared.lists.turn(&ns) {
+            // A level fleet that listed before goes on from that listing while another walk of its namespace
+            // runs (it relists next round): a settled fleet does not flap to Reconciling for its routine relist.
+            None if remembered.is_some() && plan::run_kind(spec) == plan::RunKind::Level => remembered,
             None => {
                 unlisted = Some(Unlisted::WaitingForListBudget);
                 None
