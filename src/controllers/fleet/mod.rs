@@ -17,8 +17,9 @@ use std::sync::{Arc, Mutex};
 
 use futures::{FutureExt, StreamExt as _};
 use kube::ResourceExt;
+use kube::api::Api;
 use kube::runtime::controller::Controller;
-use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
 
 use crate::controllers::events::EventRecorder;
 use crate::controllers::runtime::{self, Drive, ErrorBackoff, RunSettings, Shared, StartError};
@@ -117,12 +118,8 @@ pub async fn run(
     config: FleetConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), StartError> {
-    let client = shared.kube.clone();
-    let scopes =
-        runtime::parent_and_child_scopes::<ComputeFleetAction, ComputeInstanceAction>(&client, &config.run.namespaces)
-            .await?;
     let ctx = Arc::new(Context {
-        recorder: runtime::recorder(client.clone(), "compute-operator-fleet"),
+        recorder: runtime::recorder(shared.kube.clone(), "compute-operator-fleet"),
         shared,
         config: config.clone(),
         errors: ErrorBackoff::default(),
@@ -131,15 +128,11 @@ pub async fn run(
         gone: Mutex::default(),
     });
     let shutdown = shutdown.shared();
-    let runs = scopes.into_iter().map(|(fleets, cias)| {
-        let (reader, writer) = reflector::store();
+    let per_scope = |(fleets, cias): (Api<ComputeFleetAction>, Api<ComputeInstanceAction>)| {
         let forget = ctx.clone();
-        let name = format!("fleets in {}", fleets.namespace().unwrap_or("all namespaces"));
         // Only spec changes wake a fleet (its own status writes do not); a deleted fleet's state is dropped.
-        let stream = runtime::watched(fleets, writer, config.run.health.clone(), name, move |f| {
-            forget.forget(f)
-        })
-        .predicate_filter(predicates::generation, Default::default());
+        let (reader, stream) = runtime::scope_watch(fleets, &config.run, "fleets", move |f| forget.forget(f));
+        let stream = stream.predicate_filter(predicates::generation, Default::default());
         // A child's status change wakes its fleet; the children's cache (slimmed) serves rounds between
         // consistent reads.
         let feed = ctx.children.add_scope(cias.namespace().map(str::to_owned));
@@ -164,9 +157,8 @@ pub async fn run(
             reconcile::error_policy,
             ctx.clone(),
         )
-    });
-    runtime::every_scope("fleet", &config.run.namespaces, runs).await;
-    Ok(())
+    };
+    runtime::run_composed(&ctx.shared.kube, &config.run, "fleet", per_scope).await
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ pub use drive::{Drive, drive, every_scope};
 pub use list_budget::ListBudget;
 pub use policy_gate::PolicyGate;
 pub use status::{STALE_RETRY, Written, put_status, write_status};
-pub use watch::watched;
+pub use watch::{scope_watch, watched};
 
 /// Bound on one Kubernetes API call made by a reconcile.
 pub const KUBE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -207,6 +207,26 @@ where
         .into_iter()
         .zip(scoped::<C>(client, namespaces))
         .collect())
+}
+
+/// Runs a composed kind `P` (acting through children of kind `C`) in every served namespace: both CRDs checked
+/// first, then `per_scope` for each (parent, child) pair of `Api`s, until every scope's controller stopped.
+pub async fn run_composed<P, C, Fut>(
+    client: &Client,
+    run: &RunSettings,
+    kind: &'static str,
+    per_scope: impl FnMut((Api<P>, Api<C>)) -> Fut,
+) -> Result<(), StartError>
+where
+    P: Resource<Scope = kube::core::NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+    P::DynamicType: Default,
+    C: Resource<Scope = kube::core::NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+    C::DynamicType: Default,
+    Fut: std::future::Future<Output = ()>,
+{
+    let scopes = parent_and_child_scopes::<P, C>(client, &run.namespaces).await?;
+    every_scope(kind, &run.namespaces, scopes.into_iter().map(per_scope)).await;
+    Ok(())
 }
 
 /// Checks that kind `K` is served, by listing one object (needs only the RBAC a controller has anyway). Only a

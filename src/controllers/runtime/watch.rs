@@ -9,6 +9,7 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use kube::api::Api;
 use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -42,4 +43,25 @@ where
             }
         })
         .touched_objects()
+}
+
+/// A composed kind's watch in one scope: its store and its stream ([`watched`]), named for liveness
+/// `<plural> in <namespace>` (or `in all namespaces`).
+pub fn scope_watch<K, G>(
+    api: Api<K>,
+    run: &super::RunSettings,
+    plural: &str,
+    gone: G,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + use<K, G>,
+)
+where
+    G: Fn(&K) + Send + 'static,
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+{
+    let (reader, writer) = reflector::store();
+    let name = format!("{plural} in {}", api.namespace().unwrap_or("all namespaces"));
+    (reader, watched(api, writer, run.health.clone(), name, gone))
 }

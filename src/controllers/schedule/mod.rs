@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use kube::ResourceExt;
+use kube::api::Api;
 use kube::runtime::controller::Controller;
 
 use crate::controllers::events::EventRecorder;
-use kube::runtime::reflector;
 use kube::runtime::watcher;
 
 use crate::controllers::runtime::{self, Drive, ErrorBackoff, RunSettings, Shared, StartError};
@@ -68,23 +68,17 @@ pub async fn run(
     config: ScheduleConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), StartError> {
-    let client = shared.kube.clone();
-    let scopes =
-        runtime::parent_and_child_scopes::<ComputePowerSchedule, ComputeFleetAction>(&client, &config.run.namespaces)
-            .await?;
     let ctx = Arc::new(Context {
+        recorder: runtime::recorder(shared.kube.clone(), &config.reporter),
         shared,
-        recorder: runtime::recorder(client, &config.reporter),
         event_slots: Arc::new(tokio::sync::Semaphore::new(EVENT_SLOTS)),
         config: config.clone(),
         error_backoff: ErrorBackoff::default(),
     });
     let shutdown = shutdown.shared();
-    let runs = scopes.into_iter().map(|(schedules, fleets)| {
-        let (reader, writer) = reflector::store();
+    let per_scope = |(schedules, fleets): (Api<ComputePowerSchedule>, Api<ComputeFleetAction>)| {
         let forget = ctx.clone();
-        let name = format!("schedules in {}", schedules.namespace().unwrap_or("all namespaces"));
-        let stream = runtime::watched(schedules, writer, config.run.health.clone(), name, move |s| {
+        let (reader, stream) = runtime::scope_watch(schedules, &config.run, "schedules", move |s| {
             forget.error_backoff.reset(&crate::controllers::object_key(s));
             forget.shared.metrics.forget_resource(&s.uid().unwrap_or_default());
         });
@@ -98,7 +92,6 @@ pub async fn run(
             reconcile::error_policy,
             ctx.clone(),
         )
-    });
-    runtime::every_scope("schedule", &config.run.namespaces, runs).await;
-    Ok(())
+    };
+    runtime::run_composed(&ctx.shared.kube, &config.run, "schedule", per_scope).await
 }
