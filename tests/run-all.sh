@@ -10,13 +10,13 @@ step() { printf '\n==> %s (%ss)\n' "$*" "$(( $(date +%s) - started ))"; }
 step "tools"
 missing=()
 command -v lua5.4 >/dev/null || missing+=(lua5.4)
-# promtool (tests/monitoring.rs: `promtool test rules` on the chart's alerts) ships in Debian's prometheus.
+# promtool (tests/packaging_checks/monitoring.rs: `promtool test rules` on the chart's alerts) ships in Debian's prometheus.
 command -v promtool >/dev/null || missing+=(prometheus)
 # tests/quickstart.rs runs the README's quick start, whose last line is a curl.
 command -v curl >/dev/null || missing+=(curl)
 # deploy/image/build.sh (tests/image.rs) puts the system CA bundle into the image.
 [[ -f /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
-# checkov (tests/packaging_network.rs scans the chart's default render) comes from PyPI into a venv; Debian's
+# checkov (tests/packaging_checks/network.rs scans the chart's default render) comes from PyPI into a venv; Debian's
 # python3-venv provides the venv module's pip.
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 command -v go >/dev/null || { echo "Go is required to build kube-apiserver and etcd (go >= 1.25)" >&2; exit 1; }

@@ -1,4 +1,4 @@
-//! Shared by the static packaging tests (packaging_chart, packaging_deploy, packaging_argocd): helm located like
+//! Shared by the static packaging tests (tests/packaging_checks: chart, deploy, argocd): helm located like
 //! tests/controlplane/build.sh places it (FAILS, never skips, without it), a temporary directory, `helm template`
 //! and YAML access to rendered objects; RBAC grants in `rbac`, the checks every rendering passes in `invariants`.
 #![allow(dead_code)]

@@ -9,7 +9,7 @@ use compute_operator::sim::{self, SimConfig, SimServer};
 use reqwest::Method;
 use serde_json::Value;
 
-const OPENAPI: &str = include_str!("../src/api/openapi.yaml");
+const OPENAPI: &str = include_str!("../../src/api/openapi.yaml");
 const ADMIN: &str = "dev-admin-token";
 
 fn spec() -> Value {

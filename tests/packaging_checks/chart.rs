@@ -5,7 +5,7 @@
 //! Needs helm: `$HELM_BIN`, else the binary `bash tests/controlplane/build.sh helm` builds (same lookup rule);
 //! FAILS (never skips) without it.
 
-mod packaging_support;
+use crate::packaging_support;
 
 use std::collections::BTreeSet;
 use std::path::Path;

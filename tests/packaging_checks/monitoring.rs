@@ -9,8 +9,8 @@
 //!
 //! Needs helm and promtool (`apt-get install -y prometheus`); FAILS (never skips) without them.
 
-mod chart_support;
-mod support;
+use crate::chart_support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! egress off unless asked for), its values schema, and a third-party scan (checkov) of the default render: what
 //! fails is only what a user's values decide, each named in the chart's README.
 
-mod chart_support;
+use crate::chart_support;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

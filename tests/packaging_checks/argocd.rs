@@ -3,7 +3,7 @@
 //!
 //! Needs Lua 5.4: `$LUA_BIN`, else `lua5.4` on PATH (`apt-get install -y lua5.4`); FAILS (never skips) without it.
 
-mod packaging_support;
+use crate::packaging_support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
