@@ -36,7 +36,11 @@ struct Maps {
 impl Maps {
     fn insert(&mut self, key: String, entry: Entry) -> Option<Entry> {
         let previous = self.remove(&key);
-        let keys = self.by_instance.entry(entry.instance_id.clone()).or_default();
+        // Almost always one object per instance: no room reserved for four.
+        let keys = self
+            .by_instance
+            .entry(entry.instance_id.clone())
+            .or_insert_with(|| Vec::with_capacity(1));
         if let Err(at) = keys.binary_search(&key) {
             keys.insert(at, key.clone());
         }

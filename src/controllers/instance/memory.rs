@@ -101,8 +101,9 @@ impl StatusMemory {
 
     /// Drops held writes the watch showed more than `grace` ago.
     pub fn sweep(&self, now: Instant, grace: Duration) {
-        self.held()
-            .retain(|_, h| h.seen.is_none_or(|at| now.saturating_duration_since(at) < grace));
+        let mut held = self.held();
+        held.retain(|_, h| h.seen.is_none_or(|at| now.saturating_duration_since(at) < grace));
+        crate::controllers::shrink_if_sparse(&mut held);
     }
 
     pub fn forget(&self, obj: &ComputeInstanceAction) {

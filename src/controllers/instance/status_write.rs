@@ -160,8 +160,9 @@ impl RecentWrites {
     /// Drops writes older than the window (at rest nothing is kept).
     pub fn sweep(&self) {
         let now = std::time::Instant::now();
-        self.locked()
-            .retain(|_, (_, at)| now.duration_since(*at) < RECENT_WRITES);
+        let mut map = self.locked();
+        map.retain(|_, (_, at)| now.duration_since(*at) < RECENT_WRITES);
+        crate::controllers::shrink_if_sparse(&mut map);
     }
 
     /// The resourceVersion of our last recent write of the object.
