@@ -25,6 +25,13 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// Which controller (`instance`, `fleet`, `schedule`) failed a reconcile, and why.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindReasonLabels {
+    pub kind: String,
+    pub reason: String,
+}
+
 /// Which controller (`instance`, `fleet`, `schedule`) and whether its reconcile succeeded.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindResultLabels {
@@ -77,7 +84,7 @@ pub struct ConditionLabels {
 pub struct Metrics {
     registry: Registry,
     pub reconciles: Counter,
-    pub reconcile_errors: Family<ReasonLabel, Counter>,
+    pub reconcile_errors: Family<KindReasonLabels, Counter>,
     pub reconcile_duration: Histogram,
     /// Reconciles of every kind, by kind and result (`ok`, `error`): the shared controller driver counts them.
     pub kind_reconciles: Family<KindResultLabels, Counter>,
@@ -125,7 +132,7 @@ impl Metrics {
     pub fn new() -> Arc<Self> {
         let mut registry = Registry::with_prefix("compute_operator");
         let reconciles = Counter::default();
-        let reconcile_errors = Family::<ReasonLabel, Counter>::default();
+        let reconcile_errors = Family::<KindReasonLabels, Counter>::default();
         let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         let kind_reconciles = Family::<KindResultLabels, Counter>::default();
         let actions = Family::<ActionLabels, Counter>::default();
@@ -149,7 +156,7 @@ impl Metrics {
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_errors",
-            "Reconciles that failed, by reason",
+            "Reconciles that failed, by controller kind and reason",
             reconcile_errors.clone(),
         );
         registry.register(

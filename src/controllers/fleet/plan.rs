@@ -90,14 +90,13 @@ pub struct NewChild {
     pub instance_id: String,
 }
 
-/// An Event to publish about the fleet (a run started, finished or stopped).
-pub type FleetEvent = crate::controllers::events::Note;
+pub use crate::controllers::events::Note;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     pub status: ComputeFleetActionStatus,
     /// Published only when the status that carries the change is written.
-    pub events: Vec<FleetEvent>,
+    pub events: Vec<Note>,
     pub create: Vec<NewChild>,
     /// Children of an earlier run or desired state, finished: removed (deleting a child never acts).
     pub delete: Vec<String>,

@@ -49,7 +49,21 @@ pub enum Error {
     NoNamespace,
 }
 
-impl Error {
+impl crate::controllers::runtime::ReconcileError for Error {
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::ReadFleet(_) => "ReadFleet",
+            Self::ListChildren(_) => "ListChildren",
+            Self::CreateChild(..) => "CreateChild",
+            Self::DeleteChild(..) => "DeleteChild",
+            Self::SyncChild(..) => "SyncChild",
+            Self::WriteStatus(_) => "WriteStatus",
+            Self::ListSelection(e) => e.reason(),
+            Self::ListTimeout => "ListTimeout",
+            Self::NoNamespace => "NoNamespace",
+        }
+    }
+
     fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::ListSelection(e) => e.retry_after(),
@@ -68,14 +82,15 @@ pub async fn reconcile(fleet: Arc<ComputeFleetAction>, ctx: Arc<Context>) -> Res
     result
 }
 
-/// Per-fleet jittered exponential backoff, honouring `Retry-After` from the admin API.
+/// kube-rs error policy: the runtime's one policy ([`crate::controllers::runtime::errors`]).
 pub fn error_policy(fleet: Arc<ComputeFleetAction>, error: &Error, ctx: Arc<Context>) -> Action {
-    let key = crate::controllers::object_key(fleet.as_ref());
-    let delay = ctx
-        .errors
-        .next(&key, &ctx.config.run.error_backoff, error.retry_after());
-    tracing::warn!(fleet = %key, %error, delay_ms = delay.as_millis() as u64, "fleet reconcile failed; backing off");
-    Action::requeue(delay)
+    ctx.errors.back_off(
+        "fleet",
+        fleet.as_ref(),
+        error,
+        &ctx.config.run.error_backoff,
+        &ctx.shared.metrics,
+    )
 }
 
 async fn reconcile_inner(cached: &ComputeFleetAction, ctx: &Context) -> Result<Action, Error> {
@@ -369,7 +384,7 @@ async fn create_children(
 }
 
 /// Publishes the plan's Events in the background (see [`crate::controllers::events`]).
-async fn publish(ctx: &Context, fleet: &ComputeFleetAction, events: Vec<plan::FleetEvent>) {
+async fn publish(ctx: &Context, fleet: &ComputeFleetAction, events: Vec<plan::Note>) {
     crate::controllers::events::publish(&ctx.recorder, None, fleet.object_ref(&()), "Rollout", events).await;
 }
 

@@ -1,7 +1,7 @@
 //! What a fleet's status says, purely: the condition for its counts, the dry-run and policy-denied messages,
 //! and the Events a status change deserves.
 
-use super::plan::{Counts, FleetEvent};
+use super::plan::{Counts, Note};
 use crate::controllers::conditions::Verdict;
 use crate::crd::fleet_action::{ComputeFleetActionSpec, ComputeFleetActionStatus, DryRunReport, Snapshot};
 
@@ -118,7 +118,7 @@ pub(super) fn dry_run_message(spec: &ComputeFleetActionSpec, report: &DryRunRepo
 }
 
 /// The Events a status change deserves: a new run's snapshot, and a run that finished or stopped.
-pub fn events_between(old: &ComputeFleetActionStatus, new: &ComputeFleetActionStatus) -> Vec<FleetEvent> {
+pub fn events_between(old: &ComputeFleetActionStatus, new: &ComputeFleetActionStatus) -> Vec<Note> {
     let mut events = Vec::new();
     let key = |s: &Snapshot| (s.request_id.clone(), s.desired_state, s.selector.clone(), s.taken_at);
     if let Some(snap) = new.snapshot.as_ref()
@@ -129,7 +129,7 @@ pub fn events_between(old: &ComputeFleetActionStatus, new: &ComputeFleetActionSt
         } else {
             format!("requestId {}", snap.request_id)
         };
-        events.push(FleetEvent {
+        events.push(Note {
             warning: snap.incomplete,
             reason: "RunStarted".into(),
             message: format!(
@@ -155,14 +155,14 @@ pub fn events_between(old: &ComputeFleetActionStatus, new: &ComputeFleetActionSt
         (now.is_some() && now != reason_of(old, type_)).then_some(now).flatten()
     };
     if let Some(reason) = became(crate::controllers::conditions::READY) {
-        events.push(FleetEvent {
+        events.push(Note {
             warning: reason == "CompletedWithFailures" || reason == "Expired",
             reason,
             message: message.clone(),
         });
     }
     if let Some(reason) = became(crate::controllers::conditions::STALLED) {
-        events.push(FleetEvent {
+        events.push(Note {
             warning: true,
             reason,
             message,

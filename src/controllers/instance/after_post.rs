@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use super::judge::departed;
-use super::plan::{EventNote, Plan, PlanSettings, Requeue, finish};
+use super::plan::{Note, Plan, PlanSettings, Requeue, finish};
 use crate::api::{ApiError, InstanceStatus};
 use crate::controllers::conditions::Verdict;
 use crate::crd::instance_action::{ActionState, ComputeInstanceActionSpec, ComputeInstanceActionStatus, Phase};
@@ -72,7 +72,7 @@ pub fn after_post(
         Err(ApiError::NotFound) => {
             set(&mut status, ActionState::Failed, Some("InstanceNotFound"));
             let note = format!("instance {id} does not exist in the admin API");
-            events.push(EventNote {
+            events.push(Note {
                 warning: true,
                 reason: "ActionFailed".into(),
                 message: note.clone(),
@@ -86,7 +86,7 @@ pub fn after_post(
         Err(ApiError::BadRequest(_) | ApiError::InvalidInstanceId(_)) => {
             let err = result.as_ref().err().map(ToString::to_string).unwrap_or_default();
             set(&mut status, ActionState::Failed, Some("BadRequest"));
-            events.push(EventNote {
+            events.push(Note {
                 warning: true,
                 reason: "ActionFailed".into(),
                 message: err.clone(),
@@ -104,7 +104,7 @@ pub fn after_post(
                 action.action,
                 settings.slow_retry.as_secs()
             );
-            events.push(EventNote {
+            events.push(Note {
                 warning: true,
                 reason: "ActionFailed".into(),
                 message: note.clone(),

@@ -104,8 +104,7 @@ pub enum Requeue {
     },
 }
 
-/// A Kubernetes Event to publish (the one note type every controller's planner emits).
-pub type EventNote = crate::controllers::events::Note;
+pub use crate::controllers::events::Note;
 
 /// The decision: the status to hold, an action to POST (after the status with its intent is persisted), when
 /// to come back, and what to tell.
@@ -114,7 +113,7 @@ pub struct Plan {
     pub status: ComputeInstanceActionStatus,
     pub post: Option<PowerAction>,
     pub requeue: Requeue,
-    pub events: Vec<EventNote>,
+    pub events: Vec<Note>,
 }
 
 /// The status for a suspended object: nothing is called, the record stays as it is.
@@ -206,7 +205,7 @@ fn since(now: DateTime<Utc>, then: DateTime<Utc>) -> Duration {
 struct Builder<'i, 'a> {
     input: &'i PlanInput<'a>,
     status: ComputeInstanceActionStatus,
-    events: Vec<EventNote>,
+    events: Vec<Note>,
     /// Set when change control holds the action back: by what (`status.heldBy`), until when (`heldUntil`).
     held: Option<(String, Option<DateTime<Utc>>)>,
 }
@@ -226,7 +225,7 @@ impl<'i, 'a> Builder<'i, 'a> {
     }
 
     fn event(&mut self, warning: bool, reason: &'static str, note: String) {
-        self.events.push(EventNote {
+        self.events.push(Note {
             warning,
             reason: reason.into(),
             message: note,

@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 use super::Context;
 use super::peers::peers_of;
-use super::plan::{self, EventNote, Observation, Plan, PlanInput, Requeue};
+use super::plan::{self, Note, Observation, Plan, PlanInput, Requeue};
 use super::status_write::{StatusWrite, replace_status, write_after_post, write_if_changed};
 use crate::api::{ApiError, PowerAction, Repeat};
 use crate::controllers::events;
@@ -36,13 +36,20 @@ pub enum Error {
     NoNamespace,
 }
 
-impl Error {
-    pub fn reason(&self) -> &'static str {
+impl crate::controllers::runtime::ReconcileError for Error {
+    fn reason(&self) -> &'static str {
         match self {
             Self::WriteStatus(_) => "WriteStatus",
             Self::ReadObject(_) => "ReadObject",
             Self::AdminApi(e) => e.reason(),
             Self::NoNamespace => "NoNamespace",
+        }
+    }
+
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::AdminApi(e) => e.retry_after(),
+            _ => None,
         }
     }
 }
@@ -74,22 +81,10 @@ pub async fn reconcile(obj: Arc<ComputeInstanceAction>, ctx: Arc<Context>) -> Re
     result
 }
 
-/// kube-rs error policy: per-object jittered exponential backoff honouring `Retry-After`.
+/// kube-rs error policy: the runtime's one policy ([`crate::controllers::runtime::errors`]).
 pub fn error_policy(obj: Arc<ComputeInstanceAction>, err: &Error, ctx: Arc<Context>) -> Action {
-    let key = object_key(obj.as_ref());
-    ctx.metrics
-        .reconcile_errors
-        .get_or_create(&crate::metrics::ReasonLabel {
-            reason: err.reason().into(),
-        })
-        .inc();
-    let retry_after = match err {
-        Error::AdminApi(e) => e.retry_after(),
-        _ => None,
-    };
-    let delay = ctx.error_backoff.next(&key, &ctx.config.error_backoff, retry_after);
-    tracing::warn!(object = %key, error = %err, delay_ms = delay.as_millis() as u64, "reconcile failed; backing off");
-    Action::requeue(delay)
+    ctx.error_backoff
+        .back_off("instance", obj.as_ref(), err, &ctx.config.error_backoff, &ctx.metrics)
 }
 
 async fn reconcile_inner(cached: &ComputeInstanceAction, ctx: &Context, key: &str) -> Result<Action, Error> {
@@ -515,7 +510,7 @@ fn requeue(ctx: &Context, key: &str, r: Requeue) -> Action {
 }
 
 /// Publishes the plan's Events off the reconcile path (see [`crate::controllers::events`]).
-async fn publish(ctx: &Context, obj: &ComputeInstanceAction, events: &[EventNote]) {
+async fn publish(ctx: &Context, obj: &ComputeInstanceAction, events: &[Note]) {
     let notes = events.to_vec();
     events::publish(
         &ctx.recorder,

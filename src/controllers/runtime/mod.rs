@@ -3,13 +3,13 @@
 //! backoff and a bound on every Kubernetes call. Each kind adds only its planner and a thin reconciler.
 pub mod announce;
 pub mod drive;
+pub mod errors;
 pub mod list_budget;
 pub mod policy_gate;
 pub mod status;
 pub mod watch;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kube::api::{Api, ListParams};
@@ -20,6 +20,7 @@ use crate::api::AdminClient;
 use crate::leader::Fence;
 use crate::metrics::Metrics;
 pub use drive::{Drive, drive, every_scope};
+pub use errors::{ErrorBackoff, ReconcileError};
 pub use list_budget::ListBudget;
 pub use policy_gate::PolicyGate;
 pub use status::{STALE_RETRY, Written, put_status, write_status};
@@ -282,36 +283,5 @@ pub async fn bounded<T>(fut: impl std::future::Future<Output = Result<T, kube::E
         Err(_) => Err(kube::Error::Service(
             format!("no answer from the Kubernetes API within {KUBE_TIMEOUT:?}").into(),
         )),
-    }
-}
-
-/// Per-object error counts for exponential backoff (kube-rs requeues errors at a fixed delay otherwise).
-/// An entry lives from an object's first failure to its next success or its deletion.
-#[derive(Debug, Default)]
-pub struct ErrorBackoff {
-    attempts: Mutex<HashMap<String, u32>>,
-}
-
-impl ErrorBackoff {
-    /// The next delay for `key`, counting this failure.
-    pub fn next(&self, key: &str, backoff: &crate::api::backoff::Backoff, retry_after: Option<Duration>) -> Duration {
-        let mut map = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(key.to_owned()).or_insert(0);
-        let delay = backoff.delay(*n, rand::random::<f64>(), retry_after);
-        *n = n.saturating_add(1);
-        delay
-    }
-
-    /// Success, or the object is gone: start again from the shortest delay.
-    pub fn reset(&self, key: &str) {
-        self.attempts.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
-    }
-
-    pub fn len(&self) -> usize {
-        self.attempts.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }

@@ -38,9 +38,7 @@ pub struct PlanInput<'a> {
     /// The schedule's child fleets, in any order.
     pub children: &'a [ChildView],
 }
-
-/// A Kubernetes Event to publish (the one note type every controller's planner emits).
-pub type Note = crate::controllers::events::Note;
+pub use crate::controllers::events::Note;
 
 /// What to do, in this order: suspend, create, delete; then write the status and come back at `requeue_at`.
 #[derive(Clone, Debug, PartialEq)]

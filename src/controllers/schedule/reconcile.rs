@@ -54,6 +54,20 @@ pub enum Error {
     NoNamespace,
 }
 
+impl crate::controllers::runtime::ReconcileError for Error {
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::ListChildren(_) => "ListChildren",
+            Self::ReadSchedule(_) => "ReadSchedule",
+            Self::CreateChild { .. } => "CreateChild",
+            Self::SuspendChild { .. } => "SuspendChild",
+            Self::DeleteChild { .. } => "DeleteChild",
+            Self::WriteStatus(_) => "WriteStatus",
+            Self::NoNamespace => "NoNamespace",
+        }
+    }
+}
+
 /// The time the controller reads. Production uses the system clock as it is; tests shift it so that "now" can
 /// be seconds before an event of a fixed calendar (the offset is applied to every time the controller reads,
 /// the schedule's creation timestamp included, so the view stays consistent). Not settable from the CLI.
@@ -75,12 +89,15 @@ pub async fn reconcile(obj: Arc<ComputePowerSchedule>, ctx: Arc<Context>) -> Res
     reconcile_inner(&obj, &ctx).instrument(span).await
 }
 
-/// kube-rs error policy: jittered exponential backoff per object.
+/// kube-rs error policy: the runtime's one policy ([`crate::controllers::runtime::errors`]).
 pub fn error_policy(obj: Arc<ComputePowerSchedule>, err: &Error, ctx: Arc<Context>) -> Action {
-    let key = crate::controllers::object_key(obj.as_ref());
-    let delay = ctx.error_backoff.next(&key, &ctx.config.run.error_backoff, None);
-    tracing::warn!(schedule = %key, error = %err, delay_ms = delay.as_millis() as u64, "reconcile failed; backing off");
-    Action::requeue(delay)
+    ctx.error_backoff.back_off(
+        "schedule",
+        obj.as_ref(),
+        err,
+        &ctx.config.run.error_backoff,
+        &ctx.shared.metrics,
+    )
 }
 
 async fn reconcile_inner(obj: &ComputePowerSchedule, ctx: &Context) -> Result<Action, Error> {
