@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::api::InstanceStatus;
 use crate::controllers::fleet::child_cache::{ChildCache, slim};
 use crate::controllers::fleet::children::{ChildKey, child_name, child_object};
-use crate::controllers::fleet::walk::Listed;
+use crate::controllers::runtime::walk::Listed;
 use crate::crd::fleet_action::ComputeFleetAction;
 use crate::crd::instance_action::{ComputeInstanceAction, ComputeInstanceActionStatus, DesiredState};
 use crate::crd::selector::InstanceSelector;

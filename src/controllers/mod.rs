@@ -3,6 +3,7 @@
 //! each a pure planner and a thin reconciler.
 //!
 //! `instance` acts on one instance per ComputeInstanceAction; fleets and schedules compose it.
+pub mod calendar;
 pub mod change;
 pub mod conditions;
 pub mod events;

@@ -13,7 +13,7 @@ use chrono::{DateTime, Datelike, Days, NaiveTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 
 use crate::api::{Instance, PowerAction};
-use crate::controllers::schedule::calendar::{parse_wall_time, parse_zone, resolve};
+use crate::controllers::calendar::{parse_wall_time, parse_zone, resolve};
 use crate::crd::access_policy::{InstanceMatch, NamespaceMatch, NamespaceView};
 use crate::crd::maintenance_window::{ComputeMaintenanceWindowSpec, WindowKind};
 

@@ -1,14 +1,13 @@
 //! The ComputeFleetAction controller: many instances through child ComputeInstanceActions. The pure planner
-//! (plan.rs, with children.rs and lookups.rs), the thin reconciler (reconcile.rs, walk.rs), and the kube-rs
-//! wiring here on the shared runtime; child_cache.rs keeps what is known of the children between consistent reads.
+//! (plan.rs, with children.rs, runs.rs, verdict.rs; the selection's lookups and walk are the runtime's), the thin
+//! reconciler (reconcile.rs), and the kube-rs wiring here on the shared runtime; child_cache.rs keeps the
+//! children's views between consistent reads.
 pub mod child_cache;
 pub mod children;
-pub mod lookups;
 pub mod plan;
 pub mod reconcile;
 pub mod runs;
 pub mod verdict;
-pub mod walk;
 
 pub use crate::crd::fleet_action::{ComputeFleetAction, ComputeFleetActionSpec, ComputeFleetActionStatus};
 
@@ -22,11 +21,11 @@ use kube::runtime::controller::Controller;
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 
 use crate::controllers::events::EventRecorder;
+use crate::controllers::runtime::walk::{self, Listed};
 use crate::controllers::runtime::{self, Drive, ErrorBackoff, RunSettings, Shared, StartError};
 use crate::crd::instance_action::ComputeInstanceAction;
 use crate::crd::selector::InstanceSelector;
 use plan::FleetSettings;
-use walk::Listed;
 
 /// How the fleet controller runs.
 #[derive(Clone, Debug, Default)]

@@ -14,10 +14,10 @@ use tracing::Instrument;
 
 use super::Context;
 use super::children::{self, ChildView, FLEET_LABEL, SyncedFields};
-use super::lookups;
 use super::plan::{self, Candidate, PlanInput, Selection, Unlisted};
-use super::walk::{self, Listed, WalkRules};
 use crate::api::ApiError;
+use crate::controllers::runtime::lookups;
+use crate::controllers::runtime::walk::{self, Listed, WalkRules};
 use crate::controllers::runtime::{self, Written, bounded};
 use crate::crd::access_policy::Coverage;
 use crate::crd::fleet_action::ComputeFleetAction;

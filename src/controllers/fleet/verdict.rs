@@ -22,7 +22,7 @@ pub(super) fn rollout_verdict(
     let incomplete = if status.snapshot.as_ref().is_some_and(|s| s.incomplete) {
         format!(
             "; the selection kept changing over {} walks: the snapshot may miss instances",
-            super::walk::WALK_ATTEMPTS
+            crate::controllers::runtime::walk::WALK_ATTEMPTS
         )
     } else {
         String::new()

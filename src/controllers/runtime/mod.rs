@@ -5,8 +5,10 @@ pub mod announce;
 pub mod drive;
 pub mod errors;
 pub mod list_budget;
+pub mod lookups;
 pub mod policy_gate;
 pub mod status;
+pub mod walk;
 pub mod watch;
 
 use std::sync::Arc;

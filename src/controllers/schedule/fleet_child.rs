@@ -6,8 +6,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
-use super::calendar::parse_deadline;
 use super::children::{ChildOutcome, ChildRequest, ChildView, SCHEDULE_LABEL, SCHEDULED_AT_ANNOTATION, short_name};
+use crate::controllers::calendar::parse_deadline;
 use crate::controllers::conditions::{READY, STALLED};
 use crate::crd::fleet_action::{ComputeFleetAction, ComputeFleetActionSpec};
 use crate::crd::instance_action::Enforcement;

@@ -1,6 +1,5 @@
 //! The ComputePowerSchedule controller: a pure calendar and planner, the resource, and a thin reconciler that
 //! creates one child ComputeFleetAction per event and requeues exactly for the next one.
-pub mod calendar;
 pub mod children;
 pub mod fleet_child;
 pub mod plan;

@@ -12,8 +12,8 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::calendar::{Calendar, CalendarError, parse_deadline};
 use super::children::{ChildCause, ChildOutcome, ChildRequest, ChildView, child_name};
+use crate::controllers::calendar::{Calendar, CalendarError, parse_deadline};
 use crate::controllers::conditions::{Verdict, apply_verdict};
 use crate::crd::power_schedule::{
     ComputePowerScheduleSpec, ComputePowerScheduleStatus, EventResult, LastEvent, NextEvent, OverrideStatus,

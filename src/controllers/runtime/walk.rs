@@ -1,6 +1,6 @@
-//! Walking a fleet's selection through the admin API (thin I/O): every lookup within the shared list budget,
-//! every page cross-checked against `totalCount`, a walk repeated (bounded) when the selection changed under
-//! it, and only what the fleet needs kept (ID and status), never the instances' other attributes.
+//! Walking a selection through the admin API (thin I/O), for fleets and the budget upkeep: every lookup within
+//! the shared list budget, every page cross-checked against `totalCount`, a walk repeated (bounded) when the
+//! selection changed under it, and only what the caller needs kept (ID and status), never other attributes.
 
 use std::collections::HashSet;
 use std::time::Duration;
