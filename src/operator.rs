@@ -197,11 +197,11 @@ async fn run_controllers(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     let shutdown = shutdown.shared();
-    let settings = RuntimeSettings::of(&config);
-    let shared = Shared::start(client, api, &settings, metrics.clone(), fence).await?;
-    let mut fleet_config = crate::controllers::fleet::FleetConfig::following(&config);
+    let operator = config.operator();
+    let shared = Shared::start(client, api, &RuntimeSettings::of(&operator), metrics.clone(), fence).await?;
+    let mut fleet_config = crate::controllers::fleet::FleetConfig::following(&operator);
     fleet_config.run.health = Some(metrics.health.clone());
-    let mut schedule_config = crate::controllers::schedule::ScheduleConfig::following(&config);
+    let mut schedule_config = crate::controllers::schedule::ScheduleConfig::following(&operator);
     schedule_config.run.health = Some(metrics.health.clone());
     let instances = controller::run(shared.clone(), config, shutdown.clone()).map(|r| r.map_err(anyhow::Error::from));
     let fleets = crate::controllers::fleet::run(shared.clone(), fleet_config, shutdown.clone())

@@ -153,25 +153,22 @@ async fn the_readme_quick_start_ends_with_every_example_ready() {
     let cfas: Api<ComputeFleetAction> = Api::default_namespaced(client.clone());
     let cpss: Api<ComputePowerSchedule> = Api::default_namespaced(client.clone());
     let mut not_ready = Vec::new();
-    for o in cias.list(&Default::default()).await.unwrap() {
-        let conditions = o.status.map(|s| s.conditions).unwrap_or_default();
+    let mut check = |short: &str, name: String, conditions: Option<Vec<Condition>>| {
+        let conditions = conditions.unwrap_or_default();
         if is_true(&conditions, "Ready").is_none() {
-            not_ready.push(format!("cia/{}: {conditions:?}", o.metadata.name.unwrap_or_default()));
+            not_ready.push(format!("{short}/{name}: {conditions:?}"));
         }
+    };
+    for o in cias.list(&Default::default()).await.unwrap() {
+        check("cia", o.name_any(), o.status.map(|s| s.conditions));
     }
     let fleets = cfas.list(&Default::default()).await.unwrap().items;
     for o in &fleets {
-        let conditions = o.status.clone().map(|s| s.conditions).unwrap_or_default();
-        if is_true(&conditions, "Ready").is_none() {
-            not_ready.push(format!("cfa/{}: {conditions:?}", o.name_any()));
-        }
+        check("cfa", o.name_any(), o.status.clone().map(|s| s.conditions));
     }
     let schedules = cpss.list(&Default::default()).await.unwrap().items;
     for o in &schedules {
-        let conditions = o.status.clone().map(|s| s.conditions).unwrap_or_default();
-        if is_true(&conditions, "Ready").is_none() {
-            not_ready.push(format!("cps/{}: {conditions:?}", o.name_any()));
-        }
+        check("cps", o.name_any(), o.status.clone().map(|s| s.conditions));
     }
     // Change control: every window and budget example is Ready, and none holds an example action back.
     let windows = Api::<ComputeMaintenanceWindow>::all(client.clone())
@@ -180,10 +177,7 @@ async fn the_readme_quick_start_ends_with_every_example_ready() {
         .unwrap()
         .items;
     for o in &windows {
-        let conditions = o.status.clone().map(|s| s.conditions).unwrap_or_default();
-        if is_true(&conditions, "Ready").is_none() {
-            not_ready.push(format!("cmw/{}: {conditions:?}", o.name_any()));
-        }
+        check("cmw", o.name_any(), o.status.clone().map(|s| s.conditions));
     }
     let budgets = Api::<ComputeDisruptionBudget>::all(client.clone())
         .list(&Default::default())
@@ -191,10 +185,7 @@ async fn the_readme_quick_start_ends_with_every_example_ready() {
         .unwrap()
         .items;
     for o in &budgets {
-        let conditions = o.status.clone().map(|s| s.conditions).unwrap_or_default();
-        if is_true(&conditions, "Ready").is_none() {
-            not_ready.push(format!("cdb/{}: {conditions:?}", o.name_any()));
-        }
+        check("cdb", o.name_any(), o.status.clone().map(|s| s.conditions));
     }
     assert_eq!(
         (windows.len(), budgets.len()),

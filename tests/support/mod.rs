@@ -157,7 +157,7 @@ pub async fn shared_runtime_on(
     metrics: Arc<Metrics>,
     fence: Arc<compute_operator::leader::Fence>,
 ) -> Shared {
-    Shared::start(kube, api, &RuntimeSettings::of(config), metrics, fence)
+    Shared::start(kube, api, &RuntimeSettings::of(&config.operator()), metrics, fence)
         .await
         .unwrap_or_else(|e| panic!("shared runtime failed to start: {e}"))
 }

@@ -38,11 +38,10 @@ pub struct FleetConfig {
 }
 
 impl FleetConfig {
-    /// The fleet controller's settings for an operator whose instance controller runs with `instance`: its
-    /// namespaces and its `--dry-run`.
-    pub fn following(instance: &crate::controllers::instance::ControllerConfig) -> Self {
-        let run = RunSettings::default().serving(&instance.namespaces);
-        let dry_run = instance.plan.dry_run;
+    /// The fleet controller's settings in an operator with `operator`'s: its namespaces and its `--dry-run`.
+    pub fn following(operator: &runtime::OperatorSettings) -> Self {
+        let run = RunSettings::default().serving(&operator.namespaces);
+        let dry_run = operator.dry_run;
         Self {
             run,
             dry_run,
@@ -166,12 +165,12 @@ mod tests {
 
     #[test]
     fn fleet_settings_follow_the_operator() {
-        let mut instance = crate::controllers::instance::ControllerConfig {
+        let operator = runtime::OperatorSettings {
             namespaces: vec!["a".into()],
+            dry_run: true,
             ..Default::default()
         };
-        instance.plan.dry_run = true;
-        let fleet = FleetConfig::following(&instance);
+        let fleet = FleetConfig::following(&operator);
         assert_eq!(fleet.run.namespaces, ["a"]);
         assert!(fleet.dry_run, "--dry-run: fleets create no children");
     }

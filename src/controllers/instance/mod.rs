@@ -61,17 +61,58 @@ pub struct ControllerConfig {
 
 impl Default for ControllerConfig {
     fn default() -> Self {
+        // The operator-wide defaults are the runtime's; only the instance controller's own are set here.
+        let operator = runtime::OperatorSettings::default();
         Self {
-            namespaces: Vec::new(),
+            namespaces: operator.namespaces,
             concurrency: 16,
-            plan: PlanSettings::default(),
+            plan: PlanSettings {
+                dry_run: operator.dry_run,
+                ..PlanSettings::default()
+            },
             error_backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(300)),
-            reporter: "compute-operator".into(),
-            policy_mode: crate::crd::access_policy::PolicyMode::Off,
-            view_rate: 5.0,
-            namespace_label_poll: runtime::policy_gate::NAMESPACE_POLL,
+            reporter: operator.reporter,
+            policy_mode: operator.policy_mode,
+            view_rate: operator.view_rate,
+            namespace_label_poll: operator.namespace_label_poll,
         }
     }
+}
+
+impl ControllerConfig {
+    /// What the other controllers and the runtime share of this configuration.
+    pub fn operator(&self) -> runtime::OperatorSettings {
+        runtime::OperatorSettings {
+            namespaces: self.namespaces.clone(),
+            reporter: self.reporter.clone(),
+            dry_run: self.plan.dry_run,
+            policy_mode: self.policy_mode,
+            namespace_label_poll: self.namespace_label_poll,
+            view_rate: self.view_rate,
+        }
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn the_operator_settings_carry_what_the_other_kinds_follow() {
+    let mut config = ControllerConfig {
+        namespaces: vec!["a".into()],
+        reporter: "me".into(),
+        ..Default::default()
+    };
+    config.plan.dry_run = true;
+    let operator = config.operator();
+    assert_eq!(
+        (operator.namespaces, operator.reporter, operator.dry_run),
+        (vec!["a".to_owned()], "me".to_owned(), true)
+    );
+    let defaults = ControllerConfig::default().operator();
+    let runtime = runtime::OperatorSettings::default();
+    assert_eq!(
+        (defaults.reporter, defaults.view_rate, defaults.dry_run),
+        (runtime.reporter, runtime.view_rate, runtime.dry_run)
+    );
 }
 
 /// What every reconcile shares.

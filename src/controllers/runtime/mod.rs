@@ -86,6 +86,36 @@ impl RunSettings {
     }
 }
 
+/// What every controller of one operator shares from its command line: the namespaces it serves, who it is on
+/// Events, `--dry-run`, and what the runtime's gates need. Each kind's configuration follows it.
+#[derive(Clone, Debug)]
+pub struct OperatorSettings {
+    /// Namespaces served; empty means all.
+    pub namespaces: Vec<String>,
+    /// Name reported on Events.
+    pub reporter: String,
+    /// `--dry-run`: nothing is sent and no child is created; every object reports what it would do.
+    pub dry_run: bool,
+    pub policy_mode: crate::crd::access_policy::PolicyMode,
+    /// Serving listed namespaces: how often their labels are read (a Role cannot grant a watch of them).
+    pub namespace_label_poll: Duration,
+    /// Admin API requests per second the instance view and all list walks together may use.
+    pub view_rate: f64,
+}
+
+impl Default for OperatorSettings {
+    fn default() -> Self {
+        Self {
+            namespaces: Vec::new(),
+            reporter: "compute-operator".into(),
+            dry_run: false,
+            policy_mode: crate::crd::access_policy::PolicyMode::Off,
+            namespace_label_poll: policy_gate::NAMESPACE_POLL,
+            view_rate: 5.0,
+        }
+    }
+}
+
 /// What the shared runtime needs to start.
 #[derive(Clone, Debug)]
 pub struct RuntimeSettings {
@@ -99,13 +129,13 @@ pub struct RuntimeSettings {
 }
 
 impl RuntimeSettings {
-    /// The runtime an operator with this instance controller configuration needs.
-    pub fn of(config: &crate::controllers::instance::ControllerConfig) -> Self {
+    /// The runtime an operator with these settings needs.
+    pub fn of(operator: &OperatorSettings) -> Self {
         Self {
-            namespaces: config.namespaces.clone(),
-            policy_mode: config.policy_mode,
-            namespace_label_poll: config.namespace_label_poll,
-            list_rate: config.view_rate,
+            namespaces: operator.namespaces.clone(),
+            policy_mode: operator.policy_mode,
+            namespace_label_poll: operator.namespace_label_poll,
+            list_rate: operator.view_rate,
         }
     }
 }

@@ -42,11 +42,11 @@ impl Default for ScheduleConfig {
 }
 
 impl ScheduleConfig {
-    /// The same namespaces and Event reporter as the instance controller, the system clock.
-    pub fn following(instance: &crate::controllers::instance::ControllerConfig) -> Self {
+    /// The operator's namespaces and Event reporter, the system clock.
+    pub fn following(operator: &runtime::OperatorSettings) -> Self {
         Self {
-            run: RunSettings::new(4, Duration::from_secs(300)).serving(&instance.namespaces),
-            reporter: instance.reporter.clone(),
+            run: RunSettings::new(4, Duration::from_secs(300)).serving(&operator.namespaces),
+            reporter: operator.reporter.clone(),
             clock: Clock::default(),
         }
     }
