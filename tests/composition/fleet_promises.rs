@@ -512,7 +512,7 @@ async fn a_once_child_that_could_not_act_in_time_does_not_act_late() {
     let mut instances = zone_fleet("n", "z1", 2);
     instances[1].status = compute_operator::api::InstanceStatus::Provisioning;
     let e = env("promise-late", instances, 200, PolicyMode::Off).await;
-    let not_after = chrono::Utc::now() + chrono::TimeDelta::seconds(5);
+    let not_after = chrono::Utc::now() + chrono::TimeDelta::seconds(8);
     e.create(
         "evening",
         serde_json::json!({"selector": {"zone": "z1"}, "desiredState": "stopped", "enforcement": "once",
