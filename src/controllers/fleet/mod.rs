@@ -131,7 +131,7 @@ pub async fn run(
         // Only spec changes wake a fleet (its own status writes do not); a deleted fleet's state is dropped.
         let (reader, stream) = runtime::scope_watch(fleets, &config.run, "fleets", move |f| forget.forget(f));
         let stream = stream.predicate_filter(predicates::generation, Default::default());
-        // A child's status change wakes its fleet; the children's cache (slimmed) serves rounds between
+        // A child's status change wakes its fleet; the children's projection (their views) serves rounds between
         // consistent reads.
         let feed = ctx.children.add_scope(cias.namespace().map(str::to_owned));
         let children = watcher::Config::default().labels(children::FLEET_LABEL).any_semantic();

@@ -122,7 +122,7 @@ async fn reconcile_inner(cached: &ComputeFleetAction, ctx: &Context) -> Result<A
 
     // A consistent read (not a cache): children created by the last round are always counted, so the
     // in-flight cap holds even when the watch lags.
-    // Between consistent reads, the children's cache plus the children created here (child_cache.rs).
+    // Between consistent reads, the children's projection plus the children created here (child_cache.rs).
     let label = children::fleet_label_value(&name);
     let began = std::time::Instant::now();
     let cached = ctx.children.children(&ns, &uid);
