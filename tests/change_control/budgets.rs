@@ -271,3 +271,38 @@ async fn a_tenant_held_by_a_budget_learns_its_name_and_nothing_of_other_tenants(
     }
     delete_cluster_object::<ComputeDisruptionBudget>(&client, &name).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_without_its_fence_writes_no_budget_status() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let instances = vec![inst("fz-0", "c1", "u1", "zf", "t1", "running")];
+    let (client, ns, sim) = setup("cdb-fence", instances, 300).await;
+    let name = format!("{ns}-budget");
+    create_cluster_object::<ComputeDisruptionBudget>(&client, budget_json(&name, "zf", serde_json::json!(1))).await;
+    let api: Api<ComputeDisruptionBudget> = Api::all(client.clone());
+    // A paused leader: its lease ran out while it was stopped, so its fence is closed. Its upkeep counts (it
+    // must know the budgets) but writes nothing.
+    let config = test_controller_config(&ns);
+    let fenced = shared_runtime(
+        admin_client_for(&sim, TOKEN),
+        &config,
+        compute_operator::metrics::Metrics::new(),
+        compute_operator::leader::Fence::closed(),
+    )
+    .await;
+    // Longer than a status round (5 s).
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let b = api.get(&name).await.expect("get budget");
+    assert!(b.status.is_none(), "no status write without the lease: {:?}", b.status);
+    drop(fenced);
+    // With the fence open (a new leader) the same budget gets its status: the test could have failed.
+    let _open = shared_runtime(
+        admin_client_for(&sim, TOKEN),
+        &config,
+        compute_operator::metrics::Metrics::new(),
+        compute_operator::leader::Fence::always_open(),
+    )
+    .await;
+    wait_budget(&client, &name, "a status", |b| b.status.is_some()).await;
+    delete_cluster_object::<ComputeDisruptionBudget>(&client, &name).await;
+}
