@@ -27,11 +27,7 @@ const GRACE: Duration = Duration::from_secs(7);
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs the operator until `shutdown` resolves.
-pub async fn run(
-    args: RunArgs,
-    client: kube::Client,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) -> anyhow::Result<()> {
+pub async fn run(args: RunArgs, client: kube::Client, shutdown: impl runtime::Shutdown) -> anyhow::Result<()> {
     args.validate()?;
     let credentials = args.credentials()?;
     run_with(args, credentials, client, shutdown).await
@@ -42,7 +38,7 @@ pub async fn run_with(
     args: RunArgs,
     credentials: CredentialSource,
     client: kube::Client,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl runtime::Shutdown,
 ) -> anyhow::Result<()> {
     args.validate()?;
     let metrics = Metrics::new();
@@ -84,7 +80,7 @@ async fn run_elected(
     client: kube::Client,
     api: AdminClient,
     metrics: Arc<Metrics>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl runtime::Shutdown,
 ) -> anyhow::Result<()> {
     let namespace = args
         .lease_namespace()
@@ -194,7 +190,7 @@ async fn run_controllers(
     config: controller::ControllerConfig,
     metrics: Arc<Metrics>,
     fence: Arc<crate::leader::Fence>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl runtime::Shutdown,
 ) -> anyhow::Result<()> {
     let shutdown = shutdown.shared();
     let operator = config.operator();

@@ -111,11 +111,7 @@ impl Context {
 }
 
 /// Runs the fleet controller until `shutdown` resolves.
-pub async fn run(
-    shared: Shared,
-    config: FleetConfig,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) -> Result<(), StartError> {
+pub async fn run(shared: Shared, config: FleetConfig, shutdown: impl runtime::Shutdown) -> Result<(), StartError> {
     let ctx = Arc::new(Context {
         recorder: runtime::recorder(shared.kube.clone(), "compute-operator-fleet"),
         shared,

@@ -199,11 +199,7 @@ impl Context {
 }
 
 /// Runs the controller until `shutdown` resolves; in-flight reconciles finish their status writes first.
-pub async fn run(
-    shared: Shared,
-    config: ControllerConfig,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) -> Result<(), StartError> {
+pub async fn run(shared: Shared, config: ControllerConfig, shutdown: impl runtime::Shutdown) -> Result<(), StartError> {
     let Shared {
         kube: client,
         api,

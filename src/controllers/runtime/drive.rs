@@ -43,6 +43,12 @@ impl<S> Drive<S> {
     }
 }
 
+/// What ends a controller (and the operator): a future that resolves once, on shutdown. One name for the bound
+/// every `run` takes.
+pub trait Shutdown: Future<Output = ()> + Send + Sync + 'static {}
+
+impl<F: Future<Output = ()> + Send + Sync + 'static> Shutdown for F {}
+
 /// Runs one controller per scope until every one has stopped, saying so at start and stop.
 pub async fn every_scope(
     kind: &'static str,

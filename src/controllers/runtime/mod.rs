@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use crate::api::AdminClient;
 use crate::leader::Fence;
 use crate::metrics::Metrics;
-pub use drive::{Drive, drive, every_scope};
+pub use drive::{Drive, Shutdown, drive, every_scope};
 pub use errors::{ErrorBackoff, ReconcileError};
 pub use list_budget::ListBudget;
 pub use policy_gate::PolicyGate;

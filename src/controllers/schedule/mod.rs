@@ -62,11 +62,7 @@ pub struct Context {
 }
 
 /// Runs the schedule controller until `shutdown` resolves.
-pub async fn run(
-    shared: Shared,
-    config: ScheduleConfig,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) -> Result<(), StartError> {
+pub async fn run(shared: Shared, config: ScheduleConfig, shutdown: impl runtime::Shutdown) -> Result<(), StartError> {
     let ctx = Arc::new(Context {
         recorder: runtime::recorder(shared.kube.clone(), &config.reporter),
         shared,
