@@ -16,6 +16,9 @@ use crate::crd::instance_action::{ActionState, ComputeInstanceAction};
 struct Entry {
     instance_id: String,
     scope: usize,
+    /// A hash of the object's UID: an object deleted and created again under its name, while the watch was
+    /// down, is a new object even at the same generation.
+    uid_hash: u64,
     generation: Option<i64>,
     acting: bool,
     /// Counts against disruption budgets (see `change::budgets::disrupts`).
@@ -75,6 +78,7 @@ fn entry_of(obj: &ComputeInstanceAction, scope: usize) -> Entry {
     Entry {
         instance_id: obj.spec.instance_id.clone(),
         scope,
+        uid_hash: uid_hash(obj),
         generation: obj.metadata.generation,
         acting: obj
             .status
@@ -87,6 +91,19 @@ fn entry_of(obj: &ComputeInstanceAction, scope: usize) -> Entry {
             .is_some_and(|s| crate::controllers::change::budgets::disrupts(&obj.spec, s)),
         held: obj.status.as_ref().is_some_and(crate::controllers::change::is_held),
     }
+}
+
+fn uid_hash(obj: &ComputeInstanceAction) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    obj.metadata.uid.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Is `now` a generation the controller has not reconciled on? An object without a generation always is (as
+/// kube's generation predicate treats it), and so is another object under the same name.
+fn is_new_generation(held: &Entry, now: &Entry) -> bool {
+    now.generation.is_none() || held.generation != now.generation || held.uid_hash != now.uid_hash
 }
 
 /// Did a disruption end (a budget's waiters may go)?
@@ -122,19 +139,27 @@ impl InstanceIndex {
         self.maps.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Feeds one watch event of scope `scope`.
-    pub fn observe(&self, scope: usize, event: &watcher::Event<ComputeInstanceAction>) {
+    /// Feeds one watch event of scope `scope`. Returns whether the event shows an object at a generation the
+    /// index did not hold (a new object, or a spec change): what the controller reconciles on. A status write,
+    /// the controller's own included, keeps the generation and wakes nobody through the watch.
+    pub fn observe(&self, scope: usize, event: &watcher::Event<ComputeInstanceAction>) -> bool {
         match event {
             watcher::Event::Init => {
                 self.relisting
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(scope, Vec::new());
+                false
             }
             watcher::Event::InitApply(obj) => {
+                let key = crate::controllers::object_key(obj);
+                let entry = entry_of(obj, scope);
+                // Compared with what the index held before this re-list, swapped in at InitDone.
+                let new_generation = self.maps().objects.get(&key).is_none_or(|held| is_new_generation(held, &entry));
                 if let Some(list) = self.relisting.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&scope) {
-                    list.push((crate::controllers::object_key(obj), entry_of(obj, scope)));
+                    list.push((key, entry));
                 }
+                new_generation
             }
             watcher::Event::InitDone => {
                 let listed = self
@@ -156,6 +181,7 @@ impl InstanceIndex {
                 for (key, entry) in listed {
                     maps.insert(key, entry);
                 }
+                false
             }
             watcher::Event::Apply(obj) => {
                 let key = crate::controllers::object_key(obj);
@@ -168,6 +194,7 @@ impl InstanceIndex {
                 if disruption_ended(previous.as_ref(), Some(&entry)) {
                     self.wake_budget_waiters();
                 }
+                previous.is_none_or(|held| is_new_generation(&held, &entry))
             }
             watcher::Event::Delete(obj) => {
                 let key = crate::controllers::object_key(obj);
@@ -183,6 +210,8 @@ impl InstanceIndex {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&key);
+                // Nothing to reconcile: the object is gone (its peers were woken above).
+                false
             }
         }
     }
@@ -358,6 +387,32 @@ mod tests {
         idx.observe(0, &watcher::Event::Delete(obj("a", "i-1", 1)));
         assert_eq!(woken(&mut rx), vec!["b"], "a deletion wakes the survivor");
         assert_eq!(idx.len(), 2);
+    }
+
+    #[test]
+    fn only_a_new_object_or_generation_is_reconciled_on() {
+        let (idx, _rx) = index();
+        let with_uid = |generation, uid: &str| {
+            let mut o = obj("a", "i-1", generation);
+            o.metadata.uid = Some(uid.into());
+            o
+        };
+        let apply = |o| idx.observe(0, &watcher::Event::Apply(o));
+        assert!(apply(with_uid(1, "u1")), "first sight");
+        assert!(!apply(with_uid(1, "u1")), "a status write keeps the generation");
+        assert!(apply(with_uid(2, "u1")), "a spec change");
+        assert!(apply(with_uid(2, "u2")), "another object under the same name");
+        let mut no_generation = with_uid(1, "u2");
+        no_generation.metadata.generation = None;
+        assert!(apply(no_generation.clone()) && apply(no_generation), "no generation: always");
+        // A re-list compares with what was held before it.
+        assert!(apply(with_uid(3, "u2")));
+        assert!(!idx.observe(0, &watcher::Event::Init));
+        assert!(!idx.observe(0, &watcher::Event::InitApply(with_uid(3, "u2"))), "unchanged while the watch was down");
+        assert!(idx.observe(0, &watcher::Event::InitApply(obj("new", "i-2", 1))), "created meanwhile");
+        assert!(!idx.observe(0, &watcher::Event::InitDone));
+        assert!(!idx.observe(0, &watcher::Event::Delete(with_uid(3, "u2"))), "gone: nothing to reconcile");
+        assert!(apply(with_uid(3, "u3")), "re-created after the delete");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use kube::runtime::controller::Controller;
 
 use crate::controllers::events::EventRecorder;
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, predicates, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
 use crate::api::AdminClient;
@@ -256,11 +256,13 @@ pub async fn run(shared: Shared, config: ControllerConfig, shutdown: impl runtim
                 }
             })
             .reflect(writer)
-            .inspect(move |event| {
-                match event {
+            // The index sees every event first and tells which ones the controller reconciles on: an object at
+            // a generation it did not hold (kube's generation predicate, without a cache of its own).
+            .filter_map(move |event| {
+                let reconcile = match &event {
                     Ok(e) => {
                         probe.event();
-                        index.observe(n, e);
+                        let new_generation = index.observe(n, e);
                         match e {
                             watcher::Event::Apply(o) => held.observed(o),
                             watcher::Event::Delete(o) => {
@@ -268,9 +270,13 @@ pub async fn run(shared: Shared, config: ControllerConfig, shutdown: impl runtim
                             }
                             _ => {}
                         }
+                        new_generation
                     }
-                    Err(e) => probe.error(e),
-                }
+                    Err(e) => {
+                        probe.error(e);
+                        false
+                    }
+                };
                 if !seen_init && matches!(event, Ok(watcher::Event::InitDone)) {
                     seen_init = true;
                     if synced.fetch_add(1, Ordering::SeqCst) + 1 == scopes_total {
@@ -278,9 +284,12 @@ pub async fn run(shared: Shared, config: ControllerConfig, shutdown: impl runtim
                         tracing::info!("caches synced");
                     }
                 }
-            })
-            .touched_objects()
-            .predicate_filter(predicates::generation, Default::default());
+                std::future::ready(match event {
+                    Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) if reconcile => Some(Ok(o)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                })
+            });
         controllers.push(Controller::for_stream(stream, reader).reconcile_on(wake));
     }
     // Budgets count disruptions from what these caches hold (every namespace this operator serves).
