@@ -253,8 +253,8 @@ fn dockerfile_is_multistage_static_and_nonroot() {
         .expect("a USER line");
     assert!(user.contains("65532"), "runs as 65532: {user}");
     assert!(
-        df.contains("cargo build --release --locked"),
-        "release build from the lockfile"
+        df.contains("cargo build --profile image --locked"),
+        "the image profile's build from the lockfile"
     );
     assert!(
         df.contains("ENTRYPOINT [\"/compute-operator\"]"),

@@ -309,9 +309,9 @@ async fn same_spec_now(fleets: &Api<ComputeFleetAction>, fleet: &ComputeFleetAct
 /// Creates at most this many children at once.
 const CREATE_CONCURRENCY: usize = 8;
 
-/// Creates the planned children, [`CREATE_CONCURRENCY`] at a time, each only while the fence is open and the
-/// fleet, read again right before that create, still asks for it: a pause, suspend, spec change or delete
-/// that landed during the walk (or an earlier create) creates nothing more. The created ones (or found
+/// Creates the planned children, [`CREATE_CONCURRENCY`] at a time, each batch only while the fence is open and
+/// the fleet, read again right before the batch, still asks for it: a pause, suspend, spec change or delete
+/// that landed during the walk (or an earlier batch) creates nothing more. The created ones (or found
 /// existing), and the first error.
 async fn create_children(
     ctx: &Context,
@@ -320,67 +320,49 @@ async fn create_children(
     cias: &Api<ComputeInstanceAction>,
     planned: &[plan::NewChild],
 ) -> (Vec<plan::NewChild>, Option<Error>) {
-    use futures::StreamExt as _;
     let name = fleet.name_any();
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let stopped = || stop.load(std::sync::atomic::Ordering::Acquire);
-    let halt = || stop.store(true, std::sync::atomic::Ordering::Release);
-    let one = |new: &plan::NewChild| {
-        let (name, new) = (name.clone(), new.clone());
-        let (stopped, halt) = (&stopped, &halt);
-        async move {
-            // Only the leader starts anything, and only for the fleet as it is now: the fence is checked after
-            // the read (which may take seconds), right before the create.
-            if stopped() {
-                return Ok(None);
-            }
-            match bounded(fleets.get(&name)).await {
-                Ok(now_seen) if plan::still_asks(fleet, &now_seen) && !stopped() => {}
-                Ok(_) | Err(kube::Error::Api(_)) => {
-                    halt();
-                    return Ok(None);
-                }
-                Err(e) => {
-                    halt();
-                    return Err(Error::ReadFleet(e));
-                }
-            }
-            if !ctx.shared.fence.may_act() {
-                halt();
-                return Ok(None);
-            }
+    let pp = PostParams {
+        dry_run: false,
+        field_manager: Some(FIELD_MANAGER.into()),
+    };
+    let mut created = Vec::new();
+    for batch in planned.chunks(CREATE_CONCURRENCY) {
+        // Only the leader starts anything, and only for the fleet as it is now: the fence is checked after
+        // the read (which may take seconds), right before the creates.
+        match bounded(fleets.get(&name)).await {
+            Ok(now_seen) if plan::still_asks(fleet, &now_seen) => {}
+            Ok(_) | Err(kube::Error::Api(_)) => return (created, None),
+            Err(e) => return (created, Some(Error::ReadFleet(e))),
+        }
+        if !ctx.shared.fence.may_act() {
+            return (created, None);
+        }
+        let results = futures::future::join_all(batch.iter().map(|new| {
             let obj = children::child_object(fleet, &new.name, &new.instance_id);
-            let pp = PostParams {
-                dry_run: false,
-                field_manager: Some(FIELD_MANAGER.into()),
-            };
-            match bounded(cias.create(&pp, &obj)).await {
-                Ok(_) => Ok(Some(new)),
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Some(new)),
+            let pp = &pp;
+            async move {
+                match bounded(cias.create(pp, &obj)).await {
+                    Ok(_) => Ok(new.clone()),
+                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(new.clone()),
+                    Err(e) => Err(Error::CreateChild(new.name.clone(), e)),
+                }
+            }
+        }))
+        .await;
+        let mut first_error = None;
+        for r in results {
+            match r {
+                Ok(new) => created.push(new),
                 Err(e) => {
-                    halt();
-                    Err(Error::CreateChild(new.name.clone(), e))
+                    first_error.get_or_insert(e);
                 }
             }
         }
-    };
-    let results: Vec<Result<Option<plan::NewChild>, Error>> = futures::stream::iter(planned)
-        .map(one)
-        .buffered(CREATE_CONCURRENCY)
-        .collect()
-        .await;
-    let mut created = Vec::new();
-    let mut first_error = None;
-    for r in results {
-        match r {
-            Ok(Some(new)) => created.push(new),
-            Ok(None) => {}
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
+        if first_error.is_some() {
+            return (created, first_error);
         }
     }
-    (created, first_error)
+    (created, None)
 }
 
 /// Publishes the plan's Events in the background (see [`crate::controllers::events`]).

@@ -21,8 +21,11 @@ use super::view::{HotInstance, InstanceView, PAGE_SIZE};
 use crate::api::{AdminClient, ListFilter};
 use crate::crd::instance_action::{ActionState, ComputeInstanceActionStatus};
 
-/// How often hot pages are read.
-pub const HOT_TICK: Duration = Duration::from_millis(100);
+/// How often hot pages are read (no faster than the polls they stand in for: [`read_interval`]).
+pub const HOT_TICK: Duration = Duration::from_millis(50);
+/// A hot page showed an instance this recently: the loop is reading its page (a tick late at most, when
+/// pages answer slowly).
+pub const PAGE_RECENT: Duration = Duration::from_millis(200);
 /// A hot mark no object renewed within this is dropped (objects with an open action poll at least every
 /// `poll_max`, 5 s by default).
 pub const HOT_TTL: Duration = Duration::from_secs(10);
@@ -98,8 +101,18 @@ pub fn hot_step(
     if may_walk && unplaced > 0 && filter_pages.is_none_or(|p| p <= unplaced as u64) {
         return HotStep::Walk;
     }
-    if !pages.is_empty() && pages.len() < placed {
-        return HotStep::Pages(pages.iter().copied().collect());
+    // Unplaced instances are most likely on the page after the last one read: a fleet goes through its
+    // selection in list order. That one page is read too (it places them, or shows where they are not),
+    // where each unplaced instance would otherwise GET on every poll of its transition.
+    let mut read = pages.clone();
+    if unplaced > 0
+        && let Some(last) = pages.last()
+        && filter_pages.is_some_and(|n| u64::from(*last) < n)
+    {
+        read.insert(last + 1);
+    }
+    if !read.is_empty() && read.len() < placed + unplaced.min(1) {
+        return HotStep::Pages(read.into_iter().collect());
     }
     HotStep::Idle
 }
@@ -317,9 +330,13 @@ mod tests {
             (0, 50, set(&[]), Some(10), true, HotStep::Walk),
             (0, 5, set(&[]), Some(10), true, HotStep::Idle),
             (50, 0, set(&[2, 3]), Some(10), true, HotStep::Pages(vec![2, 3])),
-            (45, 5, set(&[2]), Some(10), true, HotStep::Pages(vec![2])),
+            // Unplaced ones: the page after the last one read is read too (a fleet moves on in list order).
+            (45, 5, set(&[2]), Some(10), true, HotStep::Pages(vec![2, 3])),
+            (45, 5, set(&[9, 10]), Some(10), true, HotStep::Pages(vec![9, 10])),
             (40, 10, set(&[2]), Some(10), true, HotStep::Walk),
-            (40, 10, set(&[2]), Some(10), false, HotStep::Pages(vec![2])),
+            (40, 10, set(&[2]), Some(10), false, HotStep::Pages(vec![2, 3])),
+            (2, 1, set(&[4]), Some(10), false, HotStep::Pages(vec![4, 5])),
+            (1, 1, set(&[4]), Some(10), false, HotStep::Idle),
             (2, 0, set(&[1, 7]), Some(10), true, HotStep::Idle),
             (1, 0, set(&[1]), Some(1), true, HotStep::Idle),
         ];

@@ -155,7 +155,11 @@ impl InstanceIndex {
                 let key = crate::controllers::object_key(obj);
                 let entry = entry_of(obj, scope);
                 // Compared with what the index held before this re-list, swapped in at InitDone.
-                let new_generation = self.maps().objects.get(&key).is_none_or(|held| is_new_generation(held, &entry));
+                let new_generation = self
+                    .maps()
+                    .objects
+                    .get(&key)
+                    .is_none_or(|held| is_new_generation(held, &entry));
                 if let Some(list) = self.relisting.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&scope) {
                     list.push((key, entry));
                 }
@@ -404,14 +408,26 @@ mod tests {
         assert!(apply(with_uid(2, "u2")), "another object under the same name");
         let mut no_generation = with_uid(1, "u2");
         no_generation.metadata.generation = None;
-        assert!(apply(no_generation.clone()) && apply(no_generation), "no generation: always");
+        assert!(
+            apply(no_generation.clone()) && apply(no_generation),
+            "no generation: always"
+        );
         // A re-list compares with what was held before it.
         assert!(apply(with_uid(3, "u2")));
         assert!(!idx.observe(0, &watcher::Event::Init));
-        assert!(!idx.observe(0, &watcher::Event::InitApply(with_uid(3, "u2"))), "unchanged while the watch was down");
-        assert!(idx.observe(0, &watcher::Event::InitApply(obj("new", "i-2", 1))), "created meanwhile");
+        assert!(
+            !idx.observe(0, &watcher::Event::InitApply(with_uid(3, "u2"))),
+            "unchanged while the watch was down"
+        );
+        assert!(
+            idx.observe(0, &watcher::Event::InitApply(obj("new", "i-2", 1))),
+            "created meanwhile"
+        );
         assert!(!idx.observe(0, &watcher::Event::InitDone));
-        assert!(!idx.observe(0, &watcher::Event::Delete(with_uid(3, "u2"))), "gone: nothing to reconcile");
+        assert!(
+            !idx.observe(0, &watcher::Event::Delete(with_uid(3, "u2"))),
+            "gone: nothing to reconcile"
+        );
         assert!(apply(with_uid(3, "u3")), "re-created after the delete");
     }
 

@@ -115,7 +115,11 @@ async fn reconcile_inner(cached: &ComputeInstanceAction, ctx: &Context, key: &st
     let early_denial = ctx.policy.denial_for_any_instance(obj);
     let observation = match &early_denial {
         Some(_) => Observation::Failed(crate::api::ApiError::Forbidden),
-        None => observe(ctx, obj, &status, generation).await,
+        None => match observe(ctx, obj, &status, generation).await {
+            Looked::Now(o) => o,
+            // Nothing decided and nothing written: the poll comes back after the page it waits for.
+            Looked::OnNextPage => return Ok(Action::requeue(super::hot::HOT_TICK)),
+        },
     };
     let instance = match &observation {
         Observation::Instance(i) => Some(i),
@@ -226,14 +230,23 @@ fn window_holds(
     )
 }
 
+/// What [`observe`] found.
+enum Looked {
+    Now(Observation),
+    /// An open action's instance is on a page the hot loop reads every tick, and no page has shown it since the
+    /// acceptance yet: the next tick will (a GET now would only duplicate it).
+    OnNextPage,
+}
+
 /// The instance as this reconcile sees it: a settled object (nothing open, this generation already judged) is
-/// checked against the shared view with no request of its own; anything else GETs (and feeds the view).
+/// checked against the shared view with no request of its own; an open action follows the hot pages; anything
+/// else GETs (and feeds the view).
 async fn observe(
     ctx: &Context,
     obj: &ComputeInstanceAction,
     status: &ComputeInstanceActionStatus,
     generation: i64,
-) -> Observation {
+) -> Looked {
     let id = &obj.spec.instance_id;
     let settled = status.observed_generation == Some(generation)
         && !holds_open_action(status)
@@ -243,19 +256,27 @@ async fn observe(
                 | Some(crate::crd::instance_action::Phase::Pending)
         );
     if settled && let Some(seen) = ctx.view.fresh(id, ctx.config.plan.resync * 2) {
-        return Observation::Instance(seen);
+        return Looked::Now(Observation::Instance(seen));
     }
     // Following an open action: what the hot pages showed since its acceptance; not settled: a fresh entry.
     let sent = std::time::Instant::now();
     let recent = match super::hot::follow_since(status, Utc::now(), sent) {
-        Some(since) => ctx.view.following(id, since),
+        Some(since) => match ctx.view.following(id, since) {
+            // Only for an acceptance of the last moments by this clock: one skewed into the future (another
+            // replica's clock) or long past that no page showed is looked at with a GET.
+            None if since <= sent && sent - since <= super::view::FOLLOW_FRESH && ctx.view.on_read_page(id) => {
+                return Looked::OnNextPage;
+            }
+            seen => seen,
+        },
         None if !settled => ctx.view.fresh(id, super::view::FOLLOW_FRESH),
         None => None,
     };
     if let Some(seen) = recent {
-        return Observation::Instance(seen);
+        return Looked::Now(Observation::Instance(seen));
     }
-    match ctx.api.get_instance(id).await {
+    tracing::debug!(instance = %id, settled, "GET to observe: the view holds nothing fresh enough");
+    Looked::Now(match ctx.api.get_instance(id).await {
         Ok(i) => {
             seen(ctx, &i, sent);
             Observation::Instance(i)
@@ -266,7 +287,7 @@ async fn observe(
             }
             Observation::Failed(e)
         }
-    }
+    })
 }
 
 /// Write-ahead intent, POST, record the answer.
@@ -379,7 +400,10 @@ async fn act(
     if action.is_one_shot()
         && result.is_ok()
         && !ctx.view.departure_visible(instance_id)
-        && let Ok(seen) = ctx.api.get_instance(instance_id).await
+        && let Ok(seen) = {
+            tracing::debug!(instance = %instance_id, "GET for the first look: the hot pages may miss the departure");
+            ctx.api.get_instance(instance_id).await
+        }
     {
         self::seen(ctx, &seen, sent);
         next.status = plan::first_look(&next.status, &seen.status);

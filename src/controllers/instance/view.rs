@@ -187,11 +187,15 @@ impl InstanceView {
     /// The action just accepted on `id` needs no look of its own to catch its departure: the instance is on a
     /// page the hot loop reads every tick, and every transition it saw lasted several ticks.
     pub fn departure_visible(&self, id: &str) -> bool {
-        self.pages_see_transitions.load(std::sync::atomic::Ordering::Relaxed)
-            && self
-                .seen()
-                .get(id)
-                .is_some_and(|s| s.paged && s.at.elapsed() <= 2 * super::hot::HOT_TICK)
+        self.pages_see_transitions.load(std::sync::atomic::Ordering::Relaxed) && self.on_read_page(id)
+    }
+
+    /// `id` is on a page the hot loop is reading: a hot page showed it within [`super::hot::PAGE_RECENT`], so
+    /// the next tick shows it again.
+    pub fn on_read_page(&self, id: &str) -> bool {
+        self.seen()
+            .get(id)
+            .is_some_and(|s| s.paged && s.at.elapsed() <= super::hot::PAGE_RECENT)
     }
 
     pub(super) fn set_pages_see_transitions(&self, yes: bool) {
