@@ -231,6 +231,8 @@ fn window_holds(
 }
 
 /// What [`observe`] found.
+// Returned once per reconcile and matched at once, never stored: boxing the observation would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Looked {
     Now(Observation),
     /// An open action's instance is on a page the hot loop reads every tick, and no page has shown it since the
