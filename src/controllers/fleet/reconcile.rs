@@ -103,6 +103,7 @@ async fn reconcile_inner(cached: &ComputeFleetAction, ctx: &Context) -> Result<A
     let name = cached.name_any();
     let fleets: Api<ComputeFleetAction> = Api::namespaced(ctx.shared.kube.clone(), &ns);
     // The cache may not have our last status write yet (its snapshot, the instances started): read it fresh.
+    let read_at = std::time::Instant::now();
     let fleet = match bounded(fleets.get(&name)).await {
         Ok(f) => f,
         Err(kube::Error::Api(s)) if s.code == 404 => {
@@ -153,6 +154,7 @@ async fn reconcile_inner(cached: &ComputeFleetAction, ctx: &Context) -> Result<A
     let coverage = ctx.shared.gate.coverage(&ns, spec.desired_state);
     let remembered = ctx.cached_selection(&uid, &fleet.spec.selector);
     let mut unlisted = None;
+    let mut listing_walked = false;
     let listing = if coverage.is_nothing() && !spec.suspend {
         // No policy could allow it: nothing is asked of the admin API, whatever the selector says.
         unlisted = Some(Unlisted::PolicyDenied);
@@ -167,6 +169,7 @@ async fn reconcile_inner(cached: &ComputeFleetAction, ctx: &Context) -> Result<A
                 None
             }
             Some(_turn) => {
+                listing_walked = true;
                 let fresh = list_selection(ctx, fleet, &coverage).await?;
                 ctx.store_selection(&uid, &fleet.spec.selector, fresh.clone());
                 Some(fresh)
@@ -237,7 +240,10 @@ async fn reconcile_inner(cached: &ComputeFleetAction, ctx: &Context) -> Result<A
         }
     }
     let planned_at = began.elapsed().as_millis() as u64;
-    let (created, create_error) = create_children(ctx, fleet, &fleets, &cias, &planned.create).await;
+    // The round's own read stands for the first batch's when nothing but planning came between.
+    let only_planned = !consistent && !listing_walked && planned.delete.is_empty() && planned.sync.is_empty();
+    let read_now = only_planned.then_some(read_at);
+    let (created, create_error) = create_children(ctx, fleet, &fleets, &cias, &planned.create, read_now).await;
     if ctx.is_gone(&uid) {
         // Deleted during the round: what it created goes with it (garbage collection); keep nothing.
         return Ok(Action::await_change());
@@ -309,16 +315,21 @@ async fn same_spec_now(fleets: &Api<ComputeFleetAction>, fleet: &ComputeFleetAct
 /// Creates at most this many children at once.
 const CREATE_CONCURRENCY: usize = 8;
 
+/// How recent the round's own read of the fleet must be to stand for the first batch's read.
+const FRESH_READ: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Creates the planned children, [`CREATE_CONCURRENCY`] at a time, each batch only while the fence is open and
 /// the fleet, read again right before the batch, still asks for it: a pause, suspend, spec change or delete
 /// that landed during the walk (or an earlier batch) creates nothing more. The created ones (or found
-/// existing), and the first error.
+/// existing), and the first error. `read_at`: when the round read the fleet, if only planning came after;
+/// within [`FRESH_READ`] of it that read is the first batch's.
 async fn create_children(
     ctx: &Context,
     fleet: &ComputeFleetAction,
     fleets: &Api<ComputeFleetAction>,
     cias: &Api<ComputeInstanceAction>,
     planned: &[plan::NewChild],
+    read_at: Option<std::time::Instant>,
 ) -> (Vec<plan::NewChild>, Option<Error>) {
     let name = fleet.name_any();
     let pp = PostParams {
@@ -326,13 +337,16 @@ async fn create_children(
         field_manager: Some(FIELD_MANAGER.into()),
     };
     let mut created = Vec::new();
-    for batch in planned.chunks(CREATE_CONCURRENCY) {
+    for (n, batch) in planned.chunks(CREATE_CONCURRENCY).enumerate() {
         // Only the leader starts anything, and only for the fleet as it is now: the fence is checked after
         // the read (which may take seconds), right before the creates.
-        match bounded(fleets.get(&name)).await {
-            Ok(now_seen) if plan::still_asks(fleet, &now_seen) => {}
-            Ok(_) | Err(kube::Error::Api(_)) => return (created, None),
-            Err(e) => return (created, Some(Error::ReadFleet(e))),
+        let just_read = n == 0 && read_at.is_some_and(|t| t.elapsed() < FRESH_READ);
+        if !just_read {
+            match bounded(fleets.get(&name)).await {
+                Ok(now_seen) if plan::still_asks(fleet, &now_seen) => {}
+                Ok(_) | Err(kube::Error::Api(_)) => return (created, None),
+                Err(e) => return (created, Some(Error::ReadFleet(e))),
+            }
         }
         if !ctx.shared.fence.may_act() {
             return (created, None);
