@@ -11,6 +11,7 @@ pub mod crd;
 #[cfg(feature = "dev-tools")]
 pub mod devenv;
 pub mod health;
+pub mod kube_client;
 pub mod leader;
 pub mod metrics;
 pub mod operator;

@@ -78,7 +78,7 @@ async fn main() -> ExitCode {
                 eprintln!("compute-operator: {e}");
                 return ExitCode::FAILURE;
             }
-            match kube::Client::try_default().await {
+            match compute_operator::kube_client::infer().await {
                 Ok(client) => operator::run(*args, client, operator::shutdown_signal()).await,
                 Err(e) => Err(anyhow::anyhow!(
                     "cannot reach Kubernetes (kubeconfig or in-cluster config): {e}"
