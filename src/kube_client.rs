@@ -3,7 +3,9 @@
 //!
 //! kube's default client keeps every connection a burst opened for as long as the API server does (hyper's
 //! idle timeout needs a timer kube does not give it): after 1,000 status writes about 40 idle TLS connections,
-//! 2.4 MiB, stayed for good. Here at most [`MAX_IDLE`] stay, each for at most [`IDLE_FOR`].
+//! 2.4 MiB, stayed for good. Here an idle connection goes after [`IDLE_FOR`], and at most [`MAX_IDLE`] are
+//! kept. The cap is well above the controller's concurrency on purpose: a lower one closed connections a burst
+//! was about to reuse, and the new TLS handshakes cost the burst 30 % of its rate.
 
 use std::time::Duration;
 
@@ -12,35 +14,51 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use kube::client::ConfigExt;
 use tower::{BoxError, ServiceBuilder};
 
-/// Idle connections kept to the API server (more are closed when they fall idle).
-pub const MAX_IDLE: usize = 8;
-/// How long an idle connection is kept.
-pub const IDLE_FOR: Duration = Duration::from_secs(30);
+/// Idle connections kept to the API server at most (more are closed as they fall idle).
+pub const MAX_IDLE: usize = 64;
+/// How long an idle connection is kept: longer than the gaps within a burst, shorter than a quiet period.
+pub const IDLE_FOR: Duration = Duration::from_secs(10);
 
-/// A client for `config` (kubeconfig or in-cluster) with the bounded idle pool.
-pub fn client(config: kube::Config) -> kube::Result<kube::Client> {
+/// How the pool keeps idle connections.
+#[derive(Clone, Copy, Debug)]
+pub struct IdlePool {
+    pub max_idle: usize,
+    pub idle_for: Duration,
+}
+
+impl Default for IdlePool {
+    fn default() -> Self {
+        Self {
+            max_idle: MAX_IDLE,
+            idle_for: IDLE_FOR,
+        }
+    }
+}
+
+/// A client for `config` (kubeconfig or in-cluster) whose pool keeps idle connections as `pool` says.
+pub fn client(config: kube::Config, pool: IdlePool) -> kube::Result<kube::Client> {
     let mut connector = hyper_timeout::TimeoutConnector::new(config.rustls_https_connector()?);
     connector.set_connect_timeout(config.connect_timeout);
     connector.set_read_timeout(config.read_timeout);
     connector.set_write_timeout(config.write_timeout);
-    let pool = HyperClient::builder(TokioExecutor::new())
+    let hyper = HyperClient::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(IDLE_FOR)
-        .pool_max_idle_per_host(MAX_IDLE)
+        .pool_idle_timeout(pool.idle_for)
+        .pool_max_idle_per_host(pool.max_idle)
         .build(connector);
     let service = ServiceBuilder::new()
         .layer(config.base_uri_layer())
         .option_layer(config.auth_layer()?)
         .layer(config.extra_headers_layer()?)
         .map_err(BoxError::from)
-        .service(pool);
+        .service(hyper);
     Ok(kube::Client::new(service, config.default_namespace))
 }
 
-/// [`client`] for the configuration kube infers (kubeconfig, else in-cluster).
+/// [`client`] for the configuration kube infers (kubeconfig, else in-cluster), with the default pool.
 pub async fn infer() -> anyhow::Result<kube::Client> {
     let config = kube::Config::infer().await?;
-    Ok(client(config)?)
+    Ok(client(config, IdlePool::default())?)
 }
 
 #[cfg(test)]
@@ -89,13 +107,8 @@ mod tests {
         (url, accepted, open)
     }
 
-    #[tokio::test]
-    async fn a_burst_leaves_at_most_max_idle_connections_open() {
-        let (url, accepted, open) = counting_server(Duration::from_millis(200)).await;
-        let config = kube::Config::new(url.parse().expect("url"));
-        let client = client(config).expect("client");
-        let burst = 3 * MAX_IDLE;
-        let answers = futures::future::join_all((0..burst).map(|_| {
+    async fn burst(client: &kube::Client, n: usize) {
+        let answers = futures::future::join_all((0..n).map(|_| {
             let client = client.clone();
             async move {
                 let request = http::Request::get("/version").body(Vec::new()).expect("request");
@@ -104,24 +117,46 @@ mod tests {
         }))
         .await;
         assert!(answers.iter().all(|a| a.is_ok()), "{answers:?}");
-        assert_eq!(
-            accepted.load(Ordering::SeqCst),
-            burst,
-            "one connection per concurrent request"
-        );
-        // The pool closes what it does not keep as soon as each request is done.
+    }
+
+    async fn wait_open(open: &AtomicUsize, at_most: usize) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while open.load(Ordering::SeqCst) > MAX_IDLE && tokio::time::Instant::now() < deadline {
+        while open.load(Ordering::SeqCst) > at_most && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_burst_keeps_its_connections_for_the_next_and_lets_them_go_when_idle() {
+        let (url, accepted, open) = counting_server(Duration::from_millis(200)).await;
+        let pool = IdlePool {
+            max_idle: 8,
+            idle_for: Duration::from_millis(1500),
+        };
+        let client = client(kube::Config::new(url.parse().expect("url")), pool).expect("client");
+        burst(&client, 3 * pool.max_idle).await;
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            3 * pool.max_idle,
+            "one connection per concurrent request"
+        );
+        // Beyond the cap, connections close as soon as their request is done.
+        wait_open(&open, pool.max_idle).await;
         assert_eq!(
             open.load(Ordering::SeqCst),
-            MAX_IDLE,
+            pool.max_idle,
             "idle connections kept after the burst"
         );
-        // The kept ones are used again.
-        let request = http::Request::get("/version").body(Vec::new()).expect("request");
-        client.request_text(request).await.expect("answer");
-        assert_eq!(accepted.load(Ordering::SeqCst), burst, "an idle connection was reused");
+        // The next burst within the idle time reuses what was kept.
+        burst(&client, pool.max_idle).await;
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            3 * pool.max_idle,
+            "idle connections were reused"
+        );
+        // Once idle for longer than the idle time, none is left.
+        tokio::time::sleep(pool.idle_for).await;
+        wait_open(&open, 0).await;
+        assert_eq!(open.load(Ordering::SeqCst), 0, "idle connections expire");
     }
 }
