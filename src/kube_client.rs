@@ -4,8 +4,8 @@
 //! kube's default client keeps every connection a burst opened for as long as the API server does (hyper's
 //! idle timeout needs a timer kube does not give it): after 1,000 status writes about 40 idle TLS connections,
 //! 2.4 MiB, stayed for good. Here an idle connection goes after [`IDLE_FOR`], and at most [`MAX_IDLE`] are
-//! kept. The cap is well above the controller's concurrency on purpose: a lower one closed connections a burst
-//! was about to reuse, and the new TLS handshakes cost the burst 30 % of its rate.
+//! kept. The cap is well above the controller's concurrency on purpose: a lower one closes connections a burst
+//! is about to reuse, and each request beyond it pays a new TLS handshake.
 
 use std::time::Duration;
 
