@@ -44,6 +44,14 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Starts tried before a port taken between picking and binding it is reported.
+const START_ATTEMPTS: usize = 3;
+
+/// Did a start fail because a port it picked was taken before it was bound?
+fn is_port_taken(error: &anyhow::Error) -> bool {
+    format!("{error:#}").contains("address already in use")
+}
+
 /// Temporary control-plane directories are `<TMP_PREFIX><pid>-<random>`.
 const TMP_PREFIX: &str = "compute-operator-cp-";
 
@@ -80,13 +88,29 @@ impl ControlPlane {
     /// what a process that never dropped its control plane, such as a test binary's shared one, left behind).
     pub async fn start(binaries: &Binaries) -> anyhow::Result<Self> {
         remove_stale_dirs(&std::env::temp_dir());
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!("{TMP_PREFIX}{}-", std::process::id()))
-            .tempdir()?;
-        let dir = tmp.path().to_path_buf();
-        let mut cp = Self::start_in(binaries, &dir).await?;
-        cp._tmp = Some(tmp);
-        Ok(cp)
+        let mut attempt = 1;
+        loop {
+            let tmp = tempfile::Builder::new()
+                .prefix(&format!("{TMP_PREFIX}{}-", std::process::id()))
+                .tempdir()?;
+            let dir = tmp.path().to_path_buf();
+            match Self::start_in(binaries, &dir).await {
+                Ok(mut cp) => {
+                    cp._tmp = Some(tmp);
+                    return Ok(cp);
+                }
+                // The ports were free when picked, but another process can take one before etcd or
+                // kube-apiserver binds it (test binaries start simulators and control planes side by side).
+                Err(e) if attempt < START_ATTEMPTS && is_port_taken(&e) => {
+                    tracing::warn!(
+                        attempt,
+                        "a control-plane port was taken meanwhile; starting again on new ports"
+                    );
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Starts both with state in `dir` (kept after stop, e.g. `.dev/`).

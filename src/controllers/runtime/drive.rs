@@ -77,9 +77,23 @@ pub async fn drive<K, S, Ctx, Fut, E>(
 {
     let health = drive.health;
     let (kind, metrics) = (drive.kind, drive.metrics);
-    controller
+    let shutdown = futures::FutureExt::shared(drive.shutdown);
+    // kube holds the runner until the store's first list is in, and a shutdown cuts the watch that would bring
+    // it: a controller told to stop before that would wait for its grace to run out. Nothing has run then, so
+    // it stops at once.
+    let store = controller.store();
+    let stopped_before_first_list = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.await;
+            if matches!(futures::FutureExt::now_or_never(store.wait_until_ready()), Some(Ok(()))) {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let run = controller
         .with_config(controller::Config::default().concurrency(drive.concurrency))
-        .graceful_shutdown_on(drive.shutdown)
+        .graceful_shutdown_on(shutdown)
         .run(
             move |obj, ctx| {
                 let metrics = metrics.clone();
@@ -100,6 +114,48 @@ pub async fn drive<K, S, Ctx, Fut, E>(
                 tracing::debug!(error = %e, kind, "controller event");
             }
             futures::future::ready(())
-        })
+        });
+    tokio::select! {
+        () = run => {}
+        () = stopped_before_first_list => tracing::debug!(kind, "stopped before its first list"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::crd::fleet_action::ComputeFleetAction;
+
+    #[tokio::test]
+    async fn a_controller_told_to_stop_before_its_first_list_stops_at_once() {
+        // A watch that never lists: the store never becomes ready (its writer lives on).
+        let (reader, _writer) = kube::runtime::reflector::store::<ComputeFleetAction>();
+        let controller = Controller::for_stream(futures::stream::pending(), reader);
+        let how = Drive {
+            concurrency: 1,
+            shutdown: std::future::ready(()),
+            health: None,
+            kind: "test",
+            metrics: crate::metrics::Metrics::new(),
+        };
+        let reconcile =
+            |_: Arc<ComputeFleetAction>, _: Arc<()>| async { Ok::<_, std::io::Error>(Action::await_change()) };
+        let stopped = tokio::time::timeout(
+            Duration::from_secs(5),
+            drive(
+                controller,
+                how,
+                reconcile,
+                |_, _, _| Action::await_change(),
+                Arc::new(()),
+            ),
+        )
         .await;
+        assert!(
+            stopped.is_ok(),
+            "the controller waited for a first list that cannot come"
+        );
+    }
 }
