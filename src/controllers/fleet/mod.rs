@@ -140,19 +140,13 @@ pub async fn run(shared: Shared, config: FleetConfig, shutdown: impl runtime::Sh
                 }
             })
             .touched_objects();
-        let controller = Controller::for_stream(stream, reader)
+        Controller::for_stream(stream, reader)
             .owns_stream(child_events)
-            .reconcile_all_on(ctx.shared.gate.subscribe());
-        let how = Drive::of(&config.run, shutdown.clone(), "fleet", ctx.shared.metrics.clone());
-        runtime::drive(
-            controller,
-            how,
-            reconcile::reconcile,
-            reconcile::error_policy,
-            ctx.clone(),
-        )
+            .reconcile_all_on(ctx.shared.gate.subscribe())
     };
-    runtime::run_composed(&ctx.shared.kube, &config.run, "fleet", per_scope).await
+    let how = Drive::of(&config.run, shutdown, "fleet", ctx.shared.metrics.clone());
+    let (kube, reconcile, error_policy) = (ctx.shared.kube.clone(), reconcile::reconcile, reconcile::error_policy);
+    runtime::run_composed(&kube, &config.run, how, per_scope, reconcile, error_policy, ctx.clone()).await
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use crate::health::Health;
 
 /// How one controller runs.
+#[derive(Clone)]
 pub struct Drive<S> {
     pub concurrency: u16,
     pub shutdown: S,

@@ -243,22 +243,47 @@ where
 }
 
 /// Runs a composed kind `P` (acting through children of kind `C`) in every served namespace: both CRDs checked
-/// first, then `per_scope` for each (parent, child) pair of `Api`s, until every scope's controller stopped.
-pub async fn run_composed<P, C, Fut>(
+/// first, then the controller `per_scope` builds for each (parent, child) pair of `Api`s, each driven the same
+/// way (`how`), until every scope's controller stopped.
+pub async fn run_composed<P, C, S, Ctx, Fut, E>(
     client: &Client,
     run: &RunSettings,
-    kind: &'static str,
-    per_scope: impl FnMut((Api<P>, Api<C>)) -> Fut,
+    how: Drive<S>,
+    per_scope: impl FnMut((Api<P>, Api<C>)) -> kube::runtime::Controller<P>,
+    reconcile: impl FnMut(Arc<P>, Arc<Ctx>) -> Fut + Clone + Send + 'static,
+    error_policy: impl Fn(Arc<P>, &E, Arc<Ctx>) -> kube::runtime::controller::Action + Clone + Send + Sync + 'static,
+    ctx: Arc<Ctx>,
 ) -> Result<(), StartError>
 where
-    P: Resource<Scope = kube::core::NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
-    P::DynamicType: Default,
+    P: Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    P::DynamicType: Default + std::fmt::Debug + Unpin + std::hash::Hash + Eq + Clone + Send + Sync,
     C: Resource<Scope = kube::core::NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
     C::DynamicType: Default,
-    Fut: std::future::Future<Output = ()>,
+    S: Shutdown + Clone,
+    Ctx: Send + Sync + 'static,
+    Fut: futures::TryFuture<Ok = kube::runtime::controller::Action, Error = E>
+        + std::future::Future<Output = Result<kube::runtime::controller::Action, E>>
+        + Send
+        + 'static,
+    E: std::error::Error + Send + 'static,
 {
     let scopes = parent_and_child_scopes::<P, C>(client, &run.namespaces).await?;
-    every_scope(kind, &run.namespaces, scopes.into_iter().map(per_scope)).await;
+    let runs = scopes.into_iter().map(per_scope).map(|controller| {
+        drive(
+            controller,
+            how.clone(),
+            reconcile.clone(),
+            error_policy.clone(),
+            ctx.clone(),
+        )
+    });
+    every_scope(how.kind, &run.namespaces, runs).await;
     Ok(())
 }
 

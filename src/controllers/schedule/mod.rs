@@ -78,15 +78,9 @@ pub async fn run(shared: Shared, config: ScheduleConfig, shutdown: impl runtime:
             forget.shared.metrics.forget_resource(&s.uid().unwrap_or_default());
         });
         // Child changes wake their schedule (the last event's result follows its child).
-        let controller = Controller::for_stream(stream, reader).owns(fleets, watcher::Config::default().any_semantic());
-        let how = Drive::of(&config.run, shutdown.clone(), "schedule", ctx.shared.metrics.clone());
-        runtime::drive(
-            controller,
-            how,
-            reconcile::reconcile,
-            reconcile::error_policy,
-            ctx.clone(),
-        )
+        Controller::for_stream(stream, reader).owns(fleets, watcher::Config::default().any_semantic())
     };
-    runtime::run_composed(&ctx.shared.kube, &config.run, "schedule", per_scope).await
+    let how = Drive::of(&config.run, shutdown, "schedule", ctx.shared.metrics.clone());
+    let (kube, reconcile, error_policy) = (ctx.shared.kube.clone(), reconcile::reconcile, reconcile::error_policy);
+    runtime::run_composed(&kube, &config.run, how, per_scope, reconcile, error_policy, ctx.clone()).await
 }
