@@ -6,7 +6,8 @@
 //! - each fleet's cached selection ([`Listed`]: member IDs and statuses).
 //!
 //! For comparison it also measures the store the projection replaced: a reflector store of the same children
-//! slimmed the same way. The figure is in-process because the running operator's RSS cannot tell the fleet
+//! slimmed the same way; and the instance controller's own cache of the same children, packed
+//! ([`CachedAction`]), which held such slimmed objects too before it packed them. The figure is in-process because the running operator's RSS cannot tell the fleet
 //! controller's share from the instance controller's copy of the same children.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -20,6 +21,7 @@ use serde::Serialize;
 use crate::api::InstanceStatus;
 use crate::controllers::fleet::child_cache::{ChildCache, slim};
 use crate::controllers::fleet::children::{ChildKey, child_name, child_object};
+use crate::controllers::instance::cached::CachedAction;
 use crate::controllers::runtime::walk::Listed;
 use crate::crd::fleet_action::ComputeFleetAction;
 use crate::crd::instance_action::{ComputeInstanceAction, ComputeInstanceActionStatus, DesiredState};
@@ -65,6 +67,10 @@ pub struct FleetMemoryReport {
     pub fleet_memory_selections_mib: f64,
     /// The same children in a reflector store of slimmed objects (the store the projection replaced).
     pub fleet_memory_slim_store_mib: f64,
+    /// The instance controller's cache of the same children: a reflector store of packed objects.
+    pub instance_cache_packed_mib: f64,
+    /// Microseconds to unpack one of them (what a reconcile pays for its object).
+    pub instance_cache_unpack_us: f64,
     pub fleet_memory_target_mib: f64,
     pub fleet_memory_hit: bool,
     /// False when the bench binary does not count allocations (the figure would read 0).
@@ -164,6 +170,27 @@ pub fn measure(fleets: usize, instances_per_fleet: usize) -> FleetMemoryReport {
     assert_eq!(reader.state().len(), fleets * instances_per_fleet);
     drop((reader, writer));
 
+    // The instance controller's cache of them: packed, straight from each object as the API server sends it.
+    let before = live();
+    let (reader, mut writer) = reflector::store::<CachedAction>();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for (f, fl) in all.iter().enumerate() {
+        for i in 0..instances_per_fleet {
+            let child = finished_child(fl, &instance(f, i), f * instances_per_fleet + i);
+            writer.apply_watcher_event(&watcher::Event::InitApply(CachedAction::from(&child)));
+        }
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    let packed_store = live() - before;
+    // What a reconcile pays to unpack the object it works on.
+    let cached = reader.state();
+    assert_eq!(cached.len(), fleets * instances_per_fleet);
+    let started = std::time::Instant::now();
+    let unpacked = cached.iter().filter(|c| c.unpack().is_ok()).count();
+    let unpack_us = started.elapsed().as_secs_f64() * 1e6 / cached.len().max(1) as f64;
+    assert_eq!(unpacked, cached.len());
+    drop((cached, reader, writer));
+
     // The selections: per fleet UID, the selector and its listing.
     let before = live();
     let mut selections: HashMap<String, (InstanceSelector, Listed)> = HashMap::new();
@@ -191,6 +218,8 @@ pub fn measure(fleets: usize, instances_per_fleet: usize) -> FleetMemoryReport {
         fleet_memory_children_mib: mib(children),
         fleet_memory_selections_mib: mib(selections_bytes),
         fleet_memory_slim_store_mib: mib(slim_store),
+        instance_cache_packed_mib: mib(packed_store),
+        instance_cache_unpack_us: unpack_us,
         fleet_memory_target_mib: TARGET_MIB,
         fleet_memory_hit: counted && total <= TARGET_MIB,
         counted,
@@ -208,7 +237,7 @@ impl FleetMemoryReport {
         };
         format!(
             "fleet memory: {} fleets x {} instances keep {:.2} MiB (children {:.2}, selections {:.2}); target <= {:.0} MiB: {verdict}\n  \
-             the same children in a reflector store of slimmed objects: {:.2} MiB\n",
+             the same children in a reflector store of slimmed objects: {:.2} MiB; packed, as the instance controller caches them: {:.2} MiB ({:.1} us to unpack one)\n",
             self.fleets,
             self.instances_per_fleet,
             self.fleet_memory_mib,
@@ -216,6 +245,8 @@ impl FleetMemoryReport {
             self.fleet_memory_selections_mib,
             self.fleet_memory_target_mib,
             self.fleet_memory_slim_store_mib,
+            self.instance_cache_packed_mib,
+            self.instance_cache_unpack_us,
         )
     }
 }

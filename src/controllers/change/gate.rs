@@ -41,8 +41,9 @@ pub struct Hold {
 pub const WAITING_FOR_WINDOW: &str = "WaitingForWindow";
 pub const WAITING_FOR_BUDGET: &str = "WaitingForBudget";
 
-/// Every object the instance controller caches (the budgets count disruptions from their statuses).
-pub type ObjectsSource = Arc<dyn Fn() -> Vec<Arc<ComputeInstanceAction>> + Send + Sync>;
+/// The objects the instance controller caches that disrupt their instance now, and those named by the given
+/// keys whatever they do (the budgets count disruptions from their statuses).
+pub type ObjectsSource = Arc<dyn Fn(&HashSet<String>) -> Vec<ComputeInstanceAction> + Send + Sync>;
 
 /// The last count of a budget's matching instances.
 #[derive(Clone, Debug)]
@@ -215,14 +216,22 @@ impl ChangeGate {
     /// Instances disrupted now: by what the cached statuses record, and by admissions the cache does not show
     /// yet. `except` (an object key) is left out: an object deciding again does not count against itself.
     pub fn disrupted(&self, except: Option<&str>) -> Vec<(String, Option<Instance>)> {
-        let objects = self.objects.get().map(|f| f()).unwrap_or_default();
+        // What disrupts by its status, and the objects of admissions not yet reflected (to tell when they are).
+        let reserved: HashSet<String> = self
+            .reservations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let objects = self.objects.get().map(|f| f(&reserved)).unwrap_or_default();
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         let mut reflected = HashSet::new();
         {
             let reservations = self.reservations.lock().unwrap_or_else(|p| p.into_inner());
             for o in &objects {
-                let key = crate::controllers::object_key(o.as_ref());
+                let key = crate::controllers::object_key(o);
                 let Some(status) = o.status.as_ref() else {
                     continue;
                 };

@@ -3,13 +3,15 @@
 //! appears, changes its spec, finishes acting, or goes away.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use futures::channel::mpsc;
+use kube::Resource;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
-use crate::crd::instance_action::{ActionState, ComputeInstanceAction};
+use super::cached::CachedAction;
+use crate::crd::instance_action::ComputeInstanceAction;
 
 /// What the index remembers of one object: enough to tell whether its peers must be woken.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,35 +70,29 @@ pub struct InstanceIndex {
     maps: Mutex<Maps>,
     /// Objects listed during a scope's (re)list, swapped in at its `InitDone`.
     relisting: Mutex<BTreeMap<usize, Vec<(String, Entry)>>>,
-    stores: Vec<Store<ComputeInstanceAction>>,
-    wakers: Vec<mpsc::Sender<ObjectRef<ComputeInstanceAction>>>,
+    stores: Vec<Store<CachedAction>>,
+    wakers: Vec<mpsc::Sender<ObjectRef<CachedAction>>>,
     /// Objects a disruption budget holds back (`namespace/name`), woken when any disruption ends.
     budget_waiters: Mutex<std::collections::HashSet<String>>,
 }
 
-fn entry_of(obj: &ComputeInstanceAction, scope: usize) -> Entry {
+fn entry_of(obj: &CachedAction, scope: usize) -> Entry {
+    let facts = obj.facts();
     Entry {
-        instance_id: obj.spec.instance_id.clone(),
+        instance_id: facts.instance_id.to_string(),
         scope,
         uid_hash: uid_hash(obj),
-        generation: obj.metadata.generation,
-        acting: obj
-            .status
-            .as_ref()
-            .and_then(|s| s.action.as_ref())
-            .is_some_and(|a| matches!(a.state, ActionState::Requested | ActionState::Accepted)),
-        disrupting: obj
-            .status
-            .as_ref()
-            .is_some_and(|s| crate::controllers::change::budgets::disrupts(&obj.spec, s)),
-        held: obj.status.as_ref().is_some_and(crate::controllers::change::is_held),
+        generation: obj.meta().generation,
+        acting: facts.acting,
+        disrupting: facts.disrupting,
+        held: facts.held,
     }
 }
 
-fn uid_hash(obj: &ComputeInstanceAction) -> u64 {
+fn uid_hash(obj: &CachedAction) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    obj.metadata.uid.hash(&mut hasher);
+    obj.meta().uid.hash(&mut hasher);
     hasher.finish()
 }
 
@@ -122,10 +118,7 @@ fn concerns_peers(before: Option<&Entry>, after: Option<&Entry>) -> bool {
 
 impl InstanceIndex {
     /// One store and one waker channel per watched scope, in the same order as the scopes.
-    pub fn new(
-        stores: Vec<Store<ComputeInstanceAction>>,
-        wakers: Vec<mpsc::Sender<ObjectRef<ComputeInstanceAction>>>,
-    ) -> Self {
+    pub fn new(stores: Vec<Store<CachedAction>>, wakers: Vec<mpsc::Sender<ObjectRef<CachedAction>>>) -> Self {
         Self {
             maps: Mutex::default(),
             relisting: Mutex::default(),
@@ -142,7 +135,7 @@ impl InstanceIndex {
     /// Feeds one watch event of scope `scope`. Returns whether the event shows an object at a generation the
     /// index did not hold (a new object, or a spec change): what the controller reconciles on. A status write,
     /// the controller's own included, keeps the generation and wakes nobody through the watch.
-    pub fn observe(&self, scope: usize, event: &watcher::Event<ComputeInstanceAction>) -> bool {
+    pub fn observe(&self, scope: usize, event: &watcher::Event<CachedAction>) -> bool {
         match event {
             watcher::Event::Init => {
                 self.relisting
@@ -246,9 +239,32 @@ impl InstanceIndex {
         self.wake(targets);
     }
 
-    /// Every cached object, of every scope.
-    pub fn all_objects(&self) -> Vec<Arc<ComputeInstanceAction>> {
-        self.stores.iter().flat_map(|s| s.state()).collect()
+    /// The cached objects, unpacked, that disrupt their instance now (see `change::budgets::disrupts`), and
+    /// those `named` (`namespace/name`) whatever they do: what disruption budgets count from.
+    pub fn disrupting_objects(&self, named: &std::collections::HashSet<String>) -> Vec<ComputeInstanceAction> {
+        let refs: Vec<(usize, String)> = {
+            let maps = self.maps();
+            maps.objects
+                .iter()
+                .filter(|(k, e)| e.disrupting || named.contains(k.as_str()))
+                .map(|(k, e)| (e.scope, k.clone()))
+                .collect()
+        };
+        self.unpacked(refs)
+    }
+
+    /// The cached objects of `(scope, namespace/name)`, unpacked (one that cannot be is logged and left out).
+    fn unpacked(&self, refs: Vec<(usize, String)>) -> Vec<ComputeInstanceAction> {
+        refs.into_iter()
+            .filter_map(|(scope, key)| {
+                let (ns, name) = key.split_once('/')?;
+                let cached = self.stores.get(scope)?.get(&ObjectRef::new(name).within(ns))?;
+                cached
+                    .unpack()
+                    .inspect_err(|e| tracing::error!(object = %key, error = %e, "cached object unreadable"))
+                    .ok()
+            })
+            .collect()
     }
 
     /// Asks for a reconcile of every other object on `instance_id`.
@@ -303,8 +319,8 @@ impl InstanceIndex {
             .is_some_and(|keys| keys.iter().any(|k| maps.objects.get(k).is_none_or(|e| !e.held)))
     }
 
-    /// Every cached object naming `instance_id`.
-    pub fn on_instance(&self, instance_id: &str) -> Vec<Arc<ComputeInstanceAction>> {
+    /// Every cached object naming `instance_id`, unpacked.
+    pub fn on_instance(&self, instance_id: &str) -> Vec<ComputeInstanceAction> {
         let refs: Vec<(usize, String)> = {
             let maps = self.maps();
             maps.by_instance
@@ -314,12 +330,7 @@ impl InstanceIndex {
                 .filter_map(|k| maps.objects.get(k).map(|e| (e.scope, k.clone())))
                 .collect()
         };
-        refs.into_iter()
-            .filter_map(|(scope, key)| {
-                let (ns, name) = key.split_once('/')?;
-                self.stores.get(scope)?.get(&ObjectRef::new(name).within(ns))
-            })
-            .collect()
+        self.unpacked(refs)
     }
 
     /// Whether `namespace/name` is still known.
@@ -342,7 +353,11 @@ mod tests {
     use super::*;
     use crate::crd::instance_action::{ComputeInstanceActionSpec, DesiredState, Enforcement};
 
-    fn obj(name: &str, instance: &str, generation: i64) -> ComputeInstanceAction {
+    fn obj(name: &str, instance: &str, generation: i64) -> CachedAction {
+        CachedAction::from(&full(name, instance, generation))
+    }
+
+    fn full(name: &str, instance: &str, generation: i64) -> ComputeInstanceAction {
         let mut o = ComputeInstanceAction::new(
             name,
             ComputeInstanceActionSpec {
@@ -362,13 +377,13 @@ mod tests {
         o
     }
 
-    fn index() -> (InstanceIndex, mpsc::Receiver<ObjectRef<ComputeInstanceAction>>) {
+    fn index() -> (InstanceIndex, mpsc::Receiver<ObjectRef<CachedAction>>) {
         let (tx, rx) = mpsc::channel(16);
         let (reader, _writer) = kube::runtime::reflector::store();
         (InstanceIndex::new(vec![reader], vec![tx]), rx)
     }
 
-    fn woken(rx: &mut mpsc::Receiver<ObjectRef<ComputeInstanceAction>>) -> Vec<String> {
+    fn woken(rx: &mut mpsc::Receiver<ObjectRef<CachedAction>>) -> Vec<String> {
         let mut names = Vec::new();
         while let Ok(r) = rx.try_recv() {
             names.push(r.name);
@@ -397,11 +412,12 @@ mod tests {
     fn only_a_new_object_or_generation_is_reconciled_on() {
         let (idx, _rx) = index();
         let with_uid = |generation, uid: &str| {
-            let mut o = obj("a", "i-1", generation);
+            let mut o = full("a", "i-1", generation);
             o.metadata.uid = Some(uid.into());
             o
         };
-        let apply = |o| idx.observe(0, &watcher::Event::Apply(o));
+        let cached = |o: ComputeInstanceAction| CachedAction::from(&o);
+        let apply = |o| idx.observe(0, &watcher::Event::Apply(cached(o)));
         assert!(apply(with_uid(1, "u1")), "first sight");
         assert!(!apply(with_uid(1, "u1")), "a status write keeps the generation");
         assert!(apply(with_uid(2, "u1")), "a spec change");
@@ -416,7 +432,7 @@ mod tests {
         assert!(apply(with_uid(3, "u2")));
         assert!(!idx.observe(0, &watcher::Event::Init));
         assert!(
-            !idx.observe(0, &watcher::Event::InitApply(with_uid(3, "u2"))),
+            !idx.observe(0, &watcher::Event::InitApply(cached(with_uid(3, "u2")))),
             "unchanged while the watch was down"
         );
         assert!(
@@ -425,7 +441,7 @@ mod tests {
         );
         assert!(!idx.observe(0, &watcher::Event::InitDone));
         assert!(
-            !idx.observe(0, &watcher::Event::Delete(with_uid(3, "u2"))),
+            !idx.observe(0, &watcher::Event::Delete(cached(with_uid(3, "u2")))),
             "gone: nothing to reconcile"
         );
         assert!(apply(with_uid(3, "u3")), "re-created after the delete");

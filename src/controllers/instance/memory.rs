@@ -87,7 +87,7 @@ impl StatusMemory {
 
     /// The watch delivered `obj`: a held write that it now shows is marked seen, and dropped by [`Self::sweep`]
     /// after [`SEEN_GRACE`] unless a reconcile from the new object drops it first (nothing is held at rest).
-    pub fn observed(&self, obj: &ComputeInstanceAction) {
+    pub fn observed(&self, obj: &impl kube::Resource) {
         let uid = obj.uid().unwrap_or_default();
         let rv = obj.resource_version().unwrap_or_default();
         let mut held = self.held();

@@ -1,10 +1,12 @@
 //! The ComputeInstanceAction controller: pure planning, a thin reconciler, and the kube-rs wiring.
 pub mod after_post;
+pub mod cached;
 pub mod hot;
 pub mod index;
 pub mod judge;
 pub mod locks;
 pub mod memory;
+pub mod packing;
 pub mod peers;
 pub mod plan;
 pub mod reconcile;
@@ -119,7 +121,7 @@ fn the_operator_settings_carry_what_the_other_kinds_follow() {
 pub struct Context {
     pub kube: Client,
     pub api: AdminClient,
-    pub stores: Vec<Store<ComputeInstanceAction>>,
+    pub stores: Vec<Store<cached::CachedAction>>,
     pub recorder: EventRecorder,
     /// Bounds Event batches being published in the background.
     pub event_slots: Arc<tokio::sync::Semaphore>,
@@ -164,14 +166,15 @@ impl Context {
         m.get(&Self::acceptance_key(obj, intent_at)).copied()
     }
 
-    /// The object as the cache holds it now (the one given if the cache no longer has it).
-    pub(crate) fn newest(&self, obj: &Arc<ComputeInstanceAction>) -> Arc<ComputeInstanceAction> {
+    /// The object as the cache holds it now (the one given if the cache no longer has it), unpacked.
+    pub(crate) fn newest(&self, obj: &Arc<cached::CachedAction>) -> Result<ComputeInstanceAction, cached::CacheError> {
         let r = kube::runtime::reflector::ObjectRef::from_obj(obj.as_ref());
         self.stores
             .iter()
             .find_map(|s| s.get(&r))
             .filter(|o| o.uid() == obj.uid())
             .unwrap_or_else(|| obj.clone())
+            .unpack()
     }
 
     /// Drops everything kept for an object that is gone: its held status, acceptances, backoff and lock.
@@ -210,7 +213,7 @@ pub async fn run(shared: Shared, config: ControllerConfig, shutdown: impl runtim
         metrics,
     } = shared;
     runtime::check_crd::<ComputeInstanceAction>(&client, &config.namespaces).await?;
-    let scopes = runtime::scoped::<ComputeInstanceAction>(&client, &config.namespaces);
+    let scopes = runtime::scoped::<cached::CachedAction>(&client, &config.namespaces);
     let mut controllers = Vec::new();
     let mut stores = Vec::new();
     let mut streams = Vec::new();
@@ -230,7 +233,7 @@ pub async fn run(shared: Shared, config: ControllerConfig, shutdown: impl runtim
     let index = Arc::new(index::InstanceIndex::new(stores.clone(), wakers));
     let memory = Arc::new(memory::StatusMemory::default());
     // Deleted objects, to drop what is kept for them (the context is built after the streams).
-    let (gone_tx, mut gone_rx) = tokio::sync::mpsc::unbounded_channel::<ComputeInstanceAction>();
+    let (gone_tx, mut gone_rx) = tokio::sync::mpsc::unbounded_channel::<cached::CachedAction>();
     for (n, ((scope, writer, reader), wake)) in streams.into_iter().zip(wake_streams).enumerate() {
         let mut seen_init = false;
         let synced = synced.clone();
@@ -243,18 +246,9 @@ pub async fn run(shared: Shared, config: ControllerConfig, shutdown: impl runtim
             .health
             .watch(scope.namespace().unwrap_or("all namespaces").to_owned());
         probes.push(probe.clone());
-        // The cache keeps only what the controller reads: managedFields and annotations are dropped (after
-        // noting whether anyone but this controller wrote the status: such records never block a peer).
+        // The cache keeps each object slimmed and packed, straight from the API server's JSON (`cached`).
         let stream = watcher(scope, watcher::Config::default().any_semantic())
             .default_backoff()
-            .modify(|o: &mut ComputeInstanceAction| {
-                let foreign = peers::status_written_by_others(o);
-                o.managed_fields_mut().clear();
-                o.annotations_mut().clear();
-                if foreign {
-                    o.annotations_mut().insert(peers::FOREIGN_STATUS.into(), "true".into());
-                }
-            })
             .reflect(writer)
             // The index sees every event first and tells which ones the controller reconciles on: an object at
             // a generation it did not hold (kube's generation predicate, without a cache of its own).
@@ -295,7 +289,7 @@ pub async fn run(shared: Shared, config: ControllerConfig, shutdown: impl runtim
     // Budgets count disruptions from what these caches hold (every namespace this operator serves).
     change.count_from({
         let index = index.clone();
-        Arc::new(move || index.all_objects())
+        Arc::new(move |named| index.disrupting_objects(named))
     });
     let controllers: Vec<_> = controllers
         .into_iter()
@@ -344,7 +338,14 @@ pub async fn run(shared: Shared, config: ControllerConfig, shutdown: impl runtim
     let forgetting = {
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            while let Some(obj) = gone_rx.recv().await {
+            while let Some(cached) = gone_rx.recv().await {
+                let obj = match cached.unpack() {
+                    Ok(obj) => obj,
+                    Err(e) => {
+                        tracing::error!(object = %crate::controllers::object_key(&cached), error = %e, "deleted object unreadable in the cache");
+                        continue;
+                    }
+                };
                 ctx.forget_object(&obj);
                 ctx.metrics.held_object_state.set(ctx.held_object_state() as i64);
                 // A reconcile that was in flight when the object went may still record something: look again.
@@ -408,7 +409,7 @@ pub async fn run(shared: Shared, config: ControllerConfig, shutdown: impl runtim
 }
 
 /// Refreshes the objects-by-phase gauge from the caches.
-pub fn count_phases(stores: &[Store<ComputeInstanceAction>], metrics: &Metrics) {
+pub fn count_phases(stores: &[Store<cached::CachedAction>], metrics: &Metrics) {
     // Every phase is set, to 0 when no object has it: a series left at its last value would never clear.
     let mut counts: std::collections::BTreeMap<String, i64> = ["None", "Pending", "InProgress", "Succeeded", "Failed"]
         .into_iter()
@@ -416,11 +417,7 @@ pub fn count_phases(stores: &[Store<ComputeInstanceAction>], metrics: &Metrics) 
         .collect();
     for s in stores {
         for o in s.state() {
-            let phase = o
-                .status
-                .as_ref()
-                .and_then(|st| st.phase)
-                .map_or("None".to_owned(), |p| format!("{p:?}"));
+            let phase = o.facts().phase.map_or("None".to_owned(), |p| format!("{p:?}"));
             *counts.entry(phase).or_default() += 1;
         }
     }
@@ -434,27 +431,19 @@ pub fn count_phases(stores: &[Store<ComputeInstanceAction>], metrics: &Metrics) 
 }
 
 /// Refreshes the Ready/Stalled-by-reason gauges (and Reconciling for actions change control holds back) and the
-/// age of the oldest Stalled condition per reason.
-fn count_conditions(stores: &[Store<ComputeInstanceAction>], metrics: &Metrics) {
-    use crate::controllers::change::{WAITING_FOR_BUDGET, WAITING_FOR_WINDOW};
-    use crate::controllers::conditions::{READY, RECONCILING, STALLED};
-    let held = |c: &crate::crd::instance_action::Condition| {
-        c.type_ == RECONCILING && (c.reason == WAITING_FOR_WINDOW || c.reason == WAITING_FOR_BUDGET)
-    };
+/// age of the oldest Stalled condition per reason: from what each cached object counts ([`cached::Facts`]).
+fn count_conditions(stores: &[Store<cached::CachedAction>], metrics: &Metrics) {
+    use crate::controllers::conditions::STALLED;
     let now = Utc::now();
     let mut counts = std::collections::BTreeMap::<(String, String), i64>::new();
     let mut oldest = std::collections::BTreeMap::<String, f64>::new();
     for s in stores {
         for o in s.state() {
-            let conditions = o.status.as_ref().map(|st| st.conditions.as_slice()).unwrap_or_default();
-            for c in conditions
-                .iter()
-                .filter(|c| c.status == "True" && (c.type_ == READY || c.type_ == STALLED || held(c)))
-            {
-                *counts.entry((c.type_.clone(), c.reason.clone())).or_default() += 1;
+            for c in o.facts().counted.iter() {
+                *counts.entry((c.type_.to_owned(), c.reason.to_string())).or_default() += 1;
                 if c.type_ == STALLED {
                     let age = (now - c.last_transition_time).num_milliseconds().max(0) as f64 / 1000.0;
-                    let entry = oldest.entry(c.reason.clone()).or_default();
+                    let entry = oldest.entry(c.reason.to_string()).or_default();
                     *entry = entry.max(age);
                 }
             }

@@ -41,7 +41,7 @@ pub(crate) fn peers_of(
     let peers = others
         .iter()
         .map(|o| Peer {
-            key: object_key(o.as_ref()),
+            key: object_key(o),
             desired: o.spec.desired_state,
             enforcement: o.spec.enforcement,
             suspended: o.spec.suspend,

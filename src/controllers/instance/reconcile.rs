@@ -11,6 +11,7 @@ use kube::{Resource, ResourceExt};
 use tracing::Instrument;
 
 use super::Context;
+use super::cached::CachedAction;
 use super::peers::peers_of;
 use super::plan::{self, Note, Observation, Plan, PlanInput, Requeue};
 use super::status_write::{StatusWrite, replace_status, write_after_post, write_if_changed};
@@ -34,6 +35,8 @@ pub enum Error {
     AdminApi(#[from] ApiError),
     #[error("object has no namespace")]
     NoNamespace,
+    #[error("{0}")]
+    Cache(#[source] super::cached::CacheError),
 }
 
 impl crate::controllers::runtime::ReconcileError for Error {
@@ -43,6 +46,7 @@ impl crate::controllers::runtime::ReconcileError for Error {
             Self::ReadObject(_) => "ReadObject",
             Self::AdminApi(e) => e.reason(),
             Self::NoNamespace => "NoNamespace",
+            Self::Cache(_) => "Cache",
         }
     }
 
@@ -63,9 +67,9 @@ fn seen(ctx: &Context, instance: &crate::api::Instance, sent: std::time::Instant
 }
 
 /// The reconcile entry point handed to kube-rs.
-pub async fn reconcile(obj: Arc<ComputeInstanceAction>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(obj: Arc<CachedAction>, ctx: Arc<Context>) -> Result<Action, Error> {
     let key = object_key(obj.as_ref());
-    let span = tracing::info_span!("reconcile", object = %key, instance = %obj.spec.instance_id);
+    let span = tracing::info_span!("reconcile", object = %key, instance = %obj.facts().instance_id);
     // One concurrency limit across every watched namespace.
     let Ok(_slot) = ctx.slots.clone().acquire_owned().await else {
         return Ok(Action::requeue(Duration::from_secs(1)));
@@ -73,7 +77,7 @@ pub async fn reconcile(obj: Arc<ComputeInstanceAction>, ctx: Arc<Context>) -> Re
     // The wait for a slot may be long (a burst): decide from the newest cached object, not the one handed over
     // when the reconcile was scheduled (our own write may have arrived meanwhile, and the memory covering it is
     // let go soon after the watch shows it: deciding from the older object was the burst's 409s).
-    let obj = ctx.newest(&obj);
+    let obj = ctx.newest(&obj).map_err(Error::Cache)?;
     let started = std::time::Instant::now();
     ctx.metrics.reconciles.inc();
     let result = reconcile_inner(&obj, &ctx, &key).instrument(span).await;
@@ -82,7 +86,7 @@ pub async fn reconcile(obj: Arc<ComputeInstanceAction>, ctx: Arc<Context>) -> Re
 }
 
 /// kube-rs error policy: the runtime's one policy ([`crate::controllers::runtime::errors`]).
-pub fn error_policy(obj: Arc<ComputeInstanceAction>, err: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(obj: Arc<CachedAction>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.error_backoff
         .back_off("instance", obj.as_ref(), err, &ctx.config.error_backoff, &ctx.metrics)
 }
