@@ -22,7 +22,7 @@ use crate::controllers::runtime::StartError;
 use crate::controllers::runtime::announce::{Subscribers, listed};
 use crate::crd::access_policy::NamespaceView;
 use crate::crd::disruption_budget::ComputeDisruptionBudget;
-use crate::crd::instance_action::ComputeInstanceAction;
+use crate::crd::instance_action::ObservedInstance;
 use crate::crd::maintenance_window::ComputeMaintenanceWindow;
 
 /// An action change control holds back now.
@@ -43,7 +43,22 @@ pub const WAITING_FOR_BUDGET: &str = "WaitingForBudget";
 
 /// The objects the instance controller caches that disrupt their instance now, and those named by the given
 /// keys whatever they do (the budgets count disruptions from their statuses).
-pub type ObjectsSource = Arc<dyn Fn(&HashSet<String>) -> Vec<ComputeInstanceAction> + Send + Sync>;
+pub type ObjectsSource = Arc<dyn Fn(&HashSet<String>) -> Vec<CountedObject> + Send + Sync>;
+
+/// What disruption budgets read of one cached object's status (the instance cache keeps it beside the packed
+/// object, so counting unpacks nothing).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CountedObject {
+    /// `namespace/name`.
+    pub key: String,
+    pub instance_id: String,
+    /// It disrupts its instance now ([`budgets::disrupts`]).
+    pub disrupts: bool,
+    /// When the intent of its current action was written.
+    pub intent_at: Option<DateTime<Utc>>,
+    /// Its instance as its status records it.
+    pub instance: Option<Instance>,
+}
 
 /// The last count of a budget's matching instances.
 #[derive(Clone, Debug)]
@@ -231,20 +246,16 @@ impl ChangeGate {
         {
             let reservations = self.reservations.lock().unwrap_or_else(|p| p.into_inner());
             for o in &objects {
-                let key = crate::controllers::object_key(o);
-                let Some(status) = o.status.as_ref() else {
-                    continue;
-                };
-                if let Some(r) = reservations.get(&key)
-                    && status.action.as_ref().is_some_and(|a| a.intent_at >= r.intent_at)
+                if let Some(r) = reservations.get(&o.key)
+                    && o.intent_at.is_some_and(|at| at >= r.intent_at)
                 {
-                    reflected.insert(key.clone());
+                    reflected.insert(o.key.clone());
                 }
-                if Some(key.as_str()) == except || !budgets::disrupts(&o.spec, status) {
+                if Some(o.key.as_str()) == except || !o.disrupts {
                     continue;
                 }
-                if seen.insert(o.spec.instance_id.clone()) {
-                    out.push((o.spec.instance_id.clone(), observed_instance(o)));
+                if seen.insert(o.instance_id.clone()) {
+                    out.push((o.instance_id.clone(), o.instance.clone()));
                 }
             }
         }
@@ -333,10 +344,9 @@ impl ChangeGate {
 
 /// What an object's status records of its instance, as an instance (attributes the status does not keep are
 /// empty, so a budget by such an attribute covers it only through its last count).
-fn observed_instance(o: &ComputeInstanceAction) -> Option<Instance> {
-    let seen = o.status.as_ref()?.instance.as_ref()?;
-    Some(Instance {
-        id: o.spec.instance_id.clone(),
+pub fn observed_instance(id: &str, seen: &ObservedInstance) -> Instance {
+    Instance {
+        id: id.to_owned(),
         user_id: String::new(),
         customer_id: String::new(),
         name: seen.name.clone(),
@@ -347,7 +357,7 @@ fn observed_instance(o: &ComputeInstanceAction) -> Option<Instance> {
         status: crate::api::InstanceStatus::parse(&seen.status),
         template_id: String::new(),
         created_at: String::new(),
-    })
+    }
 }
 
 /// A cluster-wide cache of `K`, listed before it returns, and the stream of its changes.

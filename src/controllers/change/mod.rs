@@ -6,7 +6,7 @@ pub mod gate;
 pub mod upkeep;
 pub mod windows;
 
-pub use gate::{ChangeGate, Hold, WAITING_FOR_BUDGET, WAITING_FOR_WINDOW};
+pub use gate::{ChangeGate, CountedObject, Hold, WAITING_FOR_BUDGET, WAITING_FOR_WINDOW, observed_instance};
 
 use crate::crd::instance_action::ComputeInstanceActionStatus;
 

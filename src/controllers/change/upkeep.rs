@@ -119,6 +119,10 @@ impl Upkeep {
     async fn write_budget_statuses(&self, gate: &ChangeGate, now: DateTime<Utc>) {
         let api: Api<ComputeDisruptionBudget> = Api::all(self.kube.clone());
         let budgets = gate.budgets();
+        if budgets.is_empty() {
+            // Nothing to write, and nothing to count for.
+            return;
+        }
         let disrupted = gate.disrupted(None);
         for obj in gate.budget_objects() {
             let Some(budget) = budgets.iter().find(|b| b.name == obj.name_any()) else {

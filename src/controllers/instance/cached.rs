@@ -19,7 +19,7 @@ use super::packing::{self, Corrupt};
 use super::peers;
 use crate::controllers::change::{WAITING_FOR_BUDGET, WAITING_FOR_WINDOW};
 use crate::controllers::conditions::{READY, RECONCILING, STALLED};
-use crate::crd::instance_action::{ActionState, ComputeInstanceAction, Phase};
+use crate::crd::instance_action::{ActionState, ComputeInstanceAction, ObservedInstance, Phase};
 
 /// One cached ComputeInstanceAction (see the module's text).
 #[derive(Clone, Debug)]
@@ -40,6 +40,10 @@ pub struct Facts {
     pub disrupting: bool,
     /// Held back by a window or budget.
     pub held: bool,
+    /// When the intent of the current action was written (budgets tell by it when an admission shows).
+    pub intent_at: Option<DateTime<Utc>>,
+    /// The instance as the status records it, kept only while the object disrupts it (budgets count it).
+    pub disrupted: Option<Box<ObservedInstance>>,
     pub phase: Option<Phase>,
     /// True conditions the gauges count: `Ready` and `Stalled`, and `Reconciling` while change control holds
     /// the action back.
@@ -92,13 +96,16 @@ impl Facts {
                 })
             })
             .collect();
+        let disrupting = crate::controllers::change::budgets::disrupts(&obj.spec, status);
         Self {
             instance_id,
+            intent_at: status.action.as_ref().map(|a| a.intent_at),
+            disrupted: status.instance.clone().filter(|_| disrupting).map(Box::new),
             acting: status
                 .action
                 .as_ref()
                 .is_some_and(|a| matches!(a.state, ActionState::Requested | ActionState::Accepted)),
-            disrupting: crate::controllers::change::budgets::disrupts(&obj.spec, status),
+            disrupting,
             held: crate::controllers::change::is_held(status),
             phase: status.phase,
             counted,
@@ -282,8 +289,12 @@ mod tests {
         }
     }
 
+    fn status_intent(obj: &ComputeInstanceAction) -> Option<DateTime<Utc>> {
+        obj.status.as_ref()?.action.as_ref().map(|a| a.intent_at)
+    }
+
     #[test]
-    fn the_facts_are_what_the_gauges_count() {
+    fn the_facts_are_what_the_index_gauges_and_budgets_read() {
         let mut obj = settled_restart();
         assert_eq!(
             CachedAction::from(&obj)
@@ -305,6 +316,19 @@ mod tests {
         assert_eq!(facts.phase, Some(Phase::Pending));
         let counted: Vec<_> = facts.counted.iter().map(|c| (c.type_, &*c.reason)).collect();
         assert_eq!(counted, [(RECONCILING, WAITING_FOR_WINDOW), (STALLED, "PolicyDenied")]);
+        // A settled restart does not disrupt its instance; a stop that holds it stopped does, with what the
+        // status records of the instance (budgets count it).
+        assert_eq!(facts.disrupted, None);
+        assert_eq!(facts.intent_at, status_intent(&obj));
+        let mut stop = obj.clone();
+        stop.spec.desired_state = crate::crd::instance_action::DesiredState::Stopped;
+        stop.spec.escalation = None;
+        if let Some(seen) = stop.status.as_mut().and_then(|s| s.instance.as_mut()) {
+            seen.status = "stopped".into();
+        }
+        let facts = CachedAction::from(&stop).facts().clone();
+        assert!(facts.disrupting);
+        assert_eq!(facts.disrupted.map(|i| i.zone), Some("z1".to_owned()));
         // A Reconciling condition that is not change control's hold is not counted.
         let status = obj.status.as_mut().unwrap_or_else(|| unreachable!());
         status.conditions[1].reason = "Acting".into();

@@ -239,9 +239,13 @@ impl InstanceIndex {
         self.wake(targets);
     }
 
-    /// The cached objects, unpacked, that disrupt their instance now (see `change::budgets::disrupts`), and
-    /// those `named` (`namespace/name`) whatever they do: what disruption budgets count from.
-    pub fn disrupting_objects(&self, named: &std::collections::HashSet<String>) -> Vec<ComputeInstanceAction> {
+    /// What budgets count of the cached objects that disrupt their instance now (see
+    /// `change::budgets::disrupts`), and of those `named` (`namespace/name`) whatever they do. Read from what
+    /// the cache keeps beside each packed object: nothing is unpacked.
+    pub fn disrupting_objects(
+        &self,
+        named: &std::collections::HashSet<String>,
+    ) -> Vec<crate::controllers::change::CountedObject> {
         let refs: Vec<(usize, String)> = {
             let maps = self.maps();
             maps.objects
@@ -250,7 +254,23 @@ impl InstanceIndex {
                 .map(|(k, e)| (e.scope, k.clone()))
                 .collect()
         };
-        self.unpacked(refs)
+        refs.into_iter()
+            .filter_map(|(scope, key)| {
+                let (ns, name) = key.split_once('/')?;
+                let cached = self.stores.get(scope)?.get(&ObjectRef::new(name).within(ns))?;
+                let facts = cached.facts();
+                Some(crate::controllers::change::CountedObject {
+                    instance_id: facts.instance_id.to_string(),
+                    disrupts: facts.disrupting,
+                    intent_at: facts.intent_at,
+                    instance: facts
+                        .disrupted
+                        .as_ref()
+                        .map(|seen| crate::controllers::change::observed_instance(&facts.instance_id, seen)),
+                    key,
+                })
+            })
+            .collect()
     }
 
     /// The cached objects of `(scope, namespace/name)`, unpacked (one that cannot be is logged and left out).
