@@ -8,13 +8,14 @@ pub mod windows;
 
 pub use gate::{ChangeGate, CountedObject, Hold, WAITING_FOR_BUDGET, WAITING_FOR_WINDOW, observed_instance};
 
-use crate::crd::instance_action::ComputeInstanceActionStatus;
+use crate::crd::instance_action::{ComputeInstanceActionStatus, Condition};
 
 /// Does the status say a window or budget holds its action back (nothing sent, nothing to look at yet)?
 pub fn is_held(status: &ComputeInstanceActionStatus) -> bool {
-    status.conditions.iter().any(|c| {
-        c.type_ == "Reconciling"
-            && c.status == "True"
-            && (c.reason == WAITING_FOR_WINDOW || c.reason == WAITING_FOR_BUDGET)
-    })
+    status.conditions.iter().any(is_hold)
+}
+
+/// Is this the condition a window or budget sets while it holds an action back?
+pub fn is_hold(c: &Condition) -> bool {
+    c.type_ == "Reconciling" && c.status == "True" && (c.reason == WAITING_FOR_WINDOW || c.reason == WAITING_FOR_BUDGET)
 }

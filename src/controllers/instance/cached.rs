@@ -17,7 +17,6 @@ use serde::{Deserialize, Deserializer};
 
 use super::packing::{self, Corrupt};
 use super::peers;
-use crate::controllers::change::{WAITING_FOR_BUDGET, WAITING_FOR_WINDOW};
 use crate::controllers::conditions::{READY, RECONCILING, STALLED};
 use crate::crd::instance_action::{ActionState, ComputeInstanceAction, ObservedInstance, Phase};
 
@@ -77,7 +76,6 @@ impl Facts {
                 ..Self::default()
             };
         };
-        let held = |reason: &str| reason == WAITING_FOR_WINDOW || reason == WAITING_FOR_BUDGET;
         let counted = status
             .conditions
             .iter()
@@ -86,7 +84,7 @@ impl Facts {
                 let type_ = match c.type_.as_str() {
                     READY => READY,
                     STALLED => STALLED,
-                    RECONCILING if held(&c.reason) => RECONCILING,
+                    RECONCILING if crate::controllers::change::is_hold(c) => RECONCILING,
                     _ => return None,
                 };
                 Some(CountedCondition {
@@ -209,6 +207,7 @@ impl Resource for CachedAction {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controllers::change::WAITING_FOR_WINDOW;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 
     fn settled_restart() -> ComputeInstanceAction {

@@ -256,8 +256,7 @@ impl InstanceIndex {
         };
         refs.into_iter()
             .filter_map(|(scope, key)| {
-                let (ns, name) = key.split_once('/')?;
-                let cached = self.stores.get(scope)?.get(&ObjectRef::new(name).within(ns))?;
+                let cached = self.cached(scope, &key)?;
                 let facts = cached.facts();
                 Some(crate::controllers::change::CountedObject {
                     instance_id: facts.instance_id.to_string(),
@@ -273,13 +272,17 @@ impl InstanceIndex {
             .collect()
     }
 
+    /// The cached object `namespace/name` of `scope`.
+    fn cached(&self, scope: usize, key: &str) -> Option<std::sync::Arc<CachedAction>> {
+        let (ns, name) = key.split_once('/')?;
+        self.stores.get(scope)?.get(&ObjectRef::new(name).within(ns))
+    }
+
     /// The cached objects of `(scope, namespace/name)`, unpacked (one that cannot be is logged and left out).
     fn unpacked(&self, refs: Vec<(usize, String)>) -> Vec<ComputeInstanceAction> {
         refs.into_iter()
             .filter_map(|(scope, key)| {
-                let (ns, name) = key.split_once('/')?;
-                let cached = self.stores.get(scope)?.get(&ObjectRef::new(name).within(ns))?;
-                cached
+                self.cached(scope, &key)?
                     .unpack()
                     .inspect_err(|e| tracing::error!(object = %key, error = %e, "cached object unreadable"))
                     .ok()

@@ -106,7 +106,7 @@ impl StatusMemory {
         crate::controllers::shrink_if_sparse(&mut held);
     }
 
-    pub fn forget(&self, obj: &ComputeInstanceAction) {
+    pub fn forget(&self, obj: &impl kube::Resource) {
         self.held().remove(&obj.uid().unwrap_or_default());
     }
 

@@ -178,12 +178,12 @@ impl Context {
     }
 
     /// Drops everything kept for an object that is gone: its held status, acceptances, backoff and lock.
-    pub(crate) fn forget_object(&self, obj: &ComputeInstanceAction) {
+    pub(crate) fn forget_object(&self, obj: &cached::CachedAction) {
         let key = crate::controllers::object_key(obj);
         self.memory.forget(obj);
         self.forget_acceptance(obj);
         self.error_backoff.reset(&key);
-        self.locks.release(&obj.spec.instance_id, &key);
+        self.locks.release(&obj.facts().instance_id, &key);
     }
 
     /// Entries kept per object, all kinds together (reported as a gauge; each goes with its object).
@@ -192,7 +192,7 @@ impl Context {
         self.memory.len() + acceptances + self.error_backoff.len() + self.locks.len()
     }
 
-    pub(crate) fn forget_acceptance(&self, obj: &ComputeInstanceAction) {
+    pub(crate) fn forget_acceptance(&self, obj: &impl kube::Resource) {
         let uid = obj.uid().unwrap_or_default();
         self.acceptances
             .lock()
@@ -338,14 +338,7 @@ pub async fn run(shared: Shared, config: ControllerConfig, shutdown: impl runtim
     let forgetting = {
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            while let Some(cached) = gone_rx.recv().await {
-                let obj = match cached.unpack() {
-                    Ok(obj) => obj,
-                    Err(e) => {
-                        tracing::error!(object = %crate::controllers::object_key(&cached), error = %e, "deleted object unreadable in the cache");
-                        continue;
-                    }
-                };
+            while let Some(obj) = gone_rx.recv().await {
                 ctx.forget_object(&obj);
                 ctx.metrics.held_object_state.set(ctx.held_object_state() as i64);
                 // A reconcile that was in flight when the object went may still record something: look again.
